@@ -1,0 +1,145 @@
+"""A throwaway OpenLDAP slapd for the sandbox and the tests.
+
+It is python-ldap's ``slapdtest.SlapdObject`` with what a provisioning daemon
+needs on top: the stoney suffix, our schema subset, the ``syncprov`` overlay
+(RFC 4533 provider) and the base tree of the backup service.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import ldap
+import ldap.modlist
+from slapdtest import SlapdObject
+
+SUFFIX = "dc=stoney-cloud,dc=org"
+BACKUP_BASE = f"ou=backup,ou=services,{SUFFIX}"
+ACCOUNTS_BASE = f"ou=accounts,{BACKUP_BASE}"
+SCHEMA_LDIF = Path(__file__).resolve().parents[2] / "etc/Provisioning/schema/stoney-backup.ldif"
+
+# slapdtest's own template plus: the syncprov module, indexes syncprov needs,
+# and the overlay on the one database. Debian keeps its modules in
+# /usr/lib/ldap.
+_CONF_TEMPLATE = r"""dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcServerID: %(serverid)s
+olcLogLevel: %(loglevel)s
+olcAllows: bind_v2
+olcAuthzRegexp: {0}"gidnumber=%(root_gid)s\+uidnumber=%(root_uid)s,cn=peercred,cn=external,cn=auth" "%(rootdn)s"
+olcTLSCACertificateFile: %(cafile)s
+olcTLSCertificateFile: %(servercert)s
+olcTLSCertificateKeyFile: %(serverkey)s
+olcTLSVerifyClient: try
+
+dn: cn=module,cn=config
+objectClass: olcModuleList
+cn: module
+olcModulePath: %(modulepath)s
+olcModuleLoad: back_%(database)s
+olcModuleLoad: syncprov
+
+dn: olcDatabase=%(database)s,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: %(database)s
+olcSuffix: %(suffix)s
+olcRootDN: %(rootdn)s
+olcRootPW: %(rootpw)s
+olcDbDirectory: %(directory)s
+olcDbIndex: objectClass,entryCSN,entryUUID eq
+
+dn: olcOverlay=syncprov,olcDatabase={1}%(database)s,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcSyncProvConfig
+olcOverlay: syncprov
+olcSpCheckpoint: 100 10
+olcSpSessionlog: 10000
+"""
+
+MODULE_PATH = os.environ.get("SLAPD_MODULE_PATH", "/usr/lib/ldap")
+
+
+class StoneySlapd(SlapdObject):
+    """slapd on 127.0.0.1 (free port) with syncprov and the stoney backup tree."""
+
+    suffix = SUFFIX
+    root_cn = "Manager"
+    root_pw = "sandbox-secret"
+    slapd_loglevel = "0"
+    slapd_conf_template = _CONF_TEMPLATE
+    openldap_schema_files = (
+        "core.ldif",
+        "cosine.ldif",
+        "nis.ldif",
+        "inetorgperson.ldif",
+        str(SCHEMA_LDIF),
+    )
+
+    def __init__(self, rundir: str | None = None) -> None:
+        # slapdtest puts its run folder under $TMP or the current directory;
+        # we want it somewhere we choose, and never inside the checkout.
+        self.TMPDIR = rundir or tempfile.gettempdir()
+        super().__init__()
+
+    def gen_config(self) -> str:
+        return self.slapd_conf_template % {
+            "serverid": hex(self.server_id),
+            "loglevel": self.slapd_loglevel,
+            "database": self.database,
+            "directory": self._db_directory,
+            "suffix": self.suffix,
+            "rootdn": self.root_dn,
+            "rootpw": self.root_pw,
+            "root_uid": os.getuid(),
+            "root_gid": os.getgid(),
+            "cafile": self.cafile,
+            "servercert": self.servercert,
+            "serverkey": self.serverkey,
+            "modulepath": MODULE_PATH,
+        }
+
+    def start(self) -> None:
+        super().start()
+        if not self._has_base():
+            self.load_base_tree()
+
+    def connect(self) -> ldap.ldapobject.LDAPObject:
+        """A bound root connection (for tests and sandbox tools)."""
+        conn = ldap.initialize(self.ldap_uri)
+        conn.protocol_version = 3
+        conn.simple_bind_s(self.root_dn, self.root_pw)
+        return conn
+
+    def _has_base(self) -> bool:
+        conn = self.connect()
+        try:
+            conn.search_s(ACCOUNTS_BASE, ldap.SCOPE_BASE, attrlist=["1.1"])
+            return True
+        except ldap.NO_SUCH_OBJECT:
+            return False
+        finally:
+            conn.unbind_s()
+
+    def load_base_tree(self) -> None:
+        """Create the stoney backup service tree (suffix down to ou=accounts)."""
+        entries = [
+            (SUFFIX, {"objectClass": [b"dcObject", b"organization"],
+                      "dc": [b"stoney-cloud"], "o": [b"stoney cloud"]}),
+            (f"ou=services,{SUFFIX}", _ou("services")),
+            (BACKUP_BASE, _ou("backup")),
+            (f"ou=configuration,{BACKUP_BASE}", _ou("configuration")),
+            (ACCOUNTS_BASE, _ou("accounts")),
+        ]
+        conn = self.connect()
+        try:
+            for dn, attrs in entries:
+                conn.add_s(dn, ldap.modlist.addModlist(attrs))
+        finally:
+            conn.unbind_s()
+
+
+def _ou(name: str) -> dict[str, list[bytes]]:
+    return {"objectClass": [b"organizationalUnit"], "ou": [name.encode()]}
