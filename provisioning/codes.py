@@ -1,0 +1,28 @@
+"""Numbers the daemon hands out: process exit codes and the core's return values.
+
+The plugin's own return values (0-99) are defined by each plugin; the core
+keeps 100 and up for refusals it makes before any plugin is asked, so the two
+never collide in sstProvisioningReturnValue.
+"""
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit status of ``provisioning-daemon``."""
+
+    OK = 0                  # normal stop (signal), or --check passed
+    INTERNAL_ERROR = 1      # a bug: unexpected exception
+    USAGE = 2               # bad command line (argparse's own code)
+    CONFIG_ERROR = 3        # configuration or plugin set-up refused
+    LDAP_UNREACHABLE = 4    # no LDAP server answered within the configured attempts
+    ALREADY_RUNNING = 5     # another daemon holds the lock
+
+
+class ReturnValue(IntEnum):
+    """sstProvisioningReturnValue values the core writes itself."""
+
+    SUCCESS = 0
+    UNDEFINED_ERROR = 1         # the plugin raised, or returned something that is not an int
+    UNKNOWN_MODE = 100          # sstProvisioningMode is not add, modify or delete
+    DELETE_WHILE_ACTIVE = 101   # delete requested while sstIsActive is not FALSE
+    INVALID_EXECUTION_DATE = 102  # sstProvisioningExecutionDate is neither 0 nor a YYYYMMDD date

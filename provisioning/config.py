@@ -1,0 +1,267 @@
+"""Service configuration and Global.conf: read once, validated once, every error at once.
+
+Both files are INI files in the original daemon's format. They are read with
+configobj and checked against the configspecs in ``provisioning/configspec``
+plus whatever sections the selected plugin contributes. Values are not
+split at commas (DNs and cookies contain them) and not unquoted, as in the
+original.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import ldap.dn
+from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from validate import ValidateError, Validator, VdtTypeError, VdtValueError
+
+SPEC_DIR = Path(__file__).with_name("configspec")
+GLOBAL_CONF_NAME = "Global.conf"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class Config:
+    """The validated service configuration and Global.conf."""
+
+    path: Path
+    global_path: Path | None
+    service: ConfigObj
+    global_: ConfigObj
+
+    @property
+    def directory(self) -> Path:
+        """Folder of the service configuration: relative paths start here."""
+        return self.path.parent
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A section of the service configuration as a plain dict."""
+        return dict(self.service[name])
+
+    @property
+    def service_name(self) -> str:
+        return self.service["Service"]["SERVICE"]
+
+    @property
+    def type_name(self) -> str:
+        return self.service["Service"]["TYPE"]
+
+    @property
+    def syslog_ident(self) -> str:
+        return self.service["Service"]["SYSLOG"] or f"{self.service_name}-{self.type_name}"
+
+    @property
+    def lock_file(self) -> Path:
+        explicit = self.service["Service"]["LOCK_FILE"]
+        return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".lock")
+
+    def log_flag(self, key: str) -> bool:
+        """LOG_DEBUG/INFO/WARNING/ERR: the service file wins over Global.conf."""
+        value = self.service["Global"][key]
+        return self.global_["Global"][key] if value is None else value
+
+    def ldap_uris(self) -> list[str]:
+        """SERVER as a list of URIs, with PORT filled in where a URI has none."""
+        return [_with_port(uri, self.service["Database"]["PORT"])
+                for uri in self.service["Database"]["SERVER"]]
+
+    def secrets(self) -> list[str]:
+        """Values that must never be shown: logs redact them."""
+        values = [self.service["Database"]["ADMIN_PASSWORD"], self.global_["Mail"]["PASSWORD"]]
+        return [v for v in values if v]
+
+
+# --------------------------------------------------------------------- lookup
+
+def global_config_candidates() -> list[Path]:
+    """Where Global.conf is looked for when -g is not given, in order.
+
+    As the original: the etc/Provisioning next to the installed program (a
+    checkout, or the virtualenv/prefix it is installed in), then
+    /etc/Provisioning.
+    """
+    checkout = Path(__file__).resolve().parents[1] / "etc/Provisioning" / GLOBAL_CONF_NAME
+    prefix = Path(sys.prefix) / "etc/Provisioning" / GLOBAL_CONF_NAME
+    return [checkout, prefix, Path("/etc/Provisioning") / GLOBAL_CONF_NAME]
+
+
+def find_global_config(explicit: str | None) -> Path | None:
+    """The Global.conf to use; None means built-in defaults."""
+    if explicit:
+        return Path(explicit)
+    return next((p for p in global_config_candidates() if p.is_file()), None)
+
+
+# ------------------------------------------------------------------- loading
+
+def read_service_identity(path: Path) -> tuple[str | None, str | None]:
+    """SERVICE and TYPE from [Service], read before validation to pick the plugin."""
+    try:
+        raw = _parse(path, None)
+    except ConfigError:
+        return None, None
+    service = raw.get("Service", {})
+    return service.get("SERVICE"), service.get("TYPE")
+
+
+def load(path: str | Path, global_path: Path | None, plugin_spec: str = "") -> Config:
+    """Read and validate both files; raise ConfigError listing every problem."""
+    path = Path(path).absolute()
+    problems: list[str] = []
+    service = _load_one(path, _spec_text("service.spec") + "\n" + plugin_spec, problems)
+    if global_path is None:
+        global_ = _load_one(None, _spec_text("global.spec"), problems)
+    else:
+        global_ = _load_one(Path(global_path).absolute(), _spec_text("global.spec"), problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(path, Path(global_path).absolute() if global_path else None, service, global_)
+
+
+def _load_one(path: Path | None, spec_text: str, problems: list[str]) -> ConfigObj:
+    spec = ConfigObj(spec_text.splitlines(), list_values=False, _inspec=True)
+    try:
+        cfg = _parse(path, spec)
+    except ConfigError as err:
+        problems.extend(err.problems)
+        return ConfigObj()
+    result = cfg.validate(_validator(), preserve_errors=True)
+    label = str(path) if path else "built-in Global.conf defaults"
+    problems.extend(_describe_errors(label, cfg, result))
+    return cfg
+
+
+def _parse(path: Path | None, spec: ConfigObj | None) -> ConfigObj:
+    if path is None:
+        return ConfigObj(configspec=spec, list_values=False)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from err
+    try:
+        return ConfigObj(lines, configspec=spec, list_values=False)
+    except ConfigObjError as err:
+        details = getattr(err, "errors", None) or [err]
+        raise ConfigError([f"{path}: line {getattr(e, 'line_number', '?')}: {getattr(e, 'msg', e)}"
+                           for e in details]) from err
+
+
+def _spec_text(name: str) -> str:
+    return (SPEC_DIR / name).read_text(encoding="utf-8")
+
+
+def _describe_errors(label: str, cfg: ConfigObj, result: Any) -> list[str]:
+    problems = []
+    if result is not True:
+        for sections, key, error in flatten_errors(cfg, result):
+            where = "".join(f"[{s}]" for s in sections)
+            if key is None:
+                problems.append(f"{label}: section {where} is missing")
+            elif error is False:
+                problems.append(f"{label}: {where} {key}: missing (required)")
+            else:
+                problems.append(f"{label}: {where} {key}: {error}")
+    return problems
+
+
+def unknown_keys(cfg: Config) -> list[str]:
+    """Keys and sections no spec knows: reported as warnings, not errors."""
+    found = []
+    for label, obj in ((cfg.path, cfg.service), (cfg.global_path, cfg.global_)):
+        for sections, name in get_extra_values(obj):
+            where = "".join(f"[{s}]" for s in sections)
+            found.append(f"{label}: {where} {name}: unknown key, ignored")
+    return found
+
+
+# ----------------------------------------------------------------- checks
+
+def _validator() -> Validator:
+    return Validator({
+        "choice_ci": _choice_ci,
+        "ldap_uris": _ldap_uris,
+        "dn": _dn,
+        "ldap_filter": _ldap_filter,
+        "abspath": _abspath,
+        "identifier": _identifier,
+    })
+
+
+def _choice_ci(value: Any, *choices: str) -> str:
+    """One of ``choices``, compared without case; returned as spelled in the spec."""
+    for choice in choices:
+        if str(value).strip().lower() == choice.lower():
+            return choice
+    raise VdtValueError(f'"{value}" is not valid; valid choices: {", ".join(choices)}')
+
+
+_URI = re.compile(r"^(ldap|ldaps|ldapi)://", re.IGNORECASE)
+
+
+def _ldap_uris(value: Any) -> list[str]:
+    uris = str(value).split()
+    if not uris:
+        raise VdtValueError("no LDAP URI given (expected ldap://, ldaps:// or ldapi:// URIs)")
+    bad = [u for u in uris if not _URI.match(u)]
+    if bad:
+        raise VdtValueError(f'"{" ".join(bad)}" is not an ldap://, ldaps:// or ldapi:// URI')
+    return uris
+
+
+def _dn(value: Any) -> str:
+    text = str(value).strip()
+    if not text or not ldap.dn.is_dn(text):
+        raise VdtValueError(f'"{value}" is not a distinguished name')
+    return text
+
+
+def _ldap_filter(value: Any) -> str:
+    text = str(value).strip()
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if not text.startswith("(") or depth != 0:
+        raise VdtValueError(f'"{value}" is not an LDAP filter (parentheses do not balance)')
+    return text
+
+
+def _abspath(value: Any) -> str:
+    text = str(value).strip()
+    if not text.startswith("/"):
+        raise VdtValueError(f'"{value}" is not an absolute path')
+    return text
+
+
+def _identifier(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
+        raise VdtTypeError(f'"{value}" is not a name (letters, digits and _ only)')
+    return text
+
+
+def _with_port(uri: str, port: int | None) -> str:
+    """Add PORT to an ldap:// or ldaps:// URI that names none."""
+    match = re.match(r"^(ldaps?://)([^/]*)(.*)$", uri, re.IGNORECASE)
+    if not match or port is None:
+        return uri
+    scheme, hostport, rest = match.groups()
+    if hostport.startswith("["):
+        has_port = "]:" in hostport
+    else:
+        has_port = ":" in hostport
+    if has_port or not hostport:
+        return uri
+    return f"{scheme}{hostport}:{port}{rest}"

@@ -1,0 +1,45 @@
+"""A directory entry as the core and the plugins see it: text values, any-case names."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from ldap.cidict import cidict
+
+
+@dataclass
+class Entry:
+    """One LDAP entry. Attribute names are case-insensitive, values are str."""
+
+    dn: str
+    attrs: cidict = field(default_factory=cidict)
+    uuid: str | None = None
+
+    @classmethod
+    def from_ldap(cls, dn: str, raw: Mapping[str, Sequence[bytes]],
+                  uuid: str | None = None) -> "Entry":
+        """Build from python-ldap's ``{name: [bytes, ...]}``."""
+        attrs = cidict()
+        for name, values in raw.items():
+            # Directory strings are UTF-8 by definition; anything else is not
+            # ours to interpret, so it must not crash the daemon either.
+            attrs[name] = [v.decode("utf-8", "replace") for v in values]
+        return cls(dn, attrs, uuid or _first(attrs, "entryUUID"))
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default`` when it is absent."""
+        return _first(self.attrs, name, default)
+
+    def values(self, name: str) -> list[str]:
+        """All values of ``name`` (an empty list when absent)."""
+        return list(self.attrs.get(name, []))
+
+    @property
+    def csn(self) -> str | None:
+        """entryCSN: identifies the last change made to the entry."""
+        return self.get("entryCSN")
+
+
+def _first(attrs: Mapping[str, list[str]], name: str, default: str | None = None) -> str | None:
+    values = attrs.get(name)
+    return values[0] if values else default
