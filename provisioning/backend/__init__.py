@@ -1,0 +1,1 @@
+"""Backends: where requests come from. Only LDAP exists ([Database] BACKEND)."""

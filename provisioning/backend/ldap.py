@@ -1,0 +1,338 @@
+"""LDAP transport: connections, the RFC 4533 sync stream, and guarded writes.
+
+Two connections, each bound once: one carries the refreshAndPersist search,
+the other every read and write, so a write never waits behind the stream and
+no write needs a bind of its own. This module knows LDAP, not plugins and not
+the provisioning protocol: it reports what the stream says as events and
+performs the modifications it is given.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import ldap
+from ldap.controls.libldap import AssertionControl
+from ldap.controls.readentry import PostReadControl
+from ldap.ldapobject import SimpleLDAPObject
+from ldap.syncrepl import SyncreplConsumer
+
+from provisioning.backend.cookie import cookie_csn
+from provisioning.entry import Entry
+
+log = logging.getLogger(__name__)
+
+# Result code of e-syncRefreshRequired (RFC 4533 section 2.6): the cookie is
+# too old for the provider's session log; python-ldap has no class for it.
+SYNC_REFRESH_REQUIRED = 4096
+SYNC_ATTRS = ["*", "entryCSN", "entryUUID"]
+# How many stream messages one poll takes before it hands them over.
+POLL_BATCH = 256
+# Wait for the messages after the first of a batch. Not 0: with a zero
+# timeout python-ldap returns an empty result instead of raising TIMEOUT.
+BATCH_WAIT = 0.0001
+
+_UNAVAILABLE = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.UNAVAILABLE, ldap.BUSY, ldap.TIMEOUT)
+
+
+class DirectoryUnavailable(Exception):
+    """No server answers (or the connection broke): reconnect and carry on."""
+
+
+class BindRefused(Exception):
+    """The server refused ADMIN_USER/ADMIN_PASSWORD."""
+
+
+class RefreshRequired(Exception):
+    """The provider cannot resume from our cookie: start over without one."""
+
+
+class SubtreeMissing(Exception):
+    """SERVICE_SUBTREE does not exist on the server."""
+
+
+class Conflict(Exception):
+    """A guarded write found the entry changed or gone."""
+
+
+class DirectoryError(Exception):
+    """The server refused an operation for a reason that retrying will not fix."""
+
+
+@dataclass
+class LdapSettings:
+    """How to reach and bind to the directory ([Database] of the service configuration)."""
+
+    uris: list[str]
+    bind_dn: str
+    password: str = field(repr=False)
+    timeout: float = 30.0
+    ca_file: str = ""
+    start_tls: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> "LdapSettings":
+        db = config.service["Database"]
+        return cls(config.ldap_uris(), db["ADMIN_USER"], db["ADMIN_PASSWORD"],
+                   db["TIMEOUT"], db["CA_FILE"], db["START_TLS"])
+
+
+def describe(err: ldap.LDAPError) -> str:
+    """A one-line reason from a python-ldap exception."""
+    info = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+    text = info.get("desc") or type(err).__name__
+    if info.get("info"):
+        text += f" ({info['info']})"
+    return text
+
+
+def connect(settings: LdapSettings, factory=SimpleLDAPObject) -> tuple[SimpleLDAPObject, str]:
+    """Open and bind a connection to the first URI that answers."""
+    failures = []
+    for uri in settings.uris:
+        conn = factory(uri)
+        try:
+            _configure(conn, settings, uri)
+            if settings.start_tls and uri.lower().startswith("ldap://"):
+                conn.start_tls_s()
+            conn.simple_bind_s(settings.bind_dn, settings.password)
+        except ldap.INVALID_CREDENTIALS as err:
+            raise BindRefused(f"{uri} refused the bind as {settings.bind_dn}: {describe(err)}") from err
+        except ldap.LDAPError as err:
+            failures.append(f"{uri}: {describe(err)}")
+            continue
+        return conn, uri
+    raise DirectoryUnavailable("no LDAP server answered: " + "; ".join(failures))
+
+
+def _configure(conn: SimpleLDAPObject, settings: LdapSettings, uri: str) -> None:
+    conn.protocol_version = ldap.VERSION3
+    conn.set_option(ldap.OPT_REFERRALS, 0)
+    conn.set_option(ldap.OPT_NETWORK_TIMEOUT, settings.timeout)
+    conn.set_option(ldap.OPT_TIMEOUT, settings.timeout)
+    if uri.lower().startswith("ldapi://"):
+        return
+    # A silent network partition must not leave the persist search waiting forever.
+    conn.set_option(ldap.OPT_X_KEEPALIVE_IDLE, 60)
+    conn.set_option(ldap.OPT_X_KEEPALIVE_INTERVAL, 10)
+    conn.set_option(ldap.OPT_X_KEEPALIVE_PROBES, 3)
+    # Certificates are verified, always; CA_FILE only says which CAs to trust.
+    conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
+    if settings.ca_file:
+        conn.set_option(ldap.OPT_X_TLS_CACERTFILE, settings.ca_file)
+    conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # must come after the other TLS options
+
+
+@contextmanager
+def _unavailable_on_network_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as err:
+        raise DirectoryUnavailable(f"{what}: {describe(err)}") from err
+
+
+# ------------------------------------------------------------------ writes
+
+class Directory:
+    """The read/write connection. With ``dry_run`` writes are shown, not made."""
+
+    def __init__(self, settings: LdapSettings, *, dry_run: bool = False) -> None:
+        self.settings = settings
+        self.dry_run = dry_run
+        self._conn: SimpleLDAPObject | None = None
+        self.uri: str | None = None
+
+    def open(self) -> None:
+        self.close()
+        self._conn, self.uri = connect(self.settings)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.unbind_s()
+            except ldap.LDAPError:
+                pass
+            self._conn = None
+
+    @property
+    def conn(self) -> SimpleLDAPObject:
+        if self._conn is None:
+            raise DirectoryUnavailable("not connected")
+        return self._conn
+
+    def modify(self, dn: str, changes: dict[str, Sequence[str] | None], *,
+               expect: str | None = None, read_back: Sequence[str] | None = None) -> Entry | None:
+        """Replace attributes of ``dn`` in one operation.
+
+        ``changes`` maps names to new values; None removes the attribute.
+        ``expect`` is an LDAP filter the entry must match at that moment
+        (RFC 4528 assertion): otherwise Conflict, and nothing changes.
+        ``read_back`` names attributes to return as they are after the change
+        (RFC 4527 post-read), read in the same operation.
+        """
+        mods = [(ldap.MOD_REPLACE, name, None if values is None else [v.encode() for v in values])
+                for name, values in changes.items()]
+        if self.dry_run:
+            shown = ", ".join(f"{n}={'(removed)' if v is None else '|'.join(v)}" for n, v in changes.items())
+            print(f"DRY-RUN: would modify {dn}: {shown}", flush=True)
+            log.info("DRY-RUN: would modify %s: %s", dn, shown)
+            return None
+        controls = []
+        if expect:
+            controls.append(AssertionControl(True, expect))
+        if read_back:
+            controls.append(PostReadControl(True, list(read_back)))
+        with _unavailable_on_network_errors(f"modify {dn}"):
+            try:
+                _, _, _, answer = self.conn.modify_ext_s(dn, mods, serverctrls=controls)
+            except ldap.ASSERTION_FAILED as err:
+                raise Conflict(f"{dn} changed meanwhile (no longer matches {expect})") from err
+            except ldap.NO_SUCH_OBJECT as err:
+                raise Conflict(f"{dn} no longer exists") from err
+            except ldap.LDAPError as err:
+                if isinstance(err, _UNAVAILABLE):
+                    raise
+                raise DirectoryError(f"modify {dn} refused: {describe(err)}") from err
+        for control in answer or []:
+            if isinstance(control, PostReadControl):
+                return Entry.from_ldap(control.dn or dn, control.entry)
+        return None
+
+    def read(self, dn: str, attrs: Sequence[str] = SYNC_ATTRS) -> Entry | None:
+        """The entry ``dn`` as it is now, or None if it does not exist."""
+        found = self.search(dn, "(objectClass=*)", attrs, scope=ldap.SCOPE_BASE)
+        return found[0] if found else None
+
+    def search(self, base: str, filterstr: str, attrs: Sequence[str] = SYNC_ATTRS,
+               scope: int = ldap.SCOPE_SUBTREE) -> list[Entry]:
+        """Entries under ``base`` matching ``filterstr`` (an empty list if base is gone)."""
+        with _unavailable_on_network_errors(f"search {base}"):
+            try:
+                results = self.conn.search_ext_s(base, scope, filterstr, list(attrs))
+            except ldap.NO_SUCH_OBJECT:
+                return []
+            except ldap.LDAPError as err:
+                if isinstance(err, _UNAVAILABLE):
+                    raise
+                raise DirectoryError(f"search {base} {filterstr} refused: {describe(err)}") from err
+        return [Entry.from_ldap(dn, attrs) for dn, attrs in results if dn]
+
+
+# ------------------------------------------------------------ sync stream
+
+@dataclass
+class EntryChanged:
+    """An entry was added or modified (or is sent during a refresh)."""
+    entry: Entry
+
+
+@dataclass
+class EntriesDeleted:
+    """Entries left the subtree; the server names them by entryUUID only."""
+    uuids: list[str]
+
+
+@dataclass
+class RefreshDone:
+    """The refresh phase is over: from now on changes arrive as they happen."""
+
+
+@dataclass
+class CookieReached:
+    """Every event before this one is covered by ``cookie``."""
+    cookie: str
+
+
+Event = EntryChanged | EntriesDeleted | RefreshDone | CookieReached
+
+
+class _Consumer(SyncreplConsumer, SimpleLDAPObject):
+    """python-ldap's consumer, turned into a queue of events.
+
+    python-ldap calls syncrepl_set_cookie right after each entry callback;
+    queueing the cookie as an event behind the entry keeps the order, so the
+    daemon acknowledges a cookie only after it handled what came before.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[Event] = []
+
+    def syncrepl_entry(self, dn, attributes, uuid) -> None:
+        self.events.append(EntryChanged(Entry.from_ldap(dn, attributes, uuid)))
+
+    def syncrepl_delete(self, uuids) -> None:
+        self.events.append(EntriesDeleted(list(uuids)))
+
+    def syncrepl_present(self, uuids, refreshDeletes=False) -> None:  # noqa: N803 - python-ldap's name
+        pass  # we keep no mirror of the directory, so presence tells us nothing
+
+    def syncrepl_refreshdone(self) -> None:
+        self.events.append(RefreshDone())
+
+    def syncrepl_set_cookie(self, cookie) -> None:
+        self.events.append(CookieReached(cookie))
+
+    def syncrepl_get_cookie(self):
+        return None
+
+
+class SyncStream:
+    """The refreshAndPersist search on SERVICE_SUBTREE."""
+
+    def __init__(self, settings: LdapSettings, base: str, filter_template: str) -> None:
+        self.settings = settings
+        self.base = base
+        self.filter_template = filter_template
+        self._conn: _Consumer | None = None
+        self._msgid: int | None = None
+
+    def open(self, cookie: str | None) -> None:
+        """Connect and start the search from ``cookie`` (None or empty: from scratch)."""
+        self.close()
+        conn, uri = connect(self.settings, factory=_Consumer)
+        filterstr = self.filter_template.replace("%entryCSN%", cookie_csn(cookie))
+        with _unavailable_on_network_errors(f"sync search on {uri}"):
+            self._msgid = conn.syncrepl_search(self.base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
+                                               cookie=cookie or None, filterstr=filterstr,
+                                               attrlist=SYNC_ATTRS)
+        self._conn = conn
+        log.debug("sync search on %s below %s with %s from cookie %s", uri, self.base, filterstr, cookie)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.unbind_s()
+            except ldap.LDAPError:
+                pass
+            self._conn = None
+
+    def poll(self, timeout: float) -> list[Event]:
+        """The events that arrived within ``timeout`` seconds, in order."""
+        if self._conn is None:
+            raise DirectoryUnavailable("sync stream not open")
+        for wait in [timeout] + [BATCH_WAIT] * (POLL_BATCH - 1):
+            if not self._poll_one(wait):
+                break
+        events, self._conn.events = self._conn.events, []
+        return events
+
+    def _poll_one(self, wait: float) -> bool:
+        try:
+            going = self._conn.syncrepl_poll(msgid=self._msgid, timeout=wait, all=0)
+        except ldap.TIMEOUT:
+            return False
+        except ldap.NO_SUCH_OBJECT as err:
+            raise SubtreeMissing(f"SERVICE_SUBTREE {self.base} does not exist") from err
+        except _UNAVAILABLE as err:
+            raise DirectoryUnavailable(f"sync stream: {describe(err)}") from err
+        except ldap.LDAPError as err:
+            info = err.args[0] if err.args and isinstance(err.args[0], dict) else {}
+            if info.get("result") == SYNC_REFRESH_REQUIRED:
+                raise RefreshRequired(describe(err)) from err
+            raise DirectoryUnavailable(f"sync stream ended: {describe(err)}") from err
+        if not going:
+            raise DirectoryUnavailable("the server ended the sync search")
+        return True

@@ -1,0 +1,121 @@
+"""The transport interface, command results, and the dry-run wrapper."""
+from __future__ import annotations
+
+import logging
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+EXIT_NOT_FOUND = 127
+EXIT_TIMEOUT = 124
+
+
+@dataclass
+class CommandResult:
+    """How a command ended. Commands never raise: failures are results."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe(self) -> str:
+        """One line for the log: the command, its exit code and its last words."""
+        said = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        tail = f": {said[-1]}" if said else ""
+        return f"{shlex.join(self.argv)} exited {self.returncode}{tail}"
+
+
+class Transport(ABC):
+    """Runs commands and changes files on the host being provisioned.
+
+    File operations raise OSError on failure; ``run`` returns a result.
+    """
+
+    dry_run = False
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
+            timeout: float | None = None) -> CommandResult:
+        """Run ``argv`` (no shell) and wait for it."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists; OSError for any error but "does not exist"."""
+
+    @abstractmethod
+    def realpath(self, path: str) -> str:
+        """``path`` with symlinks and ``..`` resolved (it need not exist)."""
+
+    @abstractmethod
+    def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
+                   owner: tuple[int, int] | None = None) -> None:
+        """Replace ``path`` atomically: readers see the old or the new file, never half."""
+
+    @abstractmethod
+    def makedirs(self, path: str, *, mode: int = 0o755,
+                 owner: tuple[int, int] | None = None) -> None:
+        """Create ``path`` and missing parents; set mode and owner on ``path``."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst`` (same filesystem)."""
+
+    @abstractmethod
+    def remove(self, path: str) -> None:
+        """Remove the file ``path``; a missing file is fine."""
+
+    @abstractmethod
+    def remove_tree(self, path: str) -> None:
+        """Remove the directory tree ``path``; a missing one is fine."""
+
+
+class DryRun(Transport):
+    """Prints what would change and changes nothing; reads still happen."""
+
+    dry_run = True
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    def _say(self, what: str) -> None:
+        # Printed, not only logged: dry-run output must show even with
+        # LOG_INFO off or without --debug.
+        line = f"DRY-RUN: would {what}"
+        print(line, flush=True)
+        log.info("%s", line)
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
+            timeout: float | None = None) -> CommandResult:
+        self._say(f"run: {shlex.join(argv)}")
+        return CommandResult(list(argv), 0)
+
+    def exists(self, path: str) -> bool:
+        return self.inner.exists(path)
+
+    def realpath(self, path: str) -> str:
+        return self.inner.realpath(path)
+
+    def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
+                   owner: tuple[int, int] | None = None) -> None:
+        self._say(f"write {len(data)} bytes to {path} (mode {mode:o}, owner {owner})")
+
+    def makedirs(self, path: str, *, mode: int = 0o755,
+                 owner: tuple[int, int] | None = None) -> None:
+        self._say(f"create directory {path} (mode {mode:o}, owner {owner})")
+
+    def rename(self, src: str, dst: str) -> None:
+        self._say(f"move {src} to {dst}")
+
+    def remove(self, path: str) -> None:
+        self._say(f"remove {path}")
+
+    def remove_tree(self, path: str) -> None:
+        self._say(f"remove the tree {path}")
