@@ -1,0 +1,117 @@
+"""The plugin contract: every hook a service plugin may implement.
+
+A service plugin (such as Backup/Rsnapshot) is a class or module registered in
+the ``provisioning.plugins`` entry-point group under the name ``SERVICE/TYPE``
+(the [Service] keys of the service configuration). The daemon loads exactly
+the plugin the configuration names, registers it with pluggy and calls the
+hooks below. Hook implementations are marked with ``provisioning.hookimpl``.
+
+What the core owns and plugins must not do: reading the sync stream, deciding
+whether an entry is a request, claiming it and writing sstProvisioningMode,
+sstProvisioningState and sstProvisioningReturnValue. A plugin only does the
+work on the host, through ``ctx.transport``, and returns an exit code.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from provisioning.entry import Entry
+    from provisioning.service import Request, ServiceContext
+
+PROJECT = "provisioning"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def provisioning_config_spec() -> str | None:
+    """Contribute configspec lines for the plugin's own configuration sections.
+
+    Called once, before the service configuration is validated, so that the
+    plugin's keys are checked with the core's and every error is reported
+    together.
+
+    :return: configspec text (configobj syntax), for example
+        ``"[Backup]\\nMOUNTPOINT = string(default=/)"``, or None.
+    """
+
+
+@hookspec
+def provisioning_start(ctx: "ServiceContext") -> list[str] | None:
+    """Check the plugin's configuration and environment at start-up.
+
+    Called once after the configuration is validated and before the daemon
+    connects to LDAP (also for ``--check``). The plugin may prepare state it
+    keeps for the life of the daemon.
+
+    :param ctx: the service context (validated configuration, transport,
+        dry-run flag).
+    :return: a list of problems, each a full sentence naming the key or file
+        at fault; an empty list or None when all is well. Any problem stops
+        the daemon with the configuration-error exit code.
+    """
+
+
+@hookspec(firstresult=True)
+def provisioning_owns(entry: "Entry", ctx: "ServiceContext") -> bool | None:
+    """Say whether a request entry is this host's to serve.
+
+    Called for every request before it is claimed or refused. Returning False
+    leaves the entry untouched (no claim, no write), so that several hosts can
+    share one subtree. Stops at the first non-None result; None from every
+    plugin means yes.
+
+    :param entry: the entry as the sync stream delivered it.
+    :param ctx: the service context.
+    :return: False to leave the entry to another host, True or None to serve it.
+    """
+
+
+@hookspec(firstresult=True)
+def provisioning_add(request: "Request", ctx: "ServiceContext") -> int | None:
+    """Create the service for a claimed add request.
+
+    Called after the core claimed the entry (sstProvisioningMode: adding).
+    Must be idempotent: after a crash it may be called again for the same
+    entry and must reach the same end state. Stops at the first non-None
+    result.
+
+    :param request: the claimed request; ``request.entry`` is the entry as
+        read back by the claim itself (fresh, not the sync event).
+    :param ctx: the service context; every command and file write goes
+        through ``ctx.transport`` so that --dry-run holds.
+    :return: the exit code: 0 for success, any other value is written to
+        sstProvisioningReturnValue. An exception counts as 1 (UNDEFINED_ERROR).
+    """
+
+
+@hookspec(firstresult=True)
+def provisioning_modify(request: "Request", ctx: "ServiceContext") -> int | None:
+    """Bring the service in line with a claimed modify request.
+
+    Same contract as :func:`provisioning_add`: idempotent, fresh entry in
+    ``request.entry``, returns the exit code. Stops at the first non-None
+    result.
+    """
+
+
+@hookspec(firstresult=True)
+def provisioning_delete(request: "Request", ctx: "ServiceContext") -> int | None:
+    """Remove the service for a claimed delete request.
+
+    Only called when the entry carries ``sstIsActive: FALSE`` (the core
+    refuses a delete of an active entry itself). Same contract as
+    :func:`provisioning_add`; deleting what is already gone succeeds. Stops
+    at the first non-None result.
+    """
+
+
+@hookspec
+def provisioning_stop(ctx: "ServiceContext") -> None:
+    """Release what :func:`provisioning_start` set up; called once at shutdown.
+
+    :param ctx: the service context.
+    """

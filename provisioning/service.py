@@ -1,0 +1,92 @@
+"""The selected service plugin behind one small facade that isolates its failures.
+
+pluggy does not isolate plugins: an exception in a hook aborts the call. Here
+every exception from a request hook becomes that request's failure (return
+value 1, UNDEFINED_ERROR, with the traceback in the log), never a dead daemon.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from provisioning.codes import ReturnValue
+from provisioning.config import Config
+from provisioning.entry import Entry
+from provisioning.transport import Transport
+
+log = logging.getLogger(__name__)
+
+VERBS = ("add", "modify", "delete")
+
+
+@dataclass
+class ServiceContext:
+    """What a plugin gets to do its work: configuration, transport, dry-run flag."""
+
+    config: Config
+    transport: Transport
+    dry_run: bool = False
+
+    @property
+    def environment(self) -> str:
+        """[Global] ENVIRONMENT: this host's name in the directory."""
+        return self.config.service["Global"]["ENVIRONMENT"]
+
+
+@dataclass
+class Request:
+    """A claimed request: what to do (``verb``) to which entry."""
+
+    verb: str       # add, modify or delete
+    entry: Entry    # fresh: read back by the claim
+
+    @property
+    def dn(self) -> str:
+        return self.entry.dn
+
+
+class Service:
+    """Calls the plugin's hooks; a plugin's exception is the request's failure."""
+
+    def __init__(self, manager: pluggy.PluginManager, ctx: ServiceContext) -> None:
+        self.manager = manager
+        self.ctx = ctx
+
+    def start(self) -> list[str]:
+        """Run the plugins' start-up checks; return every problem found."""
+        problems: list[str] = []
+        for result in self.manager.hook.provisioning_start(ctx=self.ctx):
+            problems.extend(result or [])
+        return problems
+
+    def stop(self) -> None:
+        try:
+            self.manager.hook.provisioning_stop(ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - shutting down anyway; say why
+            log.exception("plugin failed while stopping")
+
+    def owns(self, entry: Entry) -> bool:
+        """False when a plugin says the entry belongs to another host."""
+        try:
+            answer = self.manager.hook.provisioning_owns(entry=entry, ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - a broken check must not take the entry
+            log.exception("%s: plugin failed to decide whether the entry is ours; leaving it", entry.dn)
+            return False
+        return answer is not False
+
+    def run(self, request: Request) -> int:
+        """Run the hook for ``request.verb``; return its exit code."""
+        hook = getattr(self.manager.hook, f"provisioning_{request.verb}")
+        try:
+            code: Any = hook(request=request, ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - see module docstring
+            log.exception("%s: plugin raised during %s", request.dn, request.verb)
+            return ReturnValue.UNDEFINED_ERROR
+        if isinstance(code, bool) or not isinstance(code, int):
+            log.error("%s: plugin returned %r from %s instead of an exit code",
+                      request.dn, code, request.verb)
+            return ReturnValue.UNDEFINED_ERROR
+        return code
