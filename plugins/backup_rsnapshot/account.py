@@ -1,0 +1,181 @@
+"""A backup account as read from its entry, and where its files live.
+
+Everything here is derived from directory data, which the daemon does not
+trust: values are checked before any of them reaches a command line or a
+path, and every path must resolve inside BACKUP_ROOT.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+from provisioning.entry import Entry
+from provisioning.transport import Transport
+
+from provisioning_backup_rsnapshot.codes import Code, StepError
+
+# rsnapshot retain levels, in the order they must appear, and their attributes.
+LEVELS = (("hourly", "sstBackupIntervalHourly"), ("daily", "sstBackupIntervalDaily"),
+          ("weekly", "sstBackupIntervalWeekly"), ("monthly", "sstBackupIntervalMonthly"),
+          ("yearly", "sstBackupIntervalYearly"))
+MAX_ID = 4_294_967_294          # (uid_t)-1 is "no change" to chown
+UID = re.compile(r"[0-9]{1,10}")
+# Paths end up in rsnapshot's TAB-separated file and in argv: no blanks, no
+# control characters, nothing a shell or rsnapshot could read twice.
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
+JAIL_NAME = "chroot"
+
+
+@dataclass(frozen=True)
+class Account:
+    """The parts of a backup account entry the plugin works with."""
+
+    dn: str
+    uid: str
+    uid_number: int
+    gid_number: int
+    quota_bytes: int | None
+    retain: tuple[tuple[str, int], ...]   # (level, count) for counts above 0, in LEVELS order
+    home_directory: str | None
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return self.uid_number, self.gid_number
+
+
+def parse(entry: Entry, min_id: int, *, need_service_data: bool = True) -> Account:
+    """The account in ``entry``, or StepError naming the first bad value.
+
+    ``need_service_data`` is False for delete, which needs only who and where.
+    """
+    uid, uid_number, gid_number = entry.get("uid"), entry.get("uidNumber"), entry.get("gidNumber")
+    missing = [n for n, v in (("uid", uid), ("uidNumber", uid_number), ("gidNumber", gid_number)) if v is None]
+    if missing:
+        raise StepError(Code.USER_NOT_PRESENT_IN_BACKEND,
+                        f"the entry has no {', '.join(missing)}: not a backup account (posixAccount)")
+    if not UID.fullmatch(uid):
+        raise StepError(Code.INVALID_ACCOUNT_DATA, f"uid {uid!r} is not 1 to 10 digits")
+    numbers = [_id_number(name, value, min_id) for name, value in
+               (("uidNumber", uid_number), ("gidNumber", gid_number))]
+    quota = _quota(entry.get("sstQuota")) if need_service_data else None
+    retain = _retain(entry) if need_service_data else ()
+    return Account(entry.dn, uid, numbers[0], numbers[1], quota, retain, entry.get("homeDirectory"))
+
+
+def _id_number(name: str, value: str, min_id: int) -> int:
+    if not value.isdigit() or not min_id <= int(value) <= MAX_ID:
+        raise StepError(Code.INVALID_ACCOUNT_DATA,
+                        f"{name} {value!r} is not a number from {min_id} to {MAX_ID}")
+    return int(value)
+
+
+def _quota(value: str | None) -> int:
+    if value is None:
+        raise StepError(Code.INVALID_ACCOUNT_DATA, "sstQuota is missing")
+    if not value.isdigit():
+        raise StepError(Code.INVALID_ACCOUNT_DATA, f"sstQuota {value!r} is not a number of bytes >= 0")
+    return int(value)
+
+
+def _retain(entry: Entry) -> tuple[tuple[str, int], ...]:
+    levels = []
+    for level, attribute in LEVELS:
+        value = entry.get(attribute, "0")
+        if not value.isdigit() or int(value) > 99:
+            raise StepError(Code.INVALID_ACCOUNT_DATA, f"{attribute} {value!r} is not a number from 0 to 99")
+        if int(value):
+            levels.append((level, int(value)))
+    if not levels:
+        raise StepError(Code.INVALID_ACCOUNT_DATA,
+                        "every sstBackupInterval* is 0: rsnapshot needs at least one level to keep")
+    return tuple(levels)
+
+
+# ------------------------------------------------------------------ layout
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an account lives on the host.
+
+    ``jail`` is the chroot, ``home`` the home directory as seen inside it;
+    ``directory`` holds all of the account (the jail, or its parent when the
+    jail is called "chroot", as in the stoney layout) and is what delete
+    archives. It must be named after the uid, so that no entry can point at
+    another account's files.
+    """
+
+    jail: str
+    home: str
+    directory: str
+
+    @property
+    def home_path(self) -> str:
+        """The home directory as seen from the host."""
+        return self.jail + self.home
+
+    @property
+    def snapshot_root(self) -> str:
+        return self.home_path + "/.snapshots/"
+
+    @property
+    def incoming(self) -> str:
+        return self.home_path + "/incoming/"
+
+
+def pattern_directory(uid: str, backup_root: str) -> str:
+    """``<root>/<last digit>/<last 3 digits>/<digits 2-4>/<uid>`` (needs 4 digits or more)."""
+    if len(uid) < 4:
+        raise StepError(Code.INVALID_ACCOUNT_DATA,
+                        f"uid {uid} is too short for the directory pattern and there is no homeDirectory")
+    return f"{backup_root}/{uid[-1]}/{uid[-3:]}/{uid[1:4]}/{uid}"
+
+
+def layout(account: Account, backup_root: str) -> Layout:
+    """The account's Layout from homeDirectory (``<jail>/./<home>``) or the pattern."""
+    if account.home_directory is None:
+        directory = pattern_directory(account.uid, backup_root)
+        return Layout(f"{directory}/{JAIL_NAME}", f"/home/{account.uid}", directory)
+    value = account.home_directory
+    if not SAFE_PATH.fullmatch(value) or value.count("/./") != 1:
+        raise StepError(Code.INVALID_ACCOUNT_DATA,
+                        f"homeDirectory {value!r} is not <jail>/./<home> made of letters, digits, . _ - /")
+    jail, home = value.split("/./")
+    jail, home = jail.rstrip("/"), "/" + home.strip("/")
+    for part in (jail, home):
+        if posixpath.normpath(part) != part or ".." in part.split("/"):
+            raise StepError(Code.PATH_OUTSIDE_BACKUP_ROOT,
+                            f"homeDirectory {value!r} contains '..' or empty components")
+    directory = posixpath.dirname(jail) if posixpath.basename(jail) == JAIL_NAME else jail
+    if posixpath.basename(directory) != account.uid:
+        raise StepError(Code.INVALID_ACCOUNT_DATA,
+                        f"homeDirectory {value!r}: the account directory {directory} is not named after uid {account.uid}")
+    return Layout(jail, home, directory)
+
+
+def confine(place: Layout, backup_root: str, archive_dir: str, transport: Transport) -> None:
+    """StepError unless, with symlinks resolved, the account stays inside BACKUP_ROOT.
+
+    The account directory must lie strictly inside the root, the home inside
+    the jail, and the account must neither contain the archive nor lie in it.
+    """
+    root = transport.realpath(backup_root)
+    real = {name: transport.realpath(path) for name, path in
+            (("directory", place.directory), ("jail", place.jail), ("home", place.home_path))}
+    archive = transport.realpath(archive_dir)
+    problems = []
+    if not _inside(real["directory"], root):
+        problems.append(f"account directory {place.directory} resolves to {real['directory']}, outside {root}")
+    if not (_inside(real["jail"], real["directory"]) or real["jail"] == real["directory"]):
+        problems.append(f"jail {place.jail} resolves to {real['jail']}, outside {real['directory']}")
+    if not _inside(real["home"], real["jail"]):
+        problems.append(f"home {place.home_path} resolves to {real['home']}, outside the jail {real['jail']}")
+    if _inside(archive, real["directory"]) or archive == real["directory"] or _inside(real["directory"], archive):
+        problems.append(f"account directory {real['directory']} overlaps the archive {archive}")
+    if problems:
+        raise StepError(Code.PATH_OUTSIDE_BACKUP_ROOT, "; ".join(problems))
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Strictly inside: ``folder`` itself does not count."""
+    return path.startswith(folder.rstrip("/") + "/")
