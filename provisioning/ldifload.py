@@ -1,0 +1,162 @@
+"""loadOpenLDAPsingleLDIF: apply one LDIF file to the directory a service config names.
+
+The records may be entries (added), or change records with changetype add,
+modify or delete. The bind DN and password come from the configuration file,
+never from the command line, so they do not show in the process list.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ldap
+import ldap.modlist
+
+from provisioning.backend.ldap import BindRefused, DirectoryUnavailable, LdapSettings, connect, describe
+from provisioning.config import ConfigError
+
+MOD_OPS = {"add": ldap.MOD_ADD, "delete": ldap.MOD_DELETE, "replace": ldap.MOD_REPLACE}
+
+
+@dataclass
+class Change:
+    """One LDIF record."""
+
+    dn: str
+    kind: str                                               # add, modify or delete
+    attrs: dict[str, list[bytes]] = field(default_factory=dict)          # for add
+    mods: list[tuple[int, str, list[bytes] | None]] = field(default_factory=list)  # for modify
+
+
+def parse_ldif(text: str) -> list[Change]:
+    """The records of an LDIF text (RFC 2849: folded lines, comments, base64 values)."""
+    return [_record(block, number) for number, block in _blocks(text)]
+
+
+def _blocks(text: str):
+    lines: list[str] = []
+    start = 1
+    for number, raw in enumerate(text.splitlines() + [""], 1):
+        if raw.startswith(" ") and lines:
+            lines[-1] += raw[1:]           # folded continuation
+        elif raw.startswith("#"):
+            continue
+        elif raw.strip() == "":
+            if lines:
+                yield start, lines
+            lines, start = [], number + 1
+        else:
+            lines.append(raw)
+
+
+def _pair(line: str, number: int) -> tuple[str, bytes]:
+    if line == "-":
+        return "-", b""
+    name, sep, rest = line.partition(":")
+    if not sep:
+        raise ValueError(f"record at line {number}: {line!r} is not 'name: value'")
+    if rest.startswith(":"):
+        return name, base64.b64decode(rest[1:].strip())
+    return name, rest.strip().encode()
+
+
+def _record(lines: list[str], number: int) -> Change:
+    pairs = [_pair(line, number) for line in lines]
+    if pairs[0][0].lower() == "version":
+        pairs = pairs[1:]
+    if not pairs or pairs[0][0].lower() != "dn":
+        raise ValueError(f"record at line {number} does not start with dn:")
+    dn = pairs[0][1].decode()
+    kind = "add"
+    body = pairs[1:]
+    if body and body[0][0].lower() == "changetype":
+        kind, body = body[0][1].decode().strip().lower(), body[1:]
+    if kind == "add":
+        attrs: dict[str, list[bytes]] = {}
+        for name, value in body:
+            attrs.setdefault(name, []).append(value)
+        return Change(dn, kind, attrs=attrs)
+    if kind == "delete":
+        return Change(dn, kind)
+    if kind == "modify":
+        return Change(dn, kind, mods=_modifications(body, number))
+    raise ValueError(f"record at line {number}: changetype {kind} is not supported (add, modify, delete)")
+
+
+def _modifications(body: list[tuple[str, bytes]], number: int) -> list[tuple[int, str, list[bytes] | None]]:
+    mods = []
+    current: tuple[int, str, list[bytes]] | None = None
+    for name, value in body:
+        if name == "-":
+            current = None
+        elif current is None:
+            if name.lower() not in MOD_OPS:
+                raise ValueError(f"record at line {number}: {name!r} is not add, delete or replace")
+            current = (MOD_OPS[name.lower()], value.decode().strip(), [])
+            mods.append(current)
+        else:
+            current[2].append(value)
+    return [(op, attr, values or None) for op, attr, values in mods]
+
+
+def apply(conn, changes: list[Change]) -> None:
+    """Apply every record in order; stop at the first the server refuses."""
+    for change in changes:
+        if change.kind == "add":
+            conn.add_s(change.dn, ldap.modlist.addModlist(change.attrs))
+        elif change.kind == "delete":
+            conn.delete_s(change.dn)
+        else:
+            conn.modify_s(change.dn, change.mods)
+        print(f"{change.kind} {change.dn}: done")
+
+
+def default_config() -> str | None:
+    """$PROVISIONING_CONFIG, else the sandbox's configuration if there is one."""
+    from provisioning.sandbox.layout import SandboxLayout
+
+    explicit = os.environ.get("PROVISIONING_CONFIG")
+    if explicit:
+        return explicit
+    sandbox = SandboxLayout.default().service_config
+    return str(sandbox) if sandbox.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loadOpenLDAPsingleLDIF", description=__doc__.splitlines()[0])
+    parser.add_argument("ldif", metavar="FILE", help="LDIF file with entries or change records")
+    parser.add_argument("-c", "--config", default=default_config(),
+                        help="service configuration whose [Database] to use "
+                             "(default: $PROVISIONING_CONFIG, else the sandbox's)")
+    parser.add_argument("-g", "--global-config", help="Global.conf (default: as the daemon finds it)")
+    args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("no service configuration: give -c FILE or set PROVISIONING_CONFIG")
+    from provisioning.cli import load_configuration
+
+    try:
+        config, _ = load_configuration(Path(args.config), args.global_config)
+        changes = parse_ldif(Path(args.ldif).read_text(encoding="utf-8"))
+        conn, uri = connect(LdapSettings.from_config(config))
+    except ConfigError as err:
+        print("\n".join(err.problems), file=sys.stderr)
+        return 3
+    except (OSError, ValueError, BindRefused, DirectoryUnavailable) as err:
+        print(f"loadOpenLDAPsingleLDIF: {err}", file=sys.stderr)
+        return 1
+    try:
+        apply(conn, changes)
+    except ldap.LDAPError as err:
+        print(f"loadOpenLDAPsingleLDIF: {args.ldif}: {describe(err)}", file=sys.stderr)
+        return 1
+    finally:
+        conn.unbind_s()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
