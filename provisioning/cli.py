@@ -20,6 +20,7 @@ from provisioning.backend.cookie import CookieStore
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryError, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
+from provisioning.clock import Clock
 from provisioning.codes import ExitCode
 from provisioning.config import (
     Config, ConfigError, find_global_config, global_config_candidates, load, read_service_identity,
@@ -85,6 +86,7 @@ def configure_logging(config: Config, args: argparse.Namespace) -> None:
 
 
 def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace) -> int:
+    log.debug("configuration %s, Global.conf %s", config.path, config.global_path or "(none found: built-in defaults)")
     for warning in unknown_keys(config):
         log.warning("%s", warning)
     transport = build_transport(config.service["Service"]["TRANSPORTAPI"],
@@ -184,17 +186,23 @@ def check(config: Config) -> int:
     return ExitCode.OK
 
 
-def serve(config: Config, service: Service, *, dry_run: bool) -> int:
-    """Run the daemon until a signal stops it or LDAP stays out of reach."""
+def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
+                 clock: Clock | None = None) -> Daemon:
+    """The daemon the configuration describes, around an already started service."""
     settings = LdapSettings.from_config(config)
     db = config.service["Database"]
     directory = Directory(settings, dry_run=dry_run)
     startup, operation = _retries(config)
-    daemon = Daemon(directory=directory,
-                    stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
-                    cookies=CookieStore(db["COOKIE_FILE"], db["DEFAULT_COOKIE"], dry_run=dry_run),
-                    protocol=Protocol(directory, service),
-                    startup=startup, operation=operation, base=db["SERVICE_SUBTREE"])
+    return Daemon(directory=directory,
+                  stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
+                  cookies=CookieStore(db["COOKIE_FILE"], db["DEFAULT_COOKIE"], dry_run=dry_run),
+                  protocol=Protocol(directory, service, clock),
+                  startup=startup, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock)
+
+
+def serve(config: Config, service: Service, *, dry_run: bool) -> int:
+    """Run the daemon until a signal stops it or LDAP stays out of reach."""
+    daemon = build_daemon(config, service, dry_run=dry_run)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: daemon.request_stop())
     log.info("starting %s/%s provisioning daemon %s (pid %d)%s", config.service_name, config.type_name,

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import ldap.dn
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
-from validate import ValidateError, Validator, VdtTypeError, VdtValueError
+from validate import ValidateError, Validator
 
 SPEC_DIR = Path(__file__).with_name("configspec")
 GLOBAL_CONF_NAME = "Global.conf"
@@ -170,9 +170,33 @@ def _describe_errors(label: str, cfg: ConfigObj, result: Any) -> list[str]:
                 problems.append(f"{label}: section {where} is missing")
             elif error is False:
                 problems.append(f"{label}: {where} {key}: missing (required)")
-            else:
+            elif isinstance(error, Invalid):
                 problems.append(f"{label}: {where} {key}: {error}")
+            else:
+                expected = _expected(_spec_of(cfg, sections, key))
+                problems.append(f"{label}: {where} {key}: {str(error).rstrip('.')}{expected}")
     return problems
+
+
+_TYPE_HINTS = {"boolean": "1 or 0 (also yes/no, true/false, on/off)",
+               "integer": "a whole number", "float": "a number"}
+
+
+def _spec_of(cfg: ConfigObj, sections: list[str], key: str) -> str:
+    spec = cfg.configspec
+    for name in sections:
+        spec = spec.get(name, {}) if spec is not None else {}
+    return str(spec.get(key, "")) if spec is not None else ""
+
+
+def _expected(check: str) -> str:
+    """" (expected ...)" for a configspec check such as integer(min=1, max=65535, default=None)."""
+    name = check.split("(", 1)[0].strip()
+    if name not in _TYPE_HINTS:
+        return ""
+    bounds = dict(re.findall(r"(min|max)\s*=\s*([-0-9.]+)", check))
+    limits = "".join(f", {word} {bounds[k]}" for k, word in (("min", "at least"), ("max", "at most")) if k in bounds)
+    return f" (expected {_TYPE_HINTS[name]}{limits})"
 
 
 def unknown_keys(cfg: Config) -> list[str]:
@@ -186,6 +210,10 @@ def unknown_keys(cfg: Config) -> list[str]:
 
 
 # ----------------------------------------------------------------- checks
+
+class Invalid(ValidateError):
+    """A value our checks refuse; the message is shown as it is."""
+
 
 def _validator() -> Validator:
     return Validator({
@@ -203,7 +231,7 @@ def _choice_ci(value: Any, *choices: str) -> str:
     for choice in choices:
         if str(value).strip().lower() == choice.lower():
             return choice
-    raise VdtValueError(f'"{value}" is not valid; valid choices: {", ".join(choices)}')
+    raise Invalid(f'"{value}" is not valid; valid choices: {", ".join(choices)}')
 
 
 _URI = re.compile(r"^(ldap|ldaps|ldapi)://", re.IGNORECASE)
@@ -212,17 +240,17 @@ _URI = re.compile(r"^(ldap|ldaps|ldapi)://", re.IGNORECASE)
 def _ldap_uris(value: Any) -> list[str]:
     uris = str(value).split()
     if not uris:
-        raise VdtValueError("no LDAP URI given (expected ldap://, ldaps:// or ldapi:// URIs)")
+        raise Invalid("no LDAP URI given (expected ldap://, ldaps:// or ldapi:// URIs)")
     bad = [u for u in uris if not _URI.match(u)]
     if bad:
-        raise VdtValueError(f'"{" ".join(bad)}" is not an ldap://, ldaps:// or ldapi:// URI')
+        raise Invalid(f'"{" ".join(bad)}" is not an ldap://, ldaps:// or ldapi:// URI')
     return uris
 
 
 def _dn(value: Any) -> str:
     text = str(value).strip()
     if not text or not ldap.dn.is_dn(text):
-        raise VdtValueError(f'"{value}" is not a distinguished name')
+        raise Invalid(f'"{value}" is not a distinguished name')
     return text
 
 
@@ -234,21 +262,21 @@ def _ldap_filter(value: Any) -> str:
         if depth < 0:
             break
     if not text.startswith("(") or depth != 0:
-        raise VdtValueError(f'"{value}" is not an LDAP filter (parentheses do not balance)')
+        raise Invalid(f'"{value}" is not an LDAP filter (parentheses do not balance)')
     return text
 
 
 def _abspath(value: Any) -> str:
     text = str(value).strip()
     if not text.startswith("/"):
-        raise VdtValueError(f'"{value}" is not an absolute path')
+        raise Invalid(f'"{value}" is not an absolute path')
     return text
 
 
 def _identifier(value: Any) -> str:
     text = str(value).strip()
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
-        raise VdtTypeError(f'"{value}" is not a name (letters, digits and _ only)')
+        raise Invalid(f'"{value}" is not a name (letters, digits and _ only)')
     return text
 
 

@@ -34,18 +34,27 @@ class Change:
 
 def parse_ldif(text: str) -> list[Change]:
     """The records of an LDIF text (RFC 2849: folded lines, comments, base64 values)."""
-    return [_record(block, number) for number, block in _blocks(text)]
+    blocks = list(_blocks(text))
+    if blocks and blocks[0][1][0].lower().startswith("version:"):
+        number, lines = blocks[0]
+        blocks[0] = (number, lines[1:])      # "version: 1" may share the first record's block
+    return [_record(lines, number) for number, lines in blocks if lines]
 
 
 def _blocks(text: str):
+    """(line number, unfolded lines) of each record; comments dropped, folded ones too."""
     lines: list[str] = []
     start = 1
+    in_comment = False
     for number, raw in enumerate(text.splitlines() + [""], 1):
-        if raw.startswith(" ") and lines:
-            lines[-1] += raw[1:]           # folded continuation
-        elif raw.startswith("#"):
+        if raw.startswith(" ") and (in_comment or lines):
+            if not in_comment:
+                lines[-1] += raw[1:]         # continuation of the previous line
             continue
-        elif raw.strip() == "":
+        in_comment = raw.startswith("#")
+        if in_comment:
+            continue
+        if raw.strip() == "":
             if lines:
                 yield start, lines
             lines, start = [], number + 1
@@ -66,9 +75,7 @@ def _pair(line: str, number: int) -> tuple[str, bytes]:
 
 def _record(lines: list[str], number: int) -> Change:
     pairs = [_pair(line, number) for line in lines]
-    if pairs[0][0].lower() == "version":
-        pairs = pairs[1:]
-    if not pairs or pairs[0][0].lower() != "dn":
+    if pairs[0][0].lower() != "dn":
         raise ValueError(f"record at line {number} does not start with dn:")
     dn = pairs[0][1].decode()
     kind = "add"

@@ -21,6 +21,8 @@ LEVELS = (("hourly", "sstBackupIntervalHourly"), ("daily", "sstBackupIntervalDai
           ("yearly", "sstBackupIntervalYearly"))
 MAX_ID = 4_294_967_294          # (uid_t)-1 is "no change" to chown
 UID = re.compile(r"[0-9]{1,10}")
+# ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.
+NUMBER = re.compile(r"[0-9]+")
 # Paths end up in rsnapshot's TAB-separated file and in argv: no blanks, no
 # control characters, nothing a shell or rsnapshot could read twice.
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
@@ -64,7 +66,7 @@ def parse(entry: Entry, min_id: int, *, need_service_data: bool = True) -> Accou
 
 
 def _id_number(name: str, value: str, min_id: int) -> int:
-    if not value.isdigit() or not min_id <= int(value) <= MAX_ID:
+    if not NUMBER.fullmatch(value) or not min_id <= int(value) <= MAX_ID:
         raise StepError(Code.INVALID_ACCOUNT_DATA,
                         f"{name} {value!r} is not a number from {min_id} to {MAX_ID}")
     return int(value)
@@ -73,7 +75,7 @@ def _id_number(name: str, value: str, min_id: int) -> int:
 def _quota(value: str | None) -> int:
     if value is None:
         raise StepError(Code.INVALID_ACCOUNT_DATA, "sstQuota is missing")
-    if not value.isdigit():
+    if not NUMBER.fullmatch(value):
         raise StepError(Code.INVALID_ACCOUNT_DATA, f"sstQuota {value!r} is not a number of bytes >= 0")
     return int(value)
 
@@ -82,7 +84,7 @@ def _retain(entry: Entry) -> tuple[tuple[str, int], ...]:
     levels = []
     for level, attribute in LEVELS:
         value = entry.get(attribute, "0")
-        if not value.isdigit() or int(value) > 99:
+        if not NUMBER.fullmatch(value) or int(value) > 99:
             raise StepError(Code.INVALID_ACCOUNT_DATA, f"{attribute} {value!r} is not a number from 0 to 99")
         if int(value):
             levels.append((level, int(value)))

@@ -19,6 +19,8 @@ import base64
 import sys
 from pathlib import Path
 
+import ldap.dn
+
 from provisioning_backup_rsnapshot.account import UID, pattern_directory
 
 DEFAULT_BASE = "ou=accounts,ou=backup,ou=services,dc=stoney-cloud,dc=org"
@@ -26,10 +28,14 @@ GIB = 1024 ** 3
 
 
 def _line(name: str, value: str) -> str:
-    """An LDIF line; base64 where the value is not plain ASCII (RFC 2849)."""
-    raw = value.encode("utf-8")
-    plain = value.isascii() and value == value.strip() and not value.startswith((":", "<"))
-    return f"{name}: {value}" if plain else f"{name}:: {base64.b64encode(raw).decode()}"
+    """An LDIF line; base64 unless the value is RFC 2849's SAFE-STRING.
+
+    A line break in a value must never start a line of its own: that would
+    let a name passed on the command line add attributes to the entry.
+    """
+    safe = (value.isascii() and value == value.strip() and not value.startswith((":", "<"))
+            and not any(c in value for c in "\n\r\0"))
+    return f"{name}: {value}" if safe else f"{name}:: {base64.b64encode(value.encode()).decode()}"
 
 
 def _request(mode: str) -> list[str]:
@@ -39,7 +45,7 @@ def _request(mode: str) -> list[str]:
 
 
 def _modify(dn: str, changes: list[str]) -> str:
-    return f"dn: {dn}\nchangetype: modify\n" + "\n-\n".join(changes) + "\n-\n"
+    return f"{_line('dn', dn)}\nchangetype: modify\n" + "\n-\n".join(changes) + "\n-\n"
 
 
 def account_ldifs(args: argparse.Namespace) -> dict[str, str]:
@@ -48,7 +54,7 @@ def account_ldifs(args: argparse.Namespace) -> dict[str, str]:
     dn = f"uid={uid},{args.base}"
     home = f"{pattern_directory(uid, args.backup_root)}/chroot/./home/{uid}"
     entry = [
-        f"dn: {dn}", "objectClass: account", "objectClass: posixAccount", "objectClass: shadowAccount",
+        _line("dn", dn), "objectClass: account", "objectClass: posixAccount", "objectClass: shadowAccount",
         "objectClass: sstBackup", "objectClass: sstProvisioning", "objectClass: sstRelationship",
         f"uid: {uid}", f"uidNumber: {uid}", f"gidNumber: {uid}",
         _line("cn", f"{args.givenname} {args.surname}"),
@@ -59,8 +65,8 @@ def account_ldifs(args: argparse.Namespace) -> dict[str, str]:
         "sstNotificationWarningLevel: 85", "sstNotificationWarningMedium: mail",
         "sstUseSelfcare: TRUE", "sstUseSSH: TRUE", "sstIsActive: TRUE",
         f"sstQuota: {args.quota}",
-        f"sstBelongsToResellerUID: {args.reseller}", f"sstBelongsToCustomerUID: {args.customer}",
-        f"sstBelongsToPersonUID: {args.people}",
+        _line("sstBelongsToResellerUID", args.reseller), _line("sstBelongsToCustomerUID", args.customer),
+        _line("sstBelongsToPersonUID", args.people),
         "sstProvisioningMode: add", "sstProvisioningState: 0", "sstProvisioningExecutionDate: 0",
     ]
     if args.host:
@@ -71,7 +77,7 @@ def account_ldifs(args: argparse.Namespace) -> dict[str, str]:
                                               "replace: sstBackupIntervalDaily\nsstBackupIntervalDaily: 14"]
                                          + _request("modify")),
         f"03_delete_{uid}.ldif": _modify(dn, ["replace: sstIsActive\nsstIsActive: FALSE"] + _request("delete")),
-        f"04_remove_{uid}.ldif": f"dn: {dn}\nchangetype: delete\n",
+        f"04_remove_{uid}.ldif": f"{_line('dn', dn)}\nchangetype: delete\n",
     }
 
 
@@ -94,6 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--uid {args.uid!r}: 4 to 10 digits expected")
     if args.quota < 0:
         parser.error("--quota must not be negative")
+    if not ldap.dn.is_dn(args.base):
+        parser.error(f"--base {args.base!r} is not a DN")
     return args
 
 

@@ -64,12 +64,14 @@ class SandboxLayout:
         write_recorder(self.setquota, self.setquota_log)
 
 
-def write_recorder(path: Path, log: Path) -> None:
-    """A stand-in command that appends its argv to ``log`` and exits 0.
+def write_recorder(path: Path, log: Path, then: str | None = None) -> None:
+    """A stand-in command that appends its argv to ``log``, then exits 0 or runs ``then``.
 
     If ``<log>.exit`` exists, its content is the exit code instead: tests
-    make the command fail that way.
+    make the command fail that way. With ``then``, the real command runs
+    with the same arguments after the call was recorded.
     """
+    finish = f'exec {shlex.quote(then)} "$@"' if then else "exit 0"
     script = f"""#!/bin/sh
 # Stand-in that records how it was called (one line per call, TAB-separated argv).
 log={shlex.quote(str(log))}
@@ -77,7 +79,7 @@ sep=''
 for arg in "$0" "$@"; do printf '%s%s' "$sep" "$arg"; sep='\t'; done >> "$log"
 printf '\\n' >> "$log"
 [ -f "$log.exit" ] && exit "$(cat "$log.exit")"
-exit 0
+{finish}
 """
     path.write_text(script)
     path.chmod(0o755)

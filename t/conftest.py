@@ -1,0 +1,57 @@
+"""Fixtures: one real slapd (syncprov, our schema) per session; a subtree and a host per test."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import ldap
+import pytest
+
+from provisioning.sandbox.slapd import BACKUP_BASE, StoneySlapd
+
+from helpers import DaemonProcess, Directory, Host
+
+# The tests must not read ~/.ldaprc or /etc/ldap/ldap.conf.
+os.environ.setdefault("LDAPNOINIT", "1")
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory):
+    server = StoneySlapd(rundir=str(tmp_path_factory.mktemp("slapd")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def subtree(slapd, request) -> str:
+    """A fresh SERVICE_SUBTREE for this test, so tests never see each other's entries."""
+    name = "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    dn = f"ou={name},{BACKUP_BASE}"
+    conn = slapd.connect()
+    try:
+        conn.add_s(dn, [("objectClass", [b"organizationalUnit"]), ("ou", [name.encode()])])
+    except ldap.ALREADY_EXISTS:
+        pass
+    finally:
+        conn.unbind_s()
+    return dn
+
+
+@pytest.fixture
+def host(tmp_path, slapd, subtree) -> Host:
+    return Host(tmp_path / "host", slapd, subtree)
+
+
+@pytest.fixture
+def directory(slapd, subtree, host) -> Directory:
+    return Directory(slapd, subtree, host.layout.backup_root)
+
+
+@pytest.fixture
+def daemon(host):
+    """A started daemon for the test's host, stopped (and checked) afterwards."""
+    process = DaemonProcess(host).start()
+    yield process
+    if process.proc.poll() is None:
+        assert process.stop() == 0, process.text()[-2000:]

@@ -1,0 +1,171 @@
+"""The daemon driven step by step in this process: a clock we move, plugins we write."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pluggy
+import pytest
+
+from provisioning import hookspecs
+from provisioning.cli import build_daemon, load_configuration
+from provisioning.clock import Clock
+from provisioning.codes import ReturnValue
+from provisioning.hookspecs import hookimpl
+from provisioning.service import Service, ServiceContext
+from provisioning.transport import LocalCLI
+
+from helpers import assert_done, wait_until
+
+UID = "3723707"
+
+
+class FakeClock(Clock):
+    """Real UTC time; a local date the test sets."""
+
+    def __init__(self, today: dt.date) -> None:
+        self.day = today
+
+    def today(self) -> dt.date:
+        return self.day
+
+
+def _service(host, manager=None):
+    config, loaded = load_configuration(host.config, str(host.global_config))
+    service = Service(manager or loaded, ServiceContext(config, LocalCLI()))
+    assert service.start() == []
+    return config, service
+
+
+def _steps_until(daemon, condition, what):
+    def stepped():
+        daemon.step(timeout=0.05)
+        return condition()
+    return wait_until(stepped, what)
+
+
+@pytest.fixture
+def running(host):
+    """A started in-process daemon with a settable date; shut down afterwards."""
+    clock = FakeClock(dt.date.today())
+    config, service = _service(host)
+    daemon = build_daemon(config, service, clock=clock)
+    daemon.start()
+    _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+    yield daemon, clock
+    daemon.shutdown()
+
+
+def test_a_dated_request_is_done_on_its_day_without_anyone_touching_it(running, directory, caplog):
+    daemon, clock = running
+    caplog.set_level(logging.INFO)
+    tomorrow = clock.day + dt.timedelta(days=1)
+    dn = directory.add(UID, sstProvisioningExecutionDate=tomorrow.strftime("%Y%m%d"))
+    _steps_until(daemon, lambda: "left until that day" in caplog.text, "the postponement")
+    for _ in range(5):
+        daemon.step(timeout=0.05)
+    assert directory.get(dn)["sstProvisioningMode"] == "add"
+
+    clock.day = tomorrow                      # midnight passes
+    _steps_until(daemon, lambda: directory.get(dn)["sstProvisioningMode"] == "added", "the dated add")
+    assert_done(directory.get(dn), "added")
+
+
+def test_a_dated_request_seen_before_a_restart_is_done_on_its_day(host, directory, running):
+    daemon, clock = running
+    tomorrow = clock.day + dt.timedelta(days=1)
+    dn = directory.add(UID, sstProvisioningExecutionDate=tomorrow.strftime("%Y%m%d"))
+    _steps_until(daemon, lambda: daemon.cookies.current.endswith(directory.get(dn)["entryCSN"]),
+                 "the cookie to move past the dated request")
+    daemon.shutdown()
+
+    # The next day a new daemon starts: its cookie is past the entry, so only
+    # the search for dated requests can find it.
+    config, service = _service(host)
+    later = build_daemon(config, service, clock=FakeClock(tomorrow))
+    later.start()
+    try:
+        _steps_until(later, lambda: directory.get(dn)["sstProvisioningMode"] == "added", "the dated add")
+    finally:
+        later.shutdown()
+
+
+def test_postponing_removes_the_return_value_of_an_earlier_attempt(running, directory):
+    daemon, clock = running
+    tomorrow = (clock.day + dt.timedelta(days=1)).strftime("%Y%m%d")
+    dn = directory.add(UID, sstProvisioningReturnValue="6", sstProvisioningExecutionDate=tomorrow)
+    _steps_until(daemon, lambda: "sstProvisioningReturnValue" not in directory.get(dn),
+                 "the old return value to go")
+    assert directory.get(dn)["sstProvisioningMode"] == "add"
+
+
+class Raising:
+    """A plugin with a bug."""
+
+    @hookimpl
+    def provisioning_add(self, request, ctx):
+        raise RuntimeError("plugin bug")
+
+    @hookimpl
+    def provisioning_modify(self, request, ctx):
+        return "not a number"
+
+    @hookimpl
+    def provisioning_delete(self, request, ctx):
+        return 0
+
+
+def _manager(plugin) -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    manager.register(plugin)
+    return manager
+
+
+def test_a_plugin_exception_fails_that_request_only(host, directory, caplog):
+    config, service = _service(host, _manager(Raising()))
+    daemon = build_daemon(config, service)
+    daemon.start()
+    try:
+        bad = directory.add(UID)
+        entry = wait_until(lambda: daemon.step(0.05) or directory.get(bad).get("sstProvisioningReturnValue"),
+                           "the failure to be written")
+        assert entry == str(ReturnValue.UNDEFINED_ERROR)
+        assert directory.get(bad)["sstProvisioningMode"] == "adding"
+        assert "plugin raised during add" in caplog.text and "RuntimeError: plugin bug" in caplog.text
+        # The daemon goes on: a modify whose hook returns garbage fails the same way,
+        # and a delete that works is done.
+        other = directory.add("3723708", sstProvisioningMode="modify")
+        wait_until(lambda: daemon.step(0.05) or directory.get(other).get("sstProvisioningReturnValue") == "1",
+                   "the modify failure")
+        assert "returned 'not a number' from modify" in caplog.text
+        third = directory.add("3723709", sstProvisioningMode="delete", sstIsActive="FALSE")
+        wait_until(lambda: daemon.step(0.05) or directory.get(third)["sstProvisioningMode"] == "deleted",
+                   "the delete")
+    finally:
+        daemon.shutdown()
+
+
+class NotMine:
+    @hookimpl
+    def provisioning_owns(self, entry, ctx):
+        return False
+
+    @hookimpl
+    def provisioning_add(self, request, ctx):
+        raise AssertionError("must not be called")
+
+    provisioning_modify = provisioning_delete = provisioning_add
+
+
+def test_an_entry_of_another_host_is_left_untouched(host, directory):
+    config, service = _service(host, _manager(NotMine()))
+    daemon = build_daemon(config, service)
+    daemon.start()
+    try:
+        dn = directory.add(UID, sstProvisioningMode="delete")     # would be refused if it were ours
+        before = directory.get(dn)
+        _steps_until(daemon, lambda: daemon.cookies.current.endswith(before["entryCSN"]), "the event")
+        assert directory.get(dn) == before
+    finally:
+        daemon.shutdown()

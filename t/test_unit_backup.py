@@ -1,0 +1,533 @@
+"""Unit tests of the Backup/Rsnapshot plugin's modules (no LDAP, real files under tmp_path)."""
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import ldap
+import pytest
+
+from provisioning.entry import Entry
+from provisioning.ldifload import parse_ldif
+from provisioning.transport import LocalCLI
+from provisioning_backup_rsnapshot import account_ldif
+from provisioning_backup_rsnapshot.account import Account, Layout, confine, layout, parse, pattern_directory
+from provisioning_backup_rsnapshot.archive import dispose
+from provisioning_backup_rsnapshot.codes import Code, StepError
+from provisioning_backup_rsnapshot.home import ensure_home
+from provisioning_backup_rsnapshot.quota import blocks, quota_argv, set_quota
+from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "etc/Provisioning/Backup/rsnapshot.account.template"
+RSNAPSHOT = "/usr/bin/rsnapshot"
+DN = "uid=3723707,ou=accounts,ou=backup,ou=services,dc=stoney-cloud,dc=org"
+HOME_DIR = "/var/backup/7/707/723/3723707/chroot/./home/3723707"
+STAMP = "20240102T030405Z"
+
+def attrs(**changes: str | None) -> dict[str, list[bytes]]:
+    """A complete backup account entry; a value of None drops the attribute."""
+    raw = {"uid": "3723707", "uidNumber": "3723707", "gidNumber": "3723707", "sstQuota": "1073741824",
+           "sstBackupIntervalHourly": "0", "sstBackupIntervalDaily": "7", "sstBackupIntervalWeekly": "4",
+           "sstBackupIntervalMonthly": "3", "sstBackupIntervalYearly": "0"}
+    raw.update(changes)
+    return {name: [value.encode()] for name, value in raw.items() if value is not None}
+
+def entry(**changes: str | None) -> Entry:
+    return Entry.from_ldap(DN, attrs(**changes))
+
+def code_of(call, *args, **kwargs) -> Code:
+    with pytest.raises(StepError) as caught:
+        call(*args, **kwargs)
+    return caught.value.code
+
+
+# ------------------------------------------------------------------ account.parse
+
+def test_parse_complete_account():
+    account = parse(entry(), 1000)
+    assert (account.dn, account.uid, account.uid_number, account.gid_number) == (DN, "3723707", 3723707, 3723707)
+    assert account.quota_bytes == 1073741824
+    assert account.retain == (("daily", 7), ("weekly", 4), ("monthly", 3))
+    assert account.home_directory is None
+    assert account.owner == (3723707, 3723707)
+
+def test_parse_keeps_levels_order_whatever_the_attribute_order():
+    raw = dict(reversed(list(attrs(sstBackupIntervalHourly="2", sstBackupIntervalYearly="1").items())))
+    account = parse(Entry.from_ldap(DN, raw), 1000)
+    assert [level for level, _ in account.retain] == ["hourly", "daily", "weekly", "monthly", "yearly"]
+
+@pytest.mark.parametrize("name", ["uid", "uidNumber", "gidNumber"])
+def test_parse_missing_identity_is_user_not_present(name):
+    assert code_of(parse, entry(**{name: None}), 1000) == Code.USER_NOT_PRESENT_IN_BACKEND == 2
+
+@pytest.mark.parametrize("uid", ["../../etc", "1; rm -rf /", "", "1" * 40, "12a4"])
+def test_parse_rejects_hostile_uid(uid):
+    assert code_of(parse, entry(uid=uid), 1000) == Code.INVALID_ACCOUNT_DATA == 11
+
+@pytest.mark.parametrize("name", ["uidNumber", "gidNumber"])
+@pytest.mark.parametrize("value", ["0", "999", "-5", "abc", "4294967295", " 3723707"])
+def test_parse_rejects_bad_id_numbers(name, value):
+    assert code_of(parse, entry(**{name: value}), 1000) == Code.INVALID_ACCOUNT_DATA
+
+@pytest.mark.parametrize("quota", [None, "-1", "abc", "1.5", ""])
+def test_parse_rejects_bad_quota(quota):
+    assert code_of(parse, entry(sstQuota=quota), 1000) == Code.INVALID_ACCOUNT_DATA
+
+def test_parse_accepts_zero_quota_and_min_id_itself():
+    account = parse(entry(sstQuota="0", uidNumber="1000", gidNumber="1000"), 1000)
+    assert account.quota_bytes == 0 and account.owner == (1000, 1000)
+
+@pytest.mark.parametrize("value", ["100", "-1", "x", ""])
+def test_parse_rejects_bad_interval(value):
+    assert code_of(parse, entry(sstBackupIntervalWeekly=value), 1000) == Code.INVALID_ACCOUNT_DATA
+
+def test_parse_accepts_interval_99():
+    assert ("weekly", 99) in parse(entry(sstBackupIntervalWeekly="99"), 1000).retain
+
+def test_parse_rejects_all_intervals_zero():
+    zeros = {f"sstBackupInterval{n}": "0" for n in ("Hourly", "Daily", "Weekly", "Monthly", "Yearly")}
+    assert code_of(parse, entry(**zeros), 1000) == Code.INVALID_ACCOUNT_DATA
+
+@pytest.mark.parametrize("name, value", [("uidNumber", "²"), ("sstQuota", "¹²³"), ("sstBackupIntervalDaily", "²")])
+def test_parse_unicode_digits_are_invalid_data_not_a_crash(name, value):
+    # str.isdigit() is True for superscripts, but int() cannot read them.
+    assert code_of(parse, entry(**{name: value}), 1000) == Code.INVALID_ACCOUNT_DATA
+
+def test_parse_without_service_data_skips_quota_and_intervals():
+    account = parse(entry(sstQuota=None, sstBackupIntervalDaily="x", sstBackupIntervalWeekly="0",
+                          sstBackupIntervalMonthly="0"), 1000, need_service_data=False)
+    assert account.quota_bytes is None and account.retain == ()
+    assert account.uid_number == 3723707
+
+
+# ------------------------------------------------------------------ account.layout
+
+def account_with(home_directory: str | None = None, uid: str = "3723707", **fields) -> Account:
+    values = dict(dn=DN, uid=uid, uid_number=3723707, gid_number=3723707, quota_bytes=1073741824,
+                  retain=(("daily", 7), ("weekly", 4), ("monthly", 3)), home_directory=home_directory)
+    values.update(fields)
+    return Account(**values)
+
+def test_pattern_directory():
+    assert pattern_directory("3723707", "/var/backup") == "/var/backup/7/707/723/3723707"
+
+def test_layout_from_pattern():
+    place = layout(account_with(), "/var/backup")
+    assert place.directory == "/var/backup/7/707/723/3723707"
+    assert place.jail == "/var/backup/7/707/723/3723707/chroot"
+    assert place.home == "/home/3723707"
+    assert place.home_path == "/var/backup/7/707/723/3723707/chroot/home/3723707"
+    assert place.snapshot_root == place.home_path + "/.snapshots/"
+    assert place.incoming == place.home_path + "/incoming/"
+
+@pytest.mark.parametrize("uid", ["1", "12", "123"])
+def test_layout_short_uid_without_home_directory_is_invalid(uid):
+    assert code_of(layout, account_with(uid=uid), "/var/backup") == Code.INVALID_ACCOUNT_DATA
+
+def test_layout_from_home_directory_equals_pattern():
+    assert layout(account_with(HOME_DIR), "/var/backup") == layout(account_with(), "/var/backup")
+
+def test_layout_from_home_directory_ignores_backup_root_and_takes_short_uids():
+    place = layout(account_with("/srv/b/12/chroot/./home/12", uid="12"), "/var/backup")
+    assert place == Layout("/srv/b/12/chroot", "/home/12", "/srv/b/12")
+
+@pytest.mark.parametrize("value", [
+    "/var/backup/7/707/723/3723707/chroot/home/3723707",          # no /./
+    "/var/backup/7/707/723/3723707/chroot/./home/./3723707",      # two /./
+    "/var/backup/7/707/723/3723707/chroot/./home/37 23707",
+    "/var/backup/7/707/723/3723707/chroot/./home/\t3723707",
+    "/var/backup/7/707/723/3723707/chroot/./home/3723707\n",
+    "/var/backup/7/707/723/3723707/chroot/./home/3723707;id",
+    "var/backup/7/707/723/3723707/chroot/./home/3723707",           # relative
+])
+def test_layout_rejects_malformed_home_directory(value):
+    assert code_of(layout, account_with(value), "/var/backup") == Code.INVALID_ACCOUNT_DATA
+
+@pytest.mark.parametrize("value", [
+    "/var/backup/../etc/3723707/chroot/./home/3723707",
+    "/var/backup/7/707/723/3723707/chroot/./home/../../../../../etc",
+    "/var/backup/7/707/723/3723707/chroot/./..",
+])
+def test_layout_dotdot_is_outside_backup_root(value):
+    assert code_of(layout, account_with(value), "/var/backup") == Code.PATH_OUTSIDE_BACKUP_ROOT == 10
+
+@pytest.mark.parametrize("value", ["/var/backup/x/chroot/./home/3723707",
+                                   "/var/backup/7/707/723/3723708/chroot/./home/3723707",
+                                   "/var/backup/7/707/723/other/./home/3723707"])
+def test_layout_account_directory_must_be_named_after_uid(value):
+    assert code_of(layout, account_with(value), "/var/backup") == Code.INVALID_ACCOUNT_DATA
+
+def test_layout_jail_not_named_chroot_is_the_account_directory():
+    place = layout(account_with("/var/backup/7/707/723/3723707/./home/3723707"), "/var/backup")
+    assert place.directory == place.jail == "/var/backup/7/707/723/3723707"
+    assert place.home_path == "/var/backup/7/707/723/3723707/home/3723707"
+
+
+# ------------------------------------------------------------------ account.confine
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    (tmp_path / "backup").mkdir()
+    return tmp_path / "backup"
+
+def confine_code(place: Layout, root: Path) -> Code | None:
+    try:
+        confine(place, str(root), str(root / "archive"), LocalCLI())
+    except StepError as err:
+        return err.code
+    return None
+
+def test_confine_accepts_normal_layout_absent_or_present(root):
+    place = layout(account_with(), str(root))
+    assert confine_code(place, root) is None
+    os.makedirs(place.home_path)
+    assert confine_code(place, root) is None
+
+def test_confine_rejects_directory_outside_root(root, tmp_path):
+    place = layout(account_with(), str(tmp_path / "elsewhere"))
+    assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+def test_confine_rejects_root_lookalike_prefix(root, tmp_path):
+    place = layout(account_with(), str(tmp_path / "backup2"))
+    assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+def test_confine_rejects_account_directory_symlinked_outside(root, tmp_path):
+    place = layout(account_with(), str(root))
+    outside = tmp_path / "outside"
+    (outside / "chroot/home/3723707").mkdir(parents=True)
+    Path(place.directory).parent.mkdir(parents=True)
+    os.symlink(outside, place.directory)
+    assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+def test_confine_rejects_home_symlinked_out_of_jail(root, tmp_path):
+    place = layout(account_with(), str(root))
+    os.makedirs(Path(place.home_path).parent)
+    (tmp_path / "etc").mkdir()
+    os.symlink(tmp_path / "etc", place.home_path)
+    assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+def test_confine_rejects_home_via_symlinked_parent_to_other_account(root):
+    place = layout(account_with(), str(root))
+    other = layout(account_with(uid="3723708"), str(root))
+    os.makedirs(other.home_path)
+    os.makedirs(place.jail)
+    os.symlink(other.jail + "/home", place.jail + "/home")
+    assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+def test_confine_rejects_account_directory_equal_to_archive(root):
+    archive = str(root / "archive")
+    assert confine_code(Layout(archive + "/chroot", "/home/3723707", archive), root) == 10
+
+def test_confine_rejects_account_directory_containing_archive(root):
+    place = layout(account_with(), str(root))
+    with pytest.raises(StepError) as caught:
+        confine(place, str(root), place.directory + "/archive", LocalCLI())
+    assert caught.value.code == Code.PATH_OUTSIDE_BACKUP_ROOT and "archive" in caught.value.message
+
+def test_confine_rejects_account_directory_inside_archive(root):
+    archive = root / "archive"
+    place = Layout(f"{archive}/3723707/chroot", "/home/3723707", f"{archive}/3723707")
+    assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+
+# ------------------------------------------------------------------ rsnapshot
+
+def test_shipped_template_loads():
+    template = Template.load(TEMPLATE)
+    assert template.source == str(TEMPLATE) and "%retain%" in template.text
+
+def test_template_unknown_placeholder():
+    with pytest.raises(ValueError, match="%foo%"):
+        Template("%snapshot_root% %retain% %backup_source% %foo%", "t")
+
+def test_template_missing_retain():
+    with pytest.raises(ValueError, match="%retain%"):
+        Template("%snapshot_root% %backup_source%", "t")
+
+@pytest.fixture
+def conf_dir(tmp_path) -> Path:
+    (tmp_path / "etc").mkdir()
+    return tmp_path / "etc"
+
+def configs_for(conf_dir: Path, template: Template | None = None, **kwargs) -> RsnapshotConfigs:
+    return RsnapshotConfigs(template or Template.load(TEMPLATE), f"{conf_dir}/rsnapshot.conf.%uid%",
+                            RSNAPSHOT, LocalCLI(), **kwargs)
+
+def ready(account: Account, root: Path) -> Layout:
+    """The account's layout with incoming/ and .snapshots/ created."""
+    place = layout(account, str(root))
+    os.makedirs(place.incoming)
+    os.makedirs(place.snapshot_root)
+    return place
+
+def leftovers(conf_dir: Path) -> list[str]:
+    return [p.name for p in conf_dir.iterdir() if p.name.startswith(".")]
+
+def test_install_writes_valid_config(root, conf_dir):
+    configs, account = configs_for(conf_dir), account_with()
+    place = ready(account, root)
+    final = configs.install(account, place)
+    assert final == f"{conf_dir}/rsnapshot.conf.3723707"
+    assert sorted(p.name for p in conf_dir.iterdir()) == ["rsnapshot.conf.3723707"]
+    lines = Path(final).read_text().splitlines()
+    settings = [line for line in lines if line and not line.startswith("#")]
+    assert all("\t" in line and " " not in line for line in settings), settings
+    assert [line for line in settings if line.startswith("retain")] == [
+        "retain\tdaily\t7", "retain\tweekly\t4", "retain\tmonthly\t3"]
+    assert f"snapshot_root\t{place.snapshot_root}" in lines
+    assert f"backup\t{place.incoming}\tincoming/" in lines
+    done = subprocess.run([RSNAPSHOT, "-c", final, "configtest"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert configs.configtests == 1
+
+def test_install_caches_configtest_per_shape(root, conf_dir):
+    configs = configs_for(conf_dir)
+    first = account_with()
+    configs.install(first, ready(first, root))
+    same = account_with(uid="3723708")
+    configs.install(same, ready(same, root))
+    assert configs.configtests == 1
+    other = account_with(uid="3723709", retain=(("daily", 14), ("weekly", 4), ("monthly", 3)))
+    configs.install(other, ready(other, root))
+    assert configs.configtests == 2
+    assert "retain\tdaily\t14" in Path(configs.path_for("3723709")).read_text()
+    assert leftovers(conf_dir) == []
+
+def test_install_always_test_runs_every_time(root, conf_dir):
+    configs = configs_for(conf_dir, always_test=True)
+    account = account_with()
+    place = ready(account, root)
+    configs.install(account, place)
+    configs.install(account, place)
+    assert configs.configtests == 2
+
+def test_install_without_incoming_fails_and_leaves_nothing(root, conf_dir):
+    configs, account = configs_for(conf_dir), account_with()
+    place = layout(account, str(root))
+    os.makedirs(place.snapshot_root)
+    assert code_of(configs.install, account, place) == Code.CANNOT_CREATE_RSNAPSHOT_CONFIGURATION == 7
+    assert list(conf_dir.iterdir()) == []
+
+def test_install_rejected_by_configtest_leaves_nothing_and_keeps_old_file(root, conf_dir):
+    bad = Template(TEMPLATE.read_text().replace("/usr/bin/rsync", "/nonexistent/rsync"), "bad")
+    configs, account = configs_for(conf_dir, bad), account_with()
+    place = ready(account, root)
+    with pytest.raises(StepError) as caught:
+        configs.install(account, place)
+    assert caught.value.code == Code.CANNOT_CREATE_RSNAPSHOT_CONFIGURATION
+    assert "/nonexistent/rsync" in caught.value.message and "ERROR" in caught.value.message
+    assert list(conf_dir.iterdir()) == [] and configs.proven_shapes == set()
+    final = Path(configs.path_for(account.uid))
+    final.write_text("old configuration\n")
+    assert code_of(configs.install, account, place) == 7
+    assert final.read_text() == "old configuration\n"
+    assert leftovers(conf_dir) == []
+
+def test_install_into_missing_folder_is_code_7(root, tmp_path):
+    configs, account = configs_for(tmp_path / "missing"), account_with()
+    assert code_of(configs.install, account, ready(account, root)) == 7
+
+def test_remove_config(conf_dir):
+    configs = configs_for(conf_dir)
+    path = Path(configs.path_for("3723707"))
+    path.write_text("x")
+    assert configs.remove("3723707") == str(path)
+    assert not path.exists()
+    assert configs.remove("3723707") == str(path)       # already gone is fine
+
+def test_remove_directory_in_place_is_code_8(conf_dir):
+    configs = configs_for(conf_dir)
+    Path(configs.path_for("3723707")).mkdir()
+    assert code_of(configs.remove, "3723707") == Code.CANNOT_REMOVE_RSNAPSHOT_CONFIGURATION == 8
+
+
+# ------------------------------------------------------------------ quota
+
+@pytest.mark.parametrize("size, expected", [(0, 0), (1, 1), (1023, 1), (1024, 1), (1025, 2),
+                                            (1073741824, 1048576)])
+def test_blocks_round_up(size, expected):
+    assert blocks(size) == expected
+
+def test_quota_argv():
+    assert quota_argv("/usr/sbin/setquota", 3723707, blocks(1073741824), "/") == [
+        "/usr/sbin/setquota", "-u", "3723707", "1048576", "1048576", "0", "0", "/"]
+
+def test_set_quota_success():
+    set_quota("/bin/true", 3723707, 1073741824, "/", LocalCLI())
+
+@pytest.mark.parametrize("cmd", ["/bin/false", "/nonexistent/setquota"])
+def test_set_quota_failure_is_code_6(cmd):
+    assert code_of(set_quota, cmd, 3723707, 1024, "/", LocalCLI()) == Code.CANNOT_SET_QUOTA == 6
+
+
+# ------------------------------------------------------------------ archive
+
+@pytest.fixture
+def account_dir(tmp_path) -> Path:
+    directory = tmp_path / "backup/7/707/723/3723707"
+    (directory / "chroot/home/3723707").mkdir(parents=True)
+    (directory / "chroot/home/3723707/data").write_text("payload")
+    return directory
+
+def test_dispose_archive_moves_directory(tmp_path, account_dir):
+    archive = tmp_path / "backup/archive"
+    said = dispose(str(account_dir), "3723707", "archive", str(archive), STAMP, LocalCLI())
+    target = archive / f"3723707-{STAMP}"
+    assert not account_dir.exists()
+    assert (target / "chroot/home/3723707/data").read_text() == "payload"
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o700
+    assert str(target) in said
+
+def test_dispose_archive_into_existing_archive(tmp_path, account_dir):
+    archive = tmp_path / "backup/archive"
+    (archive / "other").mkdir(parents=True)
+    dispose(str(account_dir), "3723707", "archive", str(archive), STAMP, LocalCLI())
+    assert sorted(p.name for p in archive.iterdir()) == [f"3723707-{STAMP}", "other"]
+
+def test_dispose_already_gone(tmp_path):
+    archive = tmp_path / "archive"
+    said = dispose(str(tmp_path / "gone"), "3723707", "archive", str(archive), STAMP, LocalCLI())
+    assert "already gone" in said
+    assert not archive.exists()
+
+def test_dispose_keep(tmp_path, account_dir):
+    dispose(str(account_dir), "3723707", "keep", str(tmp_path / "archive"), STAMP, LocalCLI())
+    assert (account_dir / "chroot/home/3723707/data").exists()
+    assert not (tmp_path / "archive").exists()
+
+def test_dispose_remove(tmp_path, account_dir):
+    dispose(str(account_dir), "3723707", "remove", str(tmp_path / "archive"), STAMP, LocalCLI())
+    assert not account_dir.exists()
+    assert not (tmp_path / "archive").exists()
+
+def test_dispose_archive_dir_is_a_file(tmp_path, account_dir):
+    archive = tmp_path / "archive"
+    archive.write_text("not a folder")
+    assert code_of(dispose, str(account_dir), "3723707", "archive", str(archive), STAMP,
+                   LocalCLI()) == Code.CANNOT_ARCHIVE_ACCOUNT_DATA == 9
+    assert account_dir.exists()
+
+
+# ------------------------------------------------------------------ home
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "create-chroot"
+    path.write_text(f'#!/bin/sh\nprintf "%s\\n" "$0" "$@" > "{tmp_path}/argv"\n{body}\n')
+    path.chmod(0o755)
+    return str(path)
+
+def local_account() -> Account:
+    return account_with(uid_number=os.getuid(), gid_number=os.getgid())
+
+def test_ensure_home_creates_missing_home(tmp_path, root):
+    cmd = script(tmp_path, 'mkdir -p "$1$2"')
+    account = local_account()
+    place = layout(account, str(root))
+    ensure_home(account, place, cmd, LocalCLI())
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        cmd, place.jail, place.home, "3723707", str(os.getuid()), str(os.getgid())]
+    assert os.path.isdir(place.incoming) and os.path.isdir(place.snapshot_root)
+    assert stat.S_IMODE(os.stat(place.incoming).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(place.snapshot_root).st_mode) == 0o755
+
+def test_ensure_home_skips_script_when_home_exists(tmp_path, root):
+    cmd = script(tmp_path, "exit 1")
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.home_path)
+    ensure_home(account, place, cmd, LocalCLI())
+    assert not (tmp_path / "argv").exists()
+    assert os.path.isdir(place.incoming) and os.path.isdir(place.snapshot_root)
+
+def test_ensure_home_script_failure_is_code_5(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    assert code_of(ensure_home, account, place, script(tmp_path, "exit 1"), LocalCLI()) == 5
+
+def test_ensure_home_script_without_home_is_code_5(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    assert code_of(ensure_home, account, place, script(tmp_path, "exit 0"),
+                   LocalCLI()) == Code.CANNOT_CREATE_HOME_DIR
+    assert not os.path.exists(place.incoming)
+
+def test_ensure_home_unreadable_presence_is_code_4(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.directory)
+    Path(place.jail).write_text("a file where the jail should be")
+    assert code_of(ensure_home, account, place, script(tmp_path, 'mkdir -p "$1$2"'),
+                   LocalCLI()) == Code.CANNOT_CHECK_HOME_DIR_PRESENCE == 4
+    assert not (tmp_path / "argv").exists()
+
+def test_ensure_home_refuses_symlinked_incoming(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.home_path)
+    (tmp_path / "target").mkdir()
+    os.symlink(tmp_path / "target", place.incoming.rstrip("/"))
+    assert code_of(ensure_home, account, place, script(tmp_path, "exit 1"), LocalCLI()) == 5
+
+
+# ------------------------------------------------------------------ account_ldif
+
+def ldifs(*argv: str) -> dict[str, list]:
+    files = account_ldif.account_ldifs(account_ldif.parse_args(["--uid", "3724300", *argv]))
+    return {name: parse_ldif(text) for name, text in files.items()}
+
+def test_account_ldifs_file_names():
+    assert list(ldifs()) == ["01_add_3724300.ldif", "02_modify_3724300.ldif",
+                             "03_delete_3724300.ldif", "04_remove_3724300.ldif"]
+
+def test_account_ldif_add():
+    [add] = ldifs()["01_add_3724300.ldif"]
+    assert add.kind == "add" and add.dn.startswith("uid=3724300,")
+    assert add.attrs["sstProvisioningMode"] == [b"add"]
+    assert add.attrs["sstProvisioningState"] == [b"0"]
+    assert add.attrs["sstProvisioningExecutionDate"] == [b"0"]
+    assert add.attrs["sstIsActive"] == [b"TRUE"]
+    assert sorted(add.attrs["objectClass"]) == [b"account", b"posixAccount", b"shadowAccount",
+                                                b"sstBackup", b"sstProvisioning", b"sstRelationship"]
+
+def test_account_ldif_add_is_a_valid_account():
+    [add] = ldifs()["01_add_3724300.ldif"]
+    account = parse(Entry.from_ldap(add.dn, add.attrs), 1000)
+    assert account.retain == (("daily", 7), ("weekly", 4), ("monthly", 3))
+    assert layout(account, "/var/backup") == layout(account_with(uid="3724300"), "/var/backup")
+
+def test_account_ldif_modify():
+    [change] = ldifs()["02_modify_3724300.ldif"]
+    assert change.kind == "modify"
+    assert (ldap.MOD_REPLACE, "sstProvisioningMode", [b"modify"]) in change.mods
+
+def test_account_ldif_delete_request():
+    [change] = ldifs()["03_delete_3724300.ldif"]
+    assert change.kind == "modify"
+    assert (ldap.MOD_REPLACE, "sstIsActive", [b"FALSE"]) in change.mods
+    assert (ldap.MOD_REPLACE, "sstProvisioningMode", [b"delete"]) in change.mods
+
+def test_account_ldif_remove():
+    [change] = ldifs()["04_remove_3724300.ldif"]
+    assert change.kind == "delete" and change.dn.startswith("uid=3724300,")
+
+def test_account_ldif_non_ascii_name_is_base64():
+    text = account_ldif.account_ldifs(account_ldif.parse_args(["--uid", "3724300", "--givenname", "Jürg"]))
+    cn_line = next(line for line in text["01_add_3724300.ldif"].splitlines() if line.startswith("cn"))
+    assert cn_line.startswith("cn:: ")
+    assert base64.b64decode(cn_line[5:]).decode() == "Jürg Surname"
+    [add] = parse_ldif(text["01_add_3724300.ldif"])
+    assert add.attrs["cn"] == ["Jürg Surname".encode()]
+
+def test_account_ldif_name_with_newline_cannot_inject_attributes():
+    # RFC 2849: LF/CR are not SAFE-CHARs, such a value must be base64-encoded.
+    [add] = ldifs("--givenname", "Eve\nuidNumber: 0")["01_add_3724300.ldif"]
+    assert add.attrs["cn"] == [b"Eve\nuidNumber: 0 Surname"]
+    assert add.attrs["uidNumber"] == [b"3724300"]
+
+@pytest.mark.parametrize("uid", ["12", "abc", "12345678901", ""])
+def test_parse_args_rejects_bad_uid(uid, capsys):
+    with pytest.raises(SystemExit):
+        account_ldif.parse_args(["--uid", uid])

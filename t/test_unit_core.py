@@ -1,0 +1,465 @@
+"""Fast unit tests of the core: config, cookie, protocol decisions, LDIF, logging, lock, transports.
+
+No server is started; files live in tmp_path.
+"""
+import base64
+import datetime as dt
+import logging
+import os
+import stat
+
+import ldap
+import pytest
+
+from provisioning import config as cfgmod
+from provisioning.backend.cookie import DEFAULT_CSN, CookieStore, cookie_csn
+from provisioning.codes import ReturnValue
+from provisioning.entry import Entry
+from provisioning.ldifload import parse_ldif
+from provisioning.lock import AlreadyLocked, PidLock
+from provisioning.log import LevelFlags, setup
+from provisioning.protocol import Verdict, decide, parse_execution_date
+from provisioning.transport import DryRun, LocalCLI
+
+# ------------------------------------------------------------------ config
+
+DATABASE = {"BACKEND": "LDAP", "SERVER": "ldap://ldap.example.org", "ADMIN_USER": "cn=Manager,dc=x,dc=y",
+            "ADMIN_PASSWORD": "s3cret", "SERVICE_SUBTREE": "ou=backup,dc=x,dc=y",
+            "COOKIE_FILE": "/var/lib/provisioning/test.cookie"}
+SERVICE = {"MODUS": "selfcare", "TRANSPORTAPI": "LocalCLI", "SERVICE": "Backup", "TYPE": "Rsnapshot"}
+
+
+def write_service(tmp_path, database=None, service=None, extra="", name="Service.conf"):
+    sections = {"Database": {**DATABASE, **(database or {})}, "Service": {**SERVICE, **(service or {})}}
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {v}" for k, v in values.items() if v is not None]
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def problems_of(path, global_path=None):
+    with pytest.raises(cfgmod.ConfigError) as err:
+        cfgmod.load(path, global_path)
+    return err.value.problems
+
+
+def test_minimal_valid_config_loads_with_defaults(tmp_path):
+    conf = cfgmod.load(write_service(tmp_path), None)
+    assert conf.service_name == "Backup" and conf.type_name == "Rsnapshot"
+    assert conf.service["Database"]["PORT"] is None
+    assert conf.service["Service"]["COMMAND_TIMEOUT"] == 600
+    assert conf.global_["Global"]["ATTEMPTS"] == 3
+    assert conf.global_path is None                 # built-in Global.conf defaults:
+    assert conf.log_flag("LOG_DEBUG") is False and conf.log_flag("LOG_INFO") is True
+    assert conf.global_["Mail"]["SSL"] == "starttls"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write_service(tmp_path, database={"PORT": "abc", "BACKEND": "MySQL", "SERVER": "http://x",
+                                             "SERVICE_SUBTREE": None},
+                         service={"MODUS": "foo"})
+    problems = problems_of(path)
+    assert len(problems) == 5 and all(p.startswith(f"{path}: ") for p in problems)
+
+    def one(section, key):
+        found = [p for p in problems if f"[{section}] {key}:" in p]
+        assert len(found) == 1, (section, key, problems)
+        return found[0]
+
+    assert "abc" in one("Database", "PORT")
+    assert "MySQL" in one("Database", "BACKEND") and "LDAP" in one("Database", "BACKEND")
+    assert "http://x" in one("Database", "SERVER")
+    assert "missing" in one("Database", "SERVICE_SUBTREE")
+    modus = one("Service", "MODUS")
+    assert "foo" in modus and "selfcare, LDAP, combined" in modus
+
+
+def test_values_with_commas_stay_whole_strings(tmp_path):
+    path = write_service(tmp_path, database={"DEFAULT_COOKIE": "rid=001,csn="})
+    conf = cfgmod.load(path, None)
+    assert conf.service["Database"]["ADMIN_USER"] == "cn=Manager,dc=x,dc=y"
+    assert conf.service["Database"]["DEFAULT_COOKIE"] == "rid=001,csn="
+
+
+def test_choices_are_case_insensitive_and_canonical(tmp_path):
+    path = write_service(tmp_path, database={"BACKEND": "ldap"},
+                         service={"MODUS": "SELFCARE", "TRANSPORTAPI": "localcli"})
+    conf = cfgmod.load(path, None)
+    assert conf.service["Service"]["MODUS"] == "selfcare"
+    assert conf.service["Service"]["TRANSPORTAPI"] == "LocalCLI"
+    assert conf.service["Database"]["BACKEND"] == "LDAP"
+
+
+@pytest.mark.parametrize("server, expected", [
+    ("ldap://h", ["ldap://h:1389"]), ("ldaps://h/", ["ldaps://h:1389/"]), ("ldap://h:389", ["ldap://h:389"]),
+    ("ldap://[::1]", ["ldap://[::1]:1389"]), ("ldap://[::1]:389", ["ldap://[::1]:389"]),
+    ("ldapi://%2Frun%2Fslapd.sock", ["ldapi://%2Frun%2Fslapd.sock"]),
+    ("ldap://a  ldaps://b:636 ldapi:///", ["ldap://a:1389", "ldaps://b:636", "ldapi:///"]),
+])
+def test_ldap_uris_fill_in_port(tmp_path, server, expected):
+    conf = cfgmod.load(write_service(tmp_path, database={"SERVER": server, "PORT": "1389"}), None)
+    assert conf.ldap_uris() == expected
+
+
+def test_log_flag_service_wins_else_global_conf(tmp_path):
+    glob = tmp_path / "Global.conf"
+    glob.write_text("[Global]\nLOG_DEBUG = 1\nLOG_INFO = 0\n")
+    path = write_service(tmp_path, extra="[Global]\nLOG_DEBUG = 0\n")
+    conf = cfgmod.load(path, glob)
+    assert conf.log_flag("LOG_DEBUG") is False      # service file
+    assert conf.log_flag("LOG_INFO") is False       # Global.conf
+    assert conf.log_flag("LOG_WARNING") is True     # Global.conf's default
+    assert conf.global_path == glob
+
+
+def test_unreadable_files_are_named(tmp_path):
+    missing = tmp_path / "nope.conf"
+    problems = problems_of(missing, tmp_path / "Global-missing.conf")
+    assert any(str(missing) in p and "cannot read" in p for p in problems)
+    assert any("Global-missing.conf" in p and "cannot read" in p for p in problems)
+
+
+def test_ini_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.conf"
+    path.write_text("[Database]\nthis is not a key\n")
+    problems = problems_of(path)
+    assert any(p.startswith(f"{path}: line 2") for p in problems)
+
+
+def test_global_conf_errors_name_global_file(tmp_path):
+    glob = tmp_path / "Global.conf"
+    glob.write_text("[Mail]\nSSL = tls\n")
+    problems = problems_of(write_service(tmp_path), glob)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{glob}: [Mail] SSL:") and "starttls, ssl, none" in problems[0]
+
+
+def test_unknown_keys_are_reported(tmp_path):
+    glob = tmp_path / "Global.conf"
+    glob.write_text("[Global]\nLOG_CHATTY = 1\n")
+    path = write_service(tmp_path, database={"FOO": "bar"}, extra="[Extra]\nX = 1\n")
+    found = cfgmod.unknown_keys(cfgmod.load(path, glob))
+    assert any(str(path) in f and "[Database] FOO" in f for f in found)
+    assert any(str(path) in f and "Extra" in f for f in found)
+    assert any(str(glob) in f and "[Global] LOG_CHATTY" in f for f in found)
+    assert cfgmod.unknown_keys(cfgmod.load(write_service(tmp_path, name="clean.conf"), None)) == []
+
+
+# ------------------------------------------------------------------ cookie
+
+OLD, MID, NEW = (f"20{y}0101000000.000000Z#000000#00{n}#000000" for y, n in (("10", 1), ("23", 2), ("24", 3)))
+
+
+@pytest.mark.parametrize("cookie, csn", [
+    (None, DEFAULT_CSN), ("", DEFAULT_CSN), ("rid=001,csn=", DEFAULT_CSN),
+    (f"rid=001,sid=fe5,csn={NEW}", NEW), (f"rid=001,csn={NEW};{MID}", MID), (f"rid=001,csn={MID};{NEW}", MID),
+    (f"rid=001,delcsn={OLD},csn={NEW}", NEW), (f"rid=001,delcsn={OLD}", DEFAULT_CSN),
+])
+def test_cookie_csn(cookie, csn):
+    assert cookie_csn(cookie) == csn
+
+
+def test_cookie_store_reads_file_or_default(tmp_path):
+    assert CookieStore(tmp_path / "none", "rid=001,csn=").current == "rid=001,csn="
+    (tmp_path / "empty").write_text("\n")
+    assert CookieStore(tmp_path / "empty", "rid=001,csn=").current == "rid=001,csn="
+    (tmp_path / "cookie").write_text("rid=001,csn=X\n")
+    assert CookieStore(tmp_path / "cookie", "rid=001,csn=").current == "rid=001,csn=X"
+
+
+def test_cookie_flush_writes_atomically_without_leftovers(tmp_path):
+    path = tmp_path / "cookie"
+    store = CookieStore(path, "rid=001,csn=")
+    store.acknowledge("rid=001,csn=A")
+    assert not path.exists()            # only flush writes
+    store.flush()
+    assert path.read_text() == "rid=001,csn=A\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cookie"]
+    assert CookieStore(path, "rid=001,csn=").current == "rid=001,csn=A"
+
+
+def test_cookie_flush_without_change_does_not_write(tmp_path, monkeypatch):
+    path = tmp_path / "cookie"
+    store = CookieStore(path, "d")
+    store.acknowledge("c1")
+    store.flush()
+    calls = []
+    monkeypatch.setattr("provisioning.backend.cookie.write_atomically", lambda *a, **k: calls.append(a))
+    store.flush()
+    store.acknowledge("c1")
+    store.flush()
+    assert calls == []
+    store.acknowledge("c2")
+    store.flush()
+    assert len(calls) == 1
+
+
+def test_cookie_dry_run_never_writes(tmp_path):
+    (tmp_path / "cookie").write_text("old\n")
+    store = CookieStore(tmp_path / "cookie", "d", dry_run=True)
+    store.acknowledge("new")
+    store.flush()
+    assert (tmp_path / "cookie").read_text() == "old\n" and store.current == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cookie"]
+
+
+def test_cookie_reset_returns_to_default(tmp_path):
+    (tmp_path / "cookie").write_text("old\n")
+    store = CookieStore(tmp_path / "cookie", "rid=001,csn=")
+    store.reset()
+    assert store.current == "rid=001,csn="
+    store.flush()
+    assert (tmp_path / "cookie").read_text() == "rid=001,csn=\n"
+
+
+# ---------------------------------------------------------------- protocol
+
+TODAY = dt.date(2026, 3, 15)
+W, P, R, I, RES = Verdict.WORK, Verdict.POSTPONE, Verdict.REFUSE, Verdict.IGNORE, Verdict.RESUME
+BAD_DATE, UNKNOWN, ACTIVE = (ReturnValue.INVALID_EXECUTION_DATE, ReturnValue.UNKNOWN_MODE,
+                             ReturnValue.DELETE_WHILE_ACTIVE)
+
+
+def entry(**attrs):
+    names = {"mode": "sstProvisioningMode", "state": "sstProvisioningState",
+             "date": "sstProvisioningExecutionDate", "ret": "sstProvisioningReturnValue",
+             "active": "sstIsActive"}
+    return Entry.from_ldap("uid=1,ou=backup,dc=x", {names.get(k, k): [v.encode()] for k, v in attrs.items()})
+
+
+def test_parse_execution_date():
+    assert parse_execution_date("0") is None
+    assert parse_execution_date(" 20260316 ") == dt.date(2026, 3, 16)
+    for bad in ("2026", "20261340", "abc", "", None):
+        with pytest.raises(ValueError):
+            parse_execution_date(bad)
+
+
+@pytest.mark.parametrize("attrs, refresh, verdict, verb, code", [
+    ({}, True, I, None, None),
+    ({"cn": "x", "mode": "add"}, True, I, None, None),                  # no state
+    ({"state": "0", "date": "0"}, True, I, None, None),                  # no mode
+    ({"mode": "add", "state": "20260101T000000Z", "date": "0"}, True, I, None, None),
+    ({"mode": "add", "state": "0", "date": "0"}, False, W, "add", None),
+    ({"mode": "modify", "state": "0", "date": "0"}, False, W, "modify", None),
+    ({"mode": "ADD", "state": "0", "date": "0"}, False, W, "add", None),
+    ({"mode": "Modify", "state": " 0 ", "date": "0"}, True, W, "modify", None),
+    ({"mode": "delete", "state": "0", "date": "0", "active": "FALSE"}, False, W, "delete", None),
+    ({"mode": "add", "state": "0", "date": "20260315"}, False, W, "add", None),   # today
+    ({"mode": "add", "state": "0", "date": "20260314"}, False, W, "add", None),   # yesterday
+    ({"mode": "modify", "state": "0", "date": "2026"}, False, R, "modify", BAD_DATE),
+    ({"mode": "modify", "state": "0", "date": "20261340"}, False, R, "modify", BAD_DATE),
+    ({"mode": "add", "state": "0", "date": "abc"}, False, R, "add", BAD_DATE),
+    ({"mode": "foo", "state": "0", "date": "0"}, True, R, None, UNKNOWN),
+    ({"mode": "delete", "state": "0", "date": "0", "active": "TRUE"}, False, R, "delete", ACTIVE),
+    ({"mode": "delete", "state": "0", "date": "0"}, False, R, "delete", ACTIVE),
+    ({"mode": "adding", "state": "0", "date": "0"}, True, RES, "add", None),
+    ({"mode": "modifying", "state": "0", "date": "0"}, True, RES, "modify", None),
+    ({"mode": "deleting", "state": "0", "date": "0"}, True, RES, "delete", None),
+    ({"mode": "deleting", "state": "0", "date": "0"}, False, I, None, None),
+    ({"mode": "adding", "state": "0", "date": "0", "ret": "3"}, True, I, None, None),
+    ({"mode": "added", "state": "0", "date": "0"}, True, I, None, None),
+    ({"mode": "deleted", "state": "0", "date": "0"}, False, I, None, None),
+])
+def test_decide(attrs, refresh, verdict, verb, code):
+    d = decide(entry(**attrs), TODAY, in_refresh=refresh)
+    assert d.verdict is verdict, d.reason
+    if verdict is not I:
+        assert (d.verb, d.code) == (verb, code)
+
+
+@pytest.mark.parametrize("mode, active", [("add", None), ("delete", "TRUE")])
+def test_future_request_is_postponed_before_other_checks(mode, active):
+    attrs = {"mode": mode, "state": "0", "date": "20260316", **({"active": active} if active else {})}
+    d = decide(entry(**attrs), TODAY, in_refresh=False)
+    assert (d.verdict, d.verb, d.due) == (P, mode, dt.date(2026, 3, 16))
+
+
+# -------------------------------------------------------------------- LDIF
+
+def test_ldif_plain_entry_is_add_and_version_line_is_accepted():
+    [change] = parse_ldif("version: 1\ndn: uid=a,dc=x\nobjectClass: top\nobjectClass: account\nuid: a\n")
+    assert (change.dn, change.kind, change.mods) == ("uid=a,dc=x", "add", [])
+    assert change.attrs == {"objectClass": [b"top", b"account"], "uid": [b"a"]}
+
+
+def test_ldif_modify_operations():
+    text = ("dn: uid=a,dc=x\nchangetype: modify\nreplace: mail\nmail: a@x\nmail: b@x\n-\n"
+            "add: description\ndescription: d\n-\ndelete: seeAlso\n-\n")
+    [change] = parse_ldif(text)
+    assert change.kind == "modify"
+    assert change.mods == [(ldap.MOD_REPLACE, "mail", [b"a@x", b"b@x"]),
+                           (ldap.MOD_ADD, "description", [b"d"]),
+                           (ldap.MOD_DELETE, "seeAlso", None)]
+
+
+def test_ldif_delete_and_several_records():
+    changes = parse_ldif("dn: uid=a,dc=x\nuid: a\n\n\ndn: uid=b,dc=x\nchangetype: delete\n")
+    assert [(c.dn, c.kind) for c in changes] == [("uid=a,dc=x", "add"), ("uid=b,dc=x", "delete")]
+
+
+def test_ldif_folded_lines_base64_and_comments():
+    encoded = base64.b64encode("Zürich ".encode()).decode()
+    text = (f"# a comment\ndn: uid=a,dc=\n x\ndescription: one long\n  line\nl:: {encoded}\n"
+            "# another: comment\nuid: a\n")
+    [change] = parse_ldif(text)
+    assert change.dn == "uid=a,dc=x"
+    assert change.attrs == {"description": [b"one long line"], "l": ["Zürich ".encode()], "uid": [b"a"]}
+
+
+def test_ldif_folded_comment_is_skipped_whole():
+    # RFC 2849, note 2: any line, comments included, may be folded.
+    [change] = parse_ldif("dn: uid=a,dc=x\n# a comment that\n  goes on\nuid: a\n")
+    assert change.dn == "uid=a,dc=x"
+    assert change.attrs == {"uid": [b"a"]}
+
+
+def test_ldif_version_line_in_its_own_block():
+    # As ldapsearch -L and slapcat write it: "version: 1", a blank line, then records.
+    changes = parse_ldif("version: 1\n\ndn: uid=a,dc=x\nuid: a\n")
+    assert [(c.dn, c.kind) for c in changes] == [("uid=a,dc=x", "add")]
+
+
+@pytest.mark.parametrize("text", ["dn: uid=a,dc=x\nchangetype: modrdn\nnewrdn: uid=b\n",
+                                  "uid: a\ndn: uid=a,dc=x\n",
+                                  "dn: uid=a,dc=x\nchangetype: modify\nfrobnicate: mail\n"])
+def test_ldif_errors(text):
+    with pytest.raises(ValueError):
+        parse_ldif(text)
+
+
+# --------------------------------------------------------------------- log
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+def test_level_flags_allows():
+    flags = LevelFlags(debug=False, info=True, warning=False, error=True)
+    assert not flags.allows(logging.DEBUG) and flags.allows(logging.INFO)
+    assert not flags.allows(logging.WARNING) and not flags.allows(logging.WARNING + 5)
+    assert flags.allows(logging.ERROR) and flags.allows(logging.CRITICAL)
+    assert LevelFlags(debug=True).allows(logging.DEBUG)
+
+
+def test_setup_gates_levels_and_redacts_secrets(tmp_path, capsys, restore_logging):
+    setup("Backup-Rsnapshot", LevelFlags(debug=False), to_stdout=True, secrets=["hunter2", ""],
+          syslog_socket=str(tmp_path / "no-such-socket"))
+    log = logging.getLogger("provisioning.test")
+    log.debug("debug line hunter2")
+    log.info("password is hunter2!")
+    try:
+        raise RuntimeError("bind failed with hunter2")
+    except RuntimeError:
+        log.exception("trouble")
+    out = capsys.readouterr().out
+    assert "syslog socket" in out                  # fallback warning
+    assert "debug line" not in out
+    assert "password is ********!" in out
+    assert "Traceback" in out and "bind failed with ********" in out
+    assert "hunter2" not in out
+
+
+# -------------------------------------------------------------------- lock
+
+def test_pid_lock(tmp_path):
+    path = tmp_path / "daemon.lock"
+    first = PidLock(path)
+    first.acquire()
+    try:
+        assert path.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(AlreadyLocked, match=str(os.getpid())):
+            PidLock(path).acquire()
+    finally:
+        first.release()
+    assert path.exists() and path.read_text() == ""
+    with PidLock(path):
+        assert path.read_text() == f"{os.getpid()}\n"
+
+
+# --------------------------------------------------------------- transport
+
+def test_local_run_results_and_stdin():
+    cli = LocalCLI(timeout=10)
+    ok = cli.run(["sh", "-c", "echo out; echo err >&2"])
+    assert (ok.ok, ok.returncode, ok.stdout, ok.stderr) == (True, 0, "out\n", "err\n")
+    failed = cli.run(["sh", "-c", "exit 3"])
+    assert failed.returncode == 3 and not failed.ok
+    missing = cli.run(["/nonexistent/program-xyz"])
+    assert missing.returncode == 127 and "program-xyz" in missing.stderr
+    assert cli.run(["cat"], stdin=b"hello").stdout == "hello"
+    assert cli.run(["cat"]).stdout == ""      # no stdin: /dev/null, no hang
+
+
+def test_local_run_timeout():
+    result = LocalCLI(timeout=10).run(["sleep", "5"], timeout=0.2)
+    assert result.returncode == 124 and "killed" in result.stderr
+
+
+def test_local_write_file_replaces_atomically(tmp_path):
+    target = tmp_path / "f"
+    target.write_text("old")
+    LocalCLI().write_file(str(target), b"new", mode=0o640)
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_local_makedirs_sets_mode_but_refuses_symlink(tmp_path):
+    LocalCLI().makedirs(str(tmp_path / "a" / "b"), mode=0o710)
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o710
+    target = tmp_path / "target"
+    target.mkdir()
+    os.chmod(target, 0o755)
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OSError):
+        LocalCLI().makedirs(str(tmp_path / "link"), mode=0o700)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_local_remove_rename_and_exists(tmp_path):
+    cli, src, dst = LocalCLI(), tmp_path / "src", tmp_path / "dst"
+    cli.remove(str(tmp_path / "missing"))
+    cli.remove_tree(str(tmp_path / "missing-dir"))
+    src.write_text("x")
+    cli.rename(str(src), str(dst))
+    assert not cli.exists(str(src)) and cli.exists(str(dst))
+    cli.remove(str(dst))
+    assert not dst.exists()
+
+
+def test_dry_run_changes_nothing(tmp_path, capsys):
+    dry = DryRun(LocalCLI())
+    existing = tmp_path / "existing"
+    existing.write_text("keep")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+
+    dry.write_file(str(tmp_path / "new"), b"data", mode=0o600)
+    dry.write_file(str(existing), b"overwrite")
+    dry.makedirs(str(tmp_path / "newdir"))
+    dry.rename(str(existing), str(tmp_path / "moved"))
+    dry.remove(str(existing))
+    dry.remove_tree(str(tree))
+    result = dry.run(["touch", str(tmp_path / "touched")])
+
+    assert result.ok
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert existing.read_text() == "keep"
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7
+    assert all(line.startswith("DRY-RUN: would ") for line in lines)
+    assert any("touch" in line for line in lines)
+    assert dry.exists(str(existing)) and not dry.exists(str(tmp_path / "new"))
