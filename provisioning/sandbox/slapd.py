@@ -82,6 +82,7 @@ class StoneySlapd(SlapdObject):
         # slapdtest puts its run folder under $TMP or the current directory;
         # we want it somewhere we choose, and never inside the checkout.
         self.TMPDIR = rundir or tempfile.gettempdir()
+        os.makedirs(self.TMPDIR, exist_ok=True)
         super().__init__()
 
     def gen_config(self) -> str:
