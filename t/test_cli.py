@@ -61,6 +61,17 @@ BACKUP_ROOT = {root}
 """
 
 
+def _wiki_config(tmp_path: Path, *replacements: tuple[str, str], chroot: object = None) -> Path:
+    """The wiki's example as Rsnapshot.conf in tmp_path, with (old, new) text replacements."""
+    text = WIKI_EXAMPLE.format(root=tmp_path, chroot=chroot or REPO / "bin/prov-backup-create-home")
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    config = tmp_path / "Rsnapshot.conf"
+    config.write_text(text)
+    return config
+
+
 def _daemon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "provisioning", *args],
                           capture_output=True, text=True, timeout=timeout)
@@ -72,8 +83,7 @@ def _quick_global(path: Path) -> Path:
 
 
 def test_the_wikis_example_configuration_is_accepted(tmp_path):
-    config = tmp_path / "Rsnapshot.conf"
-    config.write_text(WIKI_EXAMPLE.format(root=tmp_path, chroot=REPO / "bin/prov-backup-create-home"))
+    config = _wiki_config(tmp_path)
     result = _daemon("-c", str(config), "-g", str(_quick_global(tmp_path / "Global.conf")), "-t")
     # The configuration passes; only the wiki's LDAP server is out of reach from here.
     assert result.returncode == 4, result.stdout + result.stderr
@@ -82,13 +92,10 @@ def test_the_wikis_example_configuration_is_accepted(tmp_path):
 
 
 def test_a_broken_configuration_lists_every_error_and_starts_nothing(tmp_path):
-    config = tmp_path / "Rsnapshot.conf"
-    text = WIKI_EXAMPLE.format(root=tmp_path, chroot=REPO / "bin/prov-backup-create-home")
-    text = (text.replace("BACKEND = LDAP", "BACKEND = MySQL").replace("PORT = 636", "PORT = ldaps")
-            .replace("MODUS = selfcare", "MODUS = auto").replace("TRANSPORTAPI = LocalCLI", "TRANSPORTAPI = Telnet")
-            .replace("LOG_INFO = 1", "LOG_INFO = maybe").replace("MOUNTPOINT = /", "MOUNTPOINT = relative/path")
-            .replace("SERVICE_SUBTREE = ou=accounts,ou=backup,ou=services,dc=foss-cloud,dc=org\n", ""))
-    config.write_text(text)
+    config = _wiki_config(tmp_path, ("BACKEND = LDAP", "BACKEND = MySQL"), ("PORT = 636", "PORT = ldaps"),
+                          ("MODUS = selfcare", "MODUS = auto"), ("TRANSPORTAPI = LocalCLI", "TRANSPORTAPI = Telnet"),
+                          ("LOG_INFO = 1", "LOG_INFO = maybe"), ("MOUNTPOINT = /", "MOUNTPOINT = relative/path"),
+                          ("SERVICE_SUBTREE = ou=accounts,ou=backup,ou=services,dc=foss-cloud,dc=org\n", ""))
     global_conf = tmp_path / "Global.conf"
     global_conf.write_text(render_ini({"Operation Mode": {"ATTEMPTS": "none"}}))
     result = _daemon("-c", str(config), "-g", str(global_conf))
@@ -112,8 +119,7 @@ def test_a_broken_configuration_lists_every_error_and_starts_nothing(tmp_path):
 
 
 def test_an_unknown_service_names_the_installed_plugins(tmp_path):
-    config = tmp_path / "Rsnapshot.conf"
-    config.write_text(WIKI_EXAMPLE.format(root=tmp_path, chroot="/bin/true").replace("TYPE = Rsnapshot", "TYPE = Bacula"))
+    config = _wiki_config(tmp_path, ("TYPE = Rsnapshot", "TYPE = Bacula"))
     result = _daemon("-c", str(config))
     assert result.returncode == 3
     assert "[Service] SERVICE/TYPE: no plugin for SERVICE = Backup, TYPE = Bacula" in result.stderr
@@ -121,16 +127,14 @@ def test_an_unknown_service_names_the_installed_plugins(tmp_path):
 
 
 def test_modus_ldap_is_refused_until_it_exists(tmp_path):
-    config = tmp_path / "Rsnapshot.conf"
-    config.write_text(WIKI_EXAMPLE.format(root=tmp_path, chroot="/bin/true").replace("MODUS = selfcare", "MODUS = ldap"))
+    config = _wiki_config(tmp_path, ("MODUS = selfcare", "MODUS = ldap"))
     result = _daemon("-c", str(config))
     assert result.returncode == 3
     assert "[Service] MODUS: LDAP is not implemented yet; valid choices in this version: selfcare" in result.stderr
 
 
 def test_plugin_start_checks_name_the_key(tmp_path):
-    config = tmp_path / "Rsnapshot.conf"
-    config.write_text(WIKI_EXAMPLE.format(root=tmp_path, chroot=tmp_path / "missing-script"))
+    config = _wiki_config(tmp_path, chroot=tmp_path / "missing-script")
     result = _daemon("-c", str(config), "-g", str(_quick_global(tmp_path / "Global.conf")))
     assert result.returncode == 3
     assert f"[Backup] CREATE_CHROOT_CMD: program {tmp_path}/missing-script does not exist" in result.stderr

@@ -125,6 +125,16 @@ def _configure(conn: SimpleLDAPObject, settings: LdapSettings, uri: str) -> None
     conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # must come after the other TLS options
 
 
+def _unbind_quietly(conn: SimpleLDAPObject | None) -> None:
+    """Close a connection that may already be dead; there is nothing to report."""
+    if conn is None:
+        return
+    try:
+        conn.unbind_s()
+    except ldap.LDAPError:
+        pass
+
+
 @contextmanager
 def _unavailable_on_network_errors(what: str) -> Iterator[None]:
     try:
@@ -149,12 +159,8 @@ class Directory:
         self._conn, self.uri = connect(self.settings)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.unbind_s()
-            except ldap.LDAPError:
-                pass
-            self._conn = None
+        _unbind_quietly(self._conn)
+        self._conn = None
 
     @property
     def conn(self) -> SimpleLDAPObject:
@@ -294,20 +300,20 @@ class SyncStream:
         self.close()
         conn, uri = connect(self.settings, factory=_Consumer)
         filterstr = self.filter_template.replace("%entryCSN%", cookie_csn(cookie))
-        with _unavailable_on_network_errors(f"sync search on {uri}"):
-            self._msgid = conn.syncrepl_search(self.base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
-                                               cookie=cookie or None, filterstr=filterstr,
-                                               attrlist=SYNC_ATTRS)
+        try:
+            with _unavailable_on_network_errors(f"sync search on {uri}"):
+                self._msgid = conn.syncrepl_search(self.base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
+                                                   cookie=cookie or None, filterstr=filterstr,
+                                                   attrlist=SYNC_ATTRS)
+        except BaseException:
+            _unbind_quietly(conn)
+            raise
         self._conn = conn
         log.debug("sync search on %s below %s with %s from cookie %s", uri, self.base, filterstr, cookie)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.unbind_s()
-            except ldap.LDAPError:
-                pass
-            self._conn = None
+        _unbind_quietly(self._conn)
+        self._conn = None
 
     def poll(self, timeout: float) -> list[Event]:
         """The events that arrived within ``timeout`` seconds, in order."""
