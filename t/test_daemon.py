@@ -265,3 +265,30 @@ def test_dry_run_changes_nothing_in_ldap_or_on_the_host(host, directory):
     assert not any(host.layout.rsnapshot_dir.iterdir())
     assert not any(host.layout.backup_root.iterdir())
     assert not host.layout.cookie.exists()
+
+
+def test_ldapi_socket(host, slapd, directory):
+    host.set("Database", SERVER=slapd.ldapi_uri)
+    daemon = DaemonProcess(host).start()
+    try:
+        assert_done(directory.wait_mode(directory.add(UID), "added"), "added")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_starttls_with_a_certificate_the_configured_ca_signed(host, slapd, directory):
+    host.set("Database", START_TLS=1, CA_FILE=slapd.cafile)
+    daemon = DaemonProcess(host).start()
+    try:
+        assert_done(directory.wait_mode(directory.add(UID), "added"), "added")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_certificate_no_trusted_ca_signed_is_refused(host):
+    host.set("Database", START_TLS=1)           # the system's CAs do not know the test CA
+    host.set_global("Global", SLEEP=0.1, ATTEMPTS=2)
+    daemon = DaemonProcess(host).start(wait_ready=False)
+    assert daemon.wait_exit() == 4
+    assert "if the TLS handshake failed: the server certificate must be signed by a CA in the system's CA store" \
+        in daemon.text()

@@ -101,10 +101,21 @@ def connect(settings: LdapSettings, factory=SimpleLDAPObject) -> tuple[SimpleLDA
         except ldap.INVALID_CREDENTIALS as err:
             raise BindRefused(f"{uri} refused the bind as {settings.bind_dn}: {describe(err)}") from err
         except ldap.LDAPError as err:
-            failures.append(f"{uri}: {describe(err)}")
+            failures.append(f"{uri}: {describe(err)}{_tls_hint(err, settings, uri)}")
+            _unbind_quietly(conn)
             continue
         return conn, uri
     raise DirectoryUnavailable("no LDAP server answered: " + "; ".join(failures))
+
+
+def _tls_hint(err: ldap.LDAPError, settings: LdapSettings, uri: str) -> str:
+    """libldap reports a refused certificate as a bare connect error: say what it likely is."""
+    tls = uri.lower().startswith("ldaps://") or (settings.start_tls and uri.lower().startswith("ldap://"))
+    if not tls or not isinstance(err, (ldap.CONNECT_ERROR, ldap.SERVER_DOWN)):
+        return ""
+    trusted = f"CA_FILE {settings.ca_file}" if settings.ca_file else "the system's CA store (CA_FILE is not set)"
+    return (f"; if the TLS handshake failed: the server certificate must be signed by a CA in {trusted} "
+            f"and name the host of the URI")
 
 
 def _configure(conn: SimpleLDAPObject, settings: LdapSettings, uri: str) -> None:
