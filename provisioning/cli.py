@@ -89,6 +89,9 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
     log.debug("configuration %s, Global.conf %s", config.path, config.global_path or "(none found: built-in defaults)")
     for warning in unknown_keys(config):
         log.warning("%s", warning)
+    if config.path.stat().st_mode & 0o004:
+        log.warning("%s can be read by every user of this host and holds ADMIN_PASSWORD: chmod o-r it",
+                    config.path)
     transport = build_transport(config.service["Service"]["TRANSPORTAPI"],
                                 timeout=config.service["Service"]["COMMAND_TIMEOUT"],
                                 gateway=config.section("Gateway"), dry_run=args.dry_run)

@@ -183,3 +183,12 @@ def test_dry_run_with_the_short_options_of_the_original(host, directory):
     daemon.wait_for(r"DRY-RUN: would modify .*sstProvisioningMode=adding")
     assert daemon.stop() == 0
     assert directory.get(dn)["sstProvisioningMode"] == "add"
+
+
+def test_a_world_readable_configuration_is_warned_about(host):
+    host.config.chmod(0o644)
+    result = _daemon("-c", str(host.config), "-g", str(host.global_config), "-t", "-d")
+    assert result.returncode == 0
+    assert f"WARNING {host.config} can be read by every user of this host and holds ADMIN_PASSWORD" in result.stdout
+    host.config.chmod(0o600)
+    assert "holds ADMIN_PASSWORD" not in _daemon("-c", str(host.config), "-g", str(host.global_config), "-t", "-d").stdout
