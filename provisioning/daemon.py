@@ -19,6 +19,7 @@ from provisioning.backend.ldap import (
     RefreshDone, RefreshRequired, SyncStream, CookieReached,
 )
 from provisioning.clock import Clock
+from provisioning.entry import Entry
 from provisioning.protocol import DATED_REQUESTS_FILTER, Protocol
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class Daemon:
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, EntryChanged):
-            self._handle(event.entry.dn, lambda: self.protocol.handle(event.entry, in_refresh=self.in_refresh))
+            self._handle(event.entry, in_refresh=self.in_refresh)
         elif isinstance(event, CookieReached):
             self.cookies.acknowledge(event.cookie)
         elif isinstance(event, RefreshDone):
@@ -148,14 +149,14 @@ class Daemon:
             log.info("%d entr%s removed from the directory (entryUUID %s); nothing to do",
                      len(event.uuids), "y" if len(event.uuids) == 1 else "ies", ", ".join(event.uuids))
 
-    def _handle(self, dn: str, work) -> None:
-        """Run ``work``; a bug in it costs this entry, not the daemon."""
+    def _handle(self, entry: Entry, *, in_refresh: bool) -> None:
+        """Hand one entry to the protocol; a bug there costs this entry, not the daemon."""
         try:
-            work()
+            self.protocol.handle(entry, in_refresh=in_refresh)
         except (DirectoryUnavailable, RefreshRequired):
             raise
         except Exception:  # noqa: BLE001 - logged with the DN and the traceback
-            log.exception("%s: unexpected error while handling the entry", dn)
+            log.exception("%s: unexpected error while handling the entry", entry.dn)
 
     def _housekeeping(self) -> None:
         self.cookies.flush()
@@ -172,7 +173,7 @@ class Daemon:
             return
         log.debug("%d dated request(s) below %s on %s", len(entries), self.base, today)
         for entry in entries:
-            self._handle(entry.dn, lambda: self.protocol.handle(entry, in_refresh=False))
+            self._handle(entry, in_refresh=False)
             if self.stopping:
                 return
         self._swept_on = today

@@ -169,3 +169,20 @@ def test_an_entry_of_another_host_is_left_untouched(host, directory):
         assert directory.get(dn) == before
     finally:
         daemon.shutdown()
+
+
+def test_an_unexpected_error_costs_the_entry_not_the_daemon(running, directory, caplog, monkeypatch):
+    daemon, _ = running
+    real = daemon.protocol.handle
+
+    def broken_for_one(entry, in_refresh=False):
+        if entry.dn.startswith(f"uid={UID},"):
+            raise KeyError("a bug")
+        return real(entry, in_refresh=in_refresh)
+
+    monkeypatch.setattr(daemon.protocol, "handle", broken_for_one)
+    directory.add(UID)
+    other = directory.add("3723708")
+    _steps_until(daemon, lambda: directory.get(other)["sstProvisioningMode"] == "added", "the next request")
+    assert f"uid={UID}," in caplog.text and "unexpected error while handling the entry" in caplog.text
+    assert "KeyError: 'a bug'" in caplog.text
