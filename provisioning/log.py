@@ -91,8 +91,9 @@ def _syslog_handler(ident: str, secrets: list[str], socket_path: str) -> logging
     if not os.path.exists(socket_path):
         return None
     try:
+        # local0, as the original daemon: existing rsyslog rules route on it.
         handler = logging.handlers.SysLogHandler(
-            address=socket_path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            address=socket_path, facility=logging.handlers.SysLogHandler.LOG_LOCAL0)
     except OSError:
         return None
     handler.ident = f"{ident}[{os.getpid()}]: "

@@ -33,8 +33,8 @@ def test_records_reach_syslog_under_the_services_ident(syslog_socket):
     log.debug("not wanted")
     log.info("uid=1,ou=x: bind with s3cret")
     datagram = sock.recv(4096).decode()
-    # <facility daemon (3) * 8 + info (6)> then the ident with the pid
-    assert datagram.startswith(f"<30>Backup-Rsnapshot[{os.getpid()}]: INFO uid=1,ou=x: bind with ********")
+    # <facility local0 (16) * 8 + info (6)>, as the original daemon, then the ident with the pid
+    assert datagram.startswith(f"<134>Backup-Rsnapshot[{os.getpid()}]: INFO uid=1,ou=x: bind with ********")
     sock.setblocking(False)
     with pytest.raises(BlockingIOError):
         sock.recv(4096)                           # the debug record never left
