@@ -27,15 +27,11 @@ class Settings:
     @classmethod
     def from_config(cls, config: Config) -> "Settings":
         b = config.service["Backup"]
+        root = b["BACKUP_ROOT"].rstrip("/") or "/"
         return cls(b["RSNAPSHOT_CONFIG_FILE"], b["SET_QUOTA_CMD"], b["CREATE_CHROOT_CMD"],
                    b["MOUNTPOINT"], find_template(b["RSNAPSHOT_TEMPLATE"], config.directory),
-                   b["RSNAPSHOT_CMD"], b["CONFIGTEST"], b["BACKUP_ROOT"].rstrip("/") or "/",
-                   b["DELETE_DATA"],
-                   (b["ARCHIVE_DIR"] or b["BACKUP_ROOT"].rstrip("/") + "/archive").rstrip("/"),
-                   b["MIN_ID_NUMBER"])
-
-    def config_file_for(self, uid: str) -> str:
-        return self.config_file.replace("%uid%", uid)
+                   b["RSNAPSHOT_CMD"], b["CONFIGTEST"], root, b["DELETE_DATA"],
+                   (b["ARCHIVE_DIR"] or root.rstrip("/") + "/archive").rstrip("/"), b["MIN_ID_NUMBER"])
 
 
 def find_template(name: str, config_dir: Path) -> Path:

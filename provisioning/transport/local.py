@@ -28,9 +28,7 @@ class LocalCLI(Transport):
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, timeout=limit,
                                   check=False, stdin=None if stdin is not None else subprocess.DEVNULL)
-        except FileNotFoundError as err:
-            return CommandResult(argv, EXIT_NOT_FOUND, stderr=f"{argv[0]}: {err.strerror}")
-        except PermissionError as err:
+        except (FileNotFoundError, PermissionError) as err:   # missing, or not executable
             return CommandResult(argv, EXIT_NOT_FOUND, stderr=f"{argv[0]}: {err.strerror}")
         except subprocess.TimeoutExpired:
             return CommandResult(argv, EXIT_TIMEOUT, stderr=f"killed after {limit:g} s")
