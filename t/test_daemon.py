@@ -86,6 +86,7 @@ def test_after_a_crash_no_finished_request_is_done_again(host, directory):
 def test_the_cookie_file_holds_the_servers_cookie(host, directory, daemon):
     dn = directory.add(UID)
     directory.wait_mode(dn, "added")
+    daemon.wait_for(rf"uid={UID},.*: echo of our own write", count=2)   # the outcome came back
     assert daemon.stop() == 0
     cookie = host.layout.cookie.read_text().strip()
     assert re.fullmatch(r"rid=001,sid=[0-9a-f]+,csn=\d{14}\.\d{6}Z#[0-9a-f]{6}#[0-9a-f]{3}#[0-9a-f]{6}", cookie)

@@ -75,9 +75,10 @@ def write_recorder(path: Path, log: Path, then: str | None = None) -> None:
     script = f"""#!/bin/sh
 # Stand-in that records how it was called (one line per call, TAB-separated argv).
 log={shlex.quote(str(log))}
-sep=''
-for arg in "$0" "$@"; do printf '%s%s' "$sep" "$arg"; sep='\t'; done >> "$log"
-printf '\\n' >> "$log"
+# One append per call: concurrent callers (two daemons) must not interleave.
+line='' sep=''
+for arg in "$0" "$@"; do line=$line$sep$arg; sep='\t'; done
+printf '%s\\n' "$line" >> "$log"
 [ -f "$log.exit" ] && exit "$(cat "$log.exit")"
 {finish}
 """
