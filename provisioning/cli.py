@@ -11,15 +11,18 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pluggy
 
 from provisioning import __version__, plugins
-from provisioning.backend.cookie import CookieStore
+from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryError, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
+from provisioning.backend.store import Store, StoreError
+from provisioning.claims import Owners
 from provisioning.clock import Clock
 from provisioning.codes import ExitCode
 from provisioning.config import (
@@ -29,10 +32,14 @@ from provisioning.config import (
 from provisioning.daemon import Daemon, Retry, with_retries
 from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import LevelFlags
+from provisioning.ldapmode import LdapMode
 from provisioning.log import setup as setup_logging
-from provisioning.protocol import Protocol
+from provisioning.protocol import Selfcare
+from provisioning.removals import Removals
+from provisioning.router import Router
 from provisioning.service import Service, ServiceContext
 from provisioning.transport import build as build_transport
+from provisioning.workers import executor
 
 log = logging.getLogger("provisioning")
 
@@ -143,12 +150,15 @@ def _core_checks(config: Config) -> list[str]:
     """What the specs cannot say: values that depend on each other or on the host."""
     problems = []
     where = config.path
-    if config.service["Service"]["MODUS"] != "selfcare":
-        problems.append(f"{where}: [Service] MODUS: {config.service['Service']['MODUS']} is not "
-                        f"implemented yet; valid choices in this version: selfcare")
+    service = config.service["Service"]
+    if service["CLAIM_LEASE"] <= service["COMMAND_TIMEOUT"]:
+        problems.append(f"{where}: [Service] CLAIM_LEASE: {service['CLAIM_LEASE']:g} s must be longer than "
+                        f"COMMAND_TIMEOUT ({service['COMMAND_TIMEOUT']:g} s): another daemon would take over "
+                        f"a request while its command may still run")
     if config.service["Service"]["TRANSPORTAPI"] == "CLISSH" and not config.service["Gateway"]["USER"]:
         problems.append(f"{where}: [Gateway] USER: missing (required with TRANSPORTAPI = CLISSH)")
     for key, path in (("[Database] COOKIE_FILE", Path(config.service["Database"]["COOKIE_FILE"])),
+                      ("[Database] STORE_FILE", config.store_file),
                       ("[Service] LOCK_FILE", config.lock_file)):
         if not path.parent.is_dir():
             problems.append(f"{where}: {key}: folder {path.parent} does not exist")
@@ -190,35 +200,54 @@ def check(config: Config) -> int:
 
 
 def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
-                 clock: Clock | None = None) -> Daemon:
-    """The daemon the configuration describes, around an already started service."""
+                 clock: Clock | None = None, stop_event: threading.Event | None = None) -> Daemon:
+    """The daemon the configuration describes, around an already started service.
+
+    Raises StoreError or CookieError when the state files cannot be used.
+    """
     settings = LdapSettings.from_config(config)
-    db = config.service["Database"]
+    db, svc = config.service["Database"], config.service["Service"]
     directory = Directory(settings, dry_run=dry_run)
+    store = Store(config.store_file, dry_run=dry_run)
+    store.open()
+    owners = Owners(svc["CLAIM_LEASE"], clock)
+    router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
+                    owners=owners, selfcare=Selfcare(directory, service, owners, clock),
+                    ldap_mode=LdapMode(service), removals=Removals(service), clock=clock)
     startup, operation = _retries(config)
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
-                  cookies=CookieStore(db["COOKIE_FILE"], db["DEFAULT_COOKIE"], dry_run=dry_run),
-                  protocol=Protocol(directory, service, clock),
-                  startup=startup, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock)
+                  position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
+                  store=store, router=router, executor=executor(svc["WORKERS"]),
+                  startup=startup, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
+                  stop_event=stop_event)
 
 
-def serve(config: Config, service: Service, *, dry_run: bool) -> int:
+def serve(config: Config, service: Service, *, dry_run: bool,
+          stop_event: threading.Event | None = None) -> int:
     """Run the daemon until a signal stops it or LDAP stays out of reach."""
-    daemon = build_daemon(config, service, dry_run=dry_run)
+    try:
+        daemon = build_daemon(config, service, dry_run=dry_run, stop_event=stop_event)
+    except (StoreError, CookieError) as err:
+        log.error("%s", err)
+        print(f"provisioning-daemon: {err}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: daemon.request_stop())
-    log.info("starting %s/%s provisioning daemon %s (pid %d)%s", config.service_name, config.type_name,
-             __version__, os.getpid(), " in dry-run mode" if dry_run else "")
+    log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s", config.service_name,
+             config.type_name, __version__, os.getpid(), config.service["Service"]["MODUS"],
+             " in dry-run mode" if dry_run else "")
     try:
         daemon.start()
         daemon.run()
-    except (BindRefused, SubtreeMissing) as err:
+    except (BindRefused, SubtreeMissing, CookieError) as err:
         log.error("%s; stopping", err)
         return ExitCode.CONFIG_ERROR
     except DirectoryUnavailable as err:
         log.error("giving up: %s", err)
         return ExitCode.LDAP_UNREACHABLE
+    finally:
+        daemon.shutdown()
     log.info("stopped %s/%s provisioning daemon", config.service_name, config.type_name)
     return ExitCode.OK
 

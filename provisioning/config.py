@@ -61,6 +61,11 @@ class Config:
         return self.service["Service"]["SYSLOG"] or f"{self.service_name}-{self.type_name}"
 
     @property
+    def store_file(self) -> Path:
+        explicit = self.service["Database"]["STORE_FILE"]
+        return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".sqlite")
+
+    @property
     def lock_file(self) -> Path:
         explicit = self.service["Service"]["LOCK_FILE"]
         return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".lock")

@@ -1,33 +1,55 @@
-"""The main loop: read the sync stream, hand entries to the protocol, keep the cookie.
+"""The main loop: read the sync stream, hand entries to workers, keep the cookie.
 
 ``step()`` does one round and is what tests drive; ``run()`` repeats it until
 ``request_stop()`` (called from a signal handler, which does nothing else).
-A stop is noticed between entries, so the entry in hand is always finished
-and its outcome written before the daemon leaves.
+
+Order and acknowledgement. Every event gets a sequence number. Jobs of one
+entry run one after another (a lane per entry); jobs of different entries may
+run at the same time ([Service] WORKERS). A cookie the server sends covers
+the events before it; it is acknowledged only when every one of them has been
+handled and its outcome written (the low-water mark), so a crash at any
+moment loses nothing and redoes nothing that finished.
+
+When the directory goes away, or refuses writes, the loop stops taking new
+work, lets the work in hand finish (outcomes it cannot write are kept in the
+store), reconnects, writes the kept outcomes first, and only then reads the
+stream again - from the acknowledged cookie, so whatever was not finished
+comes again. A stop lets the work in hand finish the same way.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from provisioning.backend.cookie import CookieStore
+from provisioning.backend.cookie import Position, ahead_of
 from provisioning.backend.ldap import (
-    Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
-    RefreshDone, RefreshRequired, SyncStream, CookieReached,
+    CookieReached, Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
+    PresentEnd, RefreshDone, RefreshRequired, SyncStream, WriteRefused,
 )
+from provisioning.backend.store import Store
 from provisioning.clock import Clock
 from provisioning.entry import Entry
-from provisioning.protocol import DATED_REQUESTS_FILTER, Protocol
+from provisioning.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
+from provisioning.router import Router
+from provisioning.workers import Inline, Job, Threads
 
 log = logging.getLogger(__name__)
+
+# While LDAP is out of reach, say so at most this often.
+WAITING_REPORT_INTERVAL = 60.0
+# How long to wait for the stream while workers are busy, before looking at their results.
+BUSY_POLL = 0.01
 
 
 @dataclass(frozen=True)
 class Retry:
-    """How often to try reaching LDAP, and how long to wait in between."""
+    """How often to try reaching LDAP (0: for ever), and how long to wait in between."""
 
     attempts: int
     sleep: float
@@ -35,54 +57,89 @@ class Retry:
 
 def with_retries(action: Callable[[], None], retry: Retry,
                  sleep: Callable[[float], bool] | None = None) -> None:
-    """Call ``action`` until it does not raise DirectoryUnavailable, at most ``retry.attempts`` times.
+    """Call ``action`` until it does not raise DirectoryUnavailable or WriteRefused.
 
+    At most ``retry.attempts`` times (0: until it works or a stop comes).
     ``sleep`` waits between attempts and returns False to give up early (a
-    stop was requested). Raises DirectoryUnavailable when every attempt failed.
+    stop was requested). The first failure is logged, then at most once a
+    minute that it is still failing, and once when it works again. Raises
+    DirectoryUnavailable when every attempt failed.
     """
     sleep = sleep or (lambda seconds: time.sleep(seconds) or True)
-    for attempt in range(1, retry.attempts + 1):
+    started = time.monotonic()
+    said_at = -math.inf
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             action()
-            return
-        except DirectoryUnavailable as err:
-            log.warning("attempt %d of %d to reach LDAP failed: %s", attempt, retry.attempts, err)
-            if attempt < retry.attempts and not sleep(retry.sleep):
-                break
-    raise DirectoryUnavailable(f"no LDAP server answered after {retry.attempts} attempt(s)")
+        except (DirectoryUnavailable, WriteRefused) as err:
+            if retry.attempts and attempt >= retry.attempts:
+                log.warning("attempt %d of %d to reach LDAP failed: %s", attempt, retry.attempts, err)
+                raise DirectoryUnavailable(f"no LDAP server answered after {retry.attempts} attempt(s)") from err
+            if time.monotonic() - said_at >= WAITING_REPORT_INTERVAL:
+                said_at = time.monotonic()
+                of = f" of {retry.attempts}" if retry.attempts else ""
+                log.warning("attempt %d%s to reach LDAP failed: %s; trying again every %g s%s", attempt, of,
+                            err, retry.sleep, "" if attempt == 1 else
+                            f" (waiting for %.0f s)" % (time.monotonic() - started))
+            if not sleep(retry.sleep):
+                raise DirectoryUnavailable("stopped while waiting for LDAP") from err
+            continue
+        if attempt > 1:
+            log.warning("LDAP answers again after %d attempts in %.1f s", attempt, time.monotonic() - started)
+        return
 
 
 class Daemon:
-    """One service daemon: a sync stream, a write connection, a protocol."""
+    """One service daemon: a sync stream, a write connection, a router, workers."""
 
-    def __init__(self, *, directory: Directory, stream: SyncStream, cookies: CookieStore,
-                 protocol: Protocol, startup: Retry, operation: Retry, base: str,
-                 clock: Clock | None = None, poll_interval: float = 0.5) -> None:
+    def __init__(self, *, directory: Directory, stream: SyncStream, position: Position, store: Store,
+                 router: Router, executor: Inline | Threads, startup: Retry, operation: Retry,
+                 base: str, clock: Clock | None = None, poll_interval: float = 0.5,
+                 stop_event: threading.Event | None = None) -> None:
         self.directory = directory
         self.stream = stream
-        self.cookies = cookies
-        self.protocol = protocol
+        self.position = position
+        self.store = store
+        self.router = router
+        self.executor = executor
         self.startup = startup
         self.operation = operation
         self.base = base
         self.clock = clock or Clock()
         self.poll_interval = poll_interval
-        self.stopping = False
+        self.stop_event = stop_event or threading.Event()
         self.in_refresh = True
+        self.refresh_full = False
+        self._seq = 0
+        self._lanes: dict[str, deque[tuple[int, Callable[[], Job | None]]]] = {}
+        self._open_seqs: set[int] = set()          # events not yet handled to the end
+        self._cookies: deque[tuple[int, str]] = deque()
+        self._trouble: str | None = None           # why the loop must reconnect before going on
         self._swept_on: dt.date | None = None
+        self._after_refresh: list[Callable[[], None]] = []
+        self._closed = False
 
     # ---------------------------------------------------------------- control
 
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
     def request_stop(self) -> None:
-        """Ask the loop to stop after the entry in hand (safe in a signal handler)."""
-        self.stopping = True
+        """Ask the loop to stop after the work in hand (safe in a signal handler)."""
+        self.stop_event.set()
 
     def start(self) -> None:
-        """Connect both connections and open the stream, with the start-up retries."""
+        """Open the store's position, connect both connections and open the stream."""
+        start = self.position.start()
+        self.router.adopt = start.adopt
+        self._after_refresh = [self._sweep_claims, self._retry_failed]
         self._connect(self.startup)
 
     def run(self) -> None:
-        """Step until asked to stop, then write the cookie and disconnect."""
+        """Step until asked to stop, then finish the work in hand and disconnect."""
         try:
             while not self.stopping:
                 self.step()
@@ -90,29 +147,43 @@ class Daemon:
             self.shutdown()
 
     def shutdown(self) -> None:
-        self.cookies.flush()
+        """Finish the work in hand, write the position, close everything (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drain()
+        self.position.flush()
+        self.executor.close()
         self.stream.close()
         self.directory.close()
+        self.store.close()
 
     def step(self, timeout: float | None = None) -> None:
         """One round: the events that arrive within ``timeout``, then housekeeping."""
+        if self._trouble:
+            self._recover()
+            return
         try:
-            for event in self.stream.poll(self.poll_interval if timeout is None else timeout):
+            wait = self.poll_interval if timeout is None else timeout
+            events = self.stream.poll(BUSY_POLL if self.executor.busy else wait)
+            for event in events:
                 self._dispatch(event)
-                if self.stopping:
-                    return  # what is left was not acknowledged: it comes again
-            self._housekeeping()
+                self._collect()
+                if self.stopping or self._trouble:
+                    return           # what is left was not acknowledged: it comes again
+            self._collect(wait if self.executor.busy and not events else 0)
+            if not self._trouble:
+                self._housekeeping()
         except DirectoryUnavailable as err:
             if self.stopping:
-                return  # a stop signal interrupts a blocking read: not a lost server
-            log.warning("lost the LDAP connection: %s", err)
-            self._connect(self.operation)
+                return               # a stop signal interrupts a blocking read: not a lost server
+            self._trouble = f"lost the LDAP connection: {err}"
         except RefreshRequired as err:
             log.warning("the server cannot resume from our cookie (%s): full refresh", err)
-            self.cookies.reset()
-            self._connect(self.operation)
+            self.position.reset()
+            self._trouble = "full refresh"
 
-    # --------------------------------------------------------------- internals
+    # ------------------------------------------------------------ connection
 
     def _connect(self, retry: Retry) -> None:
         self.stream.close()
@@ -124,56 +195,209 @@ class Daemon:
                 return
             raise
         self.in_refresh = True
-        log.info("connected to %s; synchronising %s", self.directory.uri, self.base)
+        log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
+                 " (full refresh)" if self.refresh_full else "")
 
     def _open(self) -> None:
         self.directory.open()
-        self.stream.open(self.cookies.current)
+        self._write_pending()
+        self._check_cookie()
+        self.refresh_full = self.position.full
+        self.stream.open(self.position.cookie)
+
+    def _write_pending(self) -> None:
+        """Write the outcomes the directory did not take before; raise if it still does not."""
+        for write in self.store.pending():
+            self.router.note_own_writes(write_pending(self.directory, write))
+            self.store.drop_pending(write.dn)
+            self.position.flush()
+
+    def _check_cookie(self) -> None:
+        if not self.position.current:
+            return
+        try:
+            why = ahead_of(self.position.current, self.directory.context_csns(self.base))
+        except DirectoryError as err:
+            log.debug("cannot read the provider's contextCSN: %s", err)
+            return
+        if why:
+            log.error("%s: refreshing from scratch", why)
+            self.position.reset()
+            self.router.adopt = None
+
+    def _recover(self) -> None:
+        """Finish the work in hand, then reconnect and write what is kept."""
+        log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
+        self._drain()
+        self._forget_unfinished()
+        self.position.flush()
+        self._trouble = None
+        if self.stopping:
+            return
+        if self._sweep_claims not in self._after_refresh:
+            self._after_refresh.append(self._sweep_claims)
+        self._connect(self.operation)
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep, waking for a stop request; False if one came."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < deadline:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        return not self.stopping
+        return not self.stop_event.wait(seconds)
+
+    # --------------------------------------------------------------- events
 
     def _dispatch(self, event: Event) -> None:
+        self._seq += 1
         if isinstance(event, EntryChanged):
-            self._handle(event.entry, in_refresh=self.in_refresh)
+            entry = event.entry
+            self._enqueue(entry.uuid or entry.dn.lower(), self._seq, lambda: self.router.entry_job(entry))
         elif isinstance(event, CookieReached):
-            self.cookies.acknowledge(event.cookie)
-        elif isinstance(event, RefreshDone):
-            self.in_refresh = False
-            log.info("initial synchronisation of %s done; waiting for changes", self.base)
+            self._cookies.append((self._seq, event.cookie))
+            self._advance()
         elif isinstance(event, EntriesDeleted):
-            log.info("%d entr%s removed from the directory (entryUUID %s); nothing to do",
-                     len(event.uuids), "y" if len(event.uuids) == 1 else "ies", ", ".join(event.uuids))
+            for uuid in event.uuids:
+                self._enqueue(uuid, self._seq, lambda u=uuid: self.router.removal_job(u))
+        elif isinstance(event, PresentEnd):
+            self._present_end(event)
+        elif isinstance(event, RefreshDone):
+            self._refresh_done()
 
-    def _handle(self, entry: Entry, *, in_refresh: bool) -> None:
-        """Hand one entry to the protocol; a bug there costs this entry, not the daemon."""
-        try:
-            self.protocol.handle(entry, in_refresh=in_refresh)
-        except (DirectoryUnavailable, RefreshRequired):
-            raise
-        except Exception:  # noqa: BLE001 - logged with the DN and the traceback
-            log.exception("%s: unexpected error while handling the entry", entry.dn)
+    def _refresh_done(self) -> None:
+        self.in_refresh = False
+        self.router.adopt = None
+        log.info("initial synchronisation of %s done; waiting for changes", self.base)
+        todo, self._after_refresh = self._after_refresh, []
+        for sweep in todo:
+            sweep()
+
+    def _present_end(self, event: PresentEnd) -> None:
+        """Entries the store knows that the server neither sent nor named present are gone.
+
+        Only when the server says so (present phase) or the session started
+        without a cookie. Each candidate is checked with a search first: an
+        entry may only have fallen outside SEARCH_FILTER (%entryCSN%).
+        """
+        if not (event.implicit or self.refresh_full):
+            return
+        candidates = self.store.uuids() - event.seen
+        if not candidates:
+            return
+        gone = candidates - self.directory.existing_uuids(self.base, candidates)
+        for uuid in sorted(gone):
+            self._enqueue(uuid, self._seq, lambda u=uuid: self.router.removal_job(u))
+
+    # ---------------------------------------------------------------- lanes
+
+    def _enqueue(self, key: str, seq: int, plan: Callable[[], Job | None]) -> None:
+        """Queue work for ``key`` behind what is in hand for it, or start it now."""
+        self._open_seqs.add(seq)
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append((seq, plan))
+            return
+        self._lanes[key] = deque()
+        self._begin(key, seq, plan)
+
+    def _begin(self, key: str, seq: int, plan: Callable[[], Job | None]) -> None:
+        while True:
+            try:
+                job = plan()
+            except (DirectoryUnavailable, WriteRefused):
+                raise
+            except Exception:  # noqa: BLE001 - a bug in judging costs this entry, not the daemon
+                log.exception("%s: unexpected error while judging the entry", key)
+                job = None
+            if job is not None:
+                job.key, job.seq = key, seq
+                self.executor.submit(job)
+                return
+            nxt = self._next_in_lane(key, seq)
+            if nxt is None:
+                return
+            seq, plan = nxt
+
+    def _next_in_lane(self, key: str, seq: int) -> tuple[int, Callable[[], Job | None]] | None:
+        """Mark ``seq`` handled; the next queued work of the lane, or None (lane closed)."""
+        self._open_seqs.discard(seq)
+        lane = self._lanes[key]
+        if lane:
+            return lane.popleft()
+        del self._lanes[key]
+        return None
+
+    def _collect(self, timeout: float = 0) -> None:
+        """Take the results of ended jobs into the daemon's state."""
+        for job, result in self.executor.completed(timeout):
+            self.router.complete(job, result)
+            if result.pending is not None:
+                self._trouble = self._trouble or "the directory did not take a write"
+            if result.retry:
+                self._trouble = self._trouble or f"the directory is not taking writes: {result.retry}"
+            if result.retry or result.interrupted:
+                continue             # not handled: the cookie must not pass it
+            nxt = self._next_in_lane(job.key, job.seq)
+            if nxt is not None and not (self._trouble or self.stopping):
+                self._begin(job.key, *nxt)
+        self._advance()
+        self.position.flush()
+
+    def _advance(self) -> None:
+        """Acknowledge the newest cookie that no unhandled event precedes."""
+        low = min(self._open_seqs, default=math.inf)
+        newest = None
+        while self._cookies and self._cookies[0][0] < low:
+            newest = self._cookies.popleft()[1]
+        if newest is not None:
+            self.position.acknowledge(newest)
+
+    def _drain(self) -> None:
+        """Wait for every job in hand to end and take its result."""
+        while self.executor.busy:
+            self._collect(1.0)
+        self._collect()
+
+    def _forget_unfinished(self) -> None:
+        """After a reconnect the server sends again whatever was not acknowledged."""
+        self._lanes.clear()
+        self._open_seqs.clear()
+        self._cookies.clear()
+
+    # ----------------------------------------------------------- housekeeping
 
     def _housekeeping(self) -> None:
-        self.cookies.flush()
-        today = self.clock.today()
-        if not self.in_refresh and today != self._swept_on:
-            self._sweep_dated_requests(today)
-
-    def _sweep_dated_requests(self, today: dt.date) -> None:
-        """Take up requests dated for a day that has now come."""
-        try:
-            entries = self.directory.search(self.base, DATED_REQUESTS_FILTER)
-        except DirectoryError as err:
-            log.error("cannot look for dated requests: %s", err)
+        if self.in_refresh:
             return
-        log.debug("%d dated request(s) below %s on %s", len(entries), self.base, today)
+        today = self.clock.today()
+        if today != self._swept_on:
+            self._sweep(DATED_REQUESTS_FILTER, "dated request(s)")
+            self._swept_on = today
+        for key, watch in self.router.expired_watches(self.clock.utcnow()):
+            entry = self.directory.read(watch.dn)
+            if entry is not None:
+                self._new_work(entry)
+
+    def _sweep_claims(self) -> None:
+        self._sweep(CLAIMED_FILTER, "claimed request(s) without an outcome")
+
+    def _sweep(self, filterstr: str, what: str) -> None:
+        """Judge entries a search finds: claims and dated requests the stream will not bring again."""
+        try:
+            entries = self.directory.search(self.base, filterstr)
+        except DirectoryError as err:
+            log.error("cannot look for %s: %s", what, err)
+            return
+        log.debug("%d %s below %s", len(entries), what, self.base)
         for entry in entries:
-            self._handle(entry, in_refresh=False)
-            if self.stopping:
-                return
-        self._swept_on = today
+            self._new_work(entry)
+
+    def _retry_failed(self) -> None:
+        """At start: hooks that failed before (LDAP mode, removals) are tried again once."""
+        for known in self.store.failed():
+            current = self.directory.read(known.dn)
+            if current is not None and current.uuid != known.uuid:
+                current = None               # another entry took the DN: ours is gone
+            self._seq += 1
+            self._enqueue(known.uuid, self._seq, lambda k=known, c=current: self.router.retry_job(k, c))
+
+    def _new_work(self, entry: Entry) -> None:
+        self._seq += 1
+        self._enqueue(entry.uuid or entry.dn.lower(), self._seq, lambda: self.router.entry_job(entry))
+

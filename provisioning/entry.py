@@ -24,7 +24,17 @@ class Entry:
             # Directory strings are UTF-8 by definition; anything else is not
             # ours to interpret, so it must not crash the daemon either.
             attrs[name] = [v.decode("utf-8", "replace") for v in values]
-        return cls(dn, attrs, uuid or _first(attrs, "entryUUID"))
+        uuid = uuid or _first(attrs, "entryUUID")
+        return cls(dn, attrs, uuid.lower() if uuid else None)
+
+    @classmethod
+    def from_values(cls, dn: str, values: Mapping[str, Sequence[str]], uuid: str | None = None) -> "Entry":
+        """Build from ``{name: [str, ...]}`` (as kept in the local store)."""
+        return cls(dn, cidict({name: list(v) for name, v in values.items()}), uuid)
+
+    def as_values(self) -> dict[str, list[str]]:
+        """``{name: [str, ...]}`` with the names as the server spelled them."""
+        return {name: list(values) for name, values in self.attrs.items()}
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default`` when it is absent."""

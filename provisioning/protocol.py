@@ -1,22 +1,32 @@
 """The selfcare state protocol: which entries are requests, and their transitions.
 
 A request is sstProvisioningMode add|modify|delete with sstProvisioningState 0
-and sstProvisioningExecutionDate 0 or a day that has come. The core, not the
-plugin, owns every transition:
+and sstProvisioningExecutionDate 0 or a day that has come; delete also needs
+sstIsActive FALSE. The core, not the plugin, owns every transition:
 
-1. claim:  mode -> adding|modifying|deleting, old return value removed. The
-   write asserts (RFC 4528) that the entry is still exactly as seen (its
-   entryCSN), so two daemons never both take one request and a request that
-   changed meanwhile is judged again from its newer version.
+1. claim:  mode -> adding|modifying|deleting, old return value removed, and
+   the claimant recorded (provisioning.claims). The write asserts (RFC 4528)
+   that the entry is still exactly as judged (its entryCSN), so two daemons
+   never both take one request, and a request that changed meanwhile is
+   judged again from its newer version.
 2. work:   the plugin's add/modify/delete hook, with the entry the claim read back.
 3. done:   mode -> added|modified|deleted, state -> UTC YYYYMMDDThhmmssZ,
-   return value -> 0, in one modify; on failure only the return value is
-   written (mode stays claimed, state stays 0) and the error is logged.
+   return value -> 0, in one modify; on failure the return value (mode stays
+   claimed, state stays 0) and the error is logged.
+
+The outcome write asserts that the claim is still ours, or that the entry is
+still the very version we judged (our claim was lost with a provider that
+died before replicating it). An outcome the directory does not take now
+(connection lost, server read-only) is kept (``Result.pending``) and written
+when it does; "done" is logged only once it is written.
+
+A claimed entry without a return value is resumed only as provisioning.claims
+allows, and only after passing every check a new request passes: writing
+``deleting`` straight into an active entry gets it refused, not deleted.
 
 A request refused before its claim (unknown mode, bad date, delete of an
 active entry) gets its return value and is judged again only when someone
-writes the entry: the daemon recognises the echo of its own writes by their
-entryCSN and never answers itself.
+writes the entry.
 """
 from __future__ import annotations
 
@@ -24,16 +34,21 @@ import datetime as dt
 import enum
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from ldap.filter import escape_filter_chars
 
-from provisioning.backend.ldap import SYNC_ATTRS, Conflict, Directory, DirectoryError
+from provisioning.backend.ldap import (
+    SYNC_ATTRS, Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
+)
+from provisioning.backend.store import PendingWrite
+from provisioning.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
+from provisioning.claims import Owner, Owners, claim_values
 from provisioning.clock import Clock, utc_stamp
 from provisioning.codes import ReturnValue
 from provisioning.entry import Entry
-from provisioning.service import Request, Service
+from provisioning.results import Result, Watch
+from provisioning.service import Interrupted, Request, Service, within_deadline
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +57,7 @@ STATE = "sstProvisioningState"
 DATE = "sstProvisioningExecutionDate"
 RETURN = "sstProvisioningReturnValue"
 ACTIVE = "sstIsActive"
+SELFCARE_ATTRIBUTES = (MODE, STATE, DATE)
 
 # verb -> (claimed mode, finished mode)
 TRANSITIONS = {"add": ("adding", "added"), "modify": ("modifying", "modified"),
@@ -49,14 +65,16 @@ TRANSITIONS = {"add": ("adding", "added"), "modify": ("modifying", "modified"),
 CLAIMED = {claimed: verb for verb, (claimed, _) in TRANSITIONS.items()}
 FINISHED = {done for _, done in TRANSITIONS.values()}
 
+_OPEN_MODES = "".join(f"({MODE}={m})" for m in list(TRANSITIONS) + list(CLAIMED))
 # Requests dated for a later day that nobody will touch again: looked for at
 # start-up and whenever the local date changes. An entry with a return value
-# was already judged (refused) for this request; see Protocol._postpone.
-DATED_REQUESTS_FILTER = (f"(&({STATE}=0)(|({MODE}=add)({MODE}=modify)({MODE}=delete))"
-                         f"(!({DATE}=0))(!({RETURN}=*)))")
-
-# How many of our own writes we remember to recognise their echo.
-OWN_WRITES_KEPT = 100_000
+# was already judged (refused or failed) for this request.
+DATED_REQUESTS_FILTER = f"(&({STATE}=0)(|{_OPEN_MODES})(!({DATE}=0))(!({RETURN}=*)))"
+# Claims without an outcome: interrupted work, or work in hand elsewhere.
+# Looked for at start-up and after every reconnect, since a claim made
+# before the cookie's position is not delivered again.
+CLAIMED_FILTER = (f"(&({STATE}=0)(|{''.join(f'({MODE}={m})' for m in CLAIMED)})"
+                  f"(!({RETURN}=*)))")
 
 
 class Verdict(enum.Enum):
@@ -64,7 +82,8 @@ class Verdict(enum.Enum):
     POSTPONE = "postpone"   # dated for a later day
     REFUSE = "refuse"       # a request we must answer with a return value
     WORK = "work"           # an open request: claim it and do it
-    RESUME = "resume"       # claimed earlier, no outcome: interrupted, do it again
+    RESUME = "resume"       # claimed earlier, no outcome, claimant gone: take it over
+    WATCH = "watch"         # claimed by someone who may still be working: look again later
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,7 @@ class Decision:
     verb: str | None = None
     code: int | None = None
     due: dt.date | None = None
+    expires: dt.datetime | None = None
 
 
 def parse_execution_date(raw: str | None) -> dt.date | None:
@@ -81,7 +101,7 @@ def parse_execution_date(raw: str | None) -> dt.date | None:
     text = (raw or "").strip()
     if text == "0":
         return None
-    if len(text) != 8 or not text.isdigit():
+    if len(text) != 8 or not text.isascii() or not text.isdigit():
         raise ValueError(f'sstProvisioningExecutionDate "{raw}" is neither 0 nor a date YYYYMMDD')
     try:
         return dt.datetime.strptime(text, "%Y%m%d").date()
@@ -89,7 +109,12 @@ def parse_execution_date(raw: str | None) -> dt.date | None:
         raise ValueError(f'sstProvisioningExecutionDate "{raw}" is not a valid date') from None
 
 
-def decide(entry: Entry, today: dt.date, *, in_refresh: bool) -> Decision:
+def is_selfcare(entry: Entry) -> bool:
+    """Whether the entry carries the three attributes of the selfcare protocol."""
+    return all(entry.get(name) is not None for name in SELFCARE_ATTRIBUTES)
+
+
+def decide(entry: Entry, today: dt.date, owners: Owners) -> Decision:
     """What the selfcare protocol says about ``entry`` today. No side effects."""
     mode, state = entry.get(MODE), entry.get(STATE)
     if mode is None or state is None:
@@ -98,16 +123,17 @@ def decide(entry: Entry, today: dt.date, *, in_refresh: bool) -> Decision:
         return Decision(Verdict.IGNORE, f"done ({MODE}: {mode}, {STATE}: {state})")
     verb = mode.strip().lower()
     if verb in CLAIMED:
-        # In a refresh the entry is as the directory holds it now: a claim
-        # without outcome means a daemon stopped in the middle of the work.
-        if in_refresh and entry.get(RETURN) is None:
-            return Decision(Verdict.RESUME, f"claimed ({mode}) without an outcome", CLAIMED[verb])
-        return Decision(Verdict.IGNORE, f"in progress or failed earlier ({mode})")
+        return _claimed(entry, CLAIMED[verb], today, owners)
     if verb in FINISHED:
         return Decision(Verdict.IGNORE, f"{MODE} is {mode} but {STATE} is 0")
     if verb not in TRANSITIONS:
         return Decision(Verdict.REFUSE, f'unknown {MODE} "{mode}" (expected add, modify or delete)',
                         code=ReturnValue.UNKNOWN_MODE)
+    return check_request(entry, verb, today)
+
+
+def check_request(entry: Entry, verb: str, today: dt.date) -> Decision:
+    """The checks every request passes before any work: date, and delete only when inactive."""
     try:
         due = parse_execution_date(entry.get(DATE))
     except ValueError as err:
@@ -121,102 +147,170 @@ def decide(entry: Entry, today: dt.date, *, in_refresh: bool) -> Decision:
     return Decision(Verdict.WORK, f"{verb} requested", verb)
 
 
-class Protocol:
-    """Applies decisions to the directory and runs the plugin for claimed requests."""
+def _claimed(entry: Entry, verb: str, today: dt.date, owners: Owners) -> Decision:
+    mode = entry.get(MODE)
+    if entry.get(RETURN) is not None:
+        return Decision(Verdict.IGNORE, f"failed earlier ({mode}, {RETURN}: {entry.get(RETURN)})")
+    judgement = owners.judge(entry)
+    if judgement.owner is Owner.MINE:
+        return Decision(Verdict.IGNORE, f"in progress ({mode}), {judgement.why}")
+    if judgement.owner is Owner.LIVE:
+        return Decision(Verdict.WATCH, f"{mode}: {judgement.why}", verb, expires=judgement.expires)
+    # The claimant is gone. Whoever wrote the claim, the request passes every
+    # check of a new one before anything is done for it.
+    checked = check_request(entry, verb, today)
+    if checked.verdict is not Verdict.WORK:
+        return checked
+    return Decision(Verdict.RESUME, f"{mode} without an outcome, {judgement.why}", verb)
 
-    def __init__(self, directory: Directory, service: Service, clock: Clock | None = None) -> None:
+
+class Selfcare:
+    """Carries out decisions: the writes of the protocol and the plugin's work between them."""
+
+    def __init__(self, directory: Directory, service: Service, owners: Owners,
+                 clock: Clock | None = None) -> None:
         self.directory = directory
         self.service = service
+        self.owners = owners
         self.clock = clock or Clock()
-        self._own_writes: OrderedDict[str, str] = OrderedDict()  # entryCSN -> DN
 
-    def handle(self, entry: Entry, *, in_refresh: bool = False) -> None:
-        """Judge one entry from the stream (or a search) and act on it."""
-        if entry.csn and entry.csn in self._own_writes:
-            log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
-            return
-        decision = decide(entry, self.clock.today(), in_refresh=in_refresh)
-        if decision.verdict is Verdict.IGNORE:
-            log.debug("%s: %s", entry.dn, decision.reason)
-            return
-        if not self.service.owns(entry):
-            log.debug("%s: belongs to another host, left untouched", entry.dn)
-            return
+    def run(self, entry: Entry, decision: Decision) -> Result:
+        """Act on one decision (anything but IGNORE); runs in a worker."""
         action = {Verdict.POSTPONE: self._postpone, Verdict.REFUSE: self._refuse,
-                  Verdict.WORK: self._work, Verdict.RESUME: self._work}[decision.verdict]
-        action(entry, decision)
+                  Verdict.WORK: self._work, Verdict.RESUME: self._work,
+                  Verdict.WATCH: self._watch}[decision.verdict]
+        return action(entry, decision)
 
     # ------------------------------------------------------------ transitions
 
-    def _postpone(self, entry: Entry, decision: Decision) -> None:
+    def _watch(self, entry: Entry, decision: Decision) -> Result:
+        log.info("%s: %s", entry.dn, decision.reason)
+        return Result(watch=Watch(entry.dn, decision.expires))
+
+    def _postpone(self, entry: Entry, decision: Decision) -> Result:
         log.info("%s: %s; left until that day", entry.dn, decision.reason)
-        if entry.get(RETURN) is not None:
-            # The value belongs to an earlier attempt. Removing it shows the
-            # portal an open request, and lets the dated-request search find
-            # the entry on its day (it skips entries that carry a value).
-            self._write(entry.dn, {RETURN: None}, _unchanged(entry), "remove the old return value")
+        if entry.get(RETURN) is None:
+            return Result()
+        # The value belongs to an earlier attempt. Removing it shows the
+        # portal an open request, and lets the dated-request search find
+        # the entry on its day (it skips entries that carry a value).
+        return self._write(entry, {RETURN: None}, _unchanged(entry), "remove the old return value")
 
-    def _refuse(self, entry: Entry, decision: Decision) -> None:
+    def _refuse(self, entry: Entry, decision: Decision) -> Result:
         log.error("%s: request refused with return value %d: %s", entry.dn, decision.code, decision.reason)
-        if entry.get(RETURN) != str(decision.code):
-            self._write(entry.dn, {RETURN: [str(decision.code)]}, _unchanged(entry), "write the refusal")
+        if entry.get(RETURN) == str(decision.code):
+            return Result()
+        return self._write(entry, {RETURN: [str(decision.code)]}, _unchanged(entry), "write the refusal")
 
-    def _work(self, entry: Entry, decision: Decision) -> None:
+    def _work(self, entry: Entry, decision: Decision) -> Result:
         verb = decision.verb
         claimed, finished = TRANSITIONS[verb]
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
-            fresh = entry
         else:
             log.info("%s: %s requested (%s: %s)", entry.dn, verb, MODE, entry.get(MODE))
-            fresh = self._claim(entry, claimed)
+        token = self.owners.new_token()
+        try:
+            fresh, claim = self._claim(entry, claimed, token)
             if fresh is None:
-                return
-        started = time.monotonic()
-        code = self.service.run(Request(verb, fresh))
-        took = time.monotonic() - started
+                return claim
+            code, took = self._run_plugin(Request(verb, fresh))
+        except Interrupted:
+            log.warning("%s: %s interrupted by the stop; it stays %s and is resumed at the next start",
+                        entry.dn, verb, claimed)
+            return Result(interrupted=True, own_csns=claim.own_csns)
+        finally:
+            self.owners.release(token)
         if code == ReturnValue.SUCCESS:
             changes = {MODE: [finished], STATE: [utc_stamp(self.clock.utcnow())], RETURN: ["0"]}
-            log.info("%s: %s done in %.3f s (%s: %s, %s: %s, %s: 0)", entry.dn, verb, took,
-                     MODE, finished, STATE, changes[STATE][0], RETURN)
+            done = (f"{verb} done in {took:.3f} s ({MODE}: {finished}, {STATE}: {changes[STATE][0]}, "
+                    f"{RETURN}: 0)")
         else:
-            log.error("%s: %s failed with return value %d after %.3f s; %s stays %s",
-                      entry.dn, verb, code, took, MODE, claimed)
-            changes = {RETURN: [str(code)]}
-        self._write(entry.dn, changes, f"({MODE}={claimed})", f"write the outcome of {verb}")
+            changes = {MODE: [claimed], RETURN: [str(code)]}
+            done = f"{verb} failed with return value {code} after {took:.3f} s; {MODE} stays {claimed}"
+        # Still our claim, or (the claim was lost with a provider that died
+        # before replicating it) still the very version we judged.
+        expect = (f"(|(&({MODE}={claimed})({CLAIM_ATTRIBUTE}={escape_filter_chars(token)}))"
+                  f"{_unchanged(entry)})")
+        outcome = self._write(entry, changes, expect, f"write the outcome of {verb}", done=done,
+                              failed=code != ReturnValue.SUCCESS)
+        outcome.own_csns = claim.own_csns + outcome.own_csns
+        return outcome
 
-    def _claim(self, entry: Entry, claimed: str) -> Entry | None:
+    def _run_plugin(self, request: Request) -> tuple[int, float]:
+        started = time.monotonic()
+        with within_deadline(self.owners.work_budget()):
+            code = self.service.run(request)
+        return code, time.monotonic() - started
+
+    def _claim(self, entry: Entry, claimed: str, token: str) -> tuple[Entry | None, Result]:
+        """Claim the request: the fresh entry (None if not claimed) and what to report."""
         expect = f"(&{_unchanged(entry)}({STATE}=0))"
+        old = claim_values(entry)
         try:
             fresh = self.directory.modify(entry.dn, {MODE: [claimed], RETURN: None},
-                                          expect=expect, read_back=SYNC_ATTRS)
+                                          delete={CLAIM_ATTRIBUTE: old} if old else None,
+                                          add={CLAIM_ATTRIBUTE: [token]}, expect=expect, read_back=SYNC_ATTRS)
         except Conflict as err:
             log.info("%s: not claimed: %s", entry.dn, err)
-            return None
+            return None, Result()
+        except (DirectoryUnavailable, WriteRefused) as err:
+            log.warning("%s: cannot claim the request now (%s); it is taken up again once the "
+                        "directory takes writes", entry.dn, err)
+            return None, Result(retry=str(err))
         except DirectoryError as err:
             log.error("%s: cannot claim the request: %s", entry.dn, err)
-            return None
+            return None, Result()
         log.info("%s: claimed (%s: %s -> %s)", entry.dn, MODE, entry.get(MODE), claimed)
-        self._remember(fresh)
-        return fresh or entry  # no read-back in dry-run: work from the event
+        if fresh is None:                    # dry-run: no read-back; work from the event
+            return entry, Result()
+        return fresh, Result(own_csns=[fresh.csn] if fresh.csn else [])
 
-    def _write(self, dn: str, changes: dict, expect: str, what: str) -> None:
+    def _write(self, entry: Entry, changes: dict, expect: str, what: str, *,
+               done: str | None = None, failed: bool = False) -> Result:
+        """One protocol write; kept as pending when the directory does not take it now."""
         try:
-            after = self.directory.modify(dn, changes, expect=expect, read_back=["entryCSN"])
+            after = self.directory.modify(entry.dn, changes, expect=expect, read_back=["entryCSN"])
         except Conflict as err:
-            log.warning("%s: did not %s: %s", dn, what, err)
-            return
+            log.warning("%s: did not %s: %s", entry.dn, what, err)
+            return Result()
+        except (DirectoryUnavailable, WriteRefused) as err:
+            pending = PendingWrite(entry.dn, changes, expect, what, uuid=entry.uuid, done=done or "",
+                                   failed=failed)
+            log.warning("%s: cannot %s now (%s); kept and written once the directory takes writes",
+                        entry.dn, what, err)
+            return Result(pending=pending)
         except DirectoryError as err:
-            log.error("%s: cannot %s: %s", dn, what, err)
-            return
-        self._remember(after)
+            log.error("%s: cannot %s: %s", entry.dn, what, err)
+            return Result()
+        if done:
+            (log.error if failed else log.info)("%s: %s", entry.dn, done)
+        return Result(own_csns=[after.csn] if after is not None and after.csn else [])
 
-    def _remember(self, entry: Entry | None) -> None:
-        if entry is None or not entry.csn:
-            return
-        self._own_writes[entry.csn] = entry.dn
-        while len(self._own_writes) > OWN_WRITES_KEPT:
-            self._own_writes.popitem(last=False)
+
+def write_pending(directory: Directory, write: PendingWrite) -> list[str]:
+    """Write a kept write; return the entryCSNs it produced ([] if it no longer applies).
+
+    Raises DirectoryUnavailable or WriteRefused when the directory still does
+    not take it.
+    """
+    try:
+        after = directory.modify(write.dn, write.changes, add=write.add or None, expect=write.expect,
+                                 read_back=["entryCSN"])
+    except Conflict as err:
+        log.warning("%s: kept write dropped, the entry changed meanwhile (%s): %s; its newer "
+                    "version is judged", write.dn, write.what, err)
+        return []
+    except DirectoryError as err:
+        log.error("%s: kept write dropped (%s): %s", write.dn, write.what, err)
+        return []
+    waited = time.time() - write.since
+    if write.done:
+        (log.error if write.failed else log.info)("%s: %s (written after %.1f s of waiting for the "
+                                                  "directory)", write.dn, write.done, waited)
+    else:
+        log.info("%s: %s: written after %.1f s of waiting for the directory", write.dn, write.what, waited)
+    return [after.csn] if after is not None and after.csn else []
 
 
 def _unchanged(entry: Entry) -> str:

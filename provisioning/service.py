@@ -16,6 +16,9 @@ from provisioning.codes import ReturnValue
 from provisioning.config import Config
 from provisioning.entry import Entry
 from provisioning.transport import Transport
+from provisioning.transport.base import Interrupted, within_deadline
+
+__all__ = ["Interrupted", "Request", "Service", "ServiceContext", "within_deadline"]
 
 log = logging.getLogger(__name__)
 

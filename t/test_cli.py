@@ -126,11 +126,18 @@ def test_an_unknown_service_names_the_installed_plugins(tmp_path):
     assert "installed: Backup/Rsnapshot" in result.stderr
 
 
-def test_modus_ldap_is_refused_until_it_exists(tmp_path):
-    config = _wiki_config(tmp_path, ("MODUS = selfcare", "MODUS = ldap"))
+def test_an_unknown_modus_names_the_choices(tmp_path):
+    config = _wiki_config(tmp_path, ("MODUS = selfcare", "MODUS = mirror"))
     result = _daemon("-c", str(config))
     assert result.returncode == 3
-    assert "[Service] MODUS: LDAP is not implemented yet; valid choices in this version: selfcare" in result.stderr
+    assert '[Service] MODUS: "mirror" is not valid; valid choices: selfcare, LDAP, combined' in result.stderr
+
+
+def test_a_claim_lease_shorter_than_a_command_is_refused(tmp_path):
+    config = _wiki_config(tmp_path, ("MODUS = selfcare", "MODUS = selfcare\nCOMMAND_TIMEOUT = 600\nCLAIM_LEASE = 300"))
+    result = _daemon("-c", str(config))
+    assert result.returncode == 3
+    assert "[Service] CLAIM_LEASE: 300 s must be longer than COMMAND_TIMEOUT (600 s)" in result.stderr
 
 
 def test_plugin_start_checks_name_the_key(tmp_path):

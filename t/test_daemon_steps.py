@@ -75,7 +75,7 @@ def test_a_dated_request_seen_before_a_restart_is_done_on_its_day(host, director
     daemon, clock = running
     tomorrow = clock.day + dt.timedelta(days=1)
     dn = directory.add(UID, sstProvisioningExecutionDate=tomorrow.strftime("%Y%m%d"))
-    _steps_until(daemon, lambda: daemon.cookies.current.endswith(directory.get(dn)["entryCSN"]),
+    _steps_until(daemon, lambda: (daemon.position.current or '').endswith(directory.get(dn)["entryCSN"]),
                  "the cookie to move past the dated request")
     daemon.shutdown()
 
@@ -165,7 +165,7 @@ def test_an_entry_of_another_host_is_left_untouched(host, directory):
     try:
         dn = directory.add(UID, sstProvisioningMode="delete")     # would be refused if it were ours
         before = directory.get(dn)
-        _steps_until(daemon, lambda: daemon.cookies.current.endswith(before["entryCSN"]), "the event")
+        _steps_until(daemon, lambda: (daemon.position.current or '').endswith(before["entryCSN"]), "the event")
         assert directory.get(dn) == before
     finally:
         daemon.shutdown()
@@ -173,16 +173,16 @@ def test_an_entry_of_another_host_is_left_untouched(host, directory):
 
 def test_an_unexpected_error_costs_the_entry_not_the_daemon(running, directory, caplog, monkeypatch):
     daemon, _ = running
-    real = daemon.protocol.handle
+    real = daemon.router.entry_job
 
-    def broken_for_one(entry, in_refresh=False):
+    def broken_for_one(entry):
         if entry.dn.startswith(f"uid={UID},"):
             raise KeyError("a bug")
-        return real(entry, in_refresh=in_refresh)
+        return real(entry)
 
-    monkeypatch.setattr(daemon.protocol, "handle", broken_for_one)
+    monkeypatch.setattr(daemon.router, "entry_job", broken_for_one)
     directory.add(UID)
     other = directory.add("3723708")
     _steps_until(daemon, lambda: directory.get(other)["sstProvisioningMode"] == "added", "the next request")
-    assert f"uid={UID}," in caplog.text and "unexpected error while handling the entry" in caplog.text
+    assert "unexpected error while judging the entry" in caplog.text
     assert "KeyError: 'a bug'" in caplog.text

@@ -38,7 +38,7 @@ def test_a_crash_in_the_middle_of_the_work_loses_nothing(host, directory):
     second = DaemonProcess(host, log_name="daemon2.log").start()
     try:
         assert_done(directory.wait_mode(dn, "added"), "added")
-        second.wait_for(rf"uid={UID},.*: resuming add: claimed \(adding\) without an outcome")
+        second.wait_for(rf"uid={UID},.*: resuming add: adding without an outcome, claimed by .* which no longer runs")
     finally:
         assert second.stop() == 0
     assert host.home(UID).is_dir()

@@ -12,7 +12,8 @@ import ldap
 import pytest
 
 from provisioning import config as cfgmod
-from provisioning.backend.cookie import DEFAULT_CSN, CookieStore, cookie_csn
+from provisioning.backend.cookie import DEFAULT_CSN, cookie_csn
+from provisioning.claims import Owners
 from provisioning.codes import ReturnValue
 from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
@@ -162,64 +163,24 @@ def test_cookie_csn(cookie, csn):
     assert cookie_csn(cookie) == csn
 
 
-def test_cookie_store_reads_file_or_default(tmp_path):
-    assert CookieStore(tmp_path / "none", "rid=001,csn=").current == "rid=001,csn="
-    (tmp_path / "empty").write_text("\n")
-    assert CookieStore(tmp_path / "empty", "rid=001,csn=").current == "rid=001,csn="
-    (tmp_path / "cookie").write_text("rid=001,csn=X\n")
-    assert CookieStore(tmp_path / "cookie", "rid=001,csn=").current == "rid=001,csn=X"
-
-
-def test_cookie_flush_writes_atomically_without_leftovers(tmp_path):
-    path = tmp_path / "cookie"
-    store = CookieStore(path, "rid=001,csn=")
-    store.acknowledge("rid=001,csn=A")
-    assert not path.exists()            # only flush writes
-    store.flush()
-    assert path.read_text() == "rid=001,csn=A\n"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cookie"]
-    assert CookieStore(path, "rid=001,csn=").current == "rid=001,csn=A"
-
-
-def test_cookie_flush_without_change_does_not_write(tmp_path, monkeypatch):
-    path = tmp_path / "cookie"
-    store = CookieStore(path, "d")
-    store.acknowledge("c1")
-    store.flush()
-    calls = []
-    monkeypatch.setattr("provisioning.backend.cookie.write_atomically", lambda *a, **k: calls.append(a))
-    store.flush()
-    store.acknowledge("c1")
-    store.flush()
-    assert calls == []
-    store.acknowledge("c2")
-    store.flush()
-    assert len(calls) == 1
-
-
-def test_cookie_dry_run_never_writes(tmp_path):
-    (tmp_path / "cookie").write_text("old\n")
-    store = CookieStore(tmp_path / "cookie", "d", dry_run=True)
-    store.acknowledge("new")
-    store.flush()
-    assert (tmp_path / "cookie").read_text() == "old\n" and store.current == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cookie"]
-
-
-def test_cookie_reset_returns_to_default(tmp_path):
-    (tmp_path / "cookie").write_text("old\n")
-    store = CookieStore(tmp_path / "cookie", "rid=001,csn=")
-    store.reset()
-    assert store.current == "rid=001,csn="
-    store.flush()
-    assert (tmp_path / "cookie").read_text() == "rid=001,csn=\n"
-
-
 # ---------------------------------------------------------------- protocol
 
 TODAY = dt.date(2026, 3, 15)
-W, P, R, I, RES = Verdict.WORK, Verdict.POSTPONE, Verdict.REFUSE, Verdict.IGNORE, Verdict.RESUME
+W, P, R, I, RES, WA = (Verdict.WORK, Verdict.POSTPONE, Verdict.REFUSE, Verdict.IGNORE, Verdict.RESUME,
+                       Verdict.WATCH)
+# A claim by a process of this host that no longer runs, and one by another host.
+GONE_CLAIM = "claim: here 4242 20260315T080000Z"
+ELSEWHERE = "claim: there 4242 20260315T083000Z"
+
+
+def owners(lease=3600.0):
+    class Now:
+        def utcnow(self):
+            return dt.datetime(2026, 3, 15, 9, 0, tzinfo=dt.timezone.utc)
+
+        def today(self):
+            return TODAY
+    return Owners(lease, Now(), host="here", pid=1, alive=lambda pid: False)
 BAD_DATE, UNKNOWN, ACTIVE = (ReturnValue.INVALID_EXECUTION_DATE, ReturnValue.UNKNOWN_MODE,
                              ReturnValue.DELETE_WHILE_ACTIVE)
 
@@ -227,7 +188,7 @@ BAD_DATE, UNKNOWN, ACTIVE = (ReturnValue.INVALID_EXECUTION_DATE, ReturnValue.UNK
 def entry(**attrs):
     names = {"mode": "sstProvisioningMode", "state": "sstProvisioningState",
              "date": "sstProvisioningExecutionDate", "ret": "sstProvisioningReturnValue",
-             "active": "sstIsActive"}
+             "active": "sstIsActive", "claim": "sstProvisioningExecutionTime"}
     return Entry.from_ldap("uid=1,ou=backup,dc=x", {names.get(k, k): [v.encode()] for k, v in attrs.items()})
 
 
@@ -239,34 +200,41 @@ def test_parse_execution_date():
             parse_execution_date(bad)
 
 
-@pytest.mark.parametrize("attrs, refresh, verdict, verb, code", [
-    ({}, True, I, None, None),
-    ({"cn": "x", "mode": "add"}, True, I, None, None),                  # no state
-    ({"state": "0", "date": "0"}, True, I, None, None),                  # no mode
-    ({"mode": "add", "state": "20260101T000000Z", "date": "0"}, True, I, None, None),
-    ({"mode": "add", "state": "0", "date": "0"}, False, W, "add", None),
-    ({"mode": "modify", "state": "0", "date": "0"}, False, W, "modify", None),
-    ({"mode": "ADD", "state": "0", "date": "0"}, False, W, "add", None),
-    ({"mode": "Modify", "state": " 0 ", "date": "0"}, True, W, "modify", None),
-    ({"mode": "delete", "state": "0", "date": "0", "active": "FALSE"}, False, W, "delete", None),
-    ({"mode": "add", "state": "0", "date": "20260315"}, False, W, "add", None),   # today
-    ({"mode": "add", "state": "0", "date": "20260314"}, False, W, "add", None),   # yesterday
-    ({"mode": "modify", "state": "0", "date": "2026"}, False, R, "modify", BAD_DATE),
-    ({"mode": "modify", "state": "0", "date": "20261340"}, False, R, "modify", BAD_DATE),
-    ({"mode": "add", "state": "0", "date": "abc"}, False, R, "add", BAD_DATE),
-    ({"mode": "foo", "state": "0", "date": "0"}, True, R, None, UNKNOWN),
-    ({"mode": "delete", "state": "0", "date": "0", "active": "TRUE"}, False, R, "delete", ACTIVE),
-    ({"mode": "delete", "state": "0", "date": "0"}, False, R, "delete", ACTIVE),
-    ({"mode": "adding", "state": "0", "date": "0"}, True, RES, "add", None),
-    ({"mode": "modifying", "state": "0", "date": "0"}, True, RES, "modify", None),
-    ({"mode": "deleting", "state": "0", "date": "0"}, True, RES, "delete", None),
-    ({"mode": "deleting", "state": "0", "date": "0"}, False, I, None, None),
-    ({"mode": "adding", "state": "0", "date": "0", "ret": "3"}, True, I, None, None),
-    ({"mode": "added", "state": "0", "date": "0"}, True, I, None, None),
-    ({"mode": "deleted", "state": "0", "date": "0"}, False, I, None, None),
+@pytest.mark.parametrize("attrs, verdict, verb, code", [
+    ({}, I, None, None),
+    ({"cn": "x", "mode": "add"}, I, None, None),                  # no state
+    ({"state": "0", "date": "0"}, I, None, None),                  # no mode
+    ({"mode": "add", "state": "20260101T000000Z", "date": "0"}, I, None, None),
+    ({"mode": "add", "state": "0", "date": "0"}, W, "add", None),
+    ({"mode": "modify", "state": "0", "date": "0"}, W, "modify", None),
+    ({"mode": "ADD", "state": "0", "date": "0"}, W, "add", None),
+    ({"mode": "Modify", "state": " 0 ", "date": "0"}, W, "modify", None),
+    ({"mode": "delete", "state": "0", "date": "0", "active": "FALSE"}, W, "delete", None),
+    ({"mode": "add", "state": "0", "date": "20260315"}, W, "add", None),   # today
+    ({"mode": "add", "state": "0", "date": "20260314"}, W, "add", None),   # yesterday
+    ({"mode": "modify", "state": "0", "date": "2026"}, R, "modify", BAD_DATE),
+    ({"mode": "modify", "state": "0", "date": "20261340"}, R, "modify", BAD_DATE),
+    ({"mode": "add", "state": "0", "date": "abc"}, R, "add", BAD_DATE),
+    ({"mode": "foo", "state": "0", "date": "0"}, R, None, UNKNOWN),
+    ({"mode": "delete", "state": "0", "date": "0", "active": "TRUE"}, R, "delete", ACTIVE),
+    ({"mode": "delete", "state": "0", "date": "0"}, R, "delete", ACTIVE),
+    ({"mode": "adding", "state": "0", "date": "0", "claim": GONE_CLAIM}, RES, "add", None),
+    ({"mode": "modifying", "state": "0", "date": "0", "claim": GONE_CLAIM}, RES, "modify", None),
+    ({"mode": "deleting", "state": "0", "date": "0", "active": "FALSE", "claim": GONE_CLAIM}, RES, "delete", None),
+    # Resuming checks what a new request checks: "deleting" written into an active entry is refused.
+    ({"mode": "deleting", "state": "0", "date": "0", "claim": GONE_CLAIM}, R, "delete", ACTIVE),
+    ({"mode": "modifying", "state": "0", "date": "2026", "claim": GONE_CLAIM}, R, "modify", BAD_DATE),
+    ({"mode": "adding", "state": "0", "date": "20260316", "claim": GONE_CLAIM}, P, "add", None),
+    # Someone else's claim is watched until its lease runs out; one without an owner too.
+    ({"mode": "adding", "state": "0", "date": "0", "claim": ELSEWHERE}, WA, "add", None),
+    ({"mode": "adding", "state": "0", "date": "0", "modifyTimestamp": "20260315085900Z"}, WA, "add", None),
+    ({"mode": "adding", "state": "0", "date": "0", "modifyTimestamp": "20260315075900Z"}, RES, "add", None),
+    ({"mode": "adding", "state": "0", "date": "0", "ret": "3"}, I, None, None),
+    ({"mode": "added", "state": "0", "date": "0"}, I, None, None),
+    ({"mode": "deleted", "state": "0", "date": "0"}, I, None, None),
 ])
-def test_decide(attrs, refresh, verdict, verb, code):
-    d = decide(entry(**attrs), TODAY, in_refresh=refresh)
+def test_decide(attrs, verdict, verb, code):
+    d = decide(entry(**attrs), TODAY, owners())
     assert d.verdict is verdict, d.reason
     if verdict is not I:
         assert (d.verb, d.code) == (verb, code)
@@ -275,7 +243,7 @@ def test_decide(attrs, refresh, verdict, verb, code):
 @pytest.mark.parametrize("mode, active", [("add", None), ("delete", "TRUE")])
 def test_future_request_is_postponed_before_other_checks(mode, active):
     attrs = {"mode": mode, "state": "0", "date": "20260316", **({"active": active} if active else {})}
-    d = decide(entry(**attrs), TODAY, in_refresh=False)
+    d = decide(entry(**attrs), TODAY, owners())
     assert (d.verdict, d.verb, d.due) == (P, mode, dt.date(2026, 3, 16))
 
 

@@ -1,62 +1,64 @@
 """The sync cookie: where the daemon is in the directory's change stream.
 
-The cookie moves forward only when every entry it covers was handled and its
-outcome written back (the daemon acknowledges it then). It is written to
-COOKIE_FILE atomically: a temporary file, fsync, rename, fsync of the folder,
-so a crash leaves either the old or the new cookie, never a torn one.
+The cookie moves forward only past entries that were handled and whose outcome
+was written. It lives in the local store (together with what the daemon saw,
+in one transaction) and, as in the original daemon, in COOKIE_FILE. At start
+the two are compared: when they agree the daemon resumes from the cookie;
+when one is missing or they differ (a first start, an upgrade from the
+original, a store or cookie file an operator removed, a crash between the two
+writes) the daemon refreshes in full and takes every entry the cookie covered
+as already handled (see ``Position``).
+
+CSNs look like ``20261127120000.123456Z#000000#001#000000``: time, count,
+server id (sid), modifier count. They compare as strings within one sid.
 """
 from __future__ import annotations
 
 import logging
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from provisioning.files import write_atomically
+from provisioning.backend.store import Store
 
 log = logging.getLogger(__name__)
 
 # The CSN the original daemon used when the cookie names none.
 DEFAULT_CSN = "20000101000000.000000Z#000000#000#000000"
+CSN = re.compile(r"^\d{14}(\.\d{6})?Z#[0-9a-fA-F]{6}#[0-9a-fA-F]{3}#[0-9a-fA-F]{6}$")
+_COOKIE_KEYS = {"rid", "sid", "csn", "delcsn"}
 
 
-class CookieStore:
-    """COOKIE_FILE with the acknowledged cookie kept in memory between flushes."""
+class CookieError(Exception):
+    """COOKIE_FILE cannot be read or is not a cookie: a configuration error."""
 
-    def __init__(self, path: str | Path, default: str, *, dry_run: bool = False) -> None:
-        self.path = Path(path)
-        self.default = default
-        self.dry_run = dry_run
-        self.current = self._read()
-        self._saved = self.current
 
-    def _read(self) -> str:
-        try:
-            text = self.path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            log.debug("cookie file %s does not exist: starting from %s", self.path, self.default)
-            return self.default
-        if not text:
-            log.debug("cookie file %s is empty: starting from %s", self.path, self.default)
-            return self.default
-        return text
+def parse_cookie(text: str) -> dict[str, str]:
+    """``rid=001,sid=002,csn=A;B`` as a dict; ValueError when it is not a cookie."""
+    fields: dict[str, str] = {}
+    for part in text.strip().split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _COOKIE_KEYS:
+            raise ValueError(f"{part!r} is not one of {', '.join(sorted(_COOKIE_KEYS))}=...")
+        fields[key] = value.strip()
+    if "rid" not in fields:
+        raise ValueError("no rid=")
+    for csn in cookie_csns(text):
+        if not CSN.match(csn):
+            raise ValueError(f"{csn!r} is not a CSN")
+    return fields
 
-    def acknowledge(self, cookie: str) -> None:
-        """Everything up to ``cookie`` is handled; it is flushed with the next flush()."""
-        self.current = cookie
 
-    def reset(self) -> None:
-        """Forget the position (the server asked for a full refresh)."""
-        self.current = self.default
-
-    def flush(self) -> None:
-        """Write the acknowledged cookie if it changed since the last write."""
-        if self.current == self._saved:
-            return
-        if self.dry_run:
-            log.debug("dry-run: cookie %s not written", self.current)
-        else:
-            write_atomically(self.path, (self.current + "\n").encode(), mode=0o600)
-            log.debug("cookie %s written to %s", self.current, self.path)
-        self._saved = self.current
+def cookie_csns(cookie: str | None) -> list[str]:
+    """The change CSNs of a cookie (one per provider in a multi-provider cookie)."""
+    csns: list[str] = []
+    for part in (cookie or "").split(","):
+        key, _, value = part.partition("=")
+        if key.strip() == "csn" and value:
+            csns.extend(v for v in value.split(";") if v)
+    return csns
 
 
 def cookie_csn(cookie: str | None) -> str:
@@ -66,9 +68,162 @@ def cookie_csn(cookie: str | None) -> str:
     keeps every entry any provider changed since. ``delcsn=`` is not a change
     CSN and is ignored. Without a CSN: the original's default, 1 January 2000.
     """
-    csns: list[str] = []
-    for part in (cookie or "").split(","):
-        key, _, value = part.partition("=")
-        if key.strip() == "csn" and value:
-            csns.extend(v for v in value.split(";") if v)
+    csns = cookie_csns(cookie)
     return min(csns) if csns else DEFAULT_CSN
+
+
+def csn_sid(csn: str) -> str:
+    parts = csn.split("#")
+    return parts[2].lower() if len(parts) == 4 else ""
+
+
+def by_sid(csns: list[str]) -> dict[str, str]:
+    """The newest CSN of each server id."""
+    newest: dict[str, str] = {}
+    for csn in csns:
+        sid = csn_sid(csn)
+        if csn > newest.get(sid, ""):
+            newest[sid] = csn
+    return newest
+
+
+def covered(csn: str | None, cookie: str | None) -> bool:
+    """Whether a change with ``csn`` lies at or before ``cookie`` (same server id)."""
+    if not csn:
+        return False
+    mark = by_sid(cookie_csns(cookie)).get(csn_sid(csn))
+    return mark is not None and csn <= mark
+
+
+def ahead_of(cookie: str | None, context_csns: list[str]) -> str | None:
+    """Why ``cookie`` cannot come from this provider, or None when it can.
+
+    A cookie CSN newer than every CSN the provider has (a cookie from another
+    directory, a provider clock that ran ahead and was set back) would make a
+    SEARCH_FILTER with %entryCSN% match nothing: the daemon would be deaf.
+    """
+    mine = cookie_csns(cookie)
+    if not mine or not context_csns:
+        return None
+    newest = max(context_csns)
+    if max(mine) > newest:
+        return f"the cookie's CSN {max(mine)} is newer than anything the provider has ({newest})"
+    return None
+
+
+class CookieFile:
+    """COOKIE_FILE: a copy of the position in the original daemon's format."""
+
+    def __init__(self, path: str | Path, *, dry_run: bool = False) -> None:
+        self.path = Path(path)
+        self.dry_run = dry_run
+        self._failing = False
+
+    def read(self) -> str | None:
+        """The cookie in the file; None when it is missing or empty. CookieError otherwise."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise CookieError(f"COOKIE_FILE {self.path}: cannot read it: {err.strerror}") from err
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(64 * 1024)
+        try:
+            text = raw.decode("ascii").strip()
+            if text:
+                parse_cookie(text)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise CookieError(f"COOKIE_FILE {self.path}: not a sync cookie ({err}); remove the file "
+                              f"and the daemon refreshes in full") from err
+        return text or None
+
+    def write(self, cookie: str) -> bool:
+        """Replace the file (temp file, rename); say once when it cannot be written."""
+        if self.dry_run:
+            return True
+        temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write((cookie + "\n").encode())
+            # No fsync: the store holds the position durably; this copy
+            # only has to be whole, which the rename guarantees.
+            os.replace(temp, self.path)
+        except OSError as err:
+            _unlink_quietly(temp)
+            if not self._failing:
+                log.error("cannot write COOKIE_FILE %s: %s; the store keeps the position", self.path, err)
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("COOKIE_FILE %s is written again", self.path)
+        self._failing = False
+        return True
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+@dataclass
+class Start:
+    """Where a session starts: the cookie to send, and what a full refresh may take as done."""
+
+    cookie: str | None          # None: a full refresh
+    adopt: str | None = None    # entries whose CSN this cookie covers were handled before
+
+
+class Position:
+    """The acknowledged cookie, kept in the store and mirrored to COOKIE_FILE."""
+
+    def __init__(self, store: Store, cookie_file: CookieFile, default: str) -> None:
+        self.store = store
+        self.file = cookie_file
+        self.default = default
+        self.current: str | None = None
+        self._written: str | None = None
+
+    def start(self) -> Start:
+        """Decide how the first session starts (see the module docstring)."""
+        in_file, in_store = self.file.read(), self.store.cookie
+        self._written = in_file
+        if in_file and in_file == in_store:
+            self.current = in_file
+            return Start(in_file)
+        known = in_file or in_store
+        if in_file or in_store:
+            log.warning("COOKIE_FILE %s (%s) and the store %s (%s) disagree: a full refresh; entries "
+                        "the cookie %s covers count as handled before", self.file.path, in_file or "missing",
+                        self.store.path, in_store or "no cookie", known)
+        self.current = None
+        return Start(None, adopt=known if cookie_csns(known) else None)
+
+    @property
+    def cookie(self) -> str:
+        """What to send to the server: the acknowledged cookie, or DEFAULT_COOKIE."""
+        return self.current or self.default
+
+    @property
+    def full(self) -> bool:
+        """Whether a session from here is a full refresh (the cookie names no CSN)."""
+        return not cookie_csns(self.current)
+
+    def acknowledge(self, cookie: str) -> None:
+        self.current = cookie
+        self.store.set_cookie(cookie)
+
+    def reset(self) -> None:
+        """Forget the position: the next session is a full refresh."""
+        self.current = None
+
+    def flush(self) -> bool:
+        """Write the store, then the copy in COOKIE_FILE; False if the store could not be written."""
+        if not self.store.flush():
+            return False
+        if self.current and self.current != self._written and self.file.write(self.current):
+            self._written = self.current
+        return True

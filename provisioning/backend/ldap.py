@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import ldap
+import ldap.dn
+from ldap.filter import escape_filter_chars
 from ldap.controls.libldap import AssertionControl
 from ldap.controls.readentry import PostReadControl
 from ldap.ldapobject import SimpleLDAPObject
@@ -27,7 +29,10 @@ log = logging.getLogger(__name__)
 # Result code of e-syncRefreshRequired (RFC 4533 section 2.6): the cookie is
 # too old for the provider's session log; python-ldap has no class for it.
 SYNC_REFRESH_REQUIRED = 4096
-SYNC_ATTRS = ["*", "entryCSN", "entryUUID"]
+# modifyTimestamp dates a claim that carries no owner (one made by the original daemon).
+SYNC_ATTRS = ["*", "entryCSN", "entryUUID", "modifyTimestamp"]
+# Candidates for a deletion the server only implied are checked this many at a time.
+UUID_CHECK_BATCH = 200
 # How many stream messages one poll takes before it hands them over.
 POLL_BATCH = 256
 # Wait for the messages after the first of a batch. Not 0: with a zero
@@ -35,10 +40,19 @@ POLL_BATCH = 256
 BATCH_WAIT = 0.0001
 
 _UNAVAILABLE = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.UNAVAILABLE, ldap.BUSY, ldap.TIMEOUT)
+# Refusals that say "not now" rather than "never": a read-only or shadow
+# database, an ACL being fixed, a server under load. A write refused this way
+# is kept and tried again; giving up on it would lose a request.
+_REFUSED_FOR_NOW = (ldap.UNWILLING_TO_PERFORM, ldap.INSUFFICIENT_ACCESS, ldap.ADMINLIMIT_EXCEEDED,
+                    ldap.TIMELIMIT_EXCEEDED, ldap.OTHER, ldap.REFERRAL, ldap.LOOP_DETECT)
 
 
 class DirectoryUnavailable(Exception):
     """No server answers (or the connection broke): reconnect and carry on."""
+
+
+class WriteRefused(Exception):
+    """The server is up but takes no writes for now (read-only, busy, ACL): try again later."""
 
 
 class BindRefused(Exception):
@@ -179,18 +193,26 @@ class Directory:
             raise DirectoryUnavailable("not connected")
         return self._conn
 
-    def modify(self, dn: str, changes: dict[str, Sequence[str] | None], *,
+    def modify(self, dn: str, changes: Mapping[str, Sequence[str] | None], *,
+               add: Mapping[str, Sequence[str]] | None = None,
+               delete: Mapping[str, Sequence[str]] | None = None,
                expect: str | None = None, read_back: Sequence[str] | None = None) -> Entry | None:
-        """Replace attributes of ``dn`` in one operation.
+        """Change attributes of ``dn`` in one operation.
 
-        ``changes`` maps names to new values; None removes the attribute.
-        ``expect`` is an LDAP filter the entry must match at that moment
-        (RFC 4528 assertion): otherwise Conflict, and nothing changes.
-        ``read_back`` names attributes to return as they are after the change
-        (RFC 4527 post-read), read in the same operation.
+        ``changes`` maps names to new values (replace); None removes the
+        attribute. ``add`` and ``delete`` add or remove single values and
+        leave the attribute's other values alone. ``expect`` is an LDAP filter
+        the entry must match at that moment (RFC 4528 assertion): otherwise
+        Conflict, and nothing changes. ``read_back`` names attributes to return
+        as they are after the change (RFC 4527 post-read), read in the same
+        operation. Raises DirectoryUnavailable when the connection is gone,
+        WriteRefused when the server takes no writes for now, DirectoryError
+        when it refuses this change for good.
         """
         mods = [(ldap.MOD_REPLACE, name, None if values is None else [v.encode() for v in values])
                 for name, values in changes.items()]
+        mods += [(ldap.MOD_DELETE, name, [v.encode() for v in values]) for name, values in (delete or {}).items()]
+        mods += [(ldap.MOD_ADD, name, [v.encode() for v in values]) for name, values in (add or {}).items()]
         if self.dry_run:
             shown = ", ".join(f"{n}={'(removed)' if v is None else '|'.join(v)}" for n, v in changes.items())
             print(f"DRY-RUN: would modify {dn}: {shown}", flush=True)
@@ -208,6 +230,8 @@ class Directory:
                 raise Conflict(f"{dn} changed meanwhile (no longer matches {expect})") from err
             except ldap.NO_SUCH_OBJECT as err:
                 raise Conflict(f"{dn} no longer exists") from err
+            except _REFUSED_FOR_NOW as err:
+                raise WriteRefused(f"modify {dn} refused for now: {describe(err)}") from err
             except ldap.LDAPError as err:
                 if isinstance(err, _UNAVAILABLE):
                     raise
@@ -236,6 +260,36 @@ class Directory:
                 raise DirectoryError(f"search {base} {filterstr} refused: {describe(err)}") from err
         return [Entry.from_ldap(dn, attrs) for dn, attrs in results if dn]
 
+    def context_csns(self, base: str) -> list[str]:
+        """The provider's contextCSN values for the database holding ``base`` ([] if not readable).
+
+        contextCSN lives on the suffix entry: walk up from ``base`` until an
+        entry has it. An ACL may hide it from a bind that is not the rootDN;
+        then nothing can be compared and the caller says so.
+        """
+        parts = ldap.dn.str2dn(base)
+        for start in range(len(parts)):
+            dn = ldap.dn.dn2str(parts[start:])
+            try:
+                found = self.read(dn, ["contextCSN"])
+            except DirectoryError:
+                continue
+            if found is not None and found.values("contextCSN"):
+                return found.values("contextCSN")
+        return []
+
+    def existing_uuids(self, base: str, uuids: Iterable[str]) -> set[str]:
+        """Which of ``uuids`` still name an entry below ``base``."""
+        wanted = sorted(set(uuids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), UUID_CHECK_BATCH):
+            chunk = wanted[start:start + UUID_CHECK_BATCH]
+            terms = "".join(f"(entryUUID={escape_filter_chars(u)})" for u in chunk)
+            for entry in self.search(base, f"(|{terms})", ["entryUUID"]):
+                if entry.uuid:
+                    found.add(entry.uuid.lower())
+        return found
+
 
 # ------------------------------------------------------------ sync stream
 
@@ -252,6 +306,19 @@ class EntriesDeleted:
 
 
 @dataclass
+class PresentEnd:
+    """The server finished telling which entries are present.
+
+    ``implicit``: entries the client knows that were neither sent nor named
+    present have left the subtree (the present phase of RFC 4533); False when
+    the server names deletions itself. ``seen`` holds every entryUUID sent or
+    named present in this phase.
+    """
+    implicit: bool
+    seen: frozenset[str]
+
+
+@dataclass
 class RefreshDone:
     """The refresh phase is over: from now on changes arrive as they happen."""
 
@@ -262,7 +329,7 @@ class CookieReached:
     cookie: str
 
 
-Event = EntryChanged | EntriesDeleted | RefreshDone | CookieReached
+Event = EntryChanged | EntriesDeleted | PresentEnd | RefreshDone | CookieReached
 
 
 class _Consumer(SyncreplConsumer, SimpleLDAPObject):
@@ -276,15 +343,20 @@ class _Consumer(SyncreplConsumer, SimpleLDAPObject):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.events: list[Event] = []
+        self.present: set[str] = set()
 
     def syncrepl_entry(self, dn, attributes, uuid) -> None:
         self.events.append(EntryChanged(Entry.from_ldap(dn, attributes, uuid)))
 
     def syncrepl_delete(self, uuids) -> None:
-        self.events.append(EntriesDeleted(list(uuids)))
+        self.events.append(EntriesDeleted([u.lower() for u in uuids]))
 
     def syncrepl_present(self, uuids, refreshDeletes=False) -> None:  # noqa: N803 - python-ldap's name
-        pass  # we keep no mirror of the directory, so presence tells us nothing
+        if uuids is not None:
+            self.present.update(u.lower() for u in uuids)
+            return
+        self.events.append(PresentEnd(implicit=not refreshDeletes, seen=frozenset(self.present)))
+        self.present = set()
 
     def syncrepl_refreshdone(self) -> None:
         self.events.append(RefreshDone())

@@ -41,6 +41,11 @@ olcModulePath: %(modulepath)s
 olcModuleLoad: back_%(database)s
 olcModuleLoad: syncprov
 
+dn: olcDatabase={0}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {0}config
+olcRootDN: %(rootdn)s
+
 dn: olcDatabase=%(database)s,cn=config
 objectClass: olcDatabaseConfig
 objectClass: olcMdbConfig
@@ -50,7 +55,7 @@ olcRootDN: %(rootdn)s
 olcRootPW: %(rootpw)s
 olcDbDirectory: %(directory)s
 olcDbIndex: objectClass,entryCSN,entryUUID eq
-
+%(replication)s
 dn: olcOverlay=syncprov,olcDatabase={1}%(database)s,cn=config
 objectClass: olcOverlayConfig
 objectClass: olcSyncProvConfig
@@ -100,12 +105,32 @@ class StoneySlapd(SlapdObject):
             "servercert": self.servercert,
             "serverkey": self.serverkey,
             "modulepath": MODULE_PATH,
+            "replication": self.replication(),
         }
+
+    def replication(self) -> str:
+        """Extra attributes of the database entry (a provider pair adds syncrepl)."""
+        return ""
+
+    load_base = True
 
     def start(self) -> None:
         super().start()
-        if not self._has_base():
+        if self.load_base and not self._has_base():
             self.load_base_tree()
+
+    @property
+    def database_dn(self) -> str:
+        return f"olcDatabase={{1}}{self.database},cn=config"
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Make the database refuse writes (olcReadOnly), as a provider being maintained does."""
+        conn = self.connect()
+        try:
+            conn.modify_s(self.database_dn, [(ldap.MOD_REPLACE, "olcReadOnly",
+                                              [b"TRUE" if read_only else b"FALSE"])])
+        finally:
+            conn.unbind_s()
 
     def connect(self) -> ldap.ldapobject.LDAPObject:
         """A bound root connection (for tests and sandbox tools)."""
@@ -140,6 +165,43 @@ class StoneySlapd(SlapdObject):
                 conn.add_s(dn, ldap.modlist.addModlist(attrs))
         finally:
             conn.unbind_s()
+
+
+class ProviderPair:
+    """Two slapd replicating each other (multi-provider, "mirror mode"), as stoney runs them.
+
+    Each has its own server id; each pulls the other's changes with syncrepl
+    and offers its own with syncprov. The base tree is loaded on the first
+    and reaches the second by replication.
+    """
+
+    def __init__(self, rundir: str) -> None:
+        self.first = _Provider(os.path.join(rundir, "one"))
+        self.second = _Provider(os.path.join(rundir, "two"))
+        self.first.peer, self.second.peer = self.second, self.first
+        self.second.load_base = False
+
+    @property
+    def servers(self) -> list["StoneySlapd"]:
+        return [self.first, self.second]
+
+    def start(self) -> None:
+        self.first.start()
+        self.second.start()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+class _Provider(StoneySlapd):
+    peer: "StoneySlapd"
+
+    def replication(self) -> str:
+        return (f"olcSyncrepl: {{0}}rid=001 provider={self.peer.ldap_uri} bindmethod=simple "
+                f'binddn="{self.peer.root_dn}" credentials={self.peer.root_pw} searchbase="{SUFFIX}" '
+                f'type=refreshAndPersist retry="1 +" timeout=3 network-timeout=3\n'
+                f"olcMultiProvider: TRUE\n")
 
 
 def _ou(name: str) -> dict[str, list[bytes]]:

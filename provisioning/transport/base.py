@@ -1,16 +1,40 @@
 """The transport interface, command results, and the dry-run wrapper."""
 from __future__ import annotations
 
+import contextvars
 import logging
 import shlex
+import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
+
+# When the request in hand must be done by (time.monotonic()); None: no limit.
+request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline",
+                                                                                default=None)
+
+
+class Interrupted(BaseException):
+    """The command ended because the daemon is stopping (not the request's failure).
+
+    A BaseException, so that plugin code catching Exception lets it through.
+    """
+
+
+@contextmanager
+def within_deadline(seconds: float) -> Iterator[None]:
+    """Commands run in this context end at most ``seconds`` from now."""
+    token = request_deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        request_deadline.reset(token)
 
 
 @dataclass

@@ -1,0 +1,293 @@
+"""The daemon's local store: its position in the change stream and what it has seen.
+
+One SQLite file (WAL) next to COOKIE_FILE ([Database] STORE_FILE) holds
+
+- the sync cookie the daemon acknowledged last (COOKIE_FILE carries a copy,
+  as in the original daemon, for operators and for tools that read it);
+- every entry of the subtree the daemon has seen, by entryUUID: its DN,
+  entryCSN and attributes, so that a deletion the server names only by
+  entryUUID is acted on with the last known entry, and an entry that comes
+  again after a restart is known as "seen before, unchanged" or "changed";
+  in LDAP mode also which hook failed on it, to retry it;
+- writes the directory did not take yet (an outcome, a refusal), written as
+  soon as it takes writes again.
+
+Changes wait in memory (the overlay) until ``flush()`` writes them in one
+transaction. The daemon flushes after every handled entry and every cookie it
+acknowledges, so the store never lags behind work that was done and the
+cookie never runs ahead of it: a crash can only lose a change that was not
+flushed, and the server delivers that one again. When the folder is full or
+read-only, ``flush()`` keeps the overlay, says so once, and tries again at the
+next flush: the daemon goes on with its position in memory, and the position
+on disk never passes work that is not done.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from provisioning.entry import Entry
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (uuid TEXT PRIMARY KEY, dn TEXT NOT NULL, csn TEXT,
+                                    attrs TEXT NOT NULL, failed TEXT);
+CREATE TABLE IF NOT EXISTS pending (dn TEXT PRIMARY KEY, body TEXT NOT NULL);
+"""
+_FORGOTTEN = None   # overlay value of an entry removed from the store
+
+
+class StoreError(Exception):
+    """The store file cannot be used (not a store, damaged, unsafe)."""
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the store knows of one entry."""
+
+    uuid: str
+    dn: str
+    csn: str | None
+    values: dict[str, list[str]]
+    failed: str | None = None     # LDAP mode: the verb whose hook failed on this version
+
+    def entry(self) -> Entry:
+        return Entry.from_values(self.dn, self.values, self.uuid)
+
+
+@dataclass
+class PendingWrite:
+    """A modification the directory did not take yet; written when it does."""
+
+    dn: str
+    changes: dict[str, list[str] | None]
+    expect: str
+    what: str                               # for the log: "the outcome of add", ...
+    add: dict[str, list[str]] = field(default_factory=dict)
+    uuid: str | None = None
+    done: str = ""                          # what to log once it is written ("add done in ...")
+    failed: bool = False                    # the outcome reports a failure (logged as an error)
+    since: float = field(default_factory=time.time)
+
+
+class Store:
+    """STORE_FILE, with the changes not yet flushed kept in memory."""
+
+    def __init__(self, path: str | Path, *, dry_run: bool = False) -> None:
+        self.path = Path(path)
+        self.dry_run = dry_run
+        self._db: sqlite3.Connection | None = None
+        self._entries: dict[str, Known | None] = {}
+        self._pending: dict[str, PendingWrite | None] = {}
+        self._cookie: str | None = None
+        self._failing_since: float | None = None
+
+    # ------------------------------------------------------------- life cycle
+
+    def open(self) -> None:
+        """Open (or create) the file. StoreError if it is not a usable store.
+
+        A folder that is read-only or full is not an error here: the store
+        then lives in memory until a flush can write it.
+        """
+        if self.dry_run:
+            self._db = self._open_read_only()
+            return
+        try:
+            self._db = self._open_read_write()
+        except sqlite3.OperationalError as err:
+            self._db = self._open_read_only()
+            self._note_failure(f"cannot open {self.path} for writing: {err}")
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: not a usable store ({err}); move it away and the "
+                             f"daemon rebuilds it from the directory") from err
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _open_read_write(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives the process being killed (it is in the
+            # OS's cache); a power loss may undo the last ones, together with
+            # the cookie that covers them, so the two never disagree.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._check_version(db)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection | None:
+        if not self.path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+            self._check_version(db)
+            return db
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: cannot be read ({err})") from err
+
+    def _check_version(self, db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if row is None:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"store version {row[0]}, this daemon knows {SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def cookie(self) -> str | None:
+        """The cookie acknowledged last (None when the store has none)."""
+        if self._cookie is not None:
+            return self._cookie
+        row = self._query("SELECT value FROM meta WHERE key='cookie'")
+        return row[0][0] if row else None
+
+    def lookup(self, uuid: str | None) -> Known | None:
+        if not uuid:
+            return None
+        if uuid in self._entries:
+            return self._entries[uuid]
+        rows = self._query("SELECT uuid, dn, csn, attrs, failed FROM entries WHERE uuid=?", (uuid,))
+        return _known(rows[0]) if rows else None
+
+    def uuids(self) -> set[str]:
+        """Every entryUUID the store knows."""
+        known = {row[0] for row in self._query("SELECT uuid FROM entries")}
+        for uuid, value in self._entries.items():
+            if value is _FORGOTTEN:
+                known.discard(uuid)
+            else:
+                known.add(uuid)
+        return known
+
+    def failed(self) -> list[Known]:
+        """Entries whose LDAP-mode hook failed, to be tried again."""
+        rows = self._query("SELECT uuid, dn, csn, attrs, failed FROM entries WHERE failed IS NOT NULL")
+        found = {row[0]: _known(row) for row in rows}
+        for uuid, value in self._entries.items():
+            if value is None or value.failed is None:
+                found.pop(uuid, None)
+            else:
+                found[uuid] = value
+        return list(found.values())
+
+    def pending(self) -> list[PendingWrite]:
+        """Writes the directory did not take yet, oldest first."""
+        found = {row[0]: _pending(row[1]) for row in self._query("SELECT dn, body FROM pending")}
+        for dn, value in self._pending.items():
+            if value is None:
+                found.pop(dn, None)
+            else:
+                found[dn] = value
+        return sorted(found.values(), key=lambda w: w.since)
+
+    def count(self) -> int:
+        return len(self.uuids())
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        if self._db is None:
+            return []
+        return self._db.execute(sql, args).fetchall()
+
+    # ----------------------------------------------------------------- writes
+
+    def set_cookie(self, cookie: str) -> None:
+        self._cookie = cookie
+
+    def remember(self, entry: Entry, *, failed: str | None = None) -> None:
+        """Record ``entry`` as the daemon has now handled it."""
+        if not entry.uuid:
+            return
+        self._entries[entry.uuid] = Known(entry.uuid, entry.dn, entry.csn, entry.as_values(), failed)
+
+    def forget(self, uuid: str) -> None:
+        self._entries[uuid] = _FORGOTTEN
+
+    def add_pending(self, write: PendingWrite) -> None:
+        self._pending[write.dn] = write
+
+    def drop_pending(self, dn: str) -> None:
+        self._pending[dn] = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._entries or self._pending or self._cookie is not None)
+
+    def flush(self) -> bool:
+        """Write what waits in memory in one transaction; False if it could not be written."""
+        if not self.dirty or self.dry_run:
+            return True
+        try:
+            if self._db is None or self._failing_since is not None:
+                self._reopen()
+            self._commit()
+        except sqlite3.Error as err:
+            self._note_failure(f"cannot write {self.path}: {err}")
+            return False
+        if self._failing_since is not None:
+            log.warning("%s is written again (it could not be for %.0f s); nothing was lost",
+                        self.path, time.monotonic() - self._failing_since)
+            self._failing_since = None
+        return True
+
+    def _reopen(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._db = self._open_read_write()
+
+    def _commit(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for uuid, known in self._entries.items():
+                if known is _FORGOTTEN:
+                    db.execute("DELETE FROM entries WHERE uuid=?", (uuid,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                               (uuid, known.dn, known.csn, json.dumps(known.values), known.failed))
+            for dn, write in self._pending.items():
+                if write is None:
+                    db.execute("DELETE FROM pending WHERE dn=?", (dn,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?)", (dn, json.dumps(asdict(write))))
+            if self._cookie is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('cookie', ?)", (self._cookie,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._entries.clear()
+        self._pending.clear()
+        self._cookie = None
+
+    def _note_failure(self, message: str) -> None:
+        """Say it once; the next successful flush says it is over."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("%s; the daemon goes on with its position in memory and tries again", message)
+
+
+def _known(row: tuple) -> Known:
+    uuid, dn, csn, attrs, failed = row
+    return Known(uuid, dn, csn, json.loads(attrs), failed)
+
+
+def _pending(body: str) -> PendingWrite:
+    return PendingWrite(**json.loads(body))
+

@@ -1,0 +1,160 @@
+"""From stream events to jobs, and from job results to the daemon's state.
+
+Runs in the main loop only (the store has one writer). For each entry it
+decides which protocol applies ([Service] MODUS: selfcare, LDAP, or combined
+per entry), whether anything is to be done, and builds the job that does it;
+when the job ends it records the outcome in the store.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import OrderedDict
+
+from provisioning.backend.store import Known, Store
+from provisioning.claims import Owners
+from provisioning.clock import Clock
+from provisioning.entry import Entry
+from provisioning.ldapmode import LdapMode, ldap_verb
+from provisioning.protocol import Selfcare, Verdict, decide, is_selfcare
+from provisioning.removals import Removals
+from provisioning.results import Result, Watch
+from provisioning.service import Service
+from provisioning.workers import Job
+
+log = logging.getLogger(__name__)
+
+# How many of our own writes we remember to recognise their echo.
+OWN_WRITES_KEPT = 100_000
+
+
+class Router:
+    """Plans jobs for entries and removals; applies their results."""
+
+    def __init__(self, *, modus: str, base: str, store: Store, service: Service, owners: Owners,
+                 selfcare: Selfcare, ldap_mode: LdapMode, removals: Removals,
+                 clock: Clock | None = None) -> None:
+        self.modus = modus
+        self.base = base.lower()
+        self.store = store
+        self.service = service
+        self.owners = owners
+        self.selfcare = selfcare
+        self.ldap_mode = ldap_mode
+        self.removals = removals
+        self.clock = clock or Clock()
+        self.adopt: str | None = None      # a cookie whose entries count as handled (see cookie.Start)
+        self.watching: dict[str, Watch] = {}
+        self._own_writes: OrderedDict[str, None] = OrderedDict()
+
+    # ---------------------------------------------------------------- planning
+
+    def entry_job(self, entry: Entry) -> Job | None:
+        """The job for an entry the stream (or a search) delivered; None if nothing is to be done."""
+        if entry.dn.lower() == self.base:
+            return None                      # SERVICE_SUBTREE itself is no service entry
+        if entry.csn and entry.csn in self._own_writes:
+            log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
+            self.store.remember(entry, failed=self._failed(entry))
+            return None
+        if self.uses_selfcare(entry):
+            return self._selfcare_job(entry)
+        return self._ldap_job(entry)
+
+    def uses_selfcare(self, entry: Entry) -> bool:
+        if self.modus == "selfcare":
+            return True
+        return self.modus == "combined" and is_selfcare(entry)
+
+    def _selfcare_job(self, entry: Entry) -> Job | None:
+        decision = decide(entry, self.clock.today(), self.owners)
+        if decision.verdict is Verdict.IGNORE:
+            log.debug("%s: %s", entry.dn, decision.reason)
+            self.watching.pop(_key(entry), None)
+            self.store.remember(entry)
+            return None
+        if not self.service.owns(entry):
+            log.debug("%s: belongs to another host, left untouched", entry.dn)
+            self.store.remember(entry)
+            return None
+        return Job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision), entry)
+
+    def _ldap_job(self, entry: Entry) -> Job | None:
+        verb = ldap_verb(entry, self.store.lookup(entry.uuid), self.adopt)
+        if verb is None:
+            log.debug("%s: unchanged since it was handled", entry.dn)
+            self.store.remember(entry, failed=self._failed(entry))
+            return None
+        if not self.service.owns(entry):
+            log.debug("%s: belongs to another host, left untouched", entry.dn)
+            self.store.remember(entry)
+            return None
+        return Job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb), entry)
+
+    def removal_job(self, uuid: str) -> Job | None:
+        """The job for an entry the server reports gone by its entryUUID."""
+        known = self.store.lookup(uuid)
+        if known is None:
+            log.info("entryUUID %s left the subtree; this daemon never saw that entry: nothing to do", uuid)
+            return None
+        self.watching.pop(uuid, None)
+        if not self.service.owns(known.entry()):
+            log.debug("%s: removed, but it belonged to another host", known.dn)
+            self.store.forget(uuid)
+            return None
+        selfcare = self.uses_selfcare(known.entry())
+        today = self.clock.today()
+        return Job(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
+
+    def retry_job(self, known: Known, current: Entry | None) -> Job | None:
+        """The job that tries a failed hook again at start (``current``: the entry now, if it exists)."""
+        if current is None:
+            return self.removal_job(known.uuid)
+        verb = known.failed if known.failed in ("add", "modify") else "modify"
+        log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
+        if self.uses_selfcare(current):
+            return self.entry_job(current)
+        return Job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
+
+    def _failed(self, entry: Entry) -> str | None:
+        known = self.store.lookup(entry.uuid)
+        return known.failed if known is not None and known.csn == entry.csn else None
+
+    # ---------------------------------------------------------------- results
+
+    def note_own_writes(self, csns: list[str]) -> None:
+        """Remember the entryCSNs our writes produced, to recognise their echo."""
+        for csn in csns:
+            self._own_writes[csn] = None
+        while len(self._own_writes) > OWN_WRITES_KEPT:
+            self._own_writes.popitem(last=False)
+
+    def complete(self, job: Job, result: Result) -> None:
+        """Record what a job did; nothing when it did not end (retry, interrupted)."""
+        self.note_own_writes(result.own_csns)
+        if result.pending is not None:
+            self.store.add_pending(result.pending)
+        if result.retry or result.interrupted:
+            return
+        if result.forget:
+            self.store.forget(result.forget)
+        else:
+            seen = result.remember or job.entry
+            if seen is not None:
+                self.store.remember(seen, failed=result.failed)
+        if result.watch is not None:
+            self.watching[job.key] = result.watch
+        else:
+            self.watching.pop(job.key, None)
+
+    def expired_watches(self, now: dt.datetime) -> list[tuple[str, Watch]]:
+        """Claims whose lease ran out; they are no longer watched once returned."""
+        due = [(key, w) for key, w in self.watching.items() if w.expires <= now]
+        for key, _ in due:
+            del self.watching[key]
+        return due
+
+
+def _key(entry: Entry) -> str:
+    """Jobs of one key run one after another: one entry, one lane."""
+    return entry.uuid or entry.dn.lower()
