@@ -82,7 +82,7 @@ def configure_logging(config: Config, args: argparse.Namespace) -> None:
                        info=config.log_flag("LOG_INFO"),
                        warning=config.log_flag("LOG_WARNING"),
                        error=config.log_flag("LOG_ERR"))
-    setup_logging(config.syslog_ident, flags, to_stdout=args.debug, secrets=config.secrets())
+    setup_logging(config.syslog_ident, flags, to_stdout=args.debug)
 
 
 def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace) -> int:

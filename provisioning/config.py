@@ -5,6 +5,8 @@ configobj and checked against the configspecs in ``provisioning/configspec``
 plus whatever sections the selected plugin contributes. Values are not
 split at commas (DNs and cookies contain them) and not unquoted, as in the
 original.
+A key checked with ``secret()`` (the passwords) becomes a
+provisioning.secret.Secret: it shows as ``********`` wherever it goes.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Iterable
 import ldap.dn
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import ValidateError, Validator
+
+from provisioning.secret import Secret
 
 SPEC_DIR = Path(__file__).with_name("configspec")
 GLOBAL_CONF_NAME = "Global.conf"
@@ -74,11 +78,6 @@ class Config:
         """SERVER as a list of URIs, with PORT filled in where a URI has none."""
         return [_with_port(uri, self.service["Database"]["PORT"])
                 for uri in self.service["Database"]["SERVER"]]
-
-    def secrets(self) -> list[str]:
-        """Values that must never be shown: logs redact them."""
-        values = [self.service["Database"]["ADMIN_PASSWORD"], self.global_["Mail"]["PASSWORD"]]
-        return [v for v in values if v]
 
 
 # --------------------------------------------------------------------- lookup
@@ -223,6 +222,7 @@ def _validator() -> Validator:
         "ldap_filter": _ldap_filter,
         "abspath": _abspath,
         "identifier": _identifier,
+        "secret": _secret,
     })
 
 
@@ -278,6 +278,11 @@ def _identifier(value: Any) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
         raise Invalid(f'"{value}" is not a name (letters, digits and _ only)')
     return text
+
+
+def _secret(value: Any) -> Secret:
+    """A password: kept as it is, shown as ******** everywhere."""
+    return Secret(value)
 
 
 def _with_port(uri: str, port: int | None) -> str:

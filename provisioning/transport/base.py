@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
+from provisioning.log import escape
+
 log = logging.getLogger(__name__)
 
 EXIT_NOT_FOUND = 127
@@ -89,7 +91,7 @@ class DryRun(Transport):
         # Printed, not only logged: dry-run output must show even with
         # LOG_INFO off or without --debug.
         line = f"DRY-RUN: would {what}"
-        print(line, flush=True)
+        print(escape(line), flush=True)
         log.info("%s", line)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
