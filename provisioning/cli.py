@@ -27,6 +27,7 @@ from provisioning.config import (
     unknown_keys,
 )
 from provisioning.daemon import Daemon, Retry, with_retries
+from provisioning.files import UnsafeFile
 from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import LevelFlags
 from provisioning.log import setup as setup_logging
@@ -113,6 +114,9 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
         except AlreadyLocked as err:
             log.error("%s/%s daemon already running: %s", config.service_name, config.type_name, err)
             return ExitCode.ALREADY_RUNNING
+        except UnsafeFile as err:   # the lock or the cookie: a link, another user's, writable by others
+            log.error("%s", err)
+            return ExitCode.CONFIG_ERROR
     finally:
         service.stop()
 

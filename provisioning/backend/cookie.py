@@ -8,9 +8,10 @@ so a crash leaves either the old or the new cookie, never a torn one.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from provisioning.files import write_atomically
+from provisioning.files import open_private, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class CookieStore:
 
     def _read(self) -> str:
         try:
-            text = self.path.read_text(encoding="utf-8").strip()
+            with open(open_private(self.path, os.O_RDONLY), encoding="utf-8") as handle:
+                text = handle.read().strip()
         except FileNotFoundError:
             log.debug("cookie file %s does not exist: starting from %s", self.path, self.default)
             return self.default
