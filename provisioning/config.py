@@ -154,8 +154,9 @@ def _parse(path: Path | None, spec: ConfigObj | None) -> ConfigObj:
         line = err.object[:err.start].count(b"\n") + 1
         raise ConfigError([f"{path}: line {line}: not UTF-8 text"]) from err
     # Lines end at LF only (CR LF too), as for Config::IniFiles: other
-    # characters Python counts as line breaks are part of a value.
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    # characters Python counts as line breaks are part of a value. A BOM
+    # some editors put first is not part of the first line.
+    lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
     try:
         sections = inifile.parse(lines)
     except inifile.IniError as err:

@@ -86,8 +86,10 @@ HOST   =   gw.example.org
     assert cfgmod.unknown_keys(conf) == []
 
 
-def test_crlf_files_read_like_lf_files(tmp_path):
-    conf = cfgmod.load(service(tmp_path, "abc#def", newline="\r\n"), None)
+def test_crlf_files_and_a_bom_read_like_plain_lf_files(tmp_path):
+    path = service(tmp_path, "abc#def", newline="\r\n")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    conf = cfgmod.load(path, None)
     assert conf.service["Database"]["ADMIN_PASSWORD"].reveal() == "abc#def"
     assert conf.service["Service"]["TYPE"] == "Rsnapshot"
 
