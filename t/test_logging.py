@@ -205,3 +205,21 @@ def test_directory_values_and_command_output_cannot_forge_log_lines(host, direct
     assert any(f'unknown sstProvisioningMode "{escape("add" + PAYLOAD)}"' in line for line in lines)
     assert any("setting the quota failed" in line and "\\x1b[2J\\x1b]0;owned\\x07\\x08\\x7f\\x9b\\u202e end" in line
                for line in lines)
+
+
+def test_dry_run_output_cannot_be_forged_either(host, directory):
+    hostile_uid = "3723708" + PAYLOAD
+    hostile_dn = f"uid={ldap.dn.escape_dn_chars(hostile_uid)},{directory.subtree}"
+    attrs = account_attrs("3723708", directory.backup_root)
+    attrs["uid"] = [hostile_uid.encode()]
+    directory.conn.add_s(hostile_dn, ldap.modlist.addModlist(attrs))
+    daemon = DaemonProcess(host, "--dry-run").start()
+    try:
+        daemon.wait_for(r"^DRY-RUN: would modify uid=3723708\\nFORGED .*: sstProvisioningMode=adding")
+    finally:
+        assert daemon.stop() == 0
+    text = daemon.log_path.read_bytes().decode("utf-8")
+    assert [char for char in RAW if char in text] == []
+    lines = text.split("\n")[:-1]
+    strangers = [line for line in lines if not (LINE.match(line) or line.startswith("DRY-RUN: would "))]
+    assert strangers == [], strangers[:5]
