@@ -30,6 +30,7 @@ from provisioning.config import (
     unknown_keys,
 )
 from provisioning.daemon import Daemon, Retry, with_retries
+from provisioning.files import UnsafeFile
 from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import LevelFlags
 from provisioning.ldapmode import LdapMode
@@ -89,7 +90,7 @@ def configure_logging(config: Config, args: argparse.Namespace) -> None:
                        info=config.log_flag("LOG_INFO"),
                        warning=config.log_flag("LOG_WARNING"),
                        error=config.log_flag("LOG_ERR"))
-    setup_logging(config.syslog_ident, flags, to_stdout=args.debug, secrets=config.secrets())
+    setup_logging(config.syslog_ident, flags, to_stdout=args.debug)
 
 
 def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace) -> int:
@@ -120,6 +121,9 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
         except AlreadyLocked as err:
             log.error("%s/%s daemon already running: %s", config.service_name, config.type_name, err)
             return ExitCode.ALREADY_RUNNING
+        except UnsafeFile as err:   # the lock or the cookie: a link, another user's, writable by others
+            log.error("%s", err)
+            return ExitCode.CONFIG_ERROR
     finally:
         service.stop()
 

@@ -1,10 +1,13 @@
 """Service configuration and Global.conf: read once, validated once, every error at once.
 
-Both files are INI files in the original daemon's format. They are read with
-configobj and checked against the configspecs in ``provisioning/configspec``
-plus whatever sections the selected plugin contributes. Values are not
-split at commas (DNs and cookies contain them) and not unquoted, as in the
-original.
+Both files are INI files in the original daemon's format, read by
+provisioning.inifile (Config::IniFiles' rules: comments are whole lines, so a
+``#`` inside a value is part of it), then handed to configobj and checked
+against the configspecs in ``provisioning/configspec`` plus whatever sections
+the selected plugin contributes. Values are not split at commas (DNs and
+cookies contain them), not unquoted and not interpolated, as in the original.
+A key checked with ``secret()`` (the passwords) becomes a
+provisioning.secret.Secret: it shows as ``********`` wherever it goes.
 """
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import ldap.dn
-from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from configobj import ConfigObj, flatten_errors, get_extra_values
 from validate import ValidateError, Validator
+
+from provisioning import inifile
+from provisioning.secret import Secret
 
 SPEC_DIR = Path(__file__).with_name("configspec")
 GLOBAL_CONF_NAME = "Global.conf"
@@ -79,11 +85,6 @@ class Config:
         """SERVER as a list of URIs, with PORT filled in where a URI has none."""
         return [_with_port(uri, self.service["Database"]["PORT"])
                 for uri in self.service["Database"]["SERVER"]]
-
-    def secrets(self) -> list[str]:
-        """Values that must never be shown: logs redact them."""
-        values = [self.service["Database"]["ADMIN_PASSWORD"], self.global_["Mail"]["PASSWORD"]]
-        return [v for v in values if v]
 
 
 # --------------------------------------------------------------------- lookup
@@ -148,18 +149,24 @@ def _load_one(path: Path | None, spec_text: str, problems: list[str]) -> ConfigO
 
 def _parse(path: Path | None, spec: ConfigObj | None) -> ConfigObj:
     if path is None:
-        return ConfigObj(configspec=spec, list_values=False)
+        return ConfigObj(configspec=spec, list_values=False, interpolation=False)
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from err
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError([f"{path}: line {line}: not UTF-8 text"]) from err
+    # Lines end at LF only (CR LF too), as for Config::IniFiles: other
+    # characters Python counts as line breaks are part of a value. A BOM
+    # some editors put first is not part of the first line.
+    lines = [line.removesuffix("\r") for line in text.removeprefix("\ufeff").split("\n")]
     try:
-        return ConfigObj(lines, configspec=spec, list_values=False)
-    except ConfigObjError as err:
-        details = getattr(err, "errors", None) or [err]
-        raise ConfigError([f"{path}: line {getattr(e, 'line_number', '?')}: {getattr(e, 'msg', e)}"
-                           for e in details]) from err
+        sections = inifile.parse(lines)
+    except inifile.IniError as err:
+        raise ConfigError([f"{path}: {problem}" for problem in err.problems]) from err
+    return ConfigObj(sections, configspec=spec, list_values=False, interpolation=False)
 
 
 def _spec_text(name: str) -> str:
@@ -176,11 +183,22 @@ def _describe_errors(label: str, cfg: ConfigObj, result: Any) -> list[str]:
             elif error is False:
                 problems.append(f"{label}: {where} {key}: missing (required)")
             elif isinstance(error, Invalid):
-                problems.append(f"{label}: {where} {key}: {error}")
+                problems.append(f"{label}: {where} {key}: {error}{_comment_hint(cfg, sections, key)}")
             else:
                 expected = _expected(_spec_of(cfg, sections, key))
-                problems.append(f"{label}: {where} {key}: {str(error).rstrip('.')}{expected}")
+                problems.append(f"{label}: {where} {key}: {str(error).rstrip('.')}{expected}"
+                                f"{_comment_hint(cfg, sections, key)}")
     return problems
+
+
+def _comment_hint(cfg: ConfigObj, sections: list[str], key: str) -> str:
+    """A hint when a refused value holds what may have been meant as a comment."""
+    value = cfg
+    for name in sections:
+        value = value.get(name, {})
+    if any(mark in str(value.get(key, "")) for mark in "#;"):
+        return "; note: # and ; inside a value are part of it, comments are lines of their own"
+    return ""
 
 
 _TYPE_HINTS = {"boolean": "1 or 0 (also yes/no, true/false, on/off)",
@@ -228,6 +246,7 @@ def _validator() -> Validator:
         "ldap_filter": _ldap_filter,
         "abspath": _abspath,
         "identifier": _identifier,
+        "secret": _secret,
     })
 
 
@@ -283,6 +302,11 @@ def _identifier(value: Any) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
         raise Invalid(f'"{value}" is not a name (letters, digits and _ only)')
     return text
+
+
+def _secret(value: Any) -> Secret:
+    """A password: kept as it is, shown as ******** everywhere."""
+    return Secret(value)
 
 
 def _with_port(uri: str, port: int | None) -> str:

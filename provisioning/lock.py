@@ -1,9 +1,18 @@
-"""A PID lock file held with flock: released by the kernel when the process dies."""
+"""A PID lock file held with flock: released by the kernel when the process dies.
+
+The lock file is opened with provisioning.files.open_private: never through a
+symlink, and only if it is a regular file of the daemon's user that nobody
+else can write. Everything after the open goes through that descriptor, so
+writing the PID and emptying the file on release touch this file and no
+other, whatever happens to the path meanwhile.
+"""
 from __future__ import annotations
 
 import fcntl
 import os
 from pathlib import Path
+
+from provisioning.files import open_private
 
 
 class AlreadyLocked(Exception):
@@ -11,14 +20,18 @@ class AlreadyLocked(Exception):
 
 
 class PidLock:
-    """Exclusive lock on ``path``; the file holds the holder's PID for operators."""
+    """Exclusive lock on ``path``; the file holds the holder's PID for operators.
+
+    ``acquire`` raises provisioning.files.UnsafeFile if the path is a link, a
+    file of another user or one others can write.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -26,7 +39,7 @@ class PidLock:
             os.close(fd)
             raise AlreadyLocked(f"{self.path} is held by process {holder}") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

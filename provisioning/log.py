@@ -1,21 +1,88 @@
-"""Logging set-up: syslog under the service's ident, stdout with --debug.
+"""Logging set-up: syslog under the service's ident, stdout with --debug; one record, one line.
 
 Which levels are written is decided by the LOG_DEBUG, LOG_INFO, LOG_WARNING
-and LOG_ERR flags of the configuration, as in the original daemon. Secrets
-(the LDAP and mail passwords) are replaced by ``********`` in every record,
-whoever wrote it.
+and LOG_ERR flags of the configuration, as in the original daemon.
+
+Every handler the daemon installs formats through OneLineFormatter, so no call
+site can forget it: whatever a record carries (a DN, an attribute value, a
+command's stderr, a traceback), it is written as exactly one line. Control
+characters become visible escapes (``\\n``, ``\\x1b``, ``\\u2028``) and a
+backslash is doubled, so the text stays unambiguous: nothing from the
+directory or from a command can start a line that looks like a record of its
+own, or reach a terminal or syslog as an escape sequence.
+
+Secrets are not handled here: configuration passwords are
+provisioning.secret.Secret values and show as ``********`` wherever they go,
+so there is nothing to search for and replace.
 """
 from __future__ import annotations
 
 import logging
 import logging.handlers
 import os
+import re
 import sys
+import unicodedata
 from dataclasses import dataclass
-from typing import Iterable
 
 SYSLOG_SOCKET = "/dev/log"
-REDACTED = "********"
+STREAM_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+SYSLOG_FORMAT = "%(levelname)s %(message)s"
+
+# Characters that are escaped: control characters (C0, DEL, C1: category Cc),
+# line and paragraph separators (Zl, Zp: some viewers break lines there),
+# invisible format characters such as bidi overrides (Cf: they can make a line
+# read differently from what it holds) and lone surrogates (Cs: they cannot be
+# encoded for syslog at all).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Everything but printable ASCII other than the backslash is looked at; the
+# rest (nearly every log line) passes the regular expression untouched.
+_CANDIDATE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
+
+
+def escape(text: str) -> str:
+    """``text`` on one line, with control and invisible characters as escapes.
+
+    ``\\`` ``\\n`` ``\\r`` ``\\t`` and ``\\xNN``, ``\\uNNNN``, ``\\UNNNNNNNN`` as in a
+    Python string literal; printable non-ASCII text (``Zürich``) stays as it is.
+    """
+    return _CANDIDATE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    if char > "\x7f" and unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+class OneLineFormatter(logging.Formatter):
+    """Formats a record as usual, then escapes it into one line.
+
+    The whole formatted text is escaped, not only the message: the values of
+    a record can reach the exception text and the stack too.
+
+    Tracebacks are escaped into the same line (their line breaks show as
+    ``\\n``) rather than kept on continuation lines: syslog and every log
+    file are read line by line, by people and by tools (grep, fail2ban, a
+    SIEM), and a receiver that writes a record's raw newlines turns each
+    continuation line into a line without header that any of them may take
+    for a record of its own. One rule with no exception, "one record, one
+    line", is what makes a forged line impossible; the traceback stays
+    complete, frames and all, on that one line. Tracebacks are rare here:
+    they are only logged for bugs.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record))
 
 
 @dataclass(frozen=True)
@@ -46,48 +113,38 @@ class _LevelGate(logging.Filter):
         return self.flags.allows(record.levelno)
 
 
-class RedactingFormatter(logging.Formatter):
-    """A formatter that blanks out secrets after formatting (tracebacks too)."""
-
-    def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
-        super().__init__(fmt)
-        # Longest first, so a secret that contains another is blanked whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-
 def setup(ident: str, flags: LevelFlags, *, to_stdout: bool,
-          secrets: Iterable[str] = (), syslog_socket: str = SYSLOG_SOCKET) -> None:
-    """Route every logger's records to syslog (and stdout) through the gate."""
-    secrets = list(secrets)
+          syslog_socket: str = SYSLOG_SOCKET) -> None:
+    """Route every logger's records to syslog (and stdout) through the gate, one line each."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.DEBUG)
-    handlers: list[logging.Handler] = []
-    syslog = _syslog_handler(ident, secrets, syslog_socket)
+    syslog = _syslog_handler(ident, syslog_socket)
     if syslog is not None:
-        handlers.append(syslog)
+        install(syslog, SYSLOG_FORMAT, flags)
     if to_stdout or syslog is None:
-        stream = logging.StreamHandler(sys.stdout if to_stdout else sys.stderr)
-        stream.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", secrets))
-        handlers.append(stream)
-    for handler in handlers:
-        handler.addFilter(_LevelGate(flags))
-        root.addHandler(handler)
+        install(logging.StreamHandler(sys.stdout if to_stdout else sys.stderr), STREAM_FORMAT, flags)
     if syslog is None:
         logging.getLogger(__name__).warning(
             "syslog socket %s is not available: logging to %s instead",
             syslog_socket, "stdout" if to_stdout else "stderr")
 
 
-def _syslog_handler(ident: str, secrets: list[str], socket_path: str) -> logging.Handler | None:
+def install(handler: logging.Handler, fmt: str, flags: LevelFlags) -> logging.Handler:
+    """Attach ``handler`` to the root logger with the one-line formatter and the level gate.
+
+    Every handler goes through here (a file handler added later too): that is
+    what makes "one record, one line" hold for all of them.
+    """
+    handler.setFormatter(OneLineFormatter(fmt))
+    handler.addFilter(_LevelGate(flags))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _syslog_handler(ident: str, socket_path: str) -> logging.Handler | None:
     if not os.path.exists(socket_path):
         return None
     try:
@@ -96,6 +153,6 @@ def _syslog_handler(ident: str, secrets: list[str], socket_path: str) -> logging
             address=socket_path, facility=logging.handlers.SysLogHandler.LOG_LOCAL0)
     except OSError:
         return None
-    handler.ident = f"{ident}[{os.getpid()}]: "
-    handler.setFormatter(RedactingFormatter("%(levelname)s %(message)s", secrets))
+    # The ident is configuration ([Service] SYSLOG), escaped all the same.
+    handler.ident = f"{escape(ident)}[{os.getpid()}]: "
     return handler

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioning.backend.store import Store
+from provisioning.files import UnsafeFile, open_private, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,11 @@ class CookieFile:
     def read(self) -> str | None:
         """The cookie in the file; None when it is missing or empty. CookieError otherwise."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_private(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        except UnsafeFile as err:
+            raise CookieError(f"COOKIE_FILE {err}") from err
         except OSError as err:
             raise CookieError(f"COOKIE_FILE {self.path}: cannot read it: {err.strerror}") from err
         with os.fdopen(fd, "rb") as handle:
@@ -142,16 +145,11 @@ class CookieFile:
         """Replace the file (temp file, rename); say once when it cannot be written."""
         if self.dry_run:
             return True
-        temp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write((cookie + "\n").encode())
-            # No fsync: the store holds the position durably; this copy
+            # Not durable: the store holds the position durably; this copy
             # only has to be whole, which the rename guarantees.
-            os.replace(temp, self.path)
+            write_atomically(self.path, (cookie + "\n").encode(), mode=0o600, durable=False)
         except OSError as err:
-            _unlink_quietly(temp)
             if not self._failing:
                 log.error("cannot write COOKIE_FILE %s: %s; the store keeps the position", self.path, err)
             self._failing = True
@@ -160,13 +158,6 @@ class CookieFile:
             log.warning("COOKIE_FILE %s is written again", self.path)
         self._failing = False
         return True
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 @dataclass

@@ -23,6 +23,8 @@ from ldap.syncrepl import SyncreplConsumer
 
 from provisioning.backend.cookie import cookie_csn
 from provisioning.entry import Entry
+from provisioning.log import escape
+from provisioning.secret import Secret
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class LdapSettings:
 
     uris: list[str]
     bind_dn: str
-    password: str = field(repr=False)
+    password: Secret = field(repr=False)
     timeout: float = 30.0
     ca_file: str = ""
     start_tls: bool = False
@@ -111,7 +113,7 @@ def connect(settings: LdapSettings, factory=SimpleLDAPObject) -> tuple[SimpleLDA
             _configure(conn, settings, uri)
             if settings.start_tls and uri.lower().startswith("ldap://"):
                 conn.start_tls_s()
-            conn.simple_bind_s(settings.bind_dn, settings.password)
+            conn.simple_bind_s(settings.bind_dn, settings.password.reveal())
         except ldap.INVALID_CREDENTIALS as err:
             raise BindRefused(f"{uri} refused the bind as {settings.bind_dn}: {describe(err)}") from err
         except ldap.LDAPError as err:
@@ -215,7 +217,7 @@ class Directory:
         mods += [(ldap.MOD_ADD, name, [v.encode() for v in values]) for name, values in (add or {}).items()]
         if self.dry_run:
             shown = ", ".join(f"{n}={'(removed)' if v is None else '|'.join(v)}" for n, v in changes.items())
-            print(f"DRY-RUN: would modify {dn}: {shown}", flush=True)
+            print(escape(f"DRY-RUN: would modify {dn}: {shown}"), flush=True)
             log.info("DRY-RUN: would modify %s: %s", dn, shown)
             return None
         controls = []

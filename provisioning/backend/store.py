@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from provisioning.entry import Entry
+from provisioning.files import UnsafeFile, check_private
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,11 @@ class Store:
         A folder that is read-only or full is not an error here: the store
         then lives in memory until a flush can write it.
         """
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                check_private(f"{self.path}{suffix}")
+            except UnsafeFile as err:
+                raise StoreError(str(err)) from err
         if self.dry_run:
             self._db = self._open_read_only()
             return
@@ -115,6 +122,13 @@ class Store:
             self._db = None
 
     def _open_read_write(self) -> sqlite3.Connection:
+        try:
+            # Created by us, for root alone: it holds every entry of the subtree.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise sqlite3.OperationalError(f"cannot create {self.path}: {err.strerror}") from err
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")

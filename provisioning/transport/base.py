@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from provisioning.log import escape
+
 log = logging.getLogger(__name__)
 
 EXIT_NOT_FOUND = 127
@@ -113,7 +115,7 @@ class DryRun(Transport):
         # Printed, not only logged: dry-run output must show even with
         # LOG_INFO off or without --debug.
         line = f"DRY-RUN: would {what}"
-        print(line, flush=True)
+        print(escape(line), flush=True)
         log.info("%s", line)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,

@@ -1,0 +1,246 @@
+"""State files root opens (lock, cookie): never through a link, only its own, in a folder only it controls.
+
+The attack on the old lock: a symlink at the lock path made root truncate the
+file it pointed to, at start-up and again on release. Here links, hard links,
+other users' files, files and folders others can write are planted where the
+daemon keeps its state; the file they point to must stay untouched and the
+daemon must refuse with a message naming the path and the problem.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from provisioning.backend.cookie import CookieError, CookieFile
+from provisioning.backend.store import Store, StoreError
+from provisioning.files import UnsafeFile, check_private, open_private, write_atomically
+from provisioning.lock import PidLock
+
+from helpers import DaemonProcess
+
+NOBODY = 65534
+VICTIM_TEXT = "root:x:0:0:root:/root:/bin/bash\n"
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file root cares about, outside the daemon's state folder."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "passwd"
+    path.write_text(VICTIM_TEXT)
+    return path
+
+
+@pytest.fixture
+def state(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o755)
+    return folder
+
+
+def _refused(call, *problem: str) -> UnsafeFile:
+    with pytest.raises(UnsafeFile) as err:
+        call()
+    assert all(p in str(err.value) for p in problem), str(err.value)
+    return err.value
+
+
+# -------------------------------------------------------------- open_private
+
+def test_open_private_creates_and_opens_the_daemons_own_file(state):
+    fd = open_private(state / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x")
+        assert os.get_blocking(fd) and os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE((state / "f").stat().st_mode) == 0o600
+    fd = open_private(state / "f", os.O_RDONLY)
+    assert os.read(fd, 10) == b"x"
+    os.close(fd)
+
+
+@pytest.mark.parametrize("flags", [os.O_RDONLY, os.O_RDWR | os.O_CREAT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC])
+def test_open_private_never_goes_through_a_symlink(state, victim, flags):
+    (state / "f").symlink_to(victim)
+    error = _refused(lambda: open_private(state / "f", flags), f"{state}/f: is a symbolic link; refusing")
+    assert error.path == str(state / "f")
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_open_private_does_not_create_through_a_dangling_symlink(state, tmp_path):
+    target = tmp_path / "etc-cron.d-evil"
+    (state / "f").symlink_to(target)
+    _refused(lambda: open_private(state / "f", os.O_RDWR | os.O_CREAT), "symbolic link")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("setup, problem", [
+    (lambda p: os.chown(p, NOBODY, NOBODY), "belongs to uid 65534"),
+    (lambda p: p.chmod(0o666), "writable by group or others (mode 666)"),
+    (lambda p: p.chmod(0o620), "writable by group or others (mode 620)"),
+    (lambda p: os.link(p, p.parent / "second-name"), "has 2 names"),
+])
+def test_open_private_refuses_files_others_control(state, setup, problem):
+    path = state / "f"
+    path.write_text("12345\n")
+    setup(path)
+    _refused(lambda: open_private(path, os.O_RDWR), str(path), problem)
+    assert path.read_text() == "12345\n"
+
+
+def test_open_private_refuses_what_is_not_a_regular_file(state):
+    os.mkfifo(state / "fifo")
+    (state / "dir").mkdir()
+    _refused(lambda: open_private(state / "fifo", os.O_RDONLY), "not a regular file")   # and does not hang
+    _refused(lambda: open_private(state / "dir", os.O_RDWR), "is a directory")
+
+
+@pytest.mark.parametrize("mode, gid, problem", [
+    (0o777, 0, "writable by others (mode 777"),
+    (0o775, NOBODY, "writable by others (mode 775, gid 65534)"),
+])
+def test_a_folder_others_can_write_is_refused(state, mode, gid, problem):
+    os.chown(state, 0, gid)
+    state.chmod(mode)
+    _refused(lambda: open_private(state / "f", os.O_RDWR | os.O_CREAT), f"{state}: (the folder)", problem)
+    _refused(lambda: check_private(state / "f"), problem)
+    _refused(lambda: write_atomically(state / "f", b"x"), problem)
+    assert list(state.iterdir()) == []
+
+
+def test_a_folder_of_another_user_is_refused(state):
+    os.chown(state, NOBODY, NOBODY)
+    _refused(lambda: open_private(state / "f", os.O_RDWR | os.O_CREAT), "(the folder) belongs to uid 65534")
+    _refused(lambda: check_private(state / "f"), "(the folder) belongs to uid 65534")
+
+
+def test_sticky_and_root_group_folders_are_fine(state):
+    state.chmod(0o1777)                   # like /tmp: others cannot replace our files
+    os.close(open_private(state / "a", os.O_RDWR | os.O_CREAT))
+    state.chmod(0o775)                    # group root
+    os.close(open_private(state / "b", os.O_RDWR | os.O_CREAT))
+
+
+# ------------------------------------------------------------- check_private
+
+def test_check_private_accepts_a_missing_or_own_file(state):
+    check_private(state / "store.sqlite")
+    (state / "store.sqlite").write_bytes(b"")
+    (state / "store.sqlite").chmod(0o600)
+    check_private(state / "store.sqlite")
+
+
+def test_check_private_refuses_links_and_other_users_files(state, victim):
+    (state / "link").symlink_to(victim)
+    _refused(lambda: check_private(state / "link"), "is a symbolic link")
+    (state / "theirs").write_bytes(b"")
+    os.chown(state / "theirs", NOBODY, NOBODY)
+    _refused(lambda: check_private(state / "theirs"), "belongs to uid 65534")
+    (state / "open").write_bytes(b"")
+    (state / "open").chmod(0o646)
+    _refused(lambda: check_private(state / "open"), "writable by group or others")
+
+
+# ---------------------------------------------------------- write_atomically
+
+def test_write_atomically_replaces_a_planted_link_not_its_target(state, victim):
+    (state / "cookie").symlink_to(victim)
+    write_atomically(state / "cookie", b"rid=001\n", mode=0o600)
+    assert victim.read_text() == VICTIM_TEXT
+    assert not (state / "cookie").is_symlink() and (state / "cookie").read_bytes() == b"rid=001\n"
+    assert [p.name for p in state.iterdir()] == ["cookie"]
+
+
+# ---------------------------------------------------------------- the lock
+
+def test_the_lock_never_truncates_or_writes_through_a_link(state, victim):
+    (state / "d.lock").symlink_to(victim)
+    lock = PidLock(state / "d.lock")
+    _refused(lock.acquire, "d.lock: is a symbolic link")
+    lock.release()
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_releasing_the_lock_does_not_hurt_a_file_swapped_in_meanwhile(state, victim):
+    path = state / "d.lock"
+    with PidLock(path):
+        assert path.read_text() == f"{os.getpid()}\n"
+        os.rename(path, state / "old.lock")
+        path.symlink_to(victim)
+    assert victim.read_text() == VICTIM_TEXT
+    assert (state / "old.lock").read_text() == ""       # the file it locked is the one emptied
+
+
+@pytest.mark.parametrize("setup, problem", [
+    (lambda p: os.chown(p, NOBODY, NOBODY), "belongs to uid 65534"),
+    (lambda p: p.chmod(0o666), "writable by group or others"),
+])
+def test_a_lock_file_others_control_is_refused(state, setup, problem):
+    path = state / "d.lock"
+    path.write_text("")
+    setup(path)
+    _refused(PidLock(path).acquire, problem)
+    assert path.read_text() == ""
+
+
+def test_the_cookie_is_not_read_through_a_link(state, victim):
+    (state / "cookie").symlink_to(victim)
+    with pytest.raises(CookieError, match="cookie: is a symbolic link; refusing to use it"):
+        CookieFile(state / "cookie").read()
+    assert victim.read_text() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_the_store_is_not_opened_through_a_link(state, victim, suffix):
+    (state / f"store{suffix}").symlink_to(victim)
+    with pytest.raises(StoreError, match=rf"store{suffix}: is a symbolic link; refusing to use it"):
+        Store(state / "store").open()
+    assert victim.read_text() == VICTIM_TEXT
+
+
+# ----------------------------------------------------- through the daemon
+
+def _refuses_to_start(host, *expected: str) -> str:
+    daemon = DaemonProcess(host).start(wait_ready=False)
+    assert daemon.wait_exit() == 3, daemon.text()[-2000:]
+    text = daemon.text()
+    for part in expected:
+        assert part in text, text[-2000:]
+    assert "Traceback" not in text and "unexpected error" not in text
+    return text
+
+
+def test_the_daemon_refuses_a_symlink_at_the_lock_path_and_leaves_its_target_alone(host, victim):
+    lock = host.layout.cookie.with_name(host.layout.cookie.name + ".lock")
+    lock.symlink_to(victim)
+    _refuses_to_start(host, f"ERROR {lock}: is a symbolic link; refusing to use it")
+    assert victim.read_text() == VICTIM_TEXT and lock.is_symlink()
+
+
+@pytest.mark.parametrize("setup, problem", [
+    (lambda p: os.chown(p, NOBODY, NOBODY), "belongs to uid 65534, not to the daemon's uid 0"),
+    (lambda p: p.chmod(0o666), "is writable by group or others (mode 666): chmod go-w it"),
+])
+def test_the_daemon_refuses_a_lock_file_others_control(host, setup, problem):
+    lock = host.layout.cookie.with_name(host.layout.cookie.name + ".lock")
+    lock.write_text("4242\n")
+    setup(lock)
+    _refuses_to_start(host, f"ERROR {lock}: {problem}; refusing to use it")
+    assert lock.read_text() == "4242\n"
+
+
+def test_the_daemon_refuses_a_symlink_at_the_store_path(host, victim):
+    store = host.layout.cookie.with_name(host.layout.cookie.name + ".sqlite")
+    store.symlink_to(victim)
+    _refuses_to_start(host, f"ERROR {store}: is a symbolic link; refusing to use it")
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_the_daemon_refuses_a_symlink_at_the_cookie_path(host, victim):
+    host.layout.cookie.symlink_to(victim)
+    _refuses_to_start(host, f"ERROR COOKIE_FILE {host.layout.cookie}: is a symbolic link; refusing to use it")
+    assert victim.read_text() == VICTIM_TEXT
