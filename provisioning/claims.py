@@ -9,9 +9,11 @@ class; other tools keep step timings there, and their values are left alone)::
 A claimed entry without a return value is in progress, or its daemon died.
 The rule for taking such a claim over (resuming it):
 
-- the claim is this process's own: it is in hand here; never resumed;
+- the claim is in hand in this process: never resumed;
 - it was made on this host by a process that no longer runs (this daemon
-  before a restart, or another one on this host that died): resumed at once;
+  before a restart, or another one on this host that died), or by this
+  process for work that ended without an outcome (the answer to the claim
+  was lost with the connection): resumed at once;
 - otherwise (another host, or a process on this host that still runs, or a
   claim without an owner, made by the original daemon): resumed only once the
   claim is older than CLAIM_LEASE. The lease is longer than any request may
@@ -121,9 +123,13 @@ class Owners:
             since = _timestamp(entry.get("modifyTimestamp")) or now
             return self._lease(since, now, "claimed without an owner (by an older daemon)")
         if claim.token in self._mine:
-            return Judgement(Owner.MINE, "claimed by this daemon")
+            return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
         who = f"claimed by {claim.host} process {claim.pid} at {utc_stamp(claim.at)}"
-        if claim.host == self.host and not (self.alive(claim.pid) and claim.pid != self.pid):
+        if claim.host == self.host and claim.pid == self.pid:
+            # Ours, but not in hand: the answer to the claim was lost with the
+            # connection (or this is an earlier daemon that had our pid).
+            return Judgement(Owner.GONE, f"{who}, this daemon, which is not working on it")
+        if claim.host == self.host and not self.alive(claim.pid):
             return Judgement(Owner.GONE, f"{who}, which no longer runs")
         return self._lease(claim.at, now, who)
 

@@ -298,8 +298,12 @@ def write_pending(directory: Directory, write: PendingWrite) -> list[str]:
         after = directory.modify(write.dn, write.changes, add=write.add or None, expect=write.expect,
                                  read_back=["entryCSN"])
     except Conflict as err:
-        log.warning("%s: kept write dropped, the entry changed meanwhile (%s): %s; its newer "
-                    "version is judged", write.dn, write.what, err)
+        if _already_written(directory, write):
+            log.info("%s: %s: it was written before the connection broke (its answer was lost)%s",
+                     write.dn, write.what, f"; {write.done}" if write.done else "")
+        else:
+            log.warning("%s: kept write dropped, the entry changed meanwhile (%s): %s; its newer "
+                        "version is judged", write.dn, write.what, err)
         return []
     except DirectoryError as err:
         log.error("%s: kept write dropped (%s): %s", write.dn, write.what, err)
@@ -311,6 +315,14 @@ def write_pending(directory: Directory, write: PendingWrite) -> list[str]:
     else:
         log.info("%s: %s: written after %.1f s of waiting for the directory", write.dn, write.what, waited)
     return [after.csn] if after is not None and after.csn else []
+
+
+def _already_written(directory: Directory, write: PendingWrite) -> bool:
+    """Whether the entry already holds what ``write`` was to write."""
+    entry = directory.read(write.dn)
+    if entry is None:
+        return False
+    return all(entry.values(name) == (values or []) for name, values in write.changes.items())
 
 
 def _unchanged(entry: Entry) -> str:

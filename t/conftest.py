@@ -55,3 +55,23 @@ def daemon(host):
     yield process
     if process.proc.poll() is None:
         assert process.stop() == 0, process.text()[-2000:]
+
+
+# Figures the fault tests measure (requests in flight, lost, done twice, time to
+# recover), printed at the end of the run for the closing notes.
+_REPORTS: list[tuple[str, dict]] = []
+
+
+@pytest.fixture
+def report():
+    def add(name: str, **figures) -> None:
+        _REPORTS.append((name, figures))
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _REPORTS:
+        return
+    terminalreporter.section("fault reports")
+    for name, figures in _REPORTS:
+        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
