@@ -32,6 +32,18 @@ class Entry:
         """Build from ``{name: [str, ...]}`` (as kept in the local store)."""
         return cls(dn, cidict({name: list(v) for name, v in values.items()}), uuid)
 
+    def with_changes(self, changes: Mapping[str, Sequence[str] | None], csn: str | None = None) -> "Entry":
+        """This entry as it is after replacing ``changes`` (None removes), with entryCSN ``csn``."""
+        attrs = cidict({name: list(v) for name, v in self.attrs.items()})
+        for name, values in changes.items():
+            if values is None:
+                attrs.pop(name, None)
+            else:
+                attrs[name] = list(values)
+        if csn:
+            attrs["entryCSN"] = [csn]
+        return Entry(self.dn, attrs, self.uuid)
+
     def as_values(self) -> dict[str, list[str]]:
         """``{name: [str, ...]}`` with the names as the server spelled them."""
         return {name: list(values) for name, values in self.attrs.items()}

@@ -232,9 +232,11 @@ class Selfcare:
         # before replicating it) still the very version we judged.
         expect = (f"(|(&({MODE}={claimed})({CLAIM_ATTRIBUTE}={escape_filter_chars(token)}))"
                   f"{_unchanged(entry)})")
-        outcome = self._write(entry, changes, expect, f"write the outcome of {verb}", done=done,
+        outcome = self._write(fresh, changes, expect, f"write the outcome of {verb}", done=done,
                               failed=code != ReturnValue.SUCCESS)
         outcome.own_csns = claim.own_csns + outcome.own_csns
+        if outcome.pending is not None:
+            outcome.remember = fresh
         return outcome
 
     def _run_plugin(self, request: Request) -> tuple[int, float]:
@@ -268,10 +270,19 @@ class Selfcare:
 
     def _write(self, entry: Entry, changes: dict, expect: str, what: str, *,
                done: str | None = None, failed: bool = False) -> Result:
-        """One protocol write; kept as pending when the directory does not take it now."""
+        """One protocol write; kept as pending when the directory does not take it now.
+
+        Result.remember is the entry as the write leaves it, so the store
+        knows the outcome even before its echo arrives.
+        """
         try:
             after = self.directory.modify(entry.dn, changes, expect=expect, read_back=["entryCSN"])
         except Conflict as err:
+            if err.gone:
+                # Removed while we worked: what we did is what the store must
+                # know when the removal arrives (a delete done, or still open).
+                log.warning("%s: did not %s: %s%s", entry.dn, what, err, f" [{done}]" if done else "")
+                return Result(remember=entry.with_changes(changes))
             log.warning("%s: did not %s: %s", entry.dn, what, err)
             return Result()
         except (DirectoryUnavailable, WriteRefused) as err:
@@ -285,7 +296,8 @@ class Selfcare:
             return Result()
         if done:
             (log.error if failed else log.info)("%s: %s", entry.dn, done)
-        return Result(own_csns=[after.csn] if after is not None and after.csn else [])
+        csn = after.csn if after is not None else None
+        return Result(remember=entry.with_changes(changes, csn), own_csns=[csn] if csn else [])
 
 
 def write_pending(directory: Directory, write: PendingWrite) -> list[str]:

@@ -54,8 +54,9 @@ class Router:
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
         if entry.csn and entry.csn in self._own_writes:
+            # The store already has what the write left (the job's result);
+            # an echo of an earlier write of ours (the claim) must not undo that.
             log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
-            self.store.remember(entry, failed=self._failed(entry))
             return None
         if self.uses_selfcare(entry):
             return self._selfcare_job(entry)

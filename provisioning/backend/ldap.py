@@ -70,7 +70,11 @@ class SubtreeMissing(Exception):
 
 
 class Conflict(Exception):
-    """A guarded write found the entry changed or gone."""
+    """A guarded write found the entry changed, or gone (``gone``)."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class DirectoryError(Exception):
@@ -231,7 +235,7 @@ class Directory:
             except ldap.ASSERTION_FAILED as err:
                 raise Conflict(f"{dn} changed meanwhile (no longer matches {expect})") from err
             except ldap.NO_SUCH_OBJECT as err:
-                raise Conflict(f"{dn} no longer exists") from err
+                raise Conflict(f"{dn} no longer exists", gone=True) from err
             except _REFUSED_FOR_NOW as err:
                 raise WriteRefused(f"modify {dn} refused for now: {describe(err)}") from err
             except ldap.LDAPError as err:
