@@ -18,6 +18,8 @@ import ldap.dn
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import ValidateError, Validator
 
+from provisioning.transport.ssh import gateway_problem
+
 SPEC_DIR = Path(__file__).with_name("configspec")
 GLOBAL_CONF_NAME = "Global.conf"
 
@@ -223,6 +225,7 @@ def _validator() -> Validator:
         "ldap_filter": _ldap_filter,
         "abspath": _abspath,
         "identifier": _identifier,
+        "gateway": _gateway,
     })
 
 
@@ -278,6 +281,14 @@ def _identifier(value: Any) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", text):
         raise Invalid(f'"{value}" is not a name (letters, digits and _ only)')
     return text
+
+
+def _gateway(value: Any, key: str) -> str:
+    """A [Gateway] value ssh cannot misread as an option or several words (transport.ssh decides)."""
+    problem = gateway_problem(key, value)
+    if problem:
+        raise Invalid(problem)
+    return str(value)
 
 
 def _with_port(uri: str, port: int | None) -> str:
