@@ -126,3 +126,36 @@ def test_the_daemon_provisions_over_clissh(host, directory, sshd):
     assert (host.home("3723707") / "incoming").is_dir()
     assert "retain\tdaily\t7" in host.rsnapshot_config("3723707").read_text()
     assert host.quota_calls() == [["-u", "3723707", "1048576", "1048576", "0", "0", "/"]]
+
+
+@pytest.mark.parametrize("transportapi", ["LocalCLI", "CLISSH"])
+def test_a_customer_link_for_incoming_fails_the_request_and_touches_nothing(host, directory, sshd, tmp_path,
+                                                                               transportapi):
+    # Issue 7: over CLISSH, mkdir -p/chmod/chown followed this link and the request ended modified, 0.
+    host.set("Service", TRANSPORTAPI=transportapi)
+    host.set("Gateway", **sshd)
+    victim = tmp_path / "victim"
+    (victim / "folder").mkdir(parents=True)
+    (victim / "file").write_text("precious")
+    os.chmod(victim, 0o751)
+    seen = _snapshot(victim)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add("3723707")
+        assert_done(directory.wait_mode(dn, "added"), "added")
+        incoming = host.home("3723707") / "incoming"
+        incoming.rename(incoming.with_name("incoming.old"))          # what the customer can do in their home
+        incoming.symlink_to(victim)
+        os.lchown(incoming, 3723707, 3723707)
+        directory.request(dn, "modify")
+        directory.wait_return_value(dn, 5)
+        daemon.wait_for(rf"cannot create the backup folders: .*{incoming} is a symbolic link; not followed "
+                        r"because it belongs to uid 3723707.*\(return value 5, CANNOT_CREATE_HOME_DIR\)")
+    finally:
+        assert daemon.stop() == 0
+    assert _snapshot(victim) == seen
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p): (p.lstat().st_mode, p.lstat().st_uid, p.lstat().st_gid, p.read_bytes() if p.is_file() else None)
+            for p in [folder, *folder.rglob("*")]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -29,6 +30,7 @@ import pytest
 from provisioning.transport import (
     CLISSH, DryRun, Interrupted, LocalCLI, build, request_deadline, within_deadline,
 )
+from provisioning.transport import nofollow
 from provisioning.transport.base import PAST_DEADLINE
 from provisioning.transport.local import death_signal_prefix
 
@@ -162,12 +164,13 @@ def test_rename_remove_and_remove_tree(transport, scene):
     assert not tree.exists() and scene.home.is_dir()
 
 
-def test_remove_tree_takes_a_tree_deeper_than_the_descriptor_limit(transport, scene):
+def test_remove_tree_takes_a_tree_deeper_than_the_descriptor_limit(transport, scene, monkeypatch):
+    # A customer can nest folders deeper than root may open descriptors (and than Python may recurse).
     tree = scene.home / "deep"
     tree.mkdir()
     fd = os.open(tree, os.O_RDONLY)
     try:
-        for _ in range(1500):                                    # deeper than 1024 descriptors
+        for _ in range(1500):
             os.mkdir("d", dir_fd=fd)
             deeper = os.open("d", os.O_RDONLY, dir_fd=fd)
             os.close(fd)
@@ -175,8 +178,29 @@ def test_remove_tree_takes_a_tree_deeper_than_the_descriptor_limit(transport, sc
         os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
     finally:
         os.close(fd)
-    transport.remove_tree(str(tree))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))     # binds LocalCLI; CLISSH runs the same code
+    try:
+        transport.remove_tree(str(tree))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert not tree.exists()
+
+
+def test_remove_tree_stops_when_a_folder_was_moved_under_it(tmp_path):
+    # Going back up through '..' must land in the folder the walk came down from.
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    inner = os.open(tmp_path / "a" / "b", os.O_RDONLY)
+    try:
+        elsewhere = os.stat(tmp_path)                            # not b's parent
+        with pytest.raises(OSError, match="was moved while it was being removed") as err:
+            nofollow._up(inner, [["", (elsewhere.st_dev, elsewhere.st_ino), []]], str(tmp_path / "a"))
+        assert err.value.errno == errno.EAGAIN
+        parent = os.stat(tmp_path / "a")
+        up = nofollow._up(inner, [["", (parent.st_dev, parent.st_ino), []]], str(tmp_path / "a"))
+        os.close(up)
+    finally:
+        os.close(inner)
 
 
 @pytest.mark.parametrize("operation, reason", [

@@ -157,7 +157,11 @@ class _Walk:
                     return self._link(name)
                 except FileNotFoundError:         # gone meanwhile: look again
                     continue
-            root_only = self.frames[-1][2] and _root_only(os.fstat(fd))
+            try:
+                root_only = self.frames[-1][2] and _root_only(os.fstat(fd))
+            except BaseException:
+                os.close(fd)
+                raise
             self.frames.append((fd, self.here(name), root_only))
             return None
         raise _error(errno.EAGAIN, f"{self.here(name)} keeps changing", self.asked)
@@ -172,8 +176,13 @@ class _Walk:
 
     def _link(self, name: str) -> str:
         """The target of the link ``name`` if root may follow it; OSError otherwise."""
-        info = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         where = self.here(name)
+        try:
+            info = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise _error(err.errno, f"{where}: {err.strerror}", self.asked) from None
         if not stat.S_ISLNK(info.st_mode):
             raise _error(errno.ENOTDIR, f"{where}: {os.strerror(errno.ENOTDIR)}", self.asked)
         why = self._distrust(info)
@@ -316,7 +325,7 @@ def remove(path: str) -> None:
 def remove_tree(path: str) -> None:
     """Remove the folder ``path`` and everything in it; absent is fine.
 
-    Iterative, one descriptor per level, so a deep tree needs no recursion.
+    Iterative and one descriptor at a time (see _empty): no depth is too deep.
     """
     parents, name = _split(path)
     with _Walk(path) as walk:
@@ -336,52 +345,91 @@ def remove_tree(path: str) -> None:
         except FileNotFoundError:
             return
         except OSError as err:
-            if err.filename is not None and str(err.filename).startswith(path):
+            if err.filename == path:
                 raise
             raise _error(err.errno, f"cannot remove: {err.strerror}", path) from None
 
 
 def _empty(top: int, path: str) -> None:
-    """Remove everything inside the folder open as ``top`` (closed on return)."""
-    stack = [(top, path, None, os.listdir(top))]
+    """Remove everything inside the folder open as ``top`` (closed on return).
+
+    One descriptor at a time, whatever the depth: a customer's tree may be
+    deeper than the descriptor limit (and its full path longer than any
+    string worth keeping per level). Going back up goes through ``..`` of the
+    folder held, which must be the very folder (device, inode) the walk came
+    down from; if someone moved things meanwhile, the removal stops there.
+    """
+    fd = top
     try:
-        while stack:
-            fd, where, name, entries = stack[-1]
-            if not entries:
-                stack.pop()
-                os.close(fd)
-                if stack:
-                    _rmdir(name, stack[-1][0], where)
+        info = os.fstat(fd)
+        # per level: [name in its parent, (device, inode), names still to remove]
+        levels = [["", (info.st_dev, info.st_ino), os.listdir(fd)]]
+        while True:
+            if levels[-1][2]:
+                fd = _replace(fd, _remove_entry(fd, levels, path))
                 continue
-            entry = entries.pop()
-            child = posixpath.join(where, entry)
+            if len(levels) == 1:
+                return
+            name = levels.pop()[0]
+            fd = _replace(fd, _up(fd, levels, path))
             try:
-                info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode):
-                    try:
-                        sub = os.open(entry, _READ_DIR, dir_fd=fd)
-                    except OSError as err:
-                        if err.errno not in (errno.ELOOP, errno.ENOTDIR):
-                            raise
-                        os.unlink(entry, dir_fd=fd)   # swapped for a link or file meanwhile
-                        continue
-                    stack.append((sub, child, entry, os.listdir(sub)))
-                else:
-                    os.unlink(entry, dir_fd=fd)
+                os.rmdir(name, dir_fd=fd)
             except FileNotFoundError:
-                continue
+                pass
             except OSError as err:
-                raise _error(err.errno, f"cannot remove {child}: {err.strerror}", path) from None
+                raise _error(err.errno, f"cannot remove {_below(path, levels, name)}: {err.strerror}", path) from None
     finally:
-        for fd, _where, _name, _entries in stack:
-            os.close(fd)
+        os.close(fd)
 
 
-def _rmdir(name: str, parent: int, where: str) -> None:
+def _replace(old: int, new: int) -> int:
+    """Move from descriptor ``old`` to ``new`` (closing ``old`` unless they are the same)."""
+    if new != old:
+        os.close(old)
+    return new
+
+
+def _below(path: str, levels: list, name: str = "") -> str:
+    """The path of ``name`` in the deepest level, for messages only."""
+    return posixpath.join(path, *[level[0] for level in levels[1:]], name)
+
+
+def _remove_entry(fd: int, levels: list, path: str) -> int:
+    """Unlink the next entry of the deepest level (returning ``fd``), or step into it (returning its descriptor)."""
+    entry = levels[-1][2].pop()
     try:
-        os.rmdir(name, dir_fd=parent)
+        info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(entry, dir_fd=fd)
+            return fd
+        try:
+            sub = os.open(entry, _READ_DIR, dir_fd=fd)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(entry, dir_fd=fd)       # swapped for a link or a file meanwhile
+            return fd
+        try:
+            sub_info = os.fstat(sub)
+            levels.append([entry, (sub_info.st_dev, sub_info.st_ino), os.listdir(sub)])
+        except BaseException:
+            os.close(sub)
+            raise
     except FileNotFoundError:
-        pass
+        return fd
+    except OSError as err:
+        raise _error(err.errno, f"cannot remove {_below(path, levels, entry)}: {err.strerror}", path) from None
+    return sub
+
+
+def _up(fd: int, levels: list, path: str) -> int:
+    """A new descriptor of ``..`` of ``fd``, checked to be the deepest level's folder."""
+    up = os.open("..", _READ_DIR, dir_fd=fd)
+    info = os.fstat(up)
+    if (info.st_dev, info.st_ino) != levels[-1][1]:
+        os.close(up)
+        raise _error(errno.EAGAIN, f"{_below(path, levels)} was moved while it was being removed; stopped", path)
+    return up
 
 
 def _unlink_if_there(name: str, folder: int) -> None:

@@ -125,7 +125,9 @@ class CLISSH(Transport):
         result = self._remote(argv, stdin=stdin, timeout=None,
                               shown=f"{shlex.join(self.ssh)} python3 nofollow.py {shlex.join([operation, *args])}")
         try:
-            answer = json.loads(result.stdout) if result.returncode in (0, nofollow.EXIT_OSERROR) else None
+            # The answer is the last line: a login script on the gateway may print before it.
+            last = result.stdout.rsplit("\n", 1)[-1]
+            answer = json.loads(last) if result.returncode in (0, nofollow.EXIT_OSERROR) else None
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
