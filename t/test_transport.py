@@ -494,6 +494,7 @@ def test_a_command_gets_no_more_than_the_time_left(transport):
     with within_deadline(1.0):
         result = transport.run(["sleep", "20"])
     assert result.returncode == 124 and time.monotonic() - started < 10
+    assert result.stderr.endswith("(the request's deadline)")
 
 
 def test_past_the_deadline_nothing_starts(transport, tmp_path):

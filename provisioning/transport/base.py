@@ -25,8 +25,8 @@ class Interrupted(BaseException):
     """The command ended because the daemon is stopping.
 
     A BaseException, like KeyboardInterrupt, so that plugin code catching
-    Exception does not turn it into the request's failure: the core ends the
-    request without an outcome and resumes it at the next start.
+    Exception does not turn it into the request's failure: the core can end
+    the request without an outcome and resume it later.
     """
 
 
@@ -38,7 +38,7 @@ request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def within_deadline(seconds: float) -> Iterator[float]:
-    """Commands run inside the block end at the latest ``seconds`` from now.
+    """Commands run inside the block (in this thread/context) end at the latest ``seconds`` from now.
 
     Nested blocks never extend an outer deadline: the earlier one holds.
     Yields the deadline (a time.monotonic() value).

@@ -62,7 +62,8 @@ class LocalCLI(Transport):
     def execute(self, argv: list[str], *, stdin: bytes | None, timeout: float | None,
                 shown: str) -> CommandResult:
         """Run ``argv``, logged as ``shown``; the work behind ``run`` (CLISSH uses it for ssh)."""
-        limit = time_left(timeout or self.timeout)
+        wanted = timeout or self.timeout
+        limit = time_left(wanted)
         if limit is None:
             log.warning("not run, %s: %s", PAST_DEADLINE, shown)
             return CommandResult(argv, EXIT_TIMEOUT, stderr=PAST_DEADLINE)
@@ -79,7 +80,8 @@ class LocalCLI(Transport):
             out, err = proc.communicate(stdin, timeout=limit)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            return CommandResult(argv, EXIT_TIMEOUT, stderr=f"killed after {limit:g} s")
+            why = " (the request's deadline)" if limit < wanted else ""
+            return CommandResult(argv, EXIT_TIMEOUT, stderr=f"killed after {limit:g} s{why}")
         except BaseException:
             _kill_group(proc)
             raise
