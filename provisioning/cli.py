@@ -100,9 +100,13 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
     if config.path.stat().st_mode & 0o004:
         log.warning("%s can be read by every user of this host and holds ADMIN_PASSWORD: chmod o-r it",
                     config.path)
+    # Set when a stop is asked for: a command that ends because of it is not
+    # the request's failure (the request is resumed at the next start).
+    stop_event = threading.Event()
     transport = build_transport(config.service["Service"]["TRANSPORTAPI"],
                                 timeout=config.service["Service"]["COMMAND_TIMEOUT"],
-                                gateway=config.section("Gateway"), dry_run=args.dry_run)
+                                gateway=config.section("Gateway"), dry_run=args.dry_run,
+                                stopping=stop_event)
     service = Service(manager, ServiceContext(config, transport, dry_run=args.dry_run))
     problems = service.start()
     if problems:
@@ -117,7 +121,7 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
             _detach(config, args)
         try:
             with PidLock(config.lock_file):
-                return serve(config, service, dry_run=args.dry_run)
+                return serve(config, service, dry_run=args.dry_run, stop_event=stop_event)
         except AlreadyLocked as err:
             log.error("%s/%s daemon already running: %s", config.service_name, config.type_name, err)
             return ExitCode.ALREADY_RUNNING

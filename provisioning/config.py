@@ -23,6 +23,7 @@ from validate import ValidateError, Validator
 
 from provisioning import inifile
 from provisioning.secret import Secret
+from provisioning.transport.ssh import gateway_problem
 
 SPEC_DIR = Path(__file__).with_name("configspec")
 GLOBAL_CONF_NAME = "Global.conf"
@@ -247,6 +248,7 @@ def _validator() -> Validator:
         "abspath": _abspath,
         "identifier": _identifier,
         "secret": _secret,
+        "gateway": _gateway,
     })
 
 
@@ -307,6 +309,14 @@ def _identifier(value: Any) -> str:
 def _secret(value: Any) -> Secret:
     """A password: kept as it is, shown as ******** everywhere."""
     return Secret(value)
+
+
+def _gateway(value: Any, key: str) -> str:
+    """A [Gateway] value ssh cannot misread as an option or several words (transport.ssh decides)."""
+    problem = gateway_problem(key, value)
+    if problem:
+        raise Invalid(problem)
+    return str(value)
 
 
 def _with_port(uri: str, port: int | None) -> str:

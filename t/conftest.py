@@ -10,6 +10,7 @@ import pytest
 from provisioning.sandbox.slapd import BACKUP_BASE, StoneySlapd
 
 from helpers import DaemonProcess, Directory, Host
+from gateway import sshd  # noqa: F401 - the session's CLISSH gateway, a fixture
 
 # The tests must not read ~/.ldaprc or /etc/ldap/ldap.conf.
 os.environ.setdefault("LDAPNOINIT", "1")

@@ -1,68 +1,37 @@
-"""TRANSPORTAPI = CLISSH against a real sshd on 127.0.0.1 with throwaway keys."""
+"""TRANSPORTAPI = CLISSH against a real sshd on 127.0.0.1 with throwaway keys (fixture ``sshd``, t/gateway.py).
+
+What only ssh has: argument quoting, exit codes, host keys, [Gateway] checks,
+the daemon end to end. The file operations and process control both
+transports share are tested once for both in t/test_transport.py.
+"""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from provisioning.transport import CLISSH
+from provisioning import config as cfgmod
+from provisioning.transport import CLISSH, build
 
-from helpers import DaemonProcess, assert_done, wait_until
+from helpers import DaemonProcess, assert_done
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """sshd on a free loopback port that lets root in with one key, and the files to reach it."""
-    root = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
-    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-    port = _free_port()
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {(root / 'host_key.pub').read_text()}")
-    (root / "sshd_config").write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {root}/host_key
-PidFile {root}/sshd.pid
-AuthorizedKeysFile {root}/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)       # sshd's privilege separation directory
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")],
-                            stderr=open(root / "sshd.log", "w"))
-
-    def listening() -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-    wait_until(listening, "sshd to listen")
-    yield {"HOST": "127.0.0.1", "USER": "root", "DSA_FILE": str(root / "client_key"), "PORT": port,
-           "KNOWN_HOSTS": str(root / "known_hosts")}
-    proc.terminate()
-    proc.wait(10)
+def gateway(sshd, **changes) -> CLISSH:
+    keys = {**sshd, **changes}
+    return CLISSH(host=keys["HOST"], user=keys["USER"], key_file=keys["DSA_FILE"], port=keys["PORT"],
+                  known_hosts=keys["KNOWN_HOSTS"], timeout=30)
 
 
 @pytest.fixture
 def remote(sshd) -> CLISSH:
-    return CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"], port=sshd["PORT"],
-                  known_hosts=sshd["KNOWN_HOSTS"], timeout=30)
+    return gateway(sshd)
 
 
 def test_arguments_arrive_as_they_were_given(remote):
-    hostile = ["a b", "it's", '"q"', "$(touch /tmp/pwned)", "x;y", "*", ""]
+    hostile = ["a b", "it's", '"q"', "$(touch /tmp/pwned)", "x;y", "*", "", "-oProxyCommand=x", "--"]
     result = remote.run(["printf", "%s|", *hostile])
     assert result.ok, result.describe()
     assert result.stdout == "|".join(hostile) + "|"
@@ -75,39 +44,74 @@ def test_exit_codes_and_stdin_pass_through(remote):
     assert remote.run(["cat"], stdin=b"over the wire").stdout == "over the wire"
 
 
-def test_file_operations(remote, tmp_path):
-    target = str(tmp_path / "dir with space" / "file")
-    remote.makedirs(str(tmp_path / "dir with space"), mode=0o750, owner=(1234, 5678))
-    folder = tmp_path / "dir with space"
-    assert (folder.stat().st_uid, folder.stat().st_gid, oct(folder.stat().st_mode & 0o777)) == (1234, 5678, "0o750")
-    remote.write_file(target, b"content\n", mode=0o640, owner=(1234, 5678))
-    assert Path(target).read_bytes() == b"content\n"
-    assert oct(Path(target).stat().st_mode & 0o777) == "0o640" and Path(target).stat().st_uid == 1234
-    assert remote.exists(target) and not remote.exists(target + ".missing")
-    os.symlink("/nonexistent", tmp_path / "dangling")
-    assert remote.exists(str(tmp_path / "dangling"))
-    assert remote.realpath(str(tmp_path / "dir with space" / ".." / "dir with space")) == str(folder)
-    remote.rename(target, target + ".moved")
-    assert Path(target + ".moved").exists() and not Path(target).exists()
-    remote.remove(target + ".moved")
-    remote.remove(target + ".moved")                  # already gone is fine
-    remote.remove_tree(str(folder))
-    assert not folder.exists()
-
-
-def test_a_failing_file_operation_raises_with_the_reason(remote, tmp_path):
-    (tmp_path / "file").write_text("")
-    with pytest.raises(OSError, match="on the gateway: mkdir -p -- .*exited 1.*File exists|Not a directory"):
-        remote.makedirs(str(tmp_path / "file" / "sub"))
-
-
 def test_an_unknown_host_key_is_refused(sshd, tmp_path):
     (tmp_path / "known_hosts").write_text("")
-    stranger = CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"], port=sshd["PORT"],
-                      known_hosts=str(tmp_path / "known_hosts"), timeout=30)
-    result = stranger.run(["true"])
+    result = gateway(sshd, KNOWN_HOSTS=str(tmp_path / "known_hosts")).run(["true"])
     assert result.returncode == 255 and "Host key verification failed" in result.stderr
 
+
+def test_every_option_comes_before_the_destination(remote, sshd):
+    assert remote.ssh[-2:] == ["--", sshd["HOST"]]
+    assert remote.ssh.count("--") == 1
+
+
+def test_a_gateway_without_python3_fails_file_operations_with_the_reason(sshd, tmp_path, monkeypatch):
+    monkeypatch.setattr("provisioning.transport.ssh.HELPER_SOURCE", "import sys; sys.exit(5)")
+    with pytest.raises(OSError, match=r"on the gateway: python3 nofollow.py exists /x exited 5"):
+        gateway(sshd).exists("/x")
+
+
+# ----------------------------------------------------------- [Gateway] values
+
+def test_a_host_that_looks_like_an_option_runs_nothing(sshd, tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(ValueError, match=r"^\[Gateway\] HOST: '-oProxyCommand=touch .*' is not a host name"):
+        gateway(sshd, HOST=f"-oProxyCommand=touch {marker}")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("HOST", "-oProxyCommand=touch /tmp/x"), ("HOST", "-p22"), ("HOST", "gw.example.org -v"),
+    ("HOST", "gw\n.example.org"), ("HOST", "root@gw"), ("HOST", "[::1]"), ("HOST", "fe80::1%eth0"),
+    ("HOST", ""), ("HOST", "gw\x1b[31m"),
+    ("USER", "-oProxyCommand=x"), ("USER", "ro ot"), ("USER", "root\n"), ("USER", ".hidden"), ("USER", "a@b"),
+    ("DSA_FILE", "/keys/my key"), ("DSA_FILE", "-oProxyCommand=x"), ("DSA_FILE", "/keys/%h"),
+    ("KNOWN_HOSTS", "/a /b"), ("KNOWN_HOSTS", "/x\nProxyCommand touch /tmp/x"), ("KNOWN_HOSTS", '"/x"'),
+])
+def test_gateway_values_ssh_could_misread_are_refused_naming_the_key(sshd, key, value):
+    with pytest.raises(ValueError, match=rf"^\[Gateway\] {key}: "):
+        gateway(sshd, **{key: value})
+
+
+@pytest.mark.parametrize("host", ["gw", "gw.example.org", "backup-1.example.org.", "127.0.0.1", "::1",
+                                  "2001:db8::1"])
+def test_host_names_and_addresses_are_accepted(sshd, host):
+    assert gateway(sshd, HOST=host).ssh[-1] == host
+
+
+def test_the_configuration_check_names_the_gateway_key(tmp_path):
+    from test_unit_core import write_service
+    marker = tmp_path / "pwned"
+    path = write_service(tmp_path, extra=f"[Gateway]\nHOST = -oProxyCommand=touch {marker}\n"
+                                          "USER = root;id\nKNOWN_HOSTS = /a /b\n")
+    with pytest.raises(cfgmod.ConfigError) as err:
+        cfgmod.load(path, None)
+    problems = "\n".join(err.value.problems)
+    assert "[Gateway] HOST: '-oProxyCommand=touch" in problems
+    assert "[Gateway] USER: 'root;id' is not a user name" in problems
+    assert "[Gateway] KNOWN_HOSTS: '/a /b' is not a file name" in problems
+    assert not marker.exists()
+
+
+def test_build_passes_the_gateway_and_stopping_on(sshd):
+    import threading
+    stopping = threading.Event()
+    transport = build("CLISSH", timeout=5, gateway=sshd, dry_run=False, stopping=stopping)
+    assert isinstance(transport, CLISSH) and transport.local.stopping is stopping
+    assert transport.local.timeout == 5
+
+
+# ------------------------------------------------------------- end to end
 
 def test_the_daemon_provisions_over_clissh(host, directory, sshd):
     host.set("Service", TRANSPORTAPI="CLISSH")
@@ -116,9 +120,42 @@ def test_the_daemon_provisions_over_clissh(host, directory, sshd):
     try:
         dn = directory.add("3723707")
         assert_done(directory.wait_mode(dn, "added"), "added")
-        daemon.wait_for(r"run: ssh -o BatchMode=yes .* -- \S+/create-chroot \S+/chroot /home/3723707 3723707")
+        daemon.wait_for(r"run: ssh -o BatchMode=yes .* -- 127\.0\.0\.1 \S+/create-chroot \S+/chroot /home/3723707 3723707")
     finally:
         assert daemon.stop() == 0
     assert (host.home("3723707") / "incoming").is_dir()
     assert "retain\tdaily\t7" in host.rsnapshot_config("3723707").read_text()
     assert host.quota_calls() == [["-u", "3723707", "1048576", "1048576", "0", "0", "/"]]
+
+
+@pytest.mark.parametrize("transportapi", ["LocalCLI", "CLISSH"])
+def test_a_customer_link_for_incoming_fails_the_request_and_touches_nothing(host, directory, sshd, tmp_path,
+                                                                               transportapi):
+    # Issue 7: over CLISSH, mkdir -p/chmod/chown followed this link and the request ended modified, 0.
+    host.set("Service", TRANSPORTAPI=transportapi)
+    host.set("Gateway", **sshd)
+    victim = tmp_path / "victim"
+    (victim / "folder").mkdir(parents=True)
+    (victim / "file").write_text("precious")
+    os.chmod(victim, 0o751)
+    seen = _snapshot(victim)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add("3723707")
+        assert_done(directory.wait_mode(dn, "added"), "added")
+        incoming = host.home("3723707") / "incoming"
+        incoming.rename(incoming.with_name("incoming.old"))          # what the customer can do in their home
+        incoming.symlink_to(victim)
+        os.lchown(incoming, 3723707, 3723707)
+        directory.request(dn, "modify")
+        directory.wait_return_value(dn, 5)
+        daemon.wait_for(rf"cannot create the backup folders: .*{incoming} is a symbolic link; not followed "
+                        r"because it belongs to uid 3723707.*\(return value 5, CANNOT_CREATE_HOME_DIR\)")
+    finally:
+        assert daemon.stop() == 0
+    assert _snapshot(victim) == seen
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p): (p.lstat().st_mode, p.lstat().st_uid, p.lstat().st_gid, p.read_bytes() if p.is_file() else None)
+            for p in [folder, *folder.rglob("*")]}

@@ -1,4 +1,6 @@
-"""Fast unit tests of the core: config, cookie, protocol decisions, LDIF, logging, lock, transports.
+"""Fast unit tests of the core: config, cookie, protocol decisions, LDIF, logging, lock.
+
+The transports are tested in t/test_transport.py (both of them, the same tests).
 
 No server is started; files live in tmp_path.
 """
@@ -20,7 +22,6 @@ from provisioning.ldifload import parse_ldif
 from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import LevelFlags, setup
 from provisioning.protocol import Verdict, decide, parse_execution_date
-from provisioning.transport import DryRun, LocalCLI
 
 # ------------------------------------------------------------------ config
 
@@ -347,80 +348,3 @@ def test_pid_lock(tmp_path):
     assert path.exists() and path.read_text() == ""
     with PidLock(path):
         assert path.read_text() == f"{os.getpid()}\n"
-
-
-# --------------------------------------------------------------- transport
-
-def test_local_run_results_and_stdin():
-    cli = LocalCLI(timeout=10)
-    ok = cli.run(["sh", "-c", "echo out; echo err >&2"])
-    assert (ok.ok, ok.returncode, ok.stdout, ok.stderr) == (True, 0, "out\n", "err\n")
-    failed = cli.run(["sh", "-c", "exit 3"])
-    assert failed.returncode == 3 and not failed.ok
-    missing = cli.run(["/nonexistent/program-xyz"])
-    assert missing.returncode == 127 and "program-xyz" in missing.stderr
-    assert cli.run(["cat"], stdin=b"hello").stdout == "hello"
-    assert cli.run(["cat"]).stdout == ""      # no stdin: /dev/null, no hang
-
-
-def test_local_run_timeout():
-    result = LocalCLI(timeout=10).run(["sleep", "5"], timeout=0.2)
-    assert result.returncode == 124 and "killed" in result.stderr
-
-
-def test_local_write_file_replaces_atomically(tmp_path):
-    target = tmp_path / "f"
-    target.write_text("old")
-    LocalCLI().write_file(str(target), b"new", mode=0o640)
-    assert target.read_bytes() == b"new"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
-
-
-def test_local_makedirs_sets_mode_but_refuses_symlink(tmp_path):
-    LocalCLI().makedirs(str(tmp_path / "a" / "b"), mode=0o710)
-    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o710
-    target = tmp_path / "target"
-    target.mkdir()
-    os.chmod(target, 0o755)
-    (tmp_path / "link").symlink_to(target)
-    with pytest.raises(OSError):
-        LocalCLI().makedirs(str(tmp_path / "link"), mode=0o700)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o755
-
-
-def test_local_remove_rename_and_exists(tmp_path):
-    cli, src, dst = LocalCLI(), tmp_path / "src", tmp_path / "dst"
-    cli.remove(str(tmp_path / "missing"))
-    cli.remove_tree(str(tmp_path / "missing-dir"))
-    src.write_text("x")
-    cli.rename(str(src), str(dst))
-    assert not cli.exists(str(src)) and cli.exists(str(dst))
-    cli.remove(str(dst))
-    assert not dst.exists()
-
-
-def test_dry_run_changes_nothing(tmp_path, capsys):
-    dry = DryRun(LocalCLI())
-    existing = tmp_path / "existing"
-    existing.write_text("keep")
-    tree = tmp_path / "tree"
-    (tree / "sub").mkdir(parents=True)
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
-
-    dry.write_file(str(tmp_path / "new"), b"data", mode=0o600)
-    dry.write_file(str(existing), b"overwrite")
-    dry.makedirs(str(tmp_path / "newdir"))
-    dry.rename(str(existing), str(tmp_path / "moved"))
-    dry.remove(str(existing))
-    dry.remove_tree(str(tree))
-    result = dry.run(["touch", str(tmp_path / "touched")])
-
-    assert result.ok
-    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
-    assert existing.read_text() == "keep"
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 7
-    assert all(line.startswith("DRY-RUN: would ") for line in lines)
-    assert any("touch" in line for line in lines)
-    assert dry.exists(str(existing)) and not dry.exists(str(tmp_path / "new"))

@@ -244,7 +244,9 @@ class Directory:
                 raise DirectoryError(f"modify {dn} refused: {describe(err)}") from err
         for control in answer or []:
             if isinstance(control, PostReadControl):
-                return Entry.from_ldap(control.dn or dn, control.entry)
+                # Not control.dn: python-ldap decodes it as Latin-1, which
+                # garbles a DN that is not ASCII; the entry is the one we wrote.
+                return Entry.from_ldap(dn, control.entry)
         return None
 
     def read(self, dn: str, attrs: Sequence[str] = SYNC_ATTRS) -> Entry | None:

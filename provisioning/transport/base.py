@@ -1,12 +1,13 @@
-"""The transport interface, command results, and the dry-run wrapper."""
+"""The transport interface, command results, request deadlines, and the dry-run wrapper."""
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import shlex
+import signal
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -16,27 +17,57 @@ log = logging.getLogger(__name__)
 
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
+PAST_DEADLINE = "the request ran past its deadline"
 
-# When the request in hand must be done by (time.monotonic()); None: no limit.
-request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline",
-                                                                                default=None)
+# Exit codes a shell reports for a child killed by one of these signals (128 + N).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP)
 
 
 class Interrupted(BaseException):
-    """The command ended because the daemon is stopping (not the request's failure).
+    """The command ended because the daemon is stopping.
 
-    A BaseException, so that plugin code catching Exception lets it through.
+    A BaseException, like KeyboardInterrupt, so that plugin code catching
+    Exception does not turn it into the request's failure: the core can end
+    the request without an outcome and resume it later.
     """
 
 
-@contextmanager
-def within_deadline(seconds: float) -> Iterator[None]:
-    """Commands run in this context end at most ``seconds`` from now."""
-    token = request_deadline.set(time.monotonic() + seconds)
+# When the request being worked on must be done, as a time.monotonic() value
+# (None: no deadline). A ContextVar, so each worker thread has its own.
+request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "request_deadline", default=None)
+
+
+@contextlib.contextmanager
+def within_deadline(seconds: float) -> Iterator[float]:
+    """Commands run inside the block (in this thread/context) end at the latest ``seconds`` from now.
+
+    Nested blocks never extend an outer deadline: the earlier one holds.
+    Yields the deadline (a time.monotonic() value).
+    """
+    deadline = time.monotonic() + seconds
+    outer = request_deadline.get()
+    if outer is not None:
+        deadline = min(deadline, outer)
+    token = request_deadline.set(deadline)
     try:
-        yield
+        yield deadline
     finally:
         request_deadline.reset(token)
+
+
+def time_left(timeout: float) -> float | None:
+    """The limit for a command starting now: ``timeout`` or less, None when the deadline passed."""
+    deadline = request_deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    return min(timeout, left) if left > 0 else None
+
+
+def stopped_by_signal(returncode: int) -> bool:
+    """Whether ``returncode`` says a signal ended the command (directly or through a shell)."""
+    return returncode < 0 or returncode in {128 + int(sig) for sig in STOP_SIGNALS}
 
 
 @dataclass
@@ -62,7 +93,10 @@ class CommandResult:
 class Transport(ABC):
     """Runs commands and changes files on the host being provisioned.
 
-    File operations raise OSError on failure; ``run`` returns a result.
+    File operations raise OSError on failure and never go through a symbolic
+    link a customer could have planted (see provisioning.transport.nofollow);
+    ``run`` returns a result, except that it raises Interrupted when the
+    command was ended by a signal while the daemon is stopping.
     """
 
     dry_run = False
@@ -70,7 +104,11 @@ class Transport(ABC):
     @abstractmethod
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None) -> CommandResult:
-        """Run ``argv`` (no shell) and wait for it."""
+        """Run ``argv`` (no shell) and wait for it.
+
+        The command gets at most ``timeout`` (default: the transport's) and
+        never more than the time left until ``request_deadline``.
+        """
 
     @abstractmethod
     def exists(self, path: str) -> bool:

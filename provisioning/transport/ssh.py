@@ -1,76 +1,165 @@
 """CLISSH: commands and files on the gateway host ([Gateway]) over OpenSSH.
 
-Each operation is one ``ssh`` process with an argv list. The remote side runs
-the command through the login shell, so every argument is quoted with
-shlex.quote: values are passed as data, never spliced into a command.
+Each operation is one local ``ssh`` process with an argv list, run by LocalCLI
+(own process group, COMMAND_TIMEOUT, request deadline, death with the
+daemon). Every ssh option comes before ``--`` and the destination, and HOST,
+USER, DSA_FILE and KNOWN_HOSTS are checked when the transport is made, so no
+configuration value can be read by ssh as an option. ssh joins the remote
+argv into one line for the remote login shell, so every argument is quoted
+with shlex.quote: values arrive as data, never as shell syntax.
+
+File operations run provisioning.transport.nofollow on the gateway, the same
+source LocalCLI uses, as ``python3 -I -S -c SOURCE OPERATION ARGS...`` (file
+data on stdin, one JSON answer on stdout): the gateway needs ``python3``
+(3.7 or newer) on the login user's PATH, and gives the same guarantees as
+this host against planted links.
+
+A command killed on the gateway keeps running there when the local ssh is
+killed (timeout, deadline): ssh opens no terminal whose hangup would end it.
 """
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 import shlex
-from typing import Sequence
+import threading
+from pathlib import Path
+from typing import Any, Sequence
 
-from provisioning.transport.base import CommandResult, Transport
+from provisioning.transport import nofollow
+from provisioning.transport.base import CommandResult, Interrupted, Transport
 from provisioning.transport.local import LocalCLI
+
+HELPER_SOURCE = Path(nofollow.__file__).read_text(encoding="utf-8")
+EXIT_SSH_ERROR = 255
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
+# ssh reads -o values as words (whitespace, quotes) with %-tokens; none of that in a path.
+_SSH_PATH = re.compile(r"[^\s\"'%\\\x00-\x1f\x7f]+")
+
+
+def gateway_problem(key: str, value: Any) -> str:
+    """What is wrong with ``value`` for [Gateway] ``key`` as ssh would read it ('' if nothing).
+
+    HOST: a host name, an IPv4 or a bracket-less IPv6 address. USER: empty
+    (ssh's default) or a POSIX user name. DSA_FILE, KNOWN_HOSTS: empty,
+    'none' or a file name without blanks, quotes, backslashes, % or control
+    characters (ssh splits -o values into words and expands %-tokens). None
+    of them may begin with '-'.
+    """
+    text = str(value)
+    if key == "HOST":
+        if _HOSTNAME.fullmatch(text) and len(text) <= 253 or _ipv6(text):
+            return ""
+        return f"{text!r} is not a host name, an IPv4 or an IPv6 address (without brackets)"
+    if key == "USER":
+        if text == "" or _USER.fullmatch(text):
+            return ""
+        return f"{text!r} is not a user name (letters, digits, . _ -; not beginning with - or .)"
+    if key in ("DSA_FILE", "KNOWN_HOSTS"):
+        if text == "" or text.lower() == "none" or (_SSH_PATH.fullmatch(text) and not text.startswith("-")):
+            return ""
+        return (f"{text!r} is not a file name ssh can take (no blanks, quotes, backslashes, % or "
+                "control characters; not beginning with -)")
+    raise KeyError(key)
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return "%" not in text                      # no zone index: it would reach ssh's parser
+
+
+def _checked(key: str, value: Any) -> str:
+    problem = gateway_problem(key, value)
+    if problem:
+        raise ValueError(f"[Gateway] {key}: {problem}")
+    return str(value)
 
 
 class CLISSH(Transport):
     """Runs argv lists on ``user@host`` with key authentication, no password, no prompt."""
 
     def __init__(self, *, host: str, user: str, key_file: str, port: int = 22,
-                 known_hosts: str = "", timeout: float = 600) -> None:
-        self.local = LocalCLI(timeout=timeout)
-        self.ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                    "-p", str(port)]
+                 known_hosts: str = "", timeout: float = 600,
+                 stopping: threading.Event | None = None) -> None:
+        host, user = _checked("HOST", host), _checked("USER", user)
+        key_file, known_hosts = _checked("DSA_FILE", key_file), _checked("KNOWN_HOSTS", known_hosts)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"[Gateway] PORT: {port!r} is not a port number (1-65535)")
+        self.local = LocalCLI(timeout=timeout, stopping=stopping)
+        self.stopping = stopping
+        self.ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-p", str(port)]
         if key_file and key_file.lower() != "none":
             self.ssh += ["-i", key_file, "-o", "IdentitiesOnly=yes"]
         if known_hosts:
             self.ssh += ["-o", f"UserKnownHostsFile={known_hosts}"]
         if user:
             self.ssh += ["-l", user]
-        self.ssh += [host, "--"]
+        self.ssh += ["--", host]
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None) -> CommandResult:
-        result = self.local.run(self.ssh + [shlex.join(str(a) for a in argv)],
-                                stdin=stdin, timeout=timeout)
-        result.argv = [str(a) for a in argv]
+        argv = [str(a) for a in argv]
+        return self._remote(argv, stdin=stdin, timeout=timeout,
+                            shown=f"{shlex.join(self.ssh)} {shlex.join(argv)}")
+
+    def _remote(self, argv: list[str], *, stdin: bytes | None, timeout: float | None,
+                shown: str) -> CommandResult:
+        result = self.local.execute(self.ssh + [shlex.join(argv)], stdin=stdin, timeout=timeout,
+                                    shown=shown)
+        # ssh itself ends with 255, not by the signal, when it is told to stop.
+        if result.returncode == EXIT_SSH_ERROR and self.stopping is not None and self.stopping.is_set():
+            raise Interrupted(f"{shown} ended ({result.returncode}) because the daemon is stopping")
+        result.argv = argv
         return result
 
-    def _must(self, argv: Sequence[str], stdin: bytes | None = None) -> CommandResult:
-        result = self.run(argv, stdin=stdin)
-        if not result.ok:
+    def _helper(self, operation: str, *args: str, stdin: bytes | None = None) -> Any:
+        """Run nofollow's ``operation`` on the gateway; its value, or its OSError raised here."""
+        argv = ["python3", "-I", "-S", "-c", HELPER_SOURCE, operation, *args]
+        result = self._remote(argv, stdin=stdin, timeout=None,
+                              shown=f"{shlex.join(self.ssh)} python3 nofollow.py {shlex.join([operation, *args])}")
+        try:
+            # The answer is the last line: a login script on the gateway may print before it.
+            last = result.stdout.rsplit("\n", 1)[-1]
+            answer = json.loads(last) if result.returncode in (0, nofollow.EXIT_OSERROR) else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            result.argv = ["python3", "nofollow.py", operation, *args]
             raise OSError(f"on the gateway: {result.describe()}")
-        return result
+        if "value" in answer:
+            return answer["value"]
+        raise OSError(answer.get("errno"), f"on the gateway: {answer.get('strerror')}", answer.get("filename"))
 
     def exists(self, path: str) -> bool:
-        # test -e follows symlinks; -L catches dangling ones. 1 means absent.
-        result = self.run(["sh", "-c", 'test -e "$1" || test -L "$1"', "sh", path])
-        if result.returncode in (0, 1):
-            return result.returncode == 0
-        raise OSError(f"on the gateway: {result.describe()}")
+        return bool(self._helper("exists", path))
 
     def realpath(self, path: str) -> str:
-        return self._must(["realpath", "-m", "--", path]).stdout.strip()
+        return str(self._helper("realpath", path))
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
                    owner: tuple[int, int] | None = None) -> None:
-        script = ('set -e; t="$1.tmp-$$"; umask 077; cat > "$t"; chmod "$2" "$t"; '
-                  'if [ -n "$3" ]; then chown "$3" "$t"; fi; mv -f "$t" "$1"')
-        chown = f"{owner[0]}:{owner[1]}" if owner else ""
-        self._must(["sh", "-c", script, "sh", path, f"{mode:o}", chown], stdin=data)
+        self._helper("write_file", path, f"{mode:o}", _owner(owner), stdin=data)
 
     def makedirs(self, path: str, *, mode: int = 0o755,
                  owner: tuple[int, int] | None = None) -> None:
-        self._must(["mkdir", "-p", "--", path])
-        self._must(["chmod", f"{mode:o}", "--", path])
-        if owner is not None:
-            self._must(["chown", "-h", f"{owner[0]}:{owner[1]}", "--", path])
+        self._helper("makedirs", path, f"{mode:o}", _owner(owner))
 
     def rename(self, src: str, dst: str) -> None:
-        self._must(["mv", "-T", "--", src, dst])
+        self._helper("rename", src, dst)
 
     def remove(self, path: str) -> None:
-        self._must(["rm", "-f", "--", path])
+        self._helper("remove", path)
 
     def remove_tree(self, path: str) -> None:
-        self._must(["rm", "-rf", "--", path])
+        self._helper("remove_tree", path)
+
+
+def _owner(owner: tuple[int, int] | None) -> str:
+    return "-" if owner is None else f"{int(owner[0])}:{int(owner[1])}"

@@ -1,0 +1,489 @@
+"""File operations for root that never go through a symbolic link a customer could have planted.
+
+Root works in folders customers own. A path such as ``<home>/incoming`` names
+what root means only as long as nobody swapped ``incoming`` (or a folder above
+it) for a symbolic link; ``mkdir -p``, ``chmod`` or ``open`` by path would
+follow such a link and act wherever it points. So every operation here walks
+its path one component at a time from ``/``, holding a descriptor of each
+folder (``O_PATH|O_DIRECTORY|O_NOFOLLOW``), and acts relative to the folder's
+descriptor (``mkdir``/``open``/``rename``/``unlink`` with ``dir_fd``,
+``fchmod``/``fchown`` on an opened descriptor). A component swapped after it
+was checked cannot redirect the operation: the descriptor is already held.
+
+The rule for links on the way (folders, never the last component of a file
+operation): a symbolic link is followed only when **only root could have put
+it there** — the link belongs to root, and every folder walked from ``/`` to
+it belongs to root and is writable by nobody else (no group or other write
+bit, sticky or not). That admits what administrators do — a merged ``/bin ->
+usr/bin``, ``/var -> /srv/var``, ``/var/backup -> /data/backup`` — and refuses
+every link in or below a folder a customer owns or can write (a home,
+``incoming/``, ``/tmp``). Once a walk has passed such a folder, no link below
+it is followed, whoever owns it. "Root" means uid 0 and the user this code
+runs as (the same when the daemon runs as root). A refused link ends the
+operation with ``OSError(ELOOP)`` naming the link and the path asked for;
+nothing has been changed by then.
+
+What each operation does with the last component:
+
+- ``exists``: looks at the entry itself (a dangling link exists).
+- ``write_file``: writes a new file next to it and renames it over the entry,
+  so a link there is replaced, not written through.
+- ``makedirs``: the last component is a folder on the way like the others.
+- ``rename``/``remove``: move or unlink the entry itself, never its target.
+- ``remove_tree``: refuses a link; below it, links are unlinked, never
+  followed, and folders are entered with ``O_NOFOLLOW`` (a folder swapped for
+  a link mid-way is unlinked as the link it became).
+- ``realpath`` is the exception on purpose: it changes nothing and reports
+  where a path leads with every link resolved, like ``os.path.realpath``
+  (non-strict), so that callers can refuse a path that leads somewhere else.
+
+Paths must be absolute; ``..`` is refused (root acts on the path it can name,
+not on one it would first have to resolve).
+
+This module is self-contained (standard library, Python 3.7+): LocalCLI calls
+its functions, and CLISSH runs this very source on the gateway as
+``python3 -I -S -c SOURCE OPERATION ARGS...``, answering one JSON line.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import posixpath
+import stat
+import sys
+
+O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
+_WALK = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_LINKS = 40            # as the kernel's limit for one path lookup
+EXIT_OSERROR = 3          # the remote helper's exit code for "OSError, details on stdout"
+
+
+def _root_uids() -> frozenset:
+    return frozenset((0, os.geteuid()))
+
+
+def _root_only(info: os.stat_result) -> bool:
+    """A folder only root can change: root's, no group or other write bit."""
+    return info.st_uid in _root_uids() and not info.st_mode & 0o022
+
+
+def _error(code: int, message: str, path: str) -> OSError:
+    """An OSError of the right subclass whose text names ``path``."""
+    return OSError(code, message, path)
+
+
+def _components(path: str) -> list:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise _error(errno.EINVAL, "not an absolute path", str(path))
+    if "\0" in path:
+        raise _error(errno.EINVAL, "a path cannot contain NUL", path.replace("\0", "\\0"))
+    names = [name for name in path.split("/") if name not in ("", ".")]
+    if ".." in names:
+        raise _error(errno.EINVAL, "'..' in a path is refused; name the path without it", path)
+    return names
+
+
+class _Walk:
+    """Descriptors of the folders from ``/`` to where the walk has got.
+
+    ``frames`` holds (descriptor, path, root_only) per level; root_only is
+    true while every folder from ``/`` down to this one is root's alone.
+    """
+
+    def __init__(self, asked: str) -> None:
+        self.asked = asked
+        self.frames = []
+        self.links = 0
+        self._restart()
+
+    def __enter__(self) -> "_Walk":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self.frames:
+            os.close(self.frames.pop()[0])
+
+    def _restart(self) -> None:
+        self.close()
+        fd = os.open("/", _WALK)
+        self.frames.append((fd, "/", _root_only(os.fstat(fd))))
+
+    @property
+    def fd(self) -> int:
+        return self.frames[-1][0]
+
+    @property
+    def where(self) -> str:
+        return self.frames[-1][1]
+
+    def here(self, name: str) -> str:
+        return posixpath.join(self.where, name)
+
+    def enter(self, names: list, create: int | None = None) -> "_Walk":
+        """Walk into ``names`` (folders), creating missing ones with mode ``create``."""
+        todo = list(names)
+        while todo:
+            name = todo.pop(0)
+            if name == "..":                      # only ever from a link root made
+                if len(self.frames) > 1:
+                    os.close(self.frames.pop()[0])
+                continue
+            target = self._step(name, create)
+            if target is not None:
+                if target.startswith("/"):
+                    self._restart()
+                todo[0:0] = [n for n in target.split("/") if n not in ("", ".")]
+        return self
+
+    def _step(self, name: str, create: int | None) -> str | None:
+        """Enter folder ``name``; return a link's target to walk instead."""
+        for _attempt in range(3):
+            try:
+                fd = os.open(name, _WALK, dir_fd=self.fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise _error(errno.ENOENT, f"{self.here(name)}: {os.strerror(errno.ENOENT)}", self.asked) from None
+                self._mkdir(name, create)
+                continue                          # open what is there now, by the same rules
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise _error(err.errno, f"{self.here(name)}: {err.strerror}", self.asked) from None
+                try:
+                    return self._link(name)
+                except FileNotFoundError:         # gone meanwhile: look again
+                    continue
+            try:
+                root_only = self.frames[-1][2] and _root_only(os.fstat(fd))
+            except BaseException:
+                os.close(fd)
+                raise
+            self.frames.append((fd, self.here(name), root_only))
+            return None
+        raise _error(errno.EAGAIN, f"{self.here(name)} keeps changing", self.asked)
+
+    def _mkdir(self, name: str, mode: int) -> None:
+        try:
+            os.mkdir(name, mode, dir_fd=self.fd)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise _error(err.errno, f"cannot create {self.here(name)}: {err.strerror}", self.asked) from None
+
+    def _link(self, name: str) -> str:
+        """The target of the link ``name`` if root may follow it; OSError otherwise."""
+        where = self.here(name)
+        try:
+            info = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise _error(err.errno, f"{where}: {err.strerror}", self.asked) from None
+        if not stat.S_ISLNK(info.st_mode):
+            raise _error(errno.ENOTDIR, f"{where}: {os.strerror(errno.ENOTDIR)}", self.asked)
+        why = self._distrust(info)
+        if why:
+            raise _error(errno.ELOOP, f"{where} is a symbolic link; not followed because {why}", self.asked)
+        self.links += 1
+        if self.links > MAX_LINKS:
+            raise _error(errno.ELOOP, f"more than {MAX_LINKS} symbolic links on the way", self.asked)
+        return os.readlink(name, dir_fd=self.fd)
+
+    def _distrust(self, link: os.stat_result) -> str:
+        """Why a customer could have planted this link ('' if only root could have)."""
+        if link.st_uid not in _root_uids():
+            return f"it belongs to uid {link.st_uid}"
+        for fd, where, root_only in self.frames:
+            if not root_only:
+                info = os.fstat(fd)
+                return (f"{where} (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}) "
+                        "is not root's alone")
+        return ""
+
+
+def _split(path: str) -> tuple:
+    names = _components(path)
+    if not names:
+        raise _error(errno.EINVAL, "an operation on / itself is refused", path)
+    return names[:-1], names[-1]
+
+
+def _opened(walk: _Walk) -> int:
+    """A real (not O_PATH) descriptor of the folder the walk stands in."""
+    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=walk.fd)
+
+
+def exists(path: str) -> bool:
+    """Whether ``path`` exists (a link counts, dangling or not); OSError unless simply absent."""
+    names = _components(path)
+    if not names:
+        return True
+    try:
+        with _Walk(path) as walk:
+            walk.enter(names[:-1])
+            os.stat(names[-1], dir_fd=walk.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        if err.filename == path:
+            raise
+        raise _error(err.errno, err.strerror, path) from None
+    return True
+
+
+def realpath(path: str) -> str:
+    """``path`` with every link and ``..`` resolved; it need not exist. Changes nothing."""
+    return os.path.realpath(path)
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644, owner: tuple | None = None) -> None:
+    """Replace ``path`` atomically with ``data``: a new file renamed over the old entry.
+
+    The temporary file is created exclusively in the folder's descriptor;
+    mode and owner are set on its descriptor before the rename, and the
+    folder is synced after it, so a crash leaves the old or the new file.
+    """
+    parents, name = _split(path)
+    with _Walk(path) as walk:
+        walk.enter(parents)
+        temp = f".{name[:180]}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=walk.fd)
+        except OSError as err:
+            raise _error(err.errno, f"cannot create a file in {walk.where}: {err.strerror}", path) from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    if owner is not None:
+                        os.fchown(handle.fileno(), *owner)
+                    os.fchmod(handle.fileno(), mode)
+                    os.fsync(handle.fileno())
+                os.replace(temp, name, src_dir_fd=walk.fd, dst_dir_fd=walk.fd)
+            except BaseException:
+                _unlink_if_there(temp, walk.fd)
+                raise
+        except OSError as err:
+            raise _error(err.errno, f"cannot write: {err.strerror}", path) from None
+        _sync(walk)
+
+
+def makedirs(path: str, mode: int = 0o755, owner: tuple | None = None) -> None:
+    """Create ``path`` and missing parents; set mode and owner on ``path`` itself.
+
+    Missing parents are created root's (mode 755 less the umask); ``path`` is
+    created 700 and then given ``mode`` and ``owner`` through its descriptor.
+    """
+    parents, name = _split(path)
+    with _Walk(path) as walk:
+        walk.enter(parents, create=0o755).enter([name], create=0o700)
+        fd = _opened(walk)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+        except OSError as err:
+            raise _error(err.errno, f"cannot set mode or owner: {err.strerror}", path) from None
+        finally:
+            os.close(fd)
+
+
+def rename(src: str, dst: str) -> None:
+    """Move the entry ``src`` (never what it links to) to ``dst``, replacing what is there."""
+    src_parents, src_name = _split(src)
+    dst_parents, dst_name = _split(dst)
+    with _Walk(src) as source, _Walk(dst) as target:
+        source.enter(src_parents)
+        target.enter(dst_parents)
+        try:
+            os.rename(src_name, dst_name, src_dir_fd=source.fd, dst_dir_fd=target.fd)
+        except OSError as err:
+            raise _error(err.errno, f"cannot move {src} to {dst}: {err.strerror}", src) from None
+
+
+def remove(path: str) -> None:
+    """Unlink the entry ``path`` (a link itself, not its target); absent is fine."""
+    parents, name = _split(path)
+    try:
+        with _Walk(path) as walk:
+            walk.enter(parents)
+            os.unlink(name, dir_fd=walk.fd)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        if err.filename == path:
+            raise
+        raise _error(err.errno, f"cannot remove: {err.strerror}", path) from None
+
+
+def remove_tree(path: str) -> None:
+    """Remove the folder ``path`` and everything in it; absent is fine.
+
+    Iterative and one descriptor at a time (see _empty): no depth is too deep.
+    """
+    parents, name = _split(path)
+    with _Walk(path) as walk:
+        try:
+            walk.enter(parents)
+            info = os.stat(name, dir_fd=walk.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise _error(errno.ELOOP, "is a symbolic link, not a folder; not removed", path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise _error(errno.ENOTDIR, "is not a folder; not removed", path)
+        try:
+            top = os.open(name, _READ_DIR, dir_fd=walk.fd)
+            _empty(top, path)
+            os.rmdir(name, dir_fd=walk.fd)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.filename == path:
+                raise
+            raise _error(err.errno, f"cannot remove: {err.strerror}", path) from None
+
+
+def _empty(top: int, path: str) -> None:
+    """Remove everything inside the folder open as ``top`` (closed on return).
+
+    One descriptor at a time, whatever the depth: a customer's tree may be
+    deeper than the descriptor limit (and its full path longer than any
+    string worth keeping per level). Going back up goes through ``..`` of the
+    folder held, which must be the very folder (device, inode) the walk came
+    down from; if someone moved things meanwhile, the removal stops there.
+    """
+    fd = top
+    try:
+        info = os.fstat(fd)
+        # per level: [name in its parent, (device, inode), names still to remove]
+        levels = [["", (info.st_dev, info.st_ino), os.listdir(fd)]]
+        while True:
+            if levels[-1][2]:
+                fd = _replace(fd, _remove_entry(fd, levels, path))
+                continue
+            if len(levels) == 1:
+                return
+            name = levels.pop()[0]
+            fd = _replace(fd, _up(fd, levels, path))
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise _error(err.errno, f"cannot remove {_below(path, levels, name)}: {err.strerror}", path) from None
+    finally:
+        os.close(fd)
+
+
+def _replace(old: int, new: int) -> int:
+    """Move from descriptor ``old`` to ``new`` (closing ``old`` unless they are the same)."""
+    if new != old:
+        os.close(old)
+    return new
+
+
+def _below(path: str, levels: list, name: str = "") -> str:
+    """The path of ``name`` in the deepest level, for messages only."""
+    return posixpath.join(path, *[level[0] for level in levels[1:]], name)
+
+
+def _remove_entry(fd: int, levels: list, path: str) -> int:
+    """Unlink the next entry of the deepest level (returning ``fd``), or step into it (returning its descriptor)."""
+    entry = levels[-1][2].pop()
+    try:
+        info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(entry, dir_fd=fd)
+            return fd
+        try:
+            sub = os.open(entry, _READ_DIR, dir_fd=fd)
+        except OSError as err:
+            if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            os.unlink(entry, dir_fd=fd)       # swapped for a link or a file meanwhile
+            return fd
+        try:
+            sub_info = os.fstat(sub)
+            levels.append([entry, (sub_info.st_dev, sub_info.st_ino), os.listdir(sub)])
+        except BaseException:
+            os.close(sub)
+            raise
+    except FileNotFoundError:
+        return fd
+    except OSError as err:
+        raise _error(err.errno, f"cannot remove {_below(path, levels, entry)}: {err.strerror}", path) from None
+    return sub
+
+
+def _up(fd: int, levels: list, path: str) -> int:
+    """A new descriptor of ``..`` of ``fd``, checked to be the deepest level's folder."""
+    up = os.open("..", _READ_DIR, dir_fd=fd)
+    info = os.fstat(up)
+    if (info.st_dev, info.st_ino) != levels[-1][1]:
+        os.close(up)
+        raise _error(errno.EAGAIN, f"{_below(path, levels)} was moved while it was being removed; stopped", path)
+    return up
+
+
+def _unlink_if_there(name: str, folder: int) -> None:
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
+
+
+def _sync(walk: _Walk) -> None:
+    fd = _opened(walk)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------- the remote helper
+
+def _owner(text: str) -> tuple | None:
+    if text == "-":
+        return None
+    uid, gid = text.split(":")
+    return int(uid), int(gid)
+
+
+def _dispatch(operation: str, args: list):
+    if operation == "exists":
+        return exists(args[0])
+    if operation == "realpath":
+        return realpath(args[0])
+    if operation == "write_file":
+        return write_file(args[0], sys.stdin.buffer.read(), int(args[1], 8), _owner(args[2]))
+    if operation == "makedirs":
+        return makedirs(args[0], int(args[1], 8), _owner(args[2]))
+    if operation == "rename":
+        return rename(args[0], args[1])
+    if operation == "remove":
+        return remove(args[0])
+    if operation == "remove_tree":
+        return remove_tree(args[0])
+    raise ValueError(f"unknown operation {operation!r}")
+
+
+def main(argv: list) -> int:
+    """``OPERATION ARGS...``: one JSON line on stdout, {"value": ...} or the OSError."""
+    try:
+        value = _dispatch(argv[0], argv[1:])
+    except OSError as err:
+        json.dump({"errno": err.errno, "strerror": err.strerror, "filename": err.filename}, sys.stdout)
+        return EXIT_OSERROR
+    json.dump({"value": value}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,558 @@
+"""One set of transport tests, run against LocalCLI and against CLISSH on a real sshd.
+
+The file operations are attacked as a customer would: links planted at the
+target, at a folder on the way, dangling, pointing out of the backup root;
+each attack asserts that the operation failed with an OSError naming the
+path and that nothing outside changed (modes, owners, contents). The scene
+lives in a folder only root can write (under /run), so that the rule "links
+are followed only where only root could have put them" is tested on both
+sides, not hidden behind /tmp's sticky, world-writable folder.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from provisioning.transport import (
+    CLISSH, DryRun, Interrupted, LocalCLI, build, request_deadline, within_deadline,
+)
+from provisioning.transport import nofollow
+from provisioning.transport.base import PAST_DEADLINE
+from provisioning.transport.local import death_signal_prefix
+
+from helpers import wait_until
+
+CUSTOMER = (1234, 1234)
+
+
+@pytest.fixture(params=["LocalCLI", "CLISSH"])
+def make(request):
+    """Makes the transport under test: ``make(stopping=None)``."""
+    if request.param == "LocalCLI":
+        return lambda stopping=None: LocalCLI(timeout=30, stopping=stopping)
+    sshd = request.getfixturevalue("sshd")
+    return lambda stopping=None: CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"],
+                                       port=sshd["PORT"], known_hosts=sshd["KNOWN_HOSTS"], timeout=30,
+                                       stopping=stopping)
+
+
+@pytest.fixture
+def transport(make):
+    return make()
+
+
+@dataclass
+class Scene:
+    base: Path      # root's alone: /run/<temp>
+    root: Path      # the backup root
+    home: Path      # a customer's home inside it (the customer's, like today's homes)
+    victim: Path    # outside the backup root: root must never touch it
+
+    def plant(self, link: Path, target: str | Path, owner: tuple[int, int] = CUSTOMER) -> Path:
+        """A symbolic link as the customer (or ``owner``) would make it."""
+        os.symlink(target, link)
+        os.lchown(link, *owner)
+        return link
+
+
+@pytest.fixture
+def scene():
+    if os.geteuid() != 0:
+        pytest.skip("plays a customer: chowns to another uid and writes under /run (CI runs as root)")
+    base = Path(tempfile.mkdtemp(prefix="transport-", dir="/run"))
+    root = base / "backup"
+    home = root / "7" / "3723707" / "home"
+    home.mkdir(parents=True)
+    for folder in (base, root, root / "7", root / "7" / "3723707"):
+        os.chmod(folder, 0o755)
+    os.chown(home, *CUSTOMER)
+    victim = base / "victim"
+    (victim / "folder" / "deep").mkdir(parents=True)
+    (victim / "secret").write_text("precious")
+    (victim / "folder" / "deep" / "file").write_text("kept")
+    os.chmod(victim / "folder", 0o750)
+    os.chmod(victim / "secret", 0o600)
+    yield Scene(base, root, home, victim)
+    shutil.rmtree(base)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every entry under ``folder`` (and itself): type, mode, owner, content or link target."""
+    seen = {}
+    for path in [folder, *folder.rglob("*")]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            what = os.readlink(path)
+        elif stat.S_ISREG(info.st_mode):
+            what = path.read_bytes()
+        else:
+            what = None
+        seen[str(path)] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, what)
+    return seen
+
+
+def owner_mode(path: Path) -> tuple[int, int, int]:
+    info = path.lstat()
+    return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+# ------------------------------------------------------------ happy paths
+
+def test_makedirs_creates_parents_and_sets_mode_and_owner_of_the_last(transport, scene):
+    target = scene.home / "incoming" / "a b" / "c"
+    transport.makedirs(str(target), mode=0o750, owner=CUSTOMER)
+    assert owner_mode(target) == (*CUSTOMER, 0o750)
+    assert owner_mode(target.parent)[:2] == (0, 0)          # parents are root's
+    transport.makedirs(str(target), mode=0o700, owner=(0, 0))  # an existing folder is brought in line
+    assert owner_mode(target) == (0, 0, 0o700)
+
+
+def test_write_file_replaces_atomically_with_mode_and_owner(transport, scene):
+    target = scene.root / "account.conf"
+    target.write_text("old")
+    transport.write_file(str(target), b"new\n", mode=0o640, owner=CUSTOMER)
+    assert target.read_bytes() == b"new\n" and owner_mode(target) == (*CUSTOMER, 0o640)
+    transport.write_file(str(target), b"")
+    assert target.read_bytes() == b"" and owner_mode(target) == (0, 0, 0o644)
+    assert sorted(p.name for p in scene.root.iterdir()) == ["7", "account.conf"]     # no temp files left
+
+
+def test_exists_sees_entries_themselves(transport, scene):
+    scene.plant(scene.home / "dangling", "/nonexistent")
+    assert transport.exists(str(scene.home)) and transport.exists(str(scene.home / "dangling"))
+    assert not transport.exists(str(scene.home / "missing"))
+    assert not transport.exists(str(scene.home / "missing" / "below"))
+    assert transport.exists("/") and transport.exists("/bin/sh")     # /bin -> usr/bin is root's: followed
+
+
+def test_realpath_resolves_every_link_as_confine_needs(transport, scene):
+    scene.plant(scene.home / "incoming", str(scene.victim))
+    assert transport.realpath(str(scene.home / "incoming" / "folder")) == str(scene.victim / "folder")
+    assert transport.realpath(str(scene.home / ".." / "home" / "not" / "there")) == str(scene.home / "not" / "there")
+
+
+def test_rename_remove_and_remove_tree(transport, scene):
+    src, dst = scene.home / "src", scene.home / "dst"
+    src.write_text("x")
+    dst.write_text("replaced")
+    transport.rename(str(src), str(dst))
+    assert not src.exists() and dst.read_text() == "x"
+    transport.remove(str(dst))
+    transport.remove(str(dst))                                   # already gone is fine
+    transport.remove(str(scene.home / "no" / "such" / "file"))   # so is a missing folder
+    assert not dst.exists()
+    tree = scene.home / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("f")
+    (tree / "g").write_text("g")
+    transport.remove_tree(str(tree))
+    transport.remove_tree(str(tree))                             # already gone is fine
+    assert not tree.exists() and scene.home.is_dir()
+
+
+def test_remove_tree_takes_a_tree_deeper_than_the_descriptor_limit(transport, scene, monkeypatch):
+    # A customer can nest folders deeper than root may open descriptors (and than Python may recurse).
+    tree = scene.home / "deep"
+    tree.mkdir()
+    fd = os.open(tree, os.O_RDONLY)
+    try:
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            deeper = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))     # binds LocalCLI; CLISSH runs the same code
+    try:
+        transport.remove_tree(str(tree))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not tree.exists()
+
+
+def test_remove_tree_stops_when_a_folder_was_moved_under_it(tmp_path):
+    # Going back up through '..' must land in the folder the walk came down from.
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    inner = os.open(tmp_path / "a" / "b", os.O_RDONLY)
+    try:
+        elsewhere = os.stat(tmp_path)                            # not b's parent
+        with pytest.raises(OSError, match="was moved while it was being removed") as err:
+            nofollow._up(inner, [["", (elsewhere.st_dev, elsewhere.st_ino), []]], str(tmp_path / "a"))
+        assert err.value.errno == errno.EAGAIN
+        parent = os.stat(tmp_path / "a")
+        up = nofollow._up(inner, [["", (parent.st_dev, parent.st_ino), []]], str(tmp_path / "a"))
+        os.close(up)
+    finally:
+        os.close(inner)
+
+
+@pytest.mark.parametrize("operation, reason", [
+    ("exists relative", errno.EINVAL), ("makedirs dotdot", errno.EINVAL),
+    ("write_file missing folder", errno.ENOENT), ("remove_tree dotdot", errno.EINVAL),
+])
+def test_bad_paths_are_refused_naming_them(transport, scene, operation, reason):
+    # Every path stays inside the scene: a broken transport must not be able to hurt the host.
+    home = scene.home
+    call = {
+        "exists relative": lambda: transport.exists("relative/path"),
+        "makedirs dotdot": lambda: transport.makedirs(f"{home}/../home/x"),
+        "write_file missing folder": lambda: transport.write_file(f"{home}/no-such-folder/f", b""),
+        "remove_tree dotdot": lambda: transport.remove_tree(f"{home}/sub/.."),
+    }[operation]
+    (home / "sub").mkdir()
+    before = snapshot(scene.base)
+    with pytest.raises(OSError) as err:
+        call()
+    assert err.value.errno == reason
+    assert snapshot(scene.base) == before
+
+
+def test_a_file_on_the_way_is_named(transport, scene):
+    (scene.home / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=rf"{scene.home}/file: Not a directory: '{scene.home}/file/sub'"):
+        transport.makedirs(str(scene.home / "file" / "sub"))
+
+
+# ---------------------------------------------------------- planted links
+
+def _operations(below: Path, scene: Scene) -> dict:
+    """Every file operation, aimed at ``below`` (a path through the planted link)."""
+    (scene.home / "mine").write_text("customer data")
+    return {
+        "exists": lambda t: t.exists(str(below / "secret")),
+        "makedirs existing": lambda t: t.makedirs(str(below / "folder"), mode=0o777, owner=CUSTOMER),
+        "makedirs new": lambda t: t.makedirs(str(below / "new" / "deeper"), mode=0o777, owner=CUSTOMER),
+        "write_file": lambda t: t.write_file(str(below / "secret"), b"pwned", mode=0o666, owner=CUSTOMER),
+        "write_file new": lambda t: t.write_file(str(below / "planted"), b"pwned"),
+        "rename from": lambda t: t.rename(str(below / "secret"), str(scene.home / "stolen")),
+        "rename to": lambda t: t.rename(str(scene.home / "mine"), str(below / "secret")),
+        "remove": lambda t: t.remove(str(below / "secret")),
+        "remove_tree": lambda t: t.remove_tree(str(below / "folder")),
+    }
+
+
+OPERATIONS = ["exists", "makedirs existing", "makedirs new", "write_file", "write_file new",
+              "rename from", "rename to", "remove", "remove_tree"]
+
+
+def _refused(transport, call, link: Path, scene: Scene) -> OSError:
+    before = snapshot(scene.victim)
+    with pytest.raises(OSError) as err:
+        call(transport)
+    assert err.value.errno == errno.ELOOP, err.value
+    assert f"{link} is a symbolic link; not followed" in str(err.value)
+    assert snapshot(scene.victim) == before
+    assert (scene.home / "mine").read_text() == "customer data"
+    return err.value
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("how", ["absolute", "relative", "dangling"])
+def test_a_customer_link_on_the_way_is_never_followed(transport, scene, operation, how):
+    link = scene.home / "incoming"
+    target = {"absolute": str(scene.victim), "relative": "../../../../victim",
+              "dangling": str(scene.victim / "new")}[how]
+    scene.plant(link, target)
+    error = _refused(transport, _operations(link, scene)[operation], link, scene)
+    assert "it belongs to uid 1234" in str(error)
+    assert not (scene.victim / "new").exists()
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_a_root_link_below_a_customer_folder_is_not_followed_either(transport, scene, operation):
+    # Root's own link, but in a folder the customer controls: they may have moved it there.
+    folder = scene.home / "rootsfolder"
+    folder.mkdir(mode=0o755)
+    link = scene.plant(folder / "link", str(scene.victim), owner=(0, 0))
+    error = _refused(transport, _operations(link, scene)[operation], link, scene)
+    assert f"{scene.home} (owner uid 1234, mode 755) is not root's alone" in str(error)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775])
+def test_a_root_link_in_a_folder_others_can_write_is_not_followed(transport, scene, mode):
+    shared = scene.root / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)
+    os.chown(shared, 0, CUSTOMER[1])
+    link = scene.plant(shared / "link", str(scene.victim), owner=(0, 0))
+    error = _refused(transport, _operations(link, scene)["makedirs existing"], link, scene)
+    assert "is not root's alone" in str(error)
+
+
+def test_a_root_link_where_only_root_writes_is_followed(transport, scene):
+    # What administrators do: BACKUP_ROOT or /var as a link to another disk.
+    real = scene.base / "disk"
+    real.mkdir()
+    os.chmod(real, 0o755)
+    link = scene.plant(scene.base / "data", "disk", owner=(0, 0))
+    transport.makedirs(str(link / "accounts"), mode=0o750, owner=CUSTOMER)
+    transport.write_file(str(link / "accounts" / "f"), b"through root's link")
+    assert owner_mode(real / "accounts") == (*CUSTOMER, 0o750)
+    assert (real / "accounts" / "f").read_bytes() == b"through root's link"
+    assert transport.exists(str(link / "accounts" / "f"))
+    os.lchown(link, *CUSTOMER)                                   # the same link, the customer's: refused
+    with pytest.raises(OSError, match="it belongs to uid 1234"):
+        transport.exists(str(link / "accounts" / "f"))
+
+
+def test_a_link_at_the_target_is_replaced_moved_or_removed_never_followed(transport, scene):
+    before = snapshot(scene.victim)
+    link = scene.home / "incoming"
+    scene.plant(link, str(scene.victim / "secret"))
+    assert transport.exists(str(link))
+    transport.rename(str(link), str(scene.home / "moved"))
+    assert os.readlink(scene.home / "moved") == str(scene.victim / "secret")
+    transport.remove(str(scene.home / "moved"))
+    assert not os.path.lexists(scene.home / "moved")
+    scene.plant(link, str(scene.victim / "secret"))
+    transport.write_file(str(link), b"config", mode=0o600)
+    assert not link.is_symlink() and link.read_bytes() == b"config"
+    assert snapshot(scene.victim) == before
+
+
+@pytest.mark.parametrize("target", ["folder", "secret", "missing"])
+def test_makedirs_and_remove_tree_refuse_a_link_at_the_target(transport, scene, target):
+    link = scene.plant(scene.home / "incoming", str(scene.victim / target))
+    before = snapshot(scene.victim)
+    with pytest.raises(OSError, match=f"{link} is a symbolic link; not followed") as err:
+        transport.makedirs(str(link), mode=0o777, owner=CUSTOMER)
+    assert err.value.filename == str(link)
+    with pytest.raises(OSError, match=f"is a symbolic link, not a folder; not removed: '{link}'"):
+        transport.remove_tree(str(link))
+    assert snapshot(scene.victim) == before and link.is_symlink()
+
+
+def test_remove_tree_unlinks_the_links_inside_and_leaves_their_targets(transport, scene):
+    tree = scene.home / "incoming"
+    (tree / "sub").mkdir(parents=True)
+    scene.plant(tree / "to-folder", str(scene.victim / "folder"))
+    scene.plant(tree / "sub" / "to-file", str(scene.victim / "secret"))
+    scene.plant(tree / "sub" / "to-victim", str(scene.victim))  # never "/": a broken transport would wipe the host
+    before = snapshot(scene.victim)
+    transport.remove_tree(str(tree))
+    assert not os.path.lexists(tree)
+    assert snapshot(scene.victim) == before
+
+
+# ---------------------------------------------------- commands and groups
+
+def test_results_exit_codes_and_stdin(transport):
+    ok = transport.run(["sh", "-c", "echo out; echo err >&2"])
+    assert (ok.ok, ok.returncode, ok.stdout, ok.stderr) == (True, 0, "out\n", "err\n")
+    assert transport.run(["sh", "-c", "exit 3"]).returncode == 3
+    assert transport.run(["cat"], stdin=b"hello").stdout == "hello"
+    assert transport.run(["cat"]).stdout == ""                  # no stdin: /dev/null, no hang
+
+
+def test_a_missing_program_is_127(tmp_path):
+    missing = LocalCLI(timeout=10).run(["/nonexistent/program-xyz"])
+    assert missing.returncode == 127 and missing.stderr == "/nonexistent/program-xyz: No such file or directory"
+    (tmp_path / "data").write_text("echo hi\n")
+    unrunnable = LocalCLI(timeout=10).run([str(tmp_path / "data")])     # there, but not executable
+    assert unrunnable.returncode == 127 and unrunnable.stderr.endswith(": Permission denied")
+
+
+def test_a_timeout_kills_the_command(transport):
+    started = time.monotonic()
+    result = transport.run(["sleep", "20"], timeout=0.5)
+    assert result.returncode == 124 and "killed after 0.5 s" in result.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_commands_run_in_their_own_session_and_group():
+    # A terminal's Ctrl-C goes to its foreground group: the daemon's, not the command's.
+    fields = LocalCLI(timeout=10).run(["cat", "/proc/self/stat"]).stdout.rsplit(")", 1)[1].split()
+    pgrp, session = int(fields[2]), int(fields[3])
+    assert pgrp != os.getpgrp() and session != os.getsid(0)
+    assert pgrp == session                                       # a session leader: setsid()
+
+
+def _gone(pid: int) -> bool:
+    """Dead: no such process, or a zombie waiting for init."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def test_a_timeout_kills_what_the_command_started(tmp_path):
+    pidfile = tmp_path / "grandchild"
+    result = LocalCLI(timeout=10).run(["sh", "-c", f'sleep 60 & echo $! > {pidfile}; wait'], timeout=1)
+    assert result.returncode == 124
+    grandchild = int(pidfile.read_text())
+    wait_until(lambda: _gone(grandchild), f"the grandchild {grandchild} to die with its group")
+
+
+def test_a_command_dies_with_the_daemon(tmp_path):
+    pidfile = tmp_path / "command"
+    script = textwrap.dedent(f"""
+        from provisioning.transport import LocalCLI
+        LocalCLI(timeout=60).run(["sh", "-c", "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 60"])
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        wait_until(pidfile.exists, "the command to start")
+        command = int(pidfile.read_text())
+        assert not _gone(command)
+        parent.kill()                                            # kill -9 of the daemon
+        parent.wait(10)
+        wait_until(lambda: _gone(command), f"the command {command} to die with the daemon")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_without_setpriv_commands_still_run_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert death_signal_prefix() == []
+    assert "setpriv (util-linux) not found" in caplog.text
+    assert LocalCLI(timeout=10).run(["/bin/sh", "-c", "exit 3"]).returncode == 3
+
+
+# ------------------------------------------------------------ stopping
+
+def test_interrupted_is_not_an_exception_plugins_catch():
+    assert issubclass(Interrupted, BaseException) and not issubclass(Interrupted, Exception)
+
+
+@pytest.mark.parametrize("command", ["kill -TERM $$", "kill -KILL $$", "exit 130", "exit 143", "exit 137", "exit 129"])
+def test_a_command_ended_by_a_signal_while_stopping_is_interrupted(make, command):
+    stopping = threading.Event()
+    transport = make(stopping)
+    assert not transport.run(["sh", "-c", command]).ok          # not stopping: a plain result
+    stopping.set()
+    with pytest.raises(Interrupted, match="because the daemon is stopping"):
+        transport.run(["sh", "-c", command])
+
+
+def test_a_command_that_simply_fails_while_stopping_is_a_result(make):
+    stopping = threading.Event()
+    transport = make(stopping)
+    stopping.set()
+    assert transport.run(["sh", "-c", "exit 1"]).returncode == 1
+    assert transport.run(["true"]).ok
+
+
+def test_the_daemon_stopping_its_commands_interrupts_them(make):
+    # systemd's stop sends SIGTERM to the whole control group: here, to the command we started
+    # (for CLISSH the local ssh, which then ends with 255, not by the signal).
+    stopping = threading.Event()
+    transport = make(stopping)
+    outcome = {}
+
+    def work():
+        try:
+            outcome["result"] = transport.run(["sleep", "30"])
+        except Interrupted as err:
+            outcome["interrupted"] = err
+    worker = threading.Thread(target=work)
+    worker.start()
+    child = wait_until(lambda: _children_named(("sleep", "ssh")), "the command to start")
+    stopping.set()
+    os.kill(child, signal.SIGTERM)
+    worker.join(20)
+    assert "interrupted" in outcome, outcome
+
+
+def _children_named(names: tuple[str, ...]) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if ppid == os.getpid() and comm in names:
+            return int(entry.name)
+    return None
+
+
+# ------------------------------------------------------------ deadlines
+
+def test_a_command_gets_no_more_than_the_time_left(transport):
+    started = time.monotonic()
+    with within_deadline(1.0):
+        result = transport.run(["sleep", "20"])
+    assert result.returncode == 124 and time.monotonic() - started < 10
+    assert result.stderr.endswith("(the request's deadline)")
+
+
+def test_past_the_deadline_nothing_starts(transport, tmp_path):
+    marker = tmp_path / "ran"
+    with within_deadline(-1):
+        result = transport.run(["touch", str(marker)])
+    assert (result.returncode, result.stderr) == (124, PAST_DEADLINE)
+    assert result.argv == ["touch", str(marker)]
+    assert not marker.exists()
+
+
+def test_the_earlier_of_timeout_and_deadline_holds(transport):
+    with within_deadline(60):
+        started = time.monotonic()
+        assert transport.run(["sleep", "20"], timeout=0.5).returncode == 124
+        assert time.monotonic() - started < 10
+        assert transport.run(["true"]).ok
+
+
+def test_deadlines_nest_and_belong_to_their_thread():
+    assert request_deadline.get() is None
+    with within_deadline(5) as outer:
+        with within_deadline(100) as inner:
+            assert inner == outer                                # an inner block never extends
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(request_deadline.get()))
+        worker.start()
+        worker.join()
+        assert seen == [None]                                    # another thread: its own context
+        assert request_deadline.get() == outer
+    assert request_deadline.get() is None
+
+
+# ------------------------------------------------------------ dry run
+
+def test_dry_run_changes_nothing(transport, scene, capsys):
+    dry = DryRun(transport)
+    existing = scene.home / "existing"
+    existing.write_text("keep")
+    (scene.home / "tree" / "sub").mkdir(parents=True)
+    before = snapshot(scene.base)
+    dry.write_file(str(scene.home / "new"), b"data", mode=0o600)
+    dry.write_file(str(existing), b"overwrite")
+    dry.makedirs(str(scene.home / "newdir"))
+    dry.rename(str(existing), str(scene.home / "moved"))
+    dry.remove(str(existing))
+    dry.remove_tree(str(scene.home / "tree"))
+    result = dry.run(["touch", str(scene.home / "touched")])
+    assert result.ok
+    assert snapshot(scene.base) == before
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and all(line.startswith("DRY-RUN: would ") for line in lines)
+    assert dry.exists(str(existing)) and not dry.exists(str(scene.home / "new"))   # reads still happen
+
+
+def test_build_gives_the_local_transport_its_timeout_and_stopping():
+    stopping = threading.Event()
+    local = build("LocalCLI", timeout=7, gateway={}, dry_run=False, stopping=stopping)
+    assert isinstance(local, LocalCLI) and local.timeout == 7 and local.stopping is stopping
+    dry = build("LocalCLI", timeout=7, gateway={}, dry_run=True)
+    assert isinstance(dry, DryRun) and dry.inner.stopping is None
