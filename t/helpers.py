@@ -240,6 +240,11 @@ class Directory:
             return None
         return {k: v[0].decode() for k, v in found[0][1].items()}
 
+    def entry_uuid(self, dn: str) -> str:
+        """The entry's entryUUID (an operational attribute: get() leaves it out)."""
+        found = self.conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["entryUUID"])
+        return found[0][1]["entryUUID"][0].decode()
+
     def wait_mode(self, dn: str, mode: str, timeout: float = DEADLINE) -> dict[str, str]:
         return wait_until(lambda: (e := self.get(dn)) and e.get("sstProvisioningMode") == mode and e,
                           f"{dn} to reach sstProvisioningMode {mode}", timeout)
