@@ -9,6 +9,8 @@ import pytest
 
 from provisioning.sandbox.layout import REPO
 
+from helpers import picture
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sets owners and builds a chroot: needs root (CI runs as root)")
 SCRIPTS = [REPO / "bin/prov-backup-create-home", REPO / "bin/prov-backup-create-chroot"]
 UID = "3723707"
@@ -90,19 +92,6 @@ def test_the_full_jail_runs_rsync_inside(tmp_path):
 # and compares a picture of the outside (every path, kind, owner, mode,
 # content and link target) before and after.
 
-def _picture(top) -> dict:
-    seen = {}
-    for folder, dirs, files in os.walk(top):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            info = os.lstat(path)
-            kind = stat.S_IFMT(info.st_mode)
-            content = (os.readlink(path) if stat.S_ISLNK(info.st_mode)
-                       else open(path, "rb").read() if stat.S_ISREG(info.st_mode) else None)
-            seen[path] = (kind, info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode), info.st_rdev, content)
-    return seen
-
-
 @pytest.fixture
 def outside(tmp_path):
     """A folder outside the backup root, with what a link would aim at: files, folders, a passwd."""
@@ -141,13 +130,13 @@ def test_a_planted_folder_link_is_refused_and_nothing_outside_changes(script, pl
     jail = _jail(tmp_path)
     (jail / where).parent.mkdir(parents=True, exist_ok=True)
     (jail / where).symlink_to(outside / target)
-    before = _picture(outside)
+    before = picture(outside)
     result = _run(script, jail, f"/home/{UID}", UID, UID, UID)
+    assert picture(outside) == before
+    assert (jail / where).is_symlink()
     if script.name in refusers:
         assert result.returncode == 1 and "refused" in result.stderr, result.stderr
-        assert str(jail / where) in result.stderr
-    assert _picture(outside) == before
-    assert (jail / where).is_symlink()          # not replaced either: a folder link is refused
+        assert str(jail / where) in result.stderr          # not replaced either: a folder link is refused
 
 
 @pytest.mark.parametrize("plant", ["dev/null", "etc/passwd", "etc/group"])
@@ -155,10 +144,10 @@ def test_a_planted_file_link_is_replaced_not_written_through(plant, tmp_path, ou
     jail = _jail(tmp_path)
     (jail / plant).parent.mkdir(parents=True)
     (jail / plant).symlink_to(outside / ("null" if plant == "dev/null" else "etc/passwd"))
-    before = _picture(outside)
+    before = picture(outside)
     result = _run(SCRIPTS[1], jail, f"/home/{UID}", UID, UID, UID)
+    assert picture(outside) == before
     assert result.returncode == 0, result.stderr
-    assert _picture(outside) == before
     made = (jail / plant).lstat()
     assert not stat.S_ISLNK(made.st_mode) and made.st_uid == 0
     if plant == "dev/null":
@@ -182,10 +171,10 @@ def test_a_link_on_the_way_to_the_jail_is_refused(script, tmp_path, outside):
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
     (shared / UID).symlink_to(outside / "home")
-    before = _picture(outside)
+    before = picture(outside)
     result = _run(script, shared / UID / "chroot", f"/home/{UID}", UID, UID, UID)
+    assert picture(outside) == before
     assert result.returncode == 1 and "not going through it" in result.stderr, result.stderr
-    assert _picture(outside) == before
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -194,15 +183,15 @@ def test_a_stale_partial_home_that_is_a_link_is_removed_not_followed(script, tmp
     (jail / "home").mkdir()
     (outside / "home/data").write_text("someone's data")
     (jail / "home" / f".{UID}.partial").symlink_to(outside / "home")
-    before = _picture(outside)
+    before = picture(outside)
     assert _run(script, jail, f"/home/{UID}", UID, UID, UID).returncode == 0
-    assert _picture(outside) == before
+    assert picture(outside) == before
     assert (jail / "home" / UID / "incoming").is_dir()
 
 
 def test_a_jail_built_twice_is_the_same(tmp_path):
     jail = _jail(tmp_path)
     assert _run(SCRIPTS[1], jail, f"/home/{UID}", UID, UID, UID).returncode == 0
-    first = _picture(jail)
+    first = picture(jail)
     assert _run(SCRIPTS[1], jail, f"/home/{UID}", UID, UID, UID).returncode == 0
-    assert _picture(jail) == first
+    assert picture(jail) == first
