@@ -80,7 +80,7 @@ def test_rsnapshot_after_the_customers_attack_writes_only_in_the_snapshot_root(h
 
     # The attack of the issue: rename .snapshots and put a link in its place; and its variants.
     moves = [("mv", home / ".snapshots", home / "mine"), ("ln", "-s", str(victim_files), home / ".snapshots"),
-             ("mv", home / "incoming", home / "in2"), ("ln", "-s", str(victim_files), account / "snapshots2"),
+             ("ln", "-s", str(victim_files), account / "snapshots2"),
              ("mv", snapshots, account / "s"), ("touch", snapshots / "daily.0")]
     results = {" ".join(map(str, move)): as_user(n, *move, cwd=home) for move in moves}
     # What the customer owns, incoming/, holds links to the outside and a folder swapped between runs.
