@@ -516,6 +516,18 @@ def test_build_creates_a_new_account_root_owned_but_incoming(tmp_path, root):
     assert stat.S_IMODE(os.stat(place.incoming).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(place.snapshot_root).st_mode) == 0o700
 
+def test_build_gives_new_folders_their_mode_whatever_the_umask(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    old = os.umask(0)
+    try:
+        build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"'))
+    finally:
+        os.umask(old)
+    for folder in place.above(str(root))[1:] + [place.directory]:
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder
+    look(place, root)                       # and the next request finds nothing to refuse
+
 def test_build_again_is_ours_and_runs_nothing(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))

@@ -68,7 +68,11 @@ def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: d
           create_cmd: str, backup_root: str, transport: Transport) -> None:
     """Create what is missing and settle the layout, for an account judged this entry's."""
     if verdict is Verdict.NEW:
-        _folder(place.directory, 0o755, ROOT, transport)
+        # Each missing folder down to the account directory gets its mode here, not from
+        # the daemon's umask: one that others could write would refuse every account below it.
+        for folder in place.above(backup_root)[1:] + [place.directory]:
+            if nodes[folder] is None:
+                _folder(folder, 0o755, ROOT, transport)
     mark(place, uuid, verdict, account.dn, transport)
     if nodes[place.home_path] is None:
         _create_home(account, place, create_cmd, transport)
