@@ -33,40 +33,43 @@ Exit 0 on success, 2 for bad arguments, 1 for anything else (a refusal included)
 """
 from __future__ import annotations
 
+# Imports are few and cheap on purpose: this runs once per new account, and
+# the bin/ wrappers start it without site-packages (python -S) to start fast.
 import os
 import posixpath
-import re
-import shutil
 import stat
+import string
 import sys
-from typing import NamedTuple
 
-from provisioning_backup_rsnapshot.jailfs import Folder, Refused, walk
+try:
+    from provisioning_backup_rsnapshot.jailfs import Folder, Refused, walk
+except ImportError:        # run as a file next to jailfs.py (bin/ wrappers)
+    from jailfs import Folder, Refused, walk  # type: ignore[no-redef]
 
-SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
-DIGITS = re.compile(r"[0-9]{1,10}")
+SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._/-")
 MAX_ID = 4_294_967_294
 # Host folders that merged-/usr systems make links (/bin -> usr/bin): the jail mirrors them.
 MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-LIBRARY = re.compile(r"(/[^\s()]+)")
 
 
 class BadArguments(Exception):
     pass
 
 
-class Account(NamedTuple):
-    """The arguments, checked. (No dataclass: every import costs start-up time at each new account.)"""
+class Account:
+    """The arguments, checked."""
 
-    jail: str
-    home: str
-    uid: str
-    uid_number: int
-    gid_number: int
+    def __init__(self, jail: str, home: str, uid: str, uid_number: int, gid_number: int) -> None:
+        self.jail, self.home, self.uid = jail, home, uid
+        self.uid_number, self.gid_number = uid_number, gid_number
 
     @property
     def owner(self) -> tuple[int, int]:
         return self.uid_number, self.gid_number
+
+
+def _digits(value: str) -> bool:
+    return 1 <= len(value) <= 10 and value.isascii() and value.isdigit()
 
 
 def parse_args(argv: list[str]) -> Account:
@@ -74,14 +77,14 @@ def parse_args(argv: list[str]) -> Account:
         raise BadArguments("expected 5 arguments")
     jail, home, uid, uid_number, gid_number = argv
     for name, path in (("JAIL", jail), ("HOME", home)):
-        if not SAFE_PATH.fullmatch(path):
+        if not path.startswith("/") or not SAFE_CHARACTERS.issuperset(path):
             raise BadArguments(f"{name} must be an absolute path of letters, digits, . _ - /: {path!r}")
         parts = [p for p in path.split("/") if p]
         if any(p in (".", "..") for p in parts):
             raise BadArguments(f"refusing a path with . or ..: {path}")
         if not parts:
             raise BadArguments(f"{name} must not be /")
-    if not all(DIGITS.fullmatch(v) for v in (uid, uid_number, gid_number)):
+    if not all(_digits(v) for v in (uid, uid_number, gid_number)):
         raise BadArguments("UID, UIDNUMBER and GIDNUMBER must be digits")
     if int(uid_number) > MAX_ID or int(gid_number) > MAX_ID:
         raise BadArguments(f"UIDNUMBER and GIDNUMBER must be at most {MAX_ID}")
@@ -128,6 +131,8 @@ def create_chroot(account: Account, programs: list[str]) -> None:
                 target = os.readlink(host)
                 jail.subpath(target.lstrip("/") if target.startswith("/") else target).close()
                 jail.put_link(name, target)
+        import shutil  # only the full jail needs it: prov-backup-create-home starts faster without
+
         for program in programs:
             path = shutil.which(program)
             if path is None:
@@ -148,7 +153,9 @@ def libraries(program: str) -> list[str]:
     import subprocess   # only the full jail needs it: prov-backup-create-home starts faster without
 
     done = subprocess.run(["ldd", program], capture_output=True, text=True, check=False)
-    return LIBRARY.findall(done.stdout) if done.returncode == 0 else []
+    if done.returncode != 0:
+        return []
+    return [word.rstrip(":") for word in done.stdout.split() if word.startswith("/")]
 
 
 def copy_in(jail: Folder, source: str) -> None:
@@ -195,11 +202,10 @@ def main_chroot(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # python -m provisioning_backup_rsnapshot.chroot home|chroot ARGS... (bin/ wrappers)
+    # python -S .../chroot.py home|chroot ARGS... (bin/ wrappers)
     which = sys.argv[1] if len(sys.argv) > 1 else ""
     mains = {"home": main_home, "chroot": main_chroot}
     if which not in mains:
-        print("usage: python -m provisioning_backup_rsnapshot.chroot home|chroot JAIL HOME UID UIDNUMBER GIDNUMBER",
-              file=sys.stderr)
+        print("usage: chroot.py home|chroot JAIL HOME UID UIDNUMBER GIDNUMBER", file=sys.stderr)
         sys.exit(2)
     sys.exit(mains[which](sys.argv[2:]))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -113,6 +112,8 @@ class Folder:
         if info is None:
             return
         if stat.S_ISDIR(info.st_mode):
+            import shutil   # rarely needed (a crash left a half-built home): imported then
+
             # rmtree with dir_fd opens every folder with O_NOFOLLOW (avoids_symlink_attacks).
             shutil.rmtree(name, dir_fd=self.fd)
         else:
@@ -129,12 +130,12 @@ class Folder:
         temp = self._temp(name)
         fd = os.open(temp, O_NEW_FILE, 0o600, dir_fd=self.fd)
         try:
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                if source is not None:
-                    with open(source, "rb") as src:
-                        shutil.copyfileobj(src, out)
-                else:
-                    out.write(data or b"")
+            if source is not None:
+                with open(source, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        _write_all(fd, chunk)
+            elif data:
+                _write_all(fd, data)
             os.fchown(fd, *owner)
             os.fchmod(fd, mode)
         except BaseException:
@@ -181,6 +182,12 @@ class Folder:
             os.unlink(temp, dir_fd=self.fd)
             raise Refused(f"{self.name(name)} is {describe(info)} where a file belongs: not replacing it")
         os.replace(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def walk(path: str) -> Folder:
