@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +197,13 @@ def test_a_jail_built_twice_is_the_same(tmp_path):
     first = picture(jail)
     assert _run(SCRIPTS[1], jail, f"/home/{UID}", UID, UID, UID).returncode == 0
     assert picture(jail) == first
+
+
+@pytest.mark.parametrize("name", ["prov-backup-create-home", "prov-backup-create-chroot"])
+def test_the_installed_console_scripts_are_the_same_programs(name, tmp_path):
+    installed = Path(sys.executable).parent / name
+    jail = tmp_path / UID / "chroot"
+    assert _run(installed, jail, f"/home/{UID}", UID, UID, UID).returncode == 0
+    assert (jail / "home" / UID / "incoming").stat().st_uid == int(UID)
+    wrong = _run(installed, jail, f"/home/{UID}", UID, UID)
+    assert wrong.returncode == 2 and f"usage: {name} JAIL HOME UID UIDNUMBER GIDNUMBER" in wrong.stderr
