@@ -528,6 +528,24 @@ def test_build_gives_new_folders_their_mode_whatever_the_umask(tmp_path, root):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder
     look(place, root)                       # and the next request finds nothing to refuse
 
+def test_dry_run_judges_like_a_real_run_and_changes_nothing(tmp_path, root, capsys):
+    from provisioning.transport import DryRun
+    account = local_account()
+    place = layout(account, str(root))
+    build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"'))
+    before = sorted(str(p) for p in root.rglob("*"))
+    dry = DryRun(LocalCLI())
+    nodes = survey(homes.paths(place, str(root)), dry)                 # stat runs for real
+    assert nodes[place.incoming.rstrip("/")].uid == account.uid_number
+    assert code_of(judge, account, "someone-else", place, nodes, dry) == 13   # so does the marker's head
+    other = account_with(uid="3723708", uid_number=account.uid_number, gid_number=account.gid_number)
+    fresh = layout(other, str(root))
+    nodes = survey(homes.paths(fresh, str(root)), dry)
+    homes.build(other, fresh, UUID, judge(other, UUID, fresh, nodes, dry), nodes,
+                script(tmp_path, "exit 1"), str(root), dry)
+    assert sorted(str(p) for p in root.rglob("*")) == before
+    assert "DRY-RUN: would run: " in capsys.readouterr().out
+
 def test_build_again_is_ours_and_runs_nothing(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))
