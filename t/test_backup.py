@@ -38,19 +38,25 @@ def test_add_builds_home_quota_and_a_valid_rsnapshot_configuration(host, directo
     assert_done(directory.wait_mode(dn, "added"), "added")
     home = host.home(UID)
     jail = home.parent.parent
+    account = host.account_dir(UID)
     assert host.chroot_calls() == [[str(jail), f"/home/{UID}", UID, UID, UID]]
-    assert home.stat().st_uid == int(UID) and oct(home.stat().st_mode & 0o777) == "0o700"
-    assert (home / "incoming").stat().st_uid == int(UID)
-    assert (home / ".snapshots").stat().st_uid == 0
+    # Root's everywhere but incoming/; snapshots next to the jail, out of the customer's reach.
+    assert _owner_mode(account, jail, home, home / "incoming", account / "snapshots", account / ".entryUUID") == [
+        (0, "0o755"), (0, "0o755"), (0, "0o755"), (int(UID), "0o700"), (0, "0o700"), (0, "0o600")]
+    assert (account / ".entryUUID").read_text() == f"{directory.entry_uuid(dn)}\n"
     assert host.quota_calls() == [["-u", UID, "1048576", "1048576", "0", "0", "/"]]
     config = host.rsnapshot_config(UID).read_text()
-    assert f"snapshot_root\t{home}/.snapshots/\n" in config
+    assert f"snapshot_root\t{account}/snapshots/\n" in config
     assert f"backup\t{home}/incoming/\tincoming/\n" in config
     assert re.findall(r"^retain\t(\w+)\t(\d+)$", config, re.M) == [("daily", "7"), ("weekly", "4"), ("monthly", "3")]
     test = subprocess.run(["rsnapshot", "-c", str(host.rsnapshot_config(UID)), "configtest"],
                           capture_output=True, text=True)
     assert test.returncode == 0 and "Syntax OK" in test.stdout
     assert not list(host.layout.rsnapshot_dir.glob(".*"))      # no candidate left behind
+
+
+def _owner_mode(*paths: Path) -> list[tuple[int, str]]:
+    return [(p.lstat().st_uid, oct(p.lstat().st_mode & 0o7777)) for p in paths]
 
 
 def test_hourly_and_yearly_levels_keep_rsnapshots_order(host, directory, daemon):
@@ -67,12 +73,16 @@ def test_quota_is_rounded_up_to_whole_kib_blocks(host, directory, daemon):
 
 
 def test_an_existing_home_is_kept_and_the_script_not_run(host, directory, daemon):
-    host.home(UID).mkdir(parents=True)
-    (host.home(UID) / "precious").write_text("customer data")
+    # An account made before owner markers: its incoming/ belongs to the uidNumber, so add adopts it.
+    (host.home(UID) / "incoming").mkdir(parents=True)
+    os.chown(host.home(UID) / "incoming", int(UID), int(UID))
+    (host.home(UID) / "incoming/precious").write_text("customer data")
     dn = directory.add(UID)
     directory.wait_mode(dn, "added")
     assert host.chroot_calls() == []
-    assert (host.home(UID) / "precious").read_text() == "customer data"
+    assert (host.home(UID) / "incoming/precious").read_text() == "customer data"
+    assert (host.account_dir(UID) / ".entryUUID").read_text() == directory.entry_uuid(dn) + "\n"
+    daemon.wait_for(rf"WARNING uid={UID},.*: .*{UID} has no owner marker .* so it is adopted")
 
 
 def test_modify_twice_gives_the_same_result(host, directory, daemon):
@@ -153,12 +163,12 @@ def test_code_3_a_program_removed_while_running(host, directory):
     _nothing_done(host)
 
 
-def test_code_4_home_presence_cannot_be_checked(host, directory, daemon):
+def test_code_4_a_file_where_the_jail_should_be(host, directory, daemon):
     jail = host.home(UID).parent.parent
     jail.parent.mkdir(parents=True)
     jail.write_text("a file where the jail should be")
     dn = directory.add(UID)
-    _refused(directory, daemon, dn, 4, "cannot check .*Not a directory")
+    _refused(directory, daemon, dn, 4, f"{jail} is a regular file .*, not a folder")
     assert host.chroot_calls() == [] and host.quota_calls() == []
 
 
@@ -197,7 +207,7 @@ def test_code_7_a_configuration_rsnapshot_rejects_is_never_left_in_place(host, d
     assert not any(host.layout.rsnapshot_dir.iterdir())
 
 
-def test_code_8_configuration_cannot_be_removed(host, directory, daemon):
+def test_code_8_configuration_cannot_be_removed_after_the_data_was_archived(host, directory, daemon):
     dn = directory.add(UID)
     directory.wait_mode(dn, "added")
     config = host.rsnapshot_config(UID)
@@ -207,7 +217,15 @@ def test_code_8_configuration_cannot_be_removed(host, directory, daemon):
     directory.request(dn, "delete", sstIsActive="FALSE")
     _refused(directory, daemon, dn, 8, f"cannot remove {config}")
     assert directory.get(dn)["sstProvisioningMode"] == "deleting"
-    assert host.account_dir(UID).is_dir()                      # data untouched
+    # Archived first, so the data is safe; the limit stays until the configuration is gone.
+    assert not host.account_dir(UID).exists()
+    assert len(list((host.layout.backup_root / "archive").iterdir())) == 1
+    assert len(host.quota_calls()) == 1
+    shutil.rmtree(config)                                    # the operator clears the way ...
+    directory.request(dn, "delete")                          # ... and asks again
+    assert_done(directory.wait_mode(dn, "deleted"), "deleted")
+    assert host.quota_calls()[1:] == [["-u", UID, "0", "0", "0", "0", "/"]]
+    daemon.wait_for(rf"uid={UID},.*: delete: .* is already gone, .* removed, quota lifted")
 
 
 def test_code_9_data_cannot_be_archived_and_a_retry_finishes(host, directory):
@@ -219,8 +237,10 @@ def test_code_9_data_cannot_be_archived_and_a_retry_finishes(host, directory):
         dn = directory.add(UID)
         directory.wait_mode(dn, "added")
         directory.request(dn, "delete", sstIsActive="FALSE")
-        _refused(directory, daemon, dn, 9, f"cannot archive {host.account_dir(UID)}")
-        assert host.account_dir(UID).is_dir()
+        _refused(directory, daemon, dn, 9, f"cannot archive: .*{archive}")
+        # Archiving comes first: configuration and limit are as they were.
+        assert host.account_dir(UID).is_dir() and host.rsnapshot_config(UID).is_file()
+        assert len(host.quota_calls()) == 1
         archive.unlink()                                      # the operator fixes it ...
         directory.request(dn, "delete")                        # ... and asks again
         assert_done(directory.wait_mode(dn, "deleted"), "deleted")
@@ -229,10 +249,10 @@ def test_code_9_data_cannot_be_archived_and_a_retry_finishes(host, directory):
     assert [p.name.split("-")[0] for p in archive.iterdir()] == [UID]
 
 
-def test_code_10_home_directory_outside_the_backup_root(host, directory, daemon, tmp_path):
+def test_code_14_home_directory_outside_the_backup_root(host, directory, daemon, tmp_path):
     outside = tmp_path / "elsewhere"
     dn = directory.add(UID, homeDirectory=f"{outside}/{UID}/chroot/./home/{UID}")
-    _refused(directory, daemon, dn, 10, "outside")
+    _refused(directory, daemon, dn, 14, f"puts the account directory at {outside}/{UID}; uid {UID}'s place is")
     assert not outside.exists()
     _nothing_done(host)
 
@@ -258,9 +278,10 @@ def test_code_10_account_directory_symlinked_out_of_the_root(host, directory, da
      11, r"every sstBackupInterval\* is 0"),
     ({"homeDirectory": "/var/backup/./home/x y"}, 11, r"homeDirectory .* is not <jail>/\./<home>"),
     ({"homeDirectory": "HOME/../../../../etc/x/3723707/chroot/./home/3723707"}, 10, r"contains '\.\.'"),
-    ({"homeDirectory": "HOME/7/707/723/3723708/chroot/./home/3723707"}, 11, r"is not named after uid 3723707"),
+    ({"homeDirectory": "HOME/7/707/723/3723708/chroot/./home/3723707"}, 14, r"uid 3723707's place is"),
+    ({"sstQuota": "0"}, 11, r"sstQuota 0 would mean no limit at all for setquota"),
 ])
-def test_code_10_and_11_hostile_values_touch_nothing(host, directory, daemon, overrides, code, message):
+def test_code_10_to_14_hostile_values_touch_nothing(host, directory, daemon, overrides, code, message):
     overrides = {k: (v.replace("HOME", str(host.layout.backup_root)) if isinstance(v, str) else v)
                  for k, v in overrides.items()}
     uid = overrides.pop("uid", UID)
@@ -288,6 +309,7 @@ def test_delete_removes_configuration_lifts_quota_and_archives_the_data(host, di
     assert len(archived) == 1 and re.fullmatch(rf"{UID}-\d{{8}}T\d{{6}}Z", archived[0].name)
     saved = archived[0] / f"chroot/home/{UID}/incoming/backup.tar"
     assert saved.read_text() == "the customer's data"
+    assert (archived[0] / "snapshots").is_dir()              # the snapshots go with it
 
 
 def test_delete_of_an_account_whose_data_is_already_gone_succeeds(host, directory, daemon):
@@ -337,11 +359,9 @@ def test_the_full_chroot_script_through_the_daemon(host, directory):
         assert daemon.stop() == 0
     home = host.home(UID)
     jail = home.parent.parent
-    modes = {p: (p.stat().st_uid, oct(p.stat().st_mode & 0o7777)) for p in
-             [jail, home, home / "incoming", home / ".snapshots", home / ".ssh", home / ".ssh/authorized_keys"]}
-    assert modes == {jail: (0, "0o755"), home: (int(UID), "0o700"), home / "incoming": (int(UID), "0o700"),
-                     home / ".snapshots": (0, "0o755"), home / ".ssh": (int(UID), "0o700"),
-                     home / ".ssh/authorized_keys": (int(UID), "0o600")}
+    assert _owner_mode(jail, home, home / "incoming", home / ".ssh", home / ".ssh/authorized_keys",
+                       host.account_dir(UID) / "snapshots") == [
+        (0, "0o755"), (0, "0o755"), (int(UID), "0o700"), (int(UID), "0o700"), (int(UID), "0o600"), (0, "0o700")]
     inside = subprocess.run(["chroot", str(jail), "/bin/sh", "-c", "rsync --version"],
                             capture_output=True, text=True)
     assert inside.returncode == 0 and "rsync" in inside.stdout

@@ -148,9 +148,11 @@ def test_a_customer_link_for_incoming_fails_the_request_and_touches_nothing(host
         incoming.symlink_to(victim)
         os.lchown(incoming, 3723707, 3723707)
         directory.request(dn, "modify")
-        directory.wait_return_value(dn, 5)
-        daemon.wait_for(rf"cannot create the backup folders: .*{incoming} is a symbolic link; not followed "
-                        r"because it belongs to uid 3723707.*\(return value 5, CANNOT_CREATE_HOME_DIR\)")
+        # The plugin sees the link before any transport operation would meet it
+        # (the transports' own refusal is tested in test_transport.py).
+        directory.wait_return_value(dn, 15)
+        daemon.wait_for(rf"{incoming} is a symbolic link: root does not follow it "
+                        r"\(return value 15, UNSAFE_ACCOUNT_PATH\)")
     finally:
         assert daemon.stop() == 0
     assert _snapshot(victim) == seen

@@ -15,9 +15,11 @@ from provisioning.ldifload import parse_ldif
 from provisioning.transport import LocalCLI
 from provisioning_backup_rsnapshot import account_ldif
 from provisioning_backup_rsnapshot.account import Account, Layout, confine, layout, parse, pattern_directory
-from provisioning_backup_rsnapshot.archive import dispose
+from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
-from provisioning_backup_rsnapshot.home import ensure_home
+from provisioning_backup_rsnapshot import home as homes
+from provisioning_backup_rsnapshot.ownership import Verdict, judge
+from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.quota import blocks, quota_argv, set_quota
 from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
 
@@ -72,13 +74,32 @@ def test_parse_rejects_hostile_uid(uid):
 def test_parse_rejects_bad_id_numbers(name, value):
     assert code_of(parse, entry(**{name: value}), 1000) == Code.INVALID_ACCOUNT_DATA
 
-@pytest.mark.parametrize("quota", [None, "-1", "abc", "1.5", ""])
+@pytest.mark.parametrize("quota", [None, "-1", "abc", "1.5", "", "0", "00"])
 def test_parse_rejects_bad_quota(quota):
+    # 0 included: setquota reads a limit of 0 as "no limit at all".
     assert code_of(parse, entry(sstQuota=quota), 1000) == Code.INVALID_ACCOUNT_DATA
 
-def test_parse_accepts_zero_quota_and_min_id_itself():
-    account = parse(entry(sstQuota="0", uidNumber="1000", gidNumber="1000"), 1000)
-    assert account.quota_bytes == 0 and account.owner == (1000, 1000)
+def test_parse_accepts_one_byte_quota_and_min_id_itself():
+    account = parse(entry(sstQuota="1", uidNumber="1000", gidNumber="1000"), 1000)
+    assert account.quota_bytes == 1 and account.owner == (1000, 1000)
+
+@pytest.mark.parametrize("name", ["uid", "uidNumber", "gidNumber", "homeDirectory"])
+def test_parse_refuses_a_second_value_of_an_identity_attribute(name):
+    raw = attrs(homeDirectory=HOME_DIR)
+    raw[name] = raw[name] + [b"3723708"]
+    assert code_of(parse, Entry.from_ldap(DN, raw), 1000) == Code.AMBIGUOUS_IDENTITY == 12
+
+@pytest.mark.parametrize("dn", [
+    "uid=3723708,ou=accounts,dc=example",          # another uid
+    "cn=3723707,ou=accounts,dc=example",           # not a uid RDN
+    "uid=3723707+cn=x,ou=accounts,dc=example",     # a multi-valued RDN
+    "not a dn",
+])
+def test_parse_refuses_a_dn_that_does_not_name_the_uid(dn):
+    assert code_of(parse, Entry.from_ldap(dn, attrs()), 1000) == Code.AMBIGUOUS_IDENTITY
+
+def test_parse_accepts_uid_rdn_in_any_case():
+    assert parse(Entry.from_ldap("UID=3723707,ou=x,dc=example", attrs()), 1000).uid == "3723707"
 
 @pytest.mark.parametrize("value", ["100", "-1", "x", ""])
 def test_parse_rejects_bad_interval(value):
@@ -120,8 +141,14 @@ def test_layout_from_pattern():
     assert place.jail == "/var/backup/7/707/723/3723707/chroot"
     assert place.home == "/home/3723707"
     assert place.home_path == "/var/backup/7/707/723/3723707/chroot/home/3723707"
-    assert place.snapshot_root == place.home_path + "/.snapshots/"
+    assert place.snapshot_root == "/var/backup/7/707/723/3723707/snapshots/"
+    assert place.marker == "/var/backup/7/707/723/3723707/.entryUUID"
     assert place.incoming == place.home_path + "/incoming/"
+    assert place.old_snapshot_root == place.home_path + "/.snapshots"
+    assert place.chain == ["/var/backup/7/707/723/3723707", "/var/backup/7/707/723/3723707/chroot",
+                           "/var/backup/7/707/723/3723707/chroot/home", place.home_path]
+    assert place.above("/var/backup") == ["/var/backup", "/var/backup/7", "/var/backup/7/707",
+                                          "/var/backup/7/707/723"]
 
 @pytest.mark.parametrize("uid", ["1", "12", "123"])
 def test_layout_short_uid_without_home_directory_is_invalid(uid):
@@ -130,9 +157,28 @@ def test_layout_short_uid_without_home_directory_is_invalid(uid):
 def test_layout_from_home_directory_equals_pattern():
     assert layout(account_with(HOME_DIR), "/var/backup") == layout(account_with(), "/var/backup")
 
-def test_layout_from_home_directory_ignores_backup_root_and_takes_short_uids():
-    place = layout(account_with("/srv/b/12/chroot/./home/12", uid="12"), "/var/backup")
-    assert place == Layout("/srv/b/12/chroot", "/home/12", "/srv/b/12")
+@pytest.mark.parametrize("value, uid", [
+    ("/srv/b/12/chroot/./home/12", "12"),                                     # short uid: no place
+    ("/srv/b/7/707/723/3723707/chroot/./home/3723707", "3723707"),            # another root
+])
+def test_layout_needs_the_uids_place_in_the_backup_root(value, uid):
+    assert code_of(layout, account_with(value, uid=uid), "/var/backup") in (
+        Code.INVALID_ACCOUNT_DATA, Code.ACCOUNT_DIRECTORY_MISPLACED)
+
+@pytest.mark.parametrize("value", [
+    # inside another customer's incoming/
+    "/var/backup/8/708/723/3723708/chroot/home/3723708/incoming/3723707/chroot/./home/3723707",
+    # inside another's jail, and around every account of 7/707/723
+    "/var/backup/8/708/723/3723708/chroot/3723707/./home/3723707",
+    "/var/backup/7/707/3723707/./home/3723707",
+])
+def test_layout_refuses_an_account_directory_nested_in_or_around_others(value):
+    assert code_of(layout, account_with(value), "/var/backup") == Code.ACCOUNT_DIRECTORY_MISPLACED == 14
+
+@pytest.mark.parametrize("home", ["snapshots", "snapshots/x", ".entryUUID"])
+def test_layout_keeps_the_home_out_of_roots_folders(home):
+    value = f"/var/backup/7/707/723/3723707/./{home}"
+    assert code_of(layout, account_with(value), "/var/backup") == Code.INVALID_ACCOUNT_DATA
 
 @pytest.mark.parametrize("value", [
     "/var/backup/7/707/723/3723707/chroot/home/3723707",          # no /./
@@ -158,12 +204,13 @@ def test_layout_dotdot_is_outside_backup_root(value):
                                    "/var/backup/7/707/723/3723708/chroot/./home/3723707",
                                    "/var/backup/7/707/723/other/./home/3723707"])
 def test_layout_account_directory_must_be_named_after_uid(value):
-    assert code_of(layout, account_with(value), "/var/backup") == Code.INVALID_ACCOUNT_DATA
+    assert code_of(layout, account_with(value), "/var/backup") == Code.ACCOUNT_DIRECTORY_MISPLACED
 
 def test_layout_jail_not_named_chroot_is_the_account_directory():
     place = layout(account_with("/var/backup/7/707/723/3723707/./home/3723707"), "/var/backup")
     assert place.directory == place.jail == "/var/backup/7/707/723/3723707"
     assert place.home_path == "/var/backup/7/707/723/3723707/home/3723707"
+    assert place.chain == [place.directory, place.directory + "/home", place.home_path]
 
 
 # ------------------------------------------------------------------ account.confine
@@ -257,7 +304,7 @@ def configs_for(conf_dir: Path, template: Template | None = None, **kwargs) -> R
                             RSNAPSHOT, LocalCLI(), **kwargs)
 
 def ready(account: Account, root: Path) -> Layout:
-    """The account's layout with incoming/ and .snapshots/ created."""
+    """The account's layout with incoming/ and snapshots/ created."""
     place = layout(account, str(root))
     os.makedirs(place.incoming)
     os.makedirs(place.snapshot_root)
@@ -372,9 +419,13 @@ def account_dir(tmp_path) -> Path:
     (directory / "chroot/home/3723707/data").write_text("payload")
     return directory
 
+def archive_into(archive: Path, account_dir: Path, how: str = "archive") -> str:
+    target = archive_target(str(archive), "3723707", STAMP, LocalCLI()) if how == "archive" else None
+    return dispose(str(account_dir), True, how, target, str(archive), LocalCLI())
+
 def test_dispose_archive_moves_directory(tmp_path, account_dir):
     archive = tmp_path / "backup/archive"
-    said = dispose(str(account_dir), "3723707", "archive", str(archive), STAMP, LocalCLI())
+    said = archive_into(archive, account_dir)
     target = archive / f"3723707-{STAMP}"
     assert not account_dir.exists()
     assert (target / "chroot/home/3723707/data").read_text() == "payload"
@@ -384,34 +435,41 @@ def test_dispose_archive_moves_directory(tmp_path, account_dir):
 def test_dispose_archive_into_existing_archive(tmp_path, account_dir):
     archive = tmp_path / "backup/archive"
     (archive / "other").mkdir(parents=True)
-    dispose(str(account_dir), "3723707", "archive", str(archive), STAMP, LocalCLI())
+    archive_into(archive, account_dir)
     assert sorted(p.name for p in archive.iterdir()) == [f"3723707-{STAMP}", "other"]
+
+def test_archive_names_never_collide_within_one_second(tmp_path, account_dir):
+    archive = tmp_path / "backup/archive"
+    (archive / f"3723707-{STAMP}/earlier").mkdir(parents=True)      # full: a rename onto it fails
+    (archive / f"3723707-{STAMP}-2").mkdir()                        # empty: a rename would replace it
+    archive_into(archive, account_dir)
+    assert (archive / f"3723707-{STAMP}-3/chroot/home/3723707/data").read_text() == "payload"
+    assert (archive / f"3723707-{STAMP}/earlier").is_dir() and (archive / f"3723707-{STAMP}-2").is_dir()
 
 def test_dispose_already_gone(tmp_path):
     archive = tmp_path / "archive"
-    said = dispose(str(tmp_path / "gone"), "3723707", "archive", str(archive), STAMP, LocalCLI())
+    said = dispose(str(tmp_path / "gone"), False, "archive", None, str(archive), LocalCLI())
     assert "already gone" in said
     assert not archive.exists()
 
 def test_dispose_keep(tmp_path, account_dir):
-    dispose(str(account_dir), "3723707", "keep", str(tmp_path / "archive"), STAMP, LocalCLI())
+    archive_into(tmp_path / "archive", account_dir, "keep")
     assert (account_dir / "chroot/home/3723707/data").exists()
     assert not (tmp_path / "archive").exists()
 
 def test_dispose_remove(tmp_path, account_dir):
-    dispose(str(account_dir), "3723707", "remove", str(tmp_path / "archive"), STAMP, LocalCLI())
+    archive_into(tmp_path / "archive", account_dir, "remove")
     assert not account_dir.exists()
     assert not (tmp_path / "archive").exists()
 
-def test_dispose_archive_dir_is_a_file(tmp_path, account_dir):
+def test_archive_dir_is_a_file(tmp_path, account_dir):
     archive = tmp_path / "archive"
     archive.write_text("not a folder")
-    assert code_of(dispose, str(account_dir), "3723707", "archive", str(archive), STAMP,
-                   LocalCLI()) == Code.CANNOT_ARCHIVE_ACCOUNT_DATA == 9
+    assert code_of(archive_into, archive, account_dir) == Code.CANNOT_ARCHIVE_ACCOUNT_DATA == 9
     assert account_dir.exists()
 
 
-# ------------------------------------------------------------------ home
+# ------------------------------------------------------------------ survey, ownership, home
 
 def script(tmp_path: Path, body: str) -> str:
     path = tmp_path / "create-chroot"
@@ -420,56 +478,164 @@ def script(tmp_path: Path, body: str) -> str:
     return str(path)
 
 def local_account() -> Account:
-    return account_with(uid_number=os.getuid(), gid_number=os.getgid())
+    return account_with(uid_number=os.getuid() or 3723707, gid_number=os.getgid() or 3723707)
 
-def test_ensure_home_creates_missing_home(tmp_path, root):
+UUID = "6a1c1f7e-0000-4000-8000-000000000001"
+
+def look(place: Layout, root: Path) -> dict:
+    nodes = survey(homes.paths(place, str(root)), LocalCLI())
+    homes.check_paths(place, str(root), nodes)
+    return nodes
+
+def build(account: Account, place: Layout, root: Path, cmd: str, uuid: str = UUID) -> Verdict:
+    nodes = look(place, root)
+    verdict = judge(account, uuid, place, nodes, LocalCLI())
+    homes.build(account, place, uuid, verdict, nodes, cmd, str(root), LocalCLI())
+    return verdict
+
+def test_survey_reports_kinds_owners_and_absence(tmp_path):
+    (tmp_path / "d").mkdir(mode=0o750)
+    (tmp_path / "f").write_text("")
+    (tmp_path / "l").symlink_to("/etc")
+    nodes = survey([str(tmp_path / n) for n in ("d", "f", "l", "none", "f/under")], LocalCLI())
+    assert nodes[str(tmp_path / "d")].is_dir and nodes[str(tmp_path / "d")].mode == 0o750
+    assert nodes[str(tmp_path / "f")].is_file and nodes[str(tmp_path / "l")].is_link
+    assert nodes[str(tmp_path / "none")] is None and nodes[str(tmp_path / "f/under")] is None
+
+def test_build_creates_a_new_account_root_owned_but_incoming(tmp_path, root):
     cmd = script(tmp_path, 'mkdir -p "$1$2"')
     account = local_account()
     place = layout(account, str(root))
-    ensure_home(account, place, cmd, LocalCLI())
+    assert build(account, place, root, cmd) is Verdict.NEW
     assert (tmp_path / "argv").read_text().splitlines() == [
-        cmd, place.jail, place.home, "3723707", str(os.getuid()), str(os.getgid())]
-    assert os.path.isdir(place.incoming) and os.path.isdir(place.snapshot_root)
+        cmd, place.jail, place.home, "3723707", str(account.uid_number), str(account.gid_number)]
+    assert Path(place.marker).read_text() == UUID + "\n"
+    for folder in place.chain:
+        assert (os.stat(folder).st_uid, stat.S_IMODE(os.stat(folder).st_mode)) == (0, 0o755)
+    assert os.stat(place.incoming).st_uid == account.uid_number
     assert stat.S_IMODE(os.stat(place.incoming).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(place.snapshot_root).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(place.snapshot_root).st_mode) == 0o700
 
-def test_ensure_home_skips_script_when_home_exists(tmp_path, root):
-    cmd = script(tmp_path, "exit 1")
+def test_build_gives_new_folders_their_mode_whatever_the_umask(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))
-    os.makedirs(place.home_path)
-    ensure_home(account, place, cmd, LocalCLI())
+    old = os.umask(0)
+    try:
+        build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"'))
+    finally:
+        os.umask(old)
+    for folder in place.above(str(root))[1:] + [place.directory]:
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder
+    look(place, root)                       # and the next request finds nothing to refuse
+
+def test_dry_run_judges_like_a_real_run_and_changes_nothing(tmp_path, root, capsys):
+    from provisioning.transport import DryRun
+    account = local_account()
+    place = layout(account, str(root))
+    build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"'))
+    before = sorted(str(p) for p in root.rglob("*"))
+    dry = DryRun(LocalCLI())
+    nodes = survey(homes.paths(place, str(root)), dry)                 # stat runs for real
+    assert nodes[place.incoming.rstrip("/")].uid == account.uid_number
+    assert code_of(judge, account, "someone-else", place, nodes, dry) == 13   # so does the marker's head
+    other = account_with(uid="3723708", uid_number=account.uid_number, gid_number=account.gid_number)
+    fresh = layout(other, str(root))
+    nodes = survey(homes.paths(fresh, str(root)), dry)
+    homes.build(other, fresh, UUID, judge(other, UUID, fresh, nodes, dry), nodes,
+                script(tmp_path, "exit 1"), str(root), dry)
+    assert sorted(str(p) for p in root.rglob("*")) == before
+    assert "DRY-RUN: would run: " in capsys.readouterr().out
+
+def test_build_again_is_ours_and_runs_nothing(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"'))
+    os.unlink(tmp_path / "argv")
+    assert build(account, place, root, script(tmp_path, "exit 1")) is Verdict.OURS
     assert not (tmp_path / "argv").exists()
-    assert os.path.isdir(place.incoming) and os.path.isdir(place.snapshot_root)
 
-def test_ensure_home_script_failure_is_code_5(tmp_path, root):
+def test_another_entry_is_refused_before_anything_changes(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))
-    assert code_of(ensure_home, account, place, script(tmp_path, "exit 1"), LocalCLI()) == 5
+    build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"'))
+    before = Path(place.marker).read_text()
+    assert code_of(build, account, place, root, script(tmp_path, "exit 1"),
+                   uuid="someone-else") == Code.NOT_THIS_ENTRYS_ACCOUNT == 13
+    assert Path(place.marker).read_text() == before
 
-def test_ensure_home_script_without_home_is_code_5(tmp_path, root):
+def test_an_unmarked_directory_is_adopted_only_with_its_owners_incoming(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))
-    assert code_of(ensure_home, account, place, script(tmp_path, "exit 0"),
-                   LocalCLI()) == Code.CANNOT_CREATE_HOME_DIR
+    os.makedirs(place.incoming)
+    os.chown(place.incoming, account.uid_number + 1, account.gid_number)
+    assert code_of(build, account, place, root, script(tmp_path, "exit 1")) == 13
+    assert not os.path.exists(place.marker)
+    os.chown(place.incoming, *account.owner)
+    assert build(account, place, root, script(tmp_path, "exit 1")) is Verdict.ADOPT
+    assert Path(place.marker).read_text() == UUID + "\n"
+
+def test_no_entry_uuid_is_refused(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    assert code_of(build, account, place, root, script(tmp_path, "exit 1"), uuid=None) == 13
+
+def test_build_moves_the_old_layout_to_the_new(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.incoming)
+    os.makedirs(place.old_snapshot_root + "/daily.0")
+    for path in (place.home_path, place.incoming):
+        os.chown(path, *account.owner)
+        os.chmod(path, 0o700)
+    build(account, place, root, script(tmp_path, "exit 1"))
+    assert (os.stat(place.home_path).st_uid, stat.S_IMODE(os.stat(place.home_path).st_mode)) == (0, 0o755)
+    assert os.path.isdir(place.snapshot_root + "daily.0") and not os.path.exists(place.old_snapshot_root)
+    assert stat.S_IMODE(os.stat(place.snapshot_root).st_mode) == 0o700
+
+def test_build_leaves_a_customers_old_snapshots_where_they_are(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.incoming)
+    os.chown(place.incoming, *account.owner)
+    os.symlink(tmp_path, place.old_snapshot_root)
+    build(account, place, root, script(tmp_path, "exit 1"))
+    assert os.path.islink(place.old_snapshot_root)
+    assert os.listdir(place.snapshot_root) == []
+
+def test_build_script_failure_is_code_5(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    assert code_of(build, account, place, root, script(tmp_path, "exit 1")) == 5
+
+def test_build_script_without_home_is_code_5(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    assert code_of(build, account, place, root, script(tmp_path, "exit 0")) == Code.CANNOT_CREATE_HOME_DIR
     assert not os.path.exists(place.incoming)
 
-def test_ensure_home_unreadable_presence_is_code_4(tmp_path, root):
+def test_a_file_where_the_jail_should_be_is_code_4(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))
     os.makedirs(place.directory)
     Path(place.jail).write_text("a file where the jail should be")
-    assert code_of(ensure_home, account, place, script(tmp_path, 'mkdir -p "$1$2"'),
-                   LocalCLI()) == Code.CANNOT_CHECK_HOME_DIR_PRESENCE == 4
-    assert not (tmp_path / "argv").exists()
+    assert code_of(look, place, root) == Code.CANNOT_CHECK_HOME_DIR_PRESENCE == 4
 
-def test_ensure_home_refuses_symlinked_incoming(tmp_path, root):
+@pytest.mark.parametrize("which", ["incoming", "home", "snapshots", "jail"])
+def test_a_link_in_the_account_is_code_15(tmp_path, root, which):
     account = local_account()
     place = layout(account, str(root))
-    os.makedirs(place.home_path)
+    path = {"incoming": place.incoming, "home": place.home_path, "snapshots": place.snapshot_root,
+            "jail": place.jail}[which].rstrip("/")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     (tmp_path / "target").mkdir()
-    os.symlink(tmp_path / "target", place.incoming.rstrip("/"))
-    assert code_of(ensure_home, account, place, script(tmp_path, "exit 1"), LocalCLI()) == 5
+    os.symlink(tmp_path / "target", path)
+    assert code_of(look, place, root) == Code.UNSAFE_ACCOUNT_PATH == 15
+
+def test_a_folder_above_the_account_others_can_write_is_code_15(root):
+    place = layout(local_account(), str(root))
+    os.makedirs(os.path.dirname(place.directory))
+    os.chmod(os.path.dirname(place.directory), 0o777)
+    assert code_of(look, place, root) == Code.UNSAFE_ACCOUNT_PATH
 
 
 # ------------------------------------------------------------------ account_ldif

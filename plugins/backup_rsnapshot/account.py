@@ -10,6 +10,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+import ldap.dn
+
 from provisioning.entry import Entry
 from provisioning.transport import Transport
 
@@ -27,6 +29,11 @@ NUMBER = re.compile(r"[0-9]+")
 # control characters, nothing a shell or rsnapshot could read twice.
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
 JAIL_NAME = "chroot"
+# Attributes that say who the account is and where it lives: one value each.
+IDENTITY = ("uid", "uidNumber", "gidNumber", "homeDirectory")
+# In the account directory, next to the jail (both root's, out of the customer's reach).
+SNAPSHOTS_NAME = "snapshots"
+MARKER_NAME = ".entryUUID"
 
 
 @dataclass(frozen=True)
@@ -56,13 +63,43 @@ def parse(entry: Entry, min_id: int, *, need_service_data: bool = True) -> Accou
     if missing:
         raise StepError(Code.USER_NOT_PRESENT_IN_BACKEND,
                         f"the entry has no {', '.join(missing)}: not a backup account (posixAccount)")
+    _one_identity(entry)
     if not UID.fullmatch(uid):
         raise StepError(Code.INVALID_ACCOUNT_DATA, f"uid {uid!r} is not 1 to 10 digits")
+    _dn_names(entry.dn, uid)
     numbers = [_id_number(name, value, min_id) for name, value in
                (("uidNumber", uid_number), ("gidNumber", gid_number))]
     quota = _quota(entry.get("sstQuota")) if need_service_data else None
     retain = _retain(entry) if need_service_data else ()
     return Account(entry.dn, uid, numbers[0], numbers[1], quota, retain, entry.get("homeDirectory"))
+
+
+def _one_identity(entry: Entry) -> None:
+    """One value each for what says who the account is and where it lives.
+
+    uid is multi-valued in the core schema: with two values, which account an
+    entry means would depend on the order the server returns them in.
+    """
+    several = [name for name in IDENTITY if len(entry.values(name)) > 1]
+    if several:
+        raise StepError(Code.AMBIGUOUS_IDENTITY,
+                        f"{', '.join(several)} must have exactly one value: "
+                        + "; ".join(f"{name} is {entry.values(name)}" for name in several))
+
+
+def _dn_names(dn: str, uid: str) -> None:
+    """The DN's first RDN must be ``uid=<the entry's uid>`` and nothing else.
+
+    Another entry (elsewhere in the subtree) naming the same uid in its
+    attribute would otherwise act on that uid's account.
+    """
+    try:
+        rdn = ldap.dn.str2dn(dn)[0]
+    except (ldap.DECODING_ERROR, IndexError):
+        raise StepError(Code.AMBIGUOUS_IDENTITY, "the DN cannot be parsed") from None
+    if len(rdn) != 1 or rdn[0][0].lower() != "uid" or rdn[0][1] != uid:
+        named = "+".join(f"{kind}={value}" for kind, value, _ in rdn)
+        raise StepError(Code.AMBIGUOUS_IDENTITY, f"the DN names {named!r}, not uid={uid} (the entry's uid)")
 
 
 def _id_number(name: str, value: str, min_id: int) -> int:
@@ -76,7 +113,12 @@ def _quota(value: str | None) -> int:
     if value is None:
         raise StepError(Code.INVALID_ACCOUNT_DATA, "sstQuota is missing")
     if not NUMBER.fullmatch(value):
-        raise StepError(Code.INVALID_ACCOUNT_DATA, f"sstQuota {value!r} is not a number of bytes >= 0")
+        raise StepError(Code.INVALID_ACCOUNT_DATA, f"sstQuota {value!r} is not a number of bytes >= 1")
+    # setquota reads a limit of 0 as "no limit at all": passing it on would
+    # give the account unlimited space, the opposite of what 0 bytes says.
+    if int(value) == 0:
+        raise StepError(Code.INVALID_ACCOUNT_DATA,
+                        "sstQuota 0 would mean no limit at all for setquota: give at least 1 byte")
     return int(value)
 
 
@@ -100,11 +142,19 @@ def _retain(entry: Entry) -> tuple[tuple[str, int], ...]:
 class Layout:
     """Where an account lives on the host.
 
-    ``jail`` is the chroot, ``home`` the home directory as seen inside it;
-    ``directory`` holds all of the account (the jail, or its parent when the
-    jail is called "chroot", as in the stoney layout) and is what delete
-    archives. It must be named after the uid, so that no entry can point at
-    another account's files.
+    ``directory`` holds all of the account and is what delete archives: the
+    place of its uid, ``BACKUP_ROOT/<last digit>/<last 3>/<digits 2-4>/<uid>``,
+    so two accounts' directories never nest. In it, all root's::
+
+        directory/          root 0755
+          .entryUUID        root 0600   the entry that owns the account (ownership.py)
+          snapshots/        root 0700   rsnapshot's snapshot_root, out of the customer's reach
+          chroot/           root 0755   the jail (sshd's ChrootDirectory): ``jail``
+            home/<uid>/     root 0755   the home, ``home`` as seen inside the jail
+              incoming/     the account's 0700: the only folder the customer can write
+
+    The jail may also be the account directory itself (homeDirectory
+    ``<directory>/./<home>``).
     """
 
     jail: str
@@ -118,26 +168,59 @@ class Layout:
 
     @property
     def snapshot_root(self) -> str:
-        return self.home_path + "/.snapshots/"
+        return f"{self.directory}/{SNAPSHOTS_NAME}/"
+
+    @property
+    def marker(self) -> str:
+        return f"{self.directory}/{MARKER_NAME}"
 
     @property
     def incoming(self) -> str:
         return self.home_path + "/incoming/"
+
+    @property
+    def old_snapshot_root(self) -> str:
+        """Where snapshots were before: inside the home, which the customer owned."""
+        return self.home_path + "/.snapshots"
+
+    @property
+    def chain(self) -> list[str]:
+        """Every folder from the account directory down to the home: all root's."""
+        folders, path = [self.directory], self.directory
+        for part in (self.jail[len(self.directory):] + self.home).strip("/").split("/"):
+            path = f"{path}/{part}"
+            folders.append(path)
+        return folders
+
+    def above(self, backup_root: str) -> list[str]:
+        """BACKUP_ROOT and the folders between it and the account directory."""
+        folders, path = [backup_root], backup_root
+        for part in self.directory[len(backup_root):].strip("/").split("/")[:-1]:
+            path = f"{path}/{part}"
+            folders.append(path)
+        return folders
 
 
 def pattern_directory(uid: str, backup_root: str) -> str:
     """``<root>/<last digit>/<last 3 digits>/<digits 2-4>/<uid>`` (needs 4 digits or more)."""
     if len(uid) < 4:
         raise StepError(Code.INVALID_ACCOUNT_DATA,
-                        f"uid {uid} is too short for the directory pattern and there is no homeDirectory")
+                        f"uid {uid} is too short for the directory pattern <last digit>/<last 3>/<digits 2-4>/<uid>")
     return f"{backup_root}/{uid[-1]}/{uid[-3:]}/{uid[1:4]}/{uid}"
 
 
 def layout(account: Account, backup_root: str) -> Layout:
-    """The account's Layout from homeDirectory (``<jail>/./<home>``) or the pattern."""
+    """The account's Layout from homeDirectory (``<jail>/./<home>``) or the pattern.
+
+    homeDirectory chooses the jail (``<directory>/chroot`` or the directory
+    itself) and the home inside it; the account directory is always the
+    uid's place in the pattern. A homeDirectory elsewhere is refused (14):
+    "inside BACKUP_ROOT and named after the uid" alone would let an entry put
+    its account inside another's (in its incoming/, say) or around others.
+    """
+    expected = pattern_directory(account.uid, backup_root)
     if account.home_directory is None:
-        directory = pattern_directory(account.uid, backup_root)
-        return Layout(f"{directory}/{JAIL_NAME}", f"/home/{account.uid}", directory)
+        return Layout(f"{expected}/{JAIL_NAME}", f"/home/{account.uid}", expected)
     value = account.home_directory
     if not SAFE_PATH.fullmatch(value) or value.count("/./") != 1:
         raise StepError(Code.INVALID_ACCOUNT_DATA,
@@ -149,10 +232,18 @@ def layout(account: Account, backup_root: str) -> Layout:
             raise StepError(Code.PATH_OUTSIDE_BACKUP_ROOT,
                             f"homeDirectory {value!r} contains '..' or empty components")
     directory = posixpath.dirname(jail) if posixpath.basename(jail) == JAIL_NAME else jail
-    if posixpath.basename(directory) != account.uid:
-        raise StepError(Code.INVALID_ACCOUNT_DATA,
-                        f"homeDirectory {value!r}: the account directory {directory} is not named after uid {account.uid}")
-    return Layout(jail, home, directory)
+    if directory != expected:
+        raise StepError(Code.ACCOUNT_DIRECTORY_MISPLACED,
+                        f"homeDirectory {value!r} puts the account directory at {directory}; "
+                        f"uid {account.uid}'s place is {expected}")
+    place = Layout(jail, home, directory)
+    if home == "/":
+        raise StepError(Code.INVALID_ACCOUNT_DATA, f"homeDirectory {value!r}: the home is the jail itself")
+    for reserved in (place.snapshot_root.rstrip("/"), place.marker):
+        if place.home_path == reserved or _inside(place.home_path, reserved):
+            raise StepError(Code.INVALID_ACCOUNT_DATA,
+                            f"homeDirectory {value!r}: the home would lie in {reserved}, which is root's")
+    return place
 
 
 def confine(place: Layout, backup_root: str, archive_dir: str, transport: Transport) -> None:

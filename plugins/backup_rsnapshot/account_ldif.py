@@ -93,13 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base", default=DEFAULT_BASE, help=f"parent DN of the account (default {DEFAULT_BASE})")
     parser.add_argument("--backup-root", default="/var/backup",
                         help="BACKUP_ROOT the homeDirectory lies in (default /var/backup)")
-    parser.add_argument("--quota", type=int, default=GIB, help="sstQuota in bytes (default 1 GiB)")
+    parser.add_argument("--quota", type=int, default=GIB, help="sstQuota in bytes, 1 or more (default 1 GiB)")
     parser.add_argument("--host", help="host attribute: the backup server that serves the account")
     args = parser.parse_args(argv)
     if not UID.fullmatch(args.uid) or len(args.uid) < 4:
         parser.error(f"--uid {args.uid!r}: 4 to 10 digits expected")
-    if args.quota < 0:
-        parser.error("--quota must not be negative")
+    if args.quota < 1:
+        # 0 would be "no limit at all" for setquota: the plugin refuses it (return value 11).
+        parser.error("--quota must be at least 1 (bytes)")
     if not ldap.dn.is_dn(args.base):
         parser.error(f"--base {args.base!r} is not a DN")
     return args

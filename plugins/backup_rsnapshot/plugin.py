@@ -2,8 +2,12 @@
 
 add and modify bring an account to the same end state (home, quota,
 rsnapshot configuration) from wherever it is, so either can run again after
-a crash at any point; delete removes the configuration, lifts the quota and
-archives the data. Each returns a code from codes.Code.
+a crash at any point; delete archives the data, removes the configuration
+and lifts the quota. Each returns a code from codes.Code.
+
+Every request first reads and judges (parse, layout, confine, survey,
+ownership) and only then changes anything: a refused request has run no
+command that changes the host, written no file and made no quota call.
 """
 from __future__ import annotations
 
@@ -18,10 +22,11 @@ from provisioning.hookspecs import hookimpl
 from provisioning.service import Request, ServiceContext
 
 from provisioning_backup_rsnapshot import account as accounts
-from provisioning_backup_rsnapshot.archive import dispose
+from provisioning_backup_rsnapshot import home, ownership
+from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
-from provisioning_backup_rsnapshot.home import ensure_home
 from provisioning_backup_rsnapshot.quota import set_quota
+from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
 from provisioning_backup_rsnapshot.settings import Settings, problems
 
@@ -81,7 +86,7 @@ class BackupRsnapshot:
 
     @hookimpl
     def provisioning_delete(self, request: Request, ctx: ServiceContext) -> int:
-        """Remove the configuration, lift the quota, archive (or keep/remove) the data."""
+        """Archive (or keep/remove) the data, remove the configuration, lift the quota."""
         return self._guarded(request, ctx, self._remove)
 
     # ---------------------------------------------------------------- steps
@@ -116,22 +121,52 @@ class BackupRsnapshot:
         accounts.confine(place, self.settings.backup_root, self.settings.archive_dir, ctx.transport)
         return place
 
+    def _judge(self, request: Request, account: accounts.Account, place: accounts.Layout,
+               ctx: ServiceContext) -> tuple[ownership.Verdict, dict]:
+        """Look at the account's folders and decide whether this entry may touch them."""
+        nodes = survey(home.paths(place, self.settings.backup_root), ctx.transport)
+        home.check_paths(place, self.settings.backup_root, nodes)
+        return ownership.judge(account, request.entry.uuid, place, nodes, ctx.transport), nodes
+
     def _converge(self, request: Request, ctx: ServiceContext) -> None:
         s = self.settings
         account = accounts.parse(request.entry, s.min_id)
         place = self._place(account, ctx)
-        ensure_home(account, place, s.create_chroot_cmd, ctx.transport)
+        verdict, nodes = self._judge(request, account, place, ctx)
+        home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
+                   s.backup_root, ctx.transport)
         set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
         written = self.configs.install(account, place)
         log.info("%s: %s: home %s, quota %d bytes, %s written", request.dn, request.verb,
                  place.home_path, account.quota_bytes, written)
 
     def _remove(self, request: Request, ctx: ServiceContext) -> None:
+        """Delete, in the order that leaves a consistent account whichever step fails.
+
+        1. Judge and choose a free archive name: refusals change nothing.
+        2. Archive the data. If that fails, nothing has changed yet: the
+           account still works, with its snapshots and its limit (9).
+        3. Remove the configuration. If that fails, the data is already
+           gone; the configuration names a snapshot_root that no longer
+           exists, and rsnapshot (no_create_root) refuses to run it (8).
+        4. Lift the quota, last: a limit is never lifted while the data is
+           still in the jail, where the customer could fill the disk (6).
+           With DELETE_DATA = keep the data stays there, so the limit stays.
+        A retry after any failure redoes the remaining steps; a step that is
+        already done ("already gone") is not an error.
+        """
         s = self.settings
         account = accounts.parse(request.entry, s.min_id, need_service_data=False)
         place = self._place(account, ctx)
+        verdict, _ = self._judge(request, account, place, ctx)
+        present = verdict is not ownership.Verdict.NEW
+        target = (archive_target(s.archive_dir, account.uid, utc_stamp(self.clock.utcnow()), ctx.transport)
+                  if present and s.delete_data == "archive" else None)
+        done = dispose(place.directory, present, s.delete_data, target, s.archive_dir, ctx.transport)
         removed = self.configs.remove(account.uid)
-        set_quota(s.set_quota_cmd, account.uid_number, 0, s.mountpoint, ctx.transport)
-        done = dispose(place.directory, account.uid, s.delete_data, s.archive_dir,
-                       utc_stamp(self.clock.utcnow()), ctx.transport)
-        log.info("%s: delete: %s removed, quota lifted, %s", request.dn, removed, done)
+        if s.delete_data == "keep" and present:
+            quota = "quota kept (the data stays in the jail)"
+        else:
+            set_quota(s.set_quota_cmd, account.uid_number, 0, s.mountpoint, ctx.transport)
+            quota = "quota lifted"
+        log.info("%s: delete: %s, %s removed, %s", request.dn, done, removed, quota)
