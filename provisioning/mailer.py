@@ -247,7 +247,7 @@ class Mailer:
 def describe(err: BaseException, timeout: float | None = None) -> str:
     """A one-line reason for the log (server answers are its text; never a password)."""
     if isinstance(err, ssl.SSLCertVerificationError):
-        return f"TLS certificate refused: {err.verify_message or err.reason}"
+        return f"TLS certificate refused: {str(err.verify_message or err.reason).rstrip('.')}"
     if isinstance(err, (socket.timeout, TimeoutError)):
         return f"no answer within {timeout:g} s" if timeout else "timed out"
     if isinstance(err, smtplib.SMTPRecipientsRefused):
