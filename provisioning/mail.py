@@ -20,10 +20,11 @@ given up, and the loss logged with the count and the subjects, when it has
 waited GIVE_UP_AFTER (6 h), when more than MAX_KEPT (100) mails wait (the
 oldest goes), when the server refuses it for good (5xx), and at close() for
 what the time given does not suffice to send. With digests, 100 mails cover
-more than 8 hours of a continuous storm of every kind.
+8 hours of a continuous storm of one kind with the server away (12 digests an
+hour), nearly 3 hours of all three kinds at once.
 
-The lead's daemon wraps each job in ``RequestLog.capture()`` to give a
-failure mail the log lines of its request (provisioning.requestlog).
+The daemon wraps each job in ``RequestLog.capture()`` to give a failure
+mail the log lines of its request (provisioning.requestlog).
 """
 from __future__ import annotations
 
