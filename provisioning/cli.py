@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -32,9 +33,11 @@ from provisioning.config import (
 from provisioning.daemon import Daemon, Retry, with_retries
 from provisioning.files import UnsafeFile
 from provisioning.lock import AlreadyLocked, PidLock
-from provisioning.log import LevelFlags
 from provisioning.ldapmode import LdapMode
+from provisioning.log import STREAM_FORMAT, LevelFlags
+from provisioning.log import install as install_handler
 from provisioning.log import setup as setup_logging
+from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings, mail_problems
 from provisioning.protocol import Selfcare
 from provisioning.removals import Removals
 from provisioning.router import Router
@@ -43,6 +46,9 @@ from provisioning.transport import build as build_transport
 from provisioning.workers import executor
 
 log = logging.getLogger("provisioning")
+
+# Seconds the mail alerts get at shutdown to send what waits.
+ALERTS_CLOSE_TIMEOUT = 10.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def configure_logging(config: Config, args: argparse.Namespace) -> None:
-    flags = LevelFlags(debug=config.log_flag("LOG_DEBUG") or args.debug,
-                       info=config.log_flag("LOG_INFO"),
-                       warning=config.log_flag("LOG_WARNING"),
-                       error=config.log_flag("LOG_ERR"))
-    setup_logging(config.syslog_ident, flags, to_stdout=args.debug)
+    setup_logging(config.syslog_ident, _flags(config, args.debug), to_stdout=args.debug)
 
 
 def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace) -> int:
@@ -121,7 +123,7 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
             _detach(config, args)
         try:
             with PidLock(config.lock_file):
-                return serve(config, service, dry_run=args.dry_run, stop_event=stop_event)
+                return serve(config, service, dry_run=args.dry_run, stop_event=stop_event, debug=args.debug)
         except AlreadyLocked as err:
             log.error("%s/%s daemon already running: %s", config.service_name, config.type_name, err)
             return ExitCode.ALREADY_RUNNING
@@ -170,6 +172,7 @@ def _core_checks(config: Config) -> list[str]:
                       ("[Service] LOCK_FILE", config.lock_file)):
         if not path.parent.is_dir():
             problems.append(f"{where}: {key}: folder {path.parent} does not exist")
+    problems += mail_problems(config)
     ca_file = config.service["Database"]["CA_FILE"]
     if ca_file and not os.path.isfile(ca_file):
         problems.append(f"{where}: [Database] CA_FILE: {ca_file} does not exist")
@@ -208,7 +211,8 @@ def check(config: Config) -> int:
 
 
 def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
-                 clock: Clock | None = None, stop_event: threading.Event | None = None) -> Daemon:
+                 clock: Clock | None = None, stop_event: threading.Event | None = None,
+                 alerts: Alerts | None = None, request_log: RequestLog | None = None) -> Daemon:
     """The daemon the configuration describes, around an already started service.
 
     Raises StoreError or CookieError when the state files cannot be used.
@@ -221,7 +225,8 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
     owners = Owners(svc["CLAIM_LEASE"], clock)
     router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
                     owners=owners, selfcare=Selfcare(directory, service, owners, clock),
-                    ldap_mode=LdapMode(service), removals=Removals(service), clock=clock)
+                    ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
+                    alerts=alerts, request_log=request_log)
     startup, operation = _retries(config)
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
@@ -232,13 +237,16 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
 
 
 def serve(config: Config, service: Service, *, dry_run: bool,
-          stop_event: threading.Event | None = None) -> int:
+          stop_event: threading.Event | None = None, debug: bool = False) -> int:
     """Run the daemon until a signal stops it or LDAP stays out of reach."""
+    alerts, request_log = _alerts(config, dry_run, debug)
     try:
-        daemon = build_daemon(config, service, dry_run=dry_run, stop_event=stop_event)
+        daemon = build_daemon(config, service, dry_run=dry_run, stop_event=stop_event,
+                              alerts=alerts, request_log=request_log)
     except (StoreError, CookieError) as err:
         log.error("%s", err)
         print(f"provisioning-daemon: {err}", file=sys.stderr)
+        _close_alerts(alerts)
         return ExitCode.CONFIG_ERROR
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: daemon.request_stop())
@@ -253,11 +261,39 @@ def serve(config: Config, service: Service, *, dry_run: bool,
         return ExitCode.CONFIG_ERROR
     except DirectoryUnavailable as err:
         log.error("giving up: %s", err)
+        if alerts is not None:
+            alerts.warning("the daemon gave up: LDAP out of reach", f"giving up: {err}")
         return ExitCode.LDAP_UNREACHABLE
     finally:
         daemon.shutdown()
+        _close_alerts(alerts)
     log.info("stopped %s/%s provisioning daemon", config.service_name, config.type_name)
     return ExitCode.OK
+
+
+def _alerts(config: Config, dry_run: bool, debug: bool) -> tuple[Alerts | None, RequestLog | None]:
+    """[Mail] alerts and the capture of each request's log lines for them (none in dry-run)."""
+    if dry_run:
+        return None, None
+    alerts = alerts_from_config(config, host=socket.gethostname())
+    if alerts is None:
+        return None, None
+    log.info("%s", describe_settings(alerts.settings))
+    request_log = RequestLog()
+    install_handler(request_log, STREAM_FORMAT, _flags(config, debug))
+    return alerts, request_log
+
+
+def _flags(config: Config, debug: bool = False) -> LevelFlags:
+    """Which levels are logged: the LOG_* flags (service file over Global.conf), -d adds debug."""
+    return LevelFlags(debug=config.log_flag("LOG_DEBUG") or debug, info=config.log_flag("LOG_INFO"),
+                      warning=config.log_flag("LOG_WARNING"), error=config.log_flag("LOG_ERR"))
+
+
+def _close_alerts(alerts: Alerts | None) -> None:
+    """Send what waits (within a few seconds: systemd's stop timeout is near), say what is lost."""
+    if alerts is not None:
+        alerts.close(ALERTS_CLOSE_TIMEOUT)
 
 
 def _detach(config: Config, args: argparse.Namespace) -> None:

@@ -120,6 +120,7 @@ class Daemon:
         self._swept_on: dt.date | None = None
         self._after_refresh: list[Callable[[], None]] = []
         self._closed = False
+        self._warned: set[str] = set()            # warnings mailed for trouble that is not over
 
     # ---------------------------------------------------------------- control
 
@@ -152,7 +153,7 @@ class Daemon:
             return
         self._closed = True
         self._drain()
-        self.position.flush()
+        self._flush()
         self.executor.close()
         self.stream.close()
         self.directory.close()
@@ -195,6 +196,7 @@ class Daemon:
                 return
             raise
         self.in_refresh = True
+        self._warned.discard("directory")
         log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
                  " (full refresh)" if self.refresh_full else "")
 
@@ -228,9 +230,11 @@ class Daemon:
     def _recover(self) -> None:
         """Finish the work in hand, then reconnect and write what is kept."""
         log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
+        self._warn_once("directory", "the directory is out of reach or refuses writes",
+                        f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
         self._drain()
         self._forget_unfinished()
-        self.position.flush()
+        self._flush()
         self._trouble = None
         if self.stopping:
             return
@@ -337,7 +341,23 @@ class Daemon:
             if nxt is not None and not (self._trouble or self.stopping):
                 self._begin(job.key, *nxt)
         self._advance()
-        self.position.flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the position; when the store's folder is full or read-only, say so once."""
+        if self.position.flush():
+            self._warned.discard("store")
+        else:
+            self._warn_once("store", f"{self.store.path} cannot be written",
+                            "The daemon goes on with its position in memory and tries again; the position "
+                            "on disk stays before any work that is not done.")
+
+    def _warn_once(self, topic: str, subject: str, text: str) -> None:
+        """Mail a warning once per episode of trouble (the log has the details)."""
+        alerts = self.router.alerts
+        if alerts is not None and topic not in self._warned:
+            alerts.warning(subject, text)
+        self._warned.add(topic)
 
     def _advance(self) -> None:
         """Acknowledge the newest cookie that no unhandled event precedes."""

@@ -60,7 +60,7 @@ class LdapMode:
         took = time.monotonic() - started
         if code == ReturnValue.SUCCESS:
             log.info("%s: %s done in %.3f s (nothing is written back in LDAP mode)", entry.dn, verb, took)
-            return Result(remember=entry)
+            return Result(remember=entry, verb=verb, code=code)
         log.error("%s: %s failed with return value %d after %.3f s; tried again on the next change of "
                   "the entry or at the next start", entry.dn, verb, code, took)
-        return Result(remember=entry, failed=verb)
+        return Result(remember=entry, failed=verb, verb=verb, code=code)

@@ -200,7 +200,9 @@ class Selfcare:
         log.error("%s: request refused with return value %d: %s", entry.dn, decision.code, decision.reason)
         if entry.get(RETURN) == str(decision.code):
             return Result()
-        return self._write(entry, {RETURN: [str(decision.code)]}, _unchanged(entry), "write the refusal")
+        refused = self._write(entry, {RETURN: [str(decision.code)]}, _unchanged(entry), "write the refusal")
+        refused.verb, refused.code = decision.verb or "request", decision.code
+        return refused
 
     def _work(self, entry: Entry, decision: Decision) -> Result:
         verb = decision.verb
@@ -235,6 +237,7 @@ class Selfcare:
         outcome = self._write(fresh, changes, expect, f"write the outcome of {verb}", done=done,
                               failed=code != ReturnValue.SUCCESS)
         outcome.own_csns = claim.own_csns + outcome.own_csns
+        outcome.verb, outcome.code = verb, code
         if outcome.pending is not None:
             outcome.remember = fresh
         return outcome

@@ -60,15 +60,18 @@ class Removals:
         if selfcare:
             delete, why = selfcare_removal(known, today)
             if not delete:
-                (log.info if "nothing to do" in why else log.warning)("%s: %s", known.dn, why)
-                return Result(forget=known.uuid)
+                if "nothing to do" in why:
+                    log.info("%s: %s", known.dn, why)
+                    return Result(forget=known.uuid)
+                log.warning("%s: %s", known.dn, why)
+                return Result(forget=known.uuid, warning=("an entry left the directory, its data is kept", why))
             log.warning("%s: %s: deleting it with the last known entry", known.dn, why)
         else:
             log.info("%s: delete (MODUS LDAP: the entry left the directory)", known.dn)
         code = self.service.run(Request("delete", known.entry()))
         if code == ReturnValue.SUCCESS:
             log.info("%s: delete done for the removed entry", known.dn)
-            return Result(forget=known.uuid)
+            return Result(forget=known.uuid, verb="delete", code=code)
         log.error("%s: delete of the removed entry failed with return value %d; tried again at the "
                   "next start", known.dn, code)
-        return Result(remember=known.entry(), failed="delete")
+        return Result(remember=known.entry(), failed="delete", verb="delete", code=code)

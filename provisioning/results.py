@@ -33,5 +33,9 @@ class Result:
     retry: str | None = None             # not done because the directory is away: resync, then again
     interrupted: bool = False            # a stop cut the work short: resumed at the next start
     watch: Watch | None = None           # someone else's claim to look at again
+    verb: str | None = None              # what was done or refused (for alerts)
+    code: int | None = None              # its return value: 0 done, else failed or refused
+    warning: tuple[str, str] | None = None   # (subject, text) an operator must hear of
+    lines: list[str] = field(default_factory=list)   # the log lines of this job, for a mail
 
 

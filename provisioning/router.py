@@ -16,6 +16,7 @@ from provisioning.claims import Owners
 from provisioning.clock import Clock
 from provisioning.entry import Entry
 from provisioning.ldapmode import LdapMode, ldap_verb
+from provisioning.mail import Alerts, RequestLog
 from provisioning.protocol import Selfcare, Verdict, decide, is_selfcare
 from provisioning.removals import Removals
 from provisioning.results import Result, Watch
@@ -33,7 +34,8 @@ class Router:
 
     def __init__(self, *, modus: str, base: str, store: Store, service: Service, owners: Owners,
                  selfcare: Selfcare, ldap_mode: LdapMode, removals: Removals,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, alerts: Alerts | None = None,
+                 request_log: RequestLog | None = None) -> None:
         self.modus = modus
         self.base = base.lower()
         self.store = store
@@ -43,6 +45,8 @@ class Router:
         self.ldap_mode = ldap_mode
         self.removals = removals
         self.clock = clock or Clock()
+        self.alerts = alerts
+        self.request_log = request_log
         self.adopt: str | None = None      # a cookie whose entries count as handled (see cookie.Start)
         self.watching: dict[str, Watch] = {}
         self._own_writes: OrderedDict[str, None] = OrderedDict()
@@ -78,7 +82,7 @@ class Router:
             log.debug("%s: belongs to another host, left untouched", entry.dn)
             self.store.remember(entry)
             return None
-        return Job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision), entry)
+        return self._job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision), entry)
 
     def _ldap_job(self, entry: Entry) -> Job | None:
         verb = ldap_verb(entry, self.store.lookup(entry.uuid), self.adopt)
@@ -90,7 +94,7 @@ class Router:
             log.debug("%s: belongs to another host, left untouched", entry.dn)
             self.store.remember(entry)
             return None
-        return Job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb), entry)
+        return self._job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb), entry)
 
     def removal_job(self, uuid: str) -> Job | None:
         """The job for an entry the server reports gone by its entryUUID."""
@@ -105,7 +109,7 @@ class Router:
             return None
         selfcare = self.uses_selfcare(known.entry())
         today = self.clock.today()
-        return Job(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
+        return self._job(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
 
     def retry_job(self, known: Known, current: Entry | None) -> Job | None:
         """The job that tries a failed hook again at start (``current``: the entry now, if it exists)."""
@@ -115,7 +119,11 @@ class Router:
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
             return self.entry_job(current)
-        return Job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
+        return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
+
+    def _job(self, key: str, dn: str, work, entry: Entry | None = None) -> Job:
+        capture = self.request_log.capture if self.request_log is not None and self.alerts is not None else None
+        return Job(key, dn, work, entry, capture=capture)
 
     def _failed(self, entry: Entry) -> str | None:
         known = self.store.lookup(entry.uuid)
@@ -135,6 +143,7 @@ class Router:
         self.note_own_writes(result.own_csns)
         if result.pending is not None:
             self.store.add_pending(result.pending)
+        self._alert(job, result)
         if result.retry or result.interrupted:
             return
         if result.forget:
@@ -147,6 +156,20 @@ class Router:
             self.watching[job.key] = result.watch
         else:
             self.watching.pop(job.key, None)
+
+    def _alert(self, job: Job, result: Result) -> None:
+        """Mail what an operator must hear of ([Mail]); never waits for the mail."""
+        if self.alerts is None:
+            return
+        if result.warning is not None:
+            self.alerts.warning(result.warning[0], result.warning[1], dn=job.dn)
+        if result.code is None:
+            return
+        if result.code == 0:
+            self.alerts.done(job.dn, result.verb or "request", result.lines)
+        else:
+            self.alerts.failed(job.dn, result.verb or "request", result.code,
+                               self.service.meaning(result.code), result.lines)
 
     def expired_watches(self, now: dt.datetime) -> list[tuple[str, Watch]]:
         """Claims whose lease ran out; they are no longer watched once returned."""

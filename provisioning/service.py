@@ -80,6 +80,21 @@ class Service:
             return False
         return answer is not False
 
+    def meaning(self, code: int) -> str:
+        """What a return value means: the core's own, or the plugin's (hook provisioning_return_values)."""
+        try:
+            return f"{ReturnValue(code).name}"
+        except ValueError:
+            pass
+        hook = getattr(self.manager.hook, "provisioning_return_values", None)
+        try:
+            for table in (hook() if hook is not None else []):
+                if table and code in table:
+                    return table[code]
+        except Exception:  # noqa: BLE001 - a broken table must not cost the alert
+            log.exception("plugin failed to describe return value %d", code)
+        return "no description"
+
     def run(self, request: Request) -> int:
         """Run the hook for ``request.verb``; return its exit code."""
         hook = getattr(self.manager.hook, f"provisioning_{request.verb}")

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 from provisioning.backend.ldap import DirectoryUnavailable, WriteRefused
 from provisioning.entry import Entry
@@ -31,8 +31,17 @@ class Job:
     work: Callable[[], Result]
     entry: Entry | None = None      # the version judged, remembered when the job ends
     seq: int = 0
+    capture: Callable[[], ContextManager[list[str]]] | None = None   # collects the job's log lines
 
     def execute(self) -> Result:
+        if self.capture is None:
+            return self._execute()
+        with self.capture() as lines:
+            result = self._execute()
+        result.lines = list(lines)
+        return result
+
+    def _execute(self) -> Result:
         try:
             return self.work()
         except Interrupted:
