@@ -113,7 +113,7 @@ class Daemon:
         self.in_refresh = True
         self.refresh_full = False
         self._seq = 0
-        self._lanes: dict[str, deque[tuple[int, Callable[[], Job | None]]]] = {}
+        self._lanes: dict[str, deque[tuple[int, str, Callable[[], Job | None]]]] = {}
         self._open_seqs: set[int] = set()          # events not yet handled to the end
         self._cookies: deque[tuple[int, str]] = deque()
         self._trouble: str | None = None           # why the loop must reconnect before going on
@@ -210,7 +210,9 @@ class Daemon:
     def _write_pending(self) -> None:
         """Write the outcomes the directory did not take before; raise if it still does not."""
         for write in self.store.pending():
-            self.router.note_own_writes(write_pending(self.directory, write))
+            csns = write_pending(self.directory, write)
+            self.router.note_own_writes(csns)
+            self.router.written(write, csns[0] if csns else None)
             self.store.drop_pending(write.dn)
             self.position.flush()
 
@@ -251,14 +253,15 @@ class Daemon:
     def _dispatch(self, event: Event) -> None:
         self._seq += 1
         if isinstance(event, EntryChanged):
-            entry = event.entry
-            self._enqueue(entry.uuid or entry.dn.lower(), self._seq, lambda: self.router.entry_job(entry))
+            entry, current = event.entry, self.in_refresh
+            self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
+                          lambda: self.router.entry_job(entry, current=current))
         elif isinstance(event, CookieReached):
             self._cookies.append((self._seq, event.cookie))
             self._advance()
         elif isinstance(event, EntriesDeleted):
             for uuid in event.uuids:
-                self._enqueue(uuid, self._seq, lambda u=uuid: self.router.removal_job(u))
+                self._enqueue(uuid, self._seq, f"entryUUID {uuid}", lambda u=uuid: self.router.removal_job(u))
         elif isinstance(event, PresentEnd):
             self._present_end(event)
         elif isinstance(event, RefreshDone):
@@ -286,28 +289,28 @@ class Daemon:
             return
         gone = candidates - self.directory.existing_uuids(self.base, candidates)
         for uuid in sorted(gone):
-            self._enqueue(uuid, self._seq, lambda u=uuid: self.router.removal_job(u))
+            self._enqueue(uuid, self._seq, f"entryUUID {uuid}", lambda u=uuid: self.router.removal_job(u))
 
     # ---------------------------------------------------------------- lanes
 
-    def _enqueue(self, key: str, seq: int, plan: Callable[[], Job | None]) -> None:
+    def _enqueue(self, key: str, seq: int, label: str, plan: Callable[[], Job | None]) -> None:
         """Queue work for ``key`` behind what is in hand for it, or start it now."""
         self._open_seqs.add(seq)
         lane = self._lanes.get(key)
         if lane is not None:
-            lane.append((seq, plan))
+            lane.append((seq, label, plan))
             return
         self._lanes[key] = deque()
-        self._begin(key, seq, plan)
+        self._begin(key, seq, label, plan)
 
-    def _begin(self, key: str, seq: int, plan: Callable[[], Job | None]) -> None:
+    def _begin(self, key: str, seq: int, label: str, plan: Callable[[], Job | None]) -> None:
         while True:
             try:
                 job = plan()
             except (DirectoryUnavailable, WriteRefused):
                 raise
             except Exception:  # noqa: BLE001 - a bug in judging costs this entry, not the daemon
-                log.exception("%s: unexpected error while judging the entry", key)
+                log.exception("%s: unexpected error while judging the entry", label)
                 job = None
             if job is not None:
                 job.key, job.seq = key, seq
@@ -316,9 +319,9 @@ class Daemon:
             nxt = self._next_in_lane(key, seq)
             if nxt is None:
                 return
-            seq, plan = nxt
+            seq, label, plan = nxt
 
-    def _next_in_lane(self, key: str, seq: int) -> tuple[int, Callable[[], Job | None]] | None:
+    def _next_in_lane(self, key: str, seq: int) -> tuple[int, str, Callable[[], Job | None]] | None:
         """Mark ``seq`` handled; the next queued work of the lane, or None (lane closed)."""
         self._open_seqs.discard(seq)
         lane = self._lanes[key]
@@ -415,9 +418,11 @@ class Daemon:
             if current is not None and current.uuid != known.uuid:
                 current = None               # another entry took the DN: ours is gone
             self._seq += 1
-            self._enqueue(known.uuid, self._seq, lambda k=known, c=current: self.router.retry_job(k, c))
+            self._enqueue(known.uuid, self._seq, known.dn, lambda k=known, c=current: self.router.retry_job(k, c))
 
     def _new_work(self, entry: Entry) -> None:
+        """Work for an entry a search found (as it is now)."""
         self._seq += 1
-        self._enqueue(entry.uuid or entry.dn.lower(), self._seq, lambda: self.router.entry_job(entry))
+        self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
+                      lambda: self.router.entry_job(entry, current=True))
 

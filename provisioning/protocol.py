@@ -238,9 +238,27 @@ class Selfcare:
                               failed=code != ReturnValue.SUCCESS)
         outcome.own_csns = claim.own_csns + outcome.own_csns
         outcome.verb, outcome.code = verb, code
+        outcome.answered = {"judged": entry.csn, "claim": fresh.csn, "claimed": claimed, "token": token,
+                            "changes": changes, "done": done, "failed": code != ReturnValue.SUCCESS}
         if outcome.pending is not None:
             outcome.remember = fresh
         return outcome
+
+    def answer_again(self, entry: Entry, answered: dict) -> Result:
+        """Write again the outcome of a request this daemon worked, which the directory lost.
+
+        A provider that died before replicating our claim's outcome leaves
+        the request as it was before (or claimed by us): the work is done,
+        only its outcome is written, asserted as the first time.
+        """
+        log.warning("%s: the directory lost the outcome this daemon wrote for this request (a provider "
+                    "that did not replicate it?); writing it again without redoing the work", entry.dn)
+        expect = (f"(|(&({MODE}={answered['claimed']})({CLAIM_ATTRIBUTE}={escape_filter_chars(answered['token'])}))"
+                  f"(entryCSN={escape_filter_chars(answered['judged'] or '')}))")
+        result = self._write(entry, answered["changes"], expect, "write the outcome again",
+                             done=answered["done"], failed=answered["failed"])
+        result.answered = answered
+        return result
 
     def _run_plugin(self, request: Request) -> tuple[int, float]:
         started = time.monotonic()

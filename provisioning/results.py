@@ -37,5 +37,6 @@ class Result:
     code: int | None = None              # its return value: 0 done, else failed or refused
     warning: tuple[str, str] | None = None   # (subject, text) an operator must hear of
     lines: list[str] = field(default_factory=list)   # the log lines of this job, for a mail
+    answered: dict | None = None         # the outcome a worked request got (see store.Known)
 
 

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 
-from provisioning.backend.store import Known, Store
+from provisioning.backend.store import Known, PendingWrite, Store
 from provisioning.claims import Owners
 from provisioning.clock import Clock
 from provisioning.entry import Entry
@@ -53,17 +53,22 @@ class Router:
 
     # ---------------------------------------------------------------- planning
 
-    def entry_job(self, entry: Entry) -> Job | None:
-        """The job for an entry the stream (or a search) delivered; None if nothing is to be done."""
+    def entry_job(self, entry: Entry, *, current: bool = False) -> Job | None:
+        """The job for an entry the stream (or a search) delivered; None if nothing is to be done.
+
+        ``current``: the entry is as the directory holds it now (a refresh, a
+        search), not a change as it happened; an older version of our own
+        writes is then no echo but a directory that lost them.
+        """
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
-        if entry.csn and entry.csn in self._own_writes:
+        if not current and entry.csn and entry.csn in self._own_writes:
             # The store already has what the write left (the job's result);
             # an echo of an earlier write of ours (the claim) must not undo that.
             log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
             return None
         if self.uses_selfcare(entry):
-            return self._selfcare_job(entry)
+            return self._selfcare_job(entry, current)
         return self._ldap_job(entry)
 
     def uses_selfcare(self, entry: Entry) -> bool:
@@ -71,7 +76,10 @@ class Router:
             return True
         return self.modus == "combined" and is_selfcare(entry)
 
-    def _selfcare_job(self, entry: Entry) -> Job | None:
+    def _selfcare_job(self, entry: Entry, current: bool) -> Job | None:
+        answered = self._answered(entry) if current else None
+        if answered is not None:
+            return self._job(_key(entry), entry.dn, lambda: self.selfcare.answer_again(entry, answered), entry)
         decision = decide(entry, self.clock.today(), self.owners)
         if decision.verdict is Verdict.IGNORE:
             log.debug("%s: %s", entry.dn, decision.reason)
@@ -118,12 +126,20 @@ class Router:
         verb = known.failed if known.failed in ("add", "modify") else "modify"
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
-            return self.entry_job(current)
+            return self.entry_job(current, current=True)
         return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
 
     def _job(self, key: str, dn: str, work, entry: Entry | None = None) -> Job:
         capture = self.request_log.capture if self.request_log is not None and self.alerts is not None else None
         return Job(key, dn, work, entry, capture=capture)
+
+    def _answered(self, entry: Entry) -> dict | None:
+        """Our outcome for this very version of the request, if the directory lost it."""
+        known = self.store.lookup(entry.uuid)
+        answered = known.answered if known is not None else None
+        if not answered or not entry.csn or (entry.get("sstProvisioningState") or "").strip() != "0":
+            return None
+        return answered if entry.csn in (answered.get("judged"), answered.get("claim")) else None
 
     def _failed(self, entry: Entry) -> str | None:
         known = self.store.lookup(entry.uuid)
@@ -138,6 +154,12 @@ class Router:
         while len(self._own_writes) > OWN_WRITES_KEPT:
             self._own_writes.popitem(last=False)
 
+    def written(self, write: PendingWrite, csn: str | None) -> None:
+        """A kept write reached the directory: the store knows the entry as it left it."""
+        known = self.store.lookup(write.uuid)
+        if known is not None and csn:
+            self.store.remember(known.entry().with_changes(write.changes, csn), answered=known.answered)
+
     def complete(self, job: Job, result: Result) -> None:
         """Record what a job did; nothing when it did not end (retry, interrupted)."""
         self.note_own_writes(result.own_csns)
@@ -151,7 +173,7 @@ class Router:
         else:
             seen = result.remember or job.entry
             if seen is not None:
-                self.store.remember(seen, failed=result.failed)
+                self.store.remember(seen, failed=result.failed, answered=result.answered)
         if result.watch is not None:
             self.watching[job.key] = result.watch
         else:

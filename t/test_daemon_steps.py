@@ -175,14 +175,14 @@ def test_an_unexpected_error_costs_the_entry_not_the_daemon(running, directory, 
     daemon, _ = running
     real = daemon.router.entry_job
 
-    def broken_for_one(entry):
+    def broken_for_one(entry, **how):
         if entry.dn.startswith(f"uid={UID},"):
             raise KeyError("a bug")
-        return real(entry)
+        return real(entry, **how)
 
     monkeypatch.setattr(daemon.router, "entry_job", broken_for_one)
     directory.add(UID)
     other = directory.add("3723708")
     _steps_until(daemon, lambda: directory.get(other)["sstProvisioningMode"] == "added", "the next request")
-    assert "unexpected error while judging the entry" in caplog.text
+    assert f"uid={UID},{directory.subtree}: unexpected error while judging the entry" in caplog.text
     assert "KeyError: 'a bug'" in caplog.text

@@ -97,15 +97,26 @@ def covered(csn: str | None, cookie: str | None) -> bool:
 
 
 def ahead_of(cookie: str | None, context_csns: list[str]) -> str | None:
-    """Why ``cookie`` cannot come from this provider, or None when it can.
+    """Why the provider cannot continue from ``cookie``, or None when it can.
 
-    A cookie CSN newer than every CSN the provider has (a cookie from another
-    directory, a provider clock that ran ahead and was set back) would make a
-    SEARCH_FILTER with %entryCSN% match nothing: the daemon would be deaf.
+    - A cookie CSN newer than every CSN the provider has (a cookie from
+      another directory, a provider clock that ran ahead and was set back)
+      would make a SEARCH_FILTER with %entryCSN% match nothing: the daemon
+      would be deaf.
+    - A provider that has less of some server's changes than the cookie
+      covers (the provider we read from died before replicating its last
+      changes to this one) would never send those entries again: requests
+      and outcomes there would be left as they are.
+    Either way the daemon refreshes in full, judging every entry afresh.
     """
     mine = cookie_csns(cookie)
     if not mine or not context_csns:
         return None
+    theirs = by_sid(context_csns)
+    for sid, csn in sorted(by_sid(mine).items()):
+        if sid in theirs and csn > theirs[sid]:
+            return (f"the provider has server {sid}'s changes up to {theirs[sid]} only, the cookie covers "
+                    f"them up to {csn} (not replicated to it, or the provider lost them)")
     newest = max(context_csns)
     if max(mine) > newest:
         return f"the cookie's CSN {max(mine)} is newer than anything the provider has ({newest})"

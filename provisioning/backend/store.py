@@ -40,7 +40,7 @@ SCHEMA_VERSION = "1"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (uuid TEXT PRIMARY KEY, dn TEXT NOT NULL, csn TEXT,
-                                    attrs TEXT NOT NULL, failed TEXT);
+                                    attrs TEXT NOT NULL, failed TEXT, answered TEXT);
 CREATE TABLE IF NOT EXISTS pending (dn TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 _FORGOTTEN = None   # overlay value of an entry removed from the store
@@ -59,6 +59,11 @@ class Known:
     csn: str | None
     values: dict[str, list[str]]
     failed: str | None = None     # LDAP mode: the verb whose hook failed on this version
+    # Selfcare: the last request this daemon worked and the outcome it wrote
+    # (judged and claim entryCSN, claim token, the changes). If a provider
+    # dies before replicating the outcome, the request shows up again at
+    # one of those CSNs: the outcome is written again, the work not redone.
+    answered: dict | None = None
 
     def entry(self) -> Entry:
         return Entry.from_values(self.dn, self.values, self.uuid)
@@ -176,7 +181,7 @@ class Store:
             return None
         if uuid in self._entries:
             return self._entries[uuid]
-        rows = self._query("SELECT uuid, dn, csn, attrs, failed FROM entries WHERE uuid=?", (uuid,))
+        rows = self._query("SELECT uuid, dn, csn, attrs, failed, answered FROM entries WHERE uuid=?", (uuid,))
         return _known(rows[0]) if rows else None
 
     def uuids(self) -> set[str]:
@@ -191,7 +196,7 @@ class Store:
 
     def failed(self) -> list[Known]:
         """Entries whose LDAP-mode hook failed, to be tried again."""
-        rows = self._query("SELECT uuid, dn, csn, attrs, failed FROM entries WHERE failed IS NOT NULL")
+        rows = self._query("SELECT uuid, dn, csn, attrs, failed, answered FROM entries WHERE failed IS NOT NULL")
         found = {row[0]: _known(row) for row in rows}
         for uuid, value in self._entries.items():
             if value is None or value.failed is None:
@@ -223,11 +228,11 @@ class Store:
     def set_cookie(self, cookie: str) -> None:
         self._cookie = cookie
 
-    def remember(self, entry: Entry, *, failed: str | None = None) -> None:
+    def remember(self, entry: Entry, *, failed: str | None = None, answered: dict | None = None) -> None:
         """Record ``entry`` as the daemon has now handled it."""
         if not entry.uuid:
             return
-        self._entries[entry.uuid] = Known(entry.uuid, entry.dn, entry.csn, entry.as_values(), failed)
+        self._entries[entry.uuid] = Known(entry.uuid, entry.dn, entry.csn, entry.as_values(), failed, answered)
 
     def forget(self, uuid: str) -> None:
         self._entries[uuid] = _FORGOTTEN
@@ -273,8 +278,9 @@ class Store:
                 if known is _FORGOTTEN:
                     db.execute("DELETE FROM entries WHERE uuid=?", (uuid,))
                 else:
-                    db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
-                               (uuid, known.dn, known.csn, json.dumps(known.values), known.failed))
+                    db.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                               (uuid, known.dn, known.csn, json.dumps(known.values), known.failed,
+                                json.dumps(known.answered) if known.answered else None))
             for dn, write in self._pending.items():
                 if write is None:
                     db.execute("DELETE FROM pending WHERE dn=?", (dn,))
@@ -298,8 +304,8 @@ class Store:
 
 
 def _known(row: tuple) -> Known:
-    uuid, dn, csn, attrs, failed = row
-    return Known(uuid, dn, csn, json.loads(attrs), failed)
+    uuid, dn, csn, attrs, failed, answered = row
+    return Known(uuid, dn, csn, json.loads(attrs), failed, json.loads(answered) if answered else None)
 
 
 def _pending(body: str) -> PendingWrite:

@@ -181,6 +181,10 @@ class ProviderPair:
         self.first.peer, self.second.peer = self.second, self.first
         self.second.load_base = False
 
+    def relay_first_to_second(self, uri: str) -> None:
+        """Let the second pull the first's changes through ``uri`` (a relay a test can cut); before start()."""
+        self.second.peer_uri = uri
+
     @property
     def servers(self) -> list["StoneySlapd"]:
         return [self.first, self.second]
@@ -191,14 +195,16 @@ class ProviderPair:
 
     def stop(self) -> None:
         for server in self.servers:
-            server.stop()
+            if server._proc is not None or os.path.exists(server.testrundir):
+                server.stop()
 
 
 class _Provider(StoneySlapd):
     peer: "StoneySlapd"
+    peer_uri: str | None = None
 
     def replication(self) -> str:
-        return (f"olcSyncrepl: {{0}}rid=001 provider={self.peer.ldap_uri} bindmethod=simple "
+        return (f"olcSyncrepl: {{0}}rid=001 provider={self.peer_uri or self.peer.ldap_uri} bindmethod=simple "
                 f'binddn="{self.peer.root_dn}" credentials={self.peer.root_pw} searchbase="{SUFFIX}" '
                 f'type=refreshAndPersist retry="1 +" timeout=3 network-timeout=3\n'
                 f"olcMultiProvider: TRUE\n")

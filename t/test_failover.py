@@ -1,0 +1,138 @@
+"""Provider failover: two slapd replicating each other (multi-provider), one stopped in a burst."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import ldap
+import ldap.modlist
+import pytest
+
+from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
+
+from faults import PauseAt, Proxy
+from helpers import DaemonProcess, Host, account_attrs, wait_until
+
+BURST = 500
+UID = "3723707"
+
+
+@pytest.fixture
+def pair(tmp_path):
+    providers = ProviderPair(str(tmp_path / "pair"))
+    providers.start()
+    conn = providers.second.connect()
+    try:
+        wait_until(lambda: _exists(conn, ACCOUNTS_BASE), "the base tree to replicate")
+    finally:
+        conn.unbind_s()
+    yield providers
+    providers.stop()
+
+
+def _exists(conn, dn: str) -> bool:
+    try:
+        conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["1.1"])
+        return True
+    except ldap.NO_SUCH_OBJECT:
+        return False
+
+
+def _modes(server) -> Counter:
+    conn = server.connect()
+    try:
+        found = conn.search_s(ACCOUNTS_BASE, ldap.SCOPE_ONELEVEL, "(uid=*)",
+                              ["sstProvisioningMode", "sstProvisioningReturnValue"])
+    finally:
+        conn.unbind_s()
+    return Counter((a["sstProvisioningMode"][0].decode(), "sstProvisioningReturnValue" in a) for _, a in found)
+
+
+def test_the_daemon_fails_over_to_the_other_provider_in_a_burst(tmp_path, pair, report):
+    host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
+    host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
+    host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
+    daemon = DaemonProcess(host).start()
+    daemon.wait_for(rf"connected to {pair.first.ldap_uri}")
+    uids = [str(3740000 + i) for i in range(BURST)]
+    # The portal writes to the provider that stays up; the daemon reads from the other one.
+    conn = pair.second.connect()
+    try:
+        for uid in uids:
+            conn.add_s(f"uid={uid},{ACCOUNTS_BASE}", ldap.modlist.addModlist(account_attrs(uid, host.layout.backup_root)))
+    finally:
+        conn.unbind_s()
+    wait_until(lambda: len(host.quota_calls()) >= BURST // 4, "a quarter of the burst", 60)
+    in_flight = BURST - len(host.quota_calls())
+    pair.first.terminate()
+    pair.first.wait()
+    stopped = time.monotonic()
+    done_before = daemon.count(r": add done in ")
+    daemon.wait_for(rf"connected to {pair.second.ldap_uri}", timeout=60)
+    wait_until(lambda: daemon.count(r": add done in ") > done_before, "the next request done", 60)
+    next_done = time.monotonic() - stopped
+    wait_until(lambda: _modes(pair.second).get(("added", True), 0) == BURST, f"all {BURST} done", 180)
+    assert daemon.stop() == 0
+    quota = Counter(c[1] for c in host.quota_calls())
+    assert set(quota) == set(uids) and set(quota.values()) == {1}, [u for u, n in quota.items() if n > 1]
+    assert _modes(pair.second) == Counter({("added", True): BURST})
+    report("provider failover in a burst of 500", in_flight=in_flight, lost=0, twice=0, left_claimed=0,
+           seconds_to_next_done=round(next_done, 2))
+
+
+@pytest.mark.parametrize("cut_at", ["before the claim", "after the claim"])
+def test_an_outcome_the_dead_provider_never_replicated_is_written_again_not_redone(tmp_path, cut_at):
+    """The provider we read from dies right after our outcome, before replicating it to the other."""
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.first.port)           # the first's changes reach the second through it
+    pair.relay_first_to_second(relay.uri)
+    pair.start()
+    try:
+        _lost_outcome(tmp_path, pair, relay, cut_at)
+    finally:
+        relay.stop()
+        pair.stop()
+
+
+def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str) -> None:
+    (tmp_path / "stand-ins").mkdir()
+    pause = PauseAt(tmp_path / "stand-ins", "setquota")
+    host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
+    host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
+    host.set("Backup", SET_QUOTA_CMD=pause.command)
+    host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
+    daemon = DaemonProcess(host).start()
+    dn = f"uid={UID},{ACCOUNTS_BASE}"
+    if cut_at == "before the claim":
+        relay.cut()                                       # the second sees nothing of the first from now on
+    second = pair.second.connect()
+    second.add_s(dn, ldap.modlist.addModlist(account_attrs(UID, host.layout.backup_root)))
+    pause.wait_paused()
+    if cut_at == "after the claim":
+        wait_until(lambda: _mode(pair.second, dn) == "adding", "the claim to replicate")
+        relay.cut()
+    pause.release()
+    daemon.wait_for(rf"uid={UID},.*: add done in")
+    pair.first._proc.kill()                               # dies without replicating our outcome
+    pair.first.wait()
+    assert _mode(pair.second, dn) == ("add" if cut_at == "before the claim" else "adding")
+    daemon.wait_for(r"the provider has server \w+'s changes up to .* only, the cookie covers them up to .*: "
+                    r"refreshing from scratch", timeout=60)
+    daemon.wait_for(rf"uid={UID},.*: the directory lost the outcome this daemon wrote", timeout=30)
+    wait_until(lambda: _mode(pair.second, dn) == "added", "the outcome on the second provider", 30)
+    assert daemon.stop() == 0
+    assert [c[1] for c in pause.call_args()] == [UID]      # the work was not done again
+    assert [c[2] for c in host.chroot_calls()] == [UID]
+
+
+def _mode(server, dn: str) -> str | None:
+    conn = server.connect()
+    try:
+        found = conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["sstProvisioningMode"])
+    except ldap.NO_SUCH_OBJECT:
+        return None
+    finally:
+        conn.unbind_s()
+    return found[0][1]["sstProvisioningMode"][0].decode()
