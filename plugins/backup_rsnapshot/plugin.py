@@ -21,6 +21,7 @@ from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot.archive import dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot.home import ensure_home
+from provisioning_backup_rsnapshot.operations import OperatorHooks
 from provisioning_backup_rsnapshot.quota import set_quota
 from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
 from provisioning_backup_rsnapshot.settings import Settings, problems
@@ -31,7 +32,7 @@ SPEC = Path(__file__).with_name("backup.spec")
 MIN_PYTHON = (3, 11)
 
 
-class BackupRsnapshot:
+class BackupRsnapshot(OperatorHooks):
     """One instance per daemon; keeps the settings and the proven rsnapshot shapes."""
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -123,8 +124,8 @@ class BackupRsnapshot:
         ensure_home(account, place, s.create_chroot_cmd, ctx.transport)
         set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
         written = self.configs.install(account, place)
-        log.info("%s: %s: home %s, quota %d bytes, %s written", request.dn, request.verb,
-                 place.home_path, account.quota_bytes, written)
+        log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
+                 place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
 
     def _remove(self, request: Request, ctx: ServiceContext) -> None:
         s = self.settings
@@ -134,4 +135,5 @@ class BackupRsnapshot:
         set_quota(s.set_quota_cmd, account.uid_number, 0, s.mountpoint, ctx.transport)
         done = dispose(place.directory, account.uid, s.delete_data, s.archive_dir,
                        utc_stamp(self.clock.utcnow()), ctx.transport)
-        log.info("%s: delete: %s removed, quota lifted, %s", request.dn, removed, done)
+        log.info("%s: delete: %s %s, %s", request.dn, removed,
+                 "would be removed, quota would be lifted" if ctx.dry_run else "removed, quota lifted", done)
