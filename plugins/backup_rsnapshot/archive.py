@@ -25,11 +25,11 @@ def dispose(directory: str, uid: str, how: str, archive_dir: str, stamp: str,
             return f"{directory} kept (DELETE_DATA = keep)"
         if how == "remove":
             transport.remove_tree(directory)
-            return f"{directory} removed (DELETE_DATA = remove)"
+            return f"{directory} {'would be removed' if transport.dry_run else 'removed'} (DELETE_DATA = remove)"
         transport.makedirs(archive_dir, mode=0o700)
         target = f"{archive_dir}/{uid}-{stamp}"
         transport.rename(directory, target)
-        return f"{directory} archived as {target}"
+        return f"{directory} {'would be archived' if transport.dry_run else 'archived'} as {target}"
     except OSError as err:
         raise StepError(Code.CANNOT_ARCHIVE_ACCOUNT_DATA,
                         f"cannot {how} {directory}: {err}") from err

@@ -27,7 +27,7 @@ def ensure_home(account: Account, place: Layout, create_cmd: str, transport: Tra
         if not transport.dry_run and not _present(place.home_path, transport):
             raise StepError(Code.CANNOT_CREATE_HOME_DIR,
                             f"{create_cmd} exited 0 but {place.home_path} does not exist")
-        log.info("%s: home %s created", account.dn, place.home_path)
+        log.info("%s: home %s %s", account.dn, place.home_path, "would be created" if transport.dry_run else "created")
     # Backups land in incoming/ (the owner's); snapshots in .snapshots/
     # (root's, readable): rsnapshot refuses a configuration without them.
     try:
