@@ -321,3 +321,27 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_starttls_is_verified_against_the_configured_ca(host, slapd):
+    host.set("Database", START_TLS=1, CA_FILE=slapd.cafile)
+    code, lines = _check(host)
+    assert code == 0, lines
+    assert _line(lines, "OK   LDAP TLS: ") == f"OK   LDAP TLS: {slapd.ldap_uri}: certificate verified against " \
+                                            f"CA_FILE {slapd.cafile}"
+
+
+def test_a_certificate_no_trusted_ca_signed_fails_the_tls_line(host, slapd):
+    host.set("Database", START_TLS=1)           # the system's CAs do not know the test CA
+    code, lines = _check(host)
+    assert code == 3
+    line = _line(lines, "FAIL LDAP TLS: ")
+    assert "handshake failed" in line and "the system's CA store" in line
+    assert not any(line.startswith(("OK   LDAP bind", "FAIL LDAP bind")) for line in lines)
+
+
+def test_ldapi_needs_no_tls(host, slapd):
+    host.set("Database", SERVER=slapd.ldapi_uri)
+    code, lines = _check(host)
+    assert code == 0, lines
+    assert _line(lines, "OK   LDAP TLS: ") == f"OK   LDAP TLS: {slapd.ldapi_uri}: not needed (local socket)"
