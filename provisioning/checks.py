@@ -135,8 +135,9 @@ def _world_readable(path: Path) -> str:
 def plugin_lines(loaded: startup.Loaded) -> list[CheckLine]:
     if loaded.manager is None:
         errors = [p.split("SERVICE/TYPE: ", 1)[-1] for p in loaded.problems if "[Service] SERVICE/TYPE:" in p]
-        return [CheckLine.fail("plugin", errors[0] if errors else "not loaded: [Service] SERVICE and TYPE "
-                                                                  "are needed to choose it")]
+        if errors:
+            return [CheckLine.fail("plugin", errors[0])]
+        return [CheckLine.warn("plugin", "not loaded: [Service] SERVICE and TYPE (above) are needed to choose it")]
     lines = [CheckLine.ok("plugin", f"{loaded.plugin} loaded from {loaded.origin or 'its entry point'}")]
     if not loaded.valid:
         return lines + [CheckLine.warn(f"{loaded.plugin} checks", "not run until the configuration is valid")]

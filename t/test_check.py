@@ -345,3 +345,22 @@ def test_ldapi_needs_no_tls(host, slapd):
     code, lines = _check(host)
     assert code == 0, lines
     assert _line(lines, "OK   LDAP TLS: ") == f"OK   LDAP TLS: {slapd.ldapi_uri}: not needed (local socket)"
+
+
+def test_an_unknown_plugin_is_one_fail_line_and_the_ldap_checks_still_run(host):
+    host.set("Service", TYPE="Bacula")
+    code, lines = _check(host)
+    assert code == 3
+    assert _line(lines, "FAIL plugin: ").startswith("FAIL plugin: no plugin for SERVICE = Backup, TYPE = Bacula")
+    assert "installed: Backup/Rsnapshot" in _line(lines, "FAIL plugin: ")
+    _line(lines, "OK   LDAP bind: ")
+    assert lines[-1].startswith("check failed: 1 FAIL, ")
+
+
+def test_a_missing_file_is_one_fail_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "provisioning", "-c", str(tmp_path / "nope.conf"), "-t"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    lines = result.stdout.splitlines()
+    assert _line(lines, "FAIL ") == f"FAIL configuration: {tmp_path}/nope.conf: cannot read: No such file or directory"
+    assert lines[-1].startswith("check failed: 1 FAIL (1 configuration problem(s))")
