@@ -132,20 +132,23 @@ def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
     if problems:
         service.stop()
         return _refuse(problems)
+    readiness = detach.Readiness()
+    if args.daemon:
+        started, readiness = _detach(config, args)
+        if readiness is None:
+            # The starting command: the daemon's own start-up result. While
+            # the daemon runs, what the plugin set up is the daemon's: not
+            # stopped here.
+            if started != ExitCode.OK:
+                service.stop()
+            return started
+    code = ExitCode.INTERNAL_ERROR
     try:
-        readiness = detach.Readiness()
-        if args.daemon:
-            started, readiness = _detach(config, args)
-            if readiness is None:
-                return started            # the starting command: the daemon's own start-up result
-        code = ExitCode.INTERNAL_ERROR
-        try:
-            code = _serve_locked(config, service, args, readiness)
-        finally:
-            readiness.report(code)
-        return code
+        code = _serve_locked(config, service, args, readiness)
     finally:
+        readiness.report(code)
         service.stop()
+    return code
 
 
 def _serve_locked(config: Config, service: Service, args: argparse.Namespace,
