@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from helpers import DaemonProcess, assert_done
+from helpers import DaemonProcess, assert_done, wait_until
 
 UID = "3723707"
 
@@ -41,7 +41,11 @@ def test_a_dry_run_runs_next_to_the_daemon_without_its_lock_and_state(host, dire
     dn = directory.add(UID)
     assert_done(directory.wait_mode(dn, "added"), "added")
     directory.request(dn, "delete", sstIsActive="FALSE")
-    assert_done(directory.wait_mode(dn, "deleted"), "deleted")
+    final = directory.wait_mode(dn, "deleted")
+    assert_done(final, "deleted")
+    # The daemon is at rest once its cookie covers the echo of its last write.
+    wait_until(lambda: host.layout.cookie.exists() and final["entryCSN"] in host.layout.cookie.read_text(),
+               "the daemon's cookie to pass its last write")
     before = _state(host)
     # A second real daemon would exit with 5 here; a dry-run does not take the lock.
     run = DaemonProcess(host, "-r", "--once", log_name="dry.log").start(wait_ready=False)

@@ -11,7 +11,7 @@ import time
 
 from provisioning.sandbox.slapd import BACKUP_BASE
 
-from helpers import DaemonProcess
+from helpers import DaemonProcess, wait_until
 
 UID = "3723707"
 PERFDATA = re.compile(r" \| lag=(U|\d+)s;300;1800;0 pending=\d+;;;0 in_progress=\d+;;;0 failed=\d+;1;10;0 "
@@ -49,8 +49,14 @@ def test_a_daemon_that_never_ran_is_critical(host):
     assert "daemon: not running (no lock file" in result.stdout
 
 
+def _settled(host, entry: dict) -> None:
+    """Wait until the daemon's cookie covers ``entry`` as it is (the echo of its own last write)."""
+    wait_until(lambda: host.layout.cookie.exists() and entry["entryCSN"] in host.layout.cookie.read_text(),
+               "the daemon's cookie to pass its last write")
+
+
 def test_a_running_daemon_with_nothing_to_do_is_ok(host, directory, daemon):
-    directory.wait_mode(directory.add(UID), "added")
+    _settled(host, directory.wait_mode(directory.add(UID), "added"))
     result = _status(host)
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
@@ -129,7 +135,7 @@ def test_a_request_waiting_too_long_is_critical(host, directory, daemon):
 def test_lag_counts_only_changes_of_the_subtree(host, directory, slapd):
     first = DaemonProcess(host).start()
     dn = directory.add(UID)
-    directory.wait_mode(dn, "added")
+    _settled(host, directory.wait_mode(dn, "added"))
     assert first.stop() == 0
     # A change elsewhere in the database moves contextCSN; the daemon has missed nothing.
     conn = slapd.connect()
@@ -201,7 +207,7 @@ def test_ldap_mode_failures_come_from_the_store(host, directory):
 
 
 def test_status_changes_nothing(host, directory, daemon):
-    directory.wait_mode(directory.add(UID), "added")
+    _settled(host, directory.wait_mode(directory.add(UID), "added"))
     state = [host.layout.cookie, host.layout.cookie.with_name(host.layout.cookie.name + ".sqlite")]
     before = [(p.read_bytes(), p.stat().st_mtime_ns) for p in state]
     entry = directory.get(directory.dn(UID))
