@@ -1,12 +1,17 @@
-"""provisioning-daemon: command line, start-up checks, exit codes.
+"""provisioning-daemon: command line, start-up, exit codes, sub-commands.
 
 Options keep the original daemon's short letters so existing init scripts
 work: -c config, -g global config, -r dry-run, -d debug, -t check, -h help.
 Exit codes are listed in provisioning.codes.ExitCode and in the README.
+
+The sub-commands live in modules of their own: ``status``
+(provisioning.status), ``retry`` (provisioning.retry); ``--check`` is
+provisioning.checks and ``--daemon`` provisioning.detach.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -15,38 +20,34 @@ import sys
 import threading
 from pathlib import Path
 
-import pluggy
-
-from provisioning import __version__, plugins
+from provisioning import __version__, checks, detach, startup
 from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
-    BindRefused, Directory, DirectoryError, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
+    BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
 from provisioning.backend.store import Store, StoreError
 from provisioning.claims import Owners
 from provisioning.clock import Clock
 from provisioning.codes import ExitCode
-from provisioning.config import (
-    Config, ConfigError, find_global_config, global_config_candidates, load, read_service_identity,
-    unknown_keys,
-)
-from provisioning.daemon import Daemon, Retry, with_retries
+from provisioning.config import Config, global_config_candidates, unknown_keys
+from provisioning.daemon import Daemon, Retry
 from provisioning.files import UnsafeFile
-from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.ldapmode import LdapMode
-from provisioning.log import STREAM_FORMAT, LevelFlags
+from provisioning.lock import AlreadyLocked, PidLock
+from provisioning.log import STREAM_FORMAT
 from provisioning.log import install as install_handler
-from provisioning.log import setup as setup_logging
-from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings, mail_problems
+from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings
 from provisioning.protocol import Selfcare
 from provisioning.removals import Removals
 from provisioning.router import Router
 from provisioning.service import Service, ServiceContext
+from provisioning.startup import load_configuration  # noqa: F401 - kept for callers of the old place
 from provisioning.transport import build as build_transport
 from provisioning.workers import executor
 
 log = logging.getLogger("provisioning")
 
+SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
@@ -54,7 +55,10 @@ ALERTS_CLOSE_TIMEOUT = 10.0
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="provisioning-daemon",
-        description="Keep this host in line with the provisioning requests in an OpenLDAP directory.",
+        description="Keep this host in line with the provisioning requests in an OpenLDAP directory. "
+                    "Sub-commands: 'provisioning-daemon status -c FILE' (for people and monitoring) and "
+                    "'provisioning-daemon retry -c FILE DN...|--failed' (write failed requests anew); "
+                    "each has its own --help.",
         epilog="Exit codes: " + ", ".join(f"{c.value} {c.name.lower().replace('_', ' ')}" for c in ExitCode))
     parser.add_argument("-c", "--config", required=True, metavar="FILE",
                         help="service configuration, e.g. etc/Provisioning/Backup/Rsnapshot.conf")
@@ -62,40 +66,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Global.conf (default: the first of %s)"
                         % ", ".join(str(p) for p in global_config_candidates()))
     parser.add_argument("-r", "--dry-run", action="store_true",
-                        help="show every command, file write and LDAP write instead of doing it")
+                        help="show every command, file write and LDAP write instead of doing it; takes no "
+                             "lock and writes no cookie, so it can run next to the daemon")
     parser.add_argument("-d", "--debug", action="store_true",
                         help="log debug messages and echo everything to stdout")
     parser.add_argument("-t", "--check", action="store_true",
-                        help="check configuration, plugin and LDAP connection, then exit")
+                        help="check configuration, plugin, LDAP and state folders, one line each, then exit "
+                             "(0 when nothing fails: usable as ExecStartPre)")
+    parser.add_argument("--once", action="store_true",
+                        help="exit after the first refresh (the requests open now), instead of waiting for "
+                             "changes")
     parser.add_argument("--daemon", action="store_true",
-                        help="detach from the terminal (not needed under systemd)")
+                        help="detach from the terminal once connected (not needed under systemd); exits "
+                             "with the daemon's start-up result")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
+    if args.check:
+        return checks.main(args)
+    loaded = startup.load(Path(args.config), args.global_config)
+    if not loaded.valid:
+        code = _refuse(loaded.problems + _host_problems(loaded.config), logged=False,
+                       note="; the plugin's own checks run once these are fixed" if loaded.manager else "")
+        if loaded.manager is not None and "*" not in loaded.config.invalid_sections:
+            for warning in unknown_keys(loaded.config):     # often the cause: say them too
+                print(f"provisioning-daemon: warning: {warning}", file=sys.stderr)
+        return code
+    startup.configure_logging(loaded.config, debug=args.debug)
     try:
-        config, manager = load_configuration(Path(args.config), args.global_config)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(f"provisioning-daemon: {problem}", file=sys.stderr)
-        print(f"provisioning-daemon: {len(err.problems)} configuration problem(s); nothing started",
-              file=sys.stderr)
-        return ExitCode.CONFIG_ERROR
-    configure_logging(config, args)
-    try:
-        return _run(config, manager, args)
+        return _run(loaded, args)
     except Exception:  # noqa: BLE001 - the last line of defence: say what happened
         log.exception("unexpected error; stopping")
         return ExitCode.INTERNAL_ERROR
 
 
-def configure_logging(config: Config, args: argparse.Namespace) -> None:
-    setup_logging(config.syslog_ident, _flags(config, args.debug), to_stdout=args.debug)
+def _host_problems(config: Config) -> list[str]:
+    return startup.core_checks(config) if "*" not in config.invalid_sections else []
 
 
-def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace) -> int:
+def _refuse(problems: list[str], *, logged: bool = True, note: str = "") -> int:
+    """Every problem, then the count: one run says everything (logged too once logging is set up)."""
+    for problem in problems:
+        if logged:
+            log.error("%s", problem)
+        print(f"provisioning-daemon: {problem}", file=sys.stderr)
+    print(f"provisioning-daemon: {len(problems)} configuration problem(s); nothing started{note}",
+          file=sys.stderr)
+    return ExitCode.CONFIG_ERROR
+
+
+def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
+    config = loaded.config
     log.debug("configuration %s, Global.conf %s", config.path, config.global_path or "(none found: built-in defaults)")
     for warning in unknown_keys(config):
         log.warning("%s", warning)
@@ -104,79 +132,74 @@ def _run(config: Config, manager: pluggy.PluginManager, args: argparse.Namespace
                     config.path)
     # Set when a stop is asked for: a command that ends because of it is not
     # the request's failure (the request is resumed at the next start).
-    stop_event = threading.Event()
+    args.stop_event = threading.Event()
     transport = build_transport(config.service["Service"]["TRANSPORTAPI"],
                                 timeout=config.service["Service"]["COMMAND_TIMEOUT"],
                                 gateway=config.section("Gateway"), dry_run=args.dry_run,
-                                stopping=stop_event)
-    service = Service(manager, ServiceContext(config, transport, dry_run=args.dry_run))
-    problems = service.start()
+                                stopping=args.stop_event)
+    service = Service(loaded.manager, ServiceContext(config, transport, dry_run=args.dry_run))
+    problems = _host_problems(config) + service.start()
     if problems:
-        for problem in problems:
-            log.error("%s", problem)
-            print(f"provisioning-daemon: {problem}", file=sys.stderr)
-        return ExitCode.CONFIG_ERROR
-    try:
-        if args.check:
-            return check(config)
-        if args.daemon:
-            _detach(config, args)
-        try:
-            with PidLock(config.lock_file):
-                return serve(config, service, dry_run=args.dry_run, stop_event=stop_event, debug=args.debug)
-        except AlreadyLocked as err:
-            log.error("%s/%s daemon already running: %s", config.service_name, config.type_name, err)
-            return ExitCode.ALREADY_RUNNING
-        except UnsafeFile as err:   # the lock or the cookie: a link, another user's, writable by others
-            log.error("%s", err)
-            return ExitCode.CONFIG_ERROR
-    finally:
         service.stop()
-
-
-def load_configuration(path: Path, global_arg: str | None) -> tuple[Config, pluggy.PluginManager]:
-    """Validate both files with the plugin's spec; every problem in one ConfigError."""
-    problems: list[str] = []
-    manager = None
-    spec = ""
-    service, type_ = read_service_identity(path)
-    if service and type_:
-        try:
-            manager = plugins.load(service, type_)
-            spec = "\n".join(s for s in manager.hook.provisioning_config_spec() if s)
-        except plugins.PluginError as err:
-            problems.append(f"{path}: [Service] SERVICE/TYPE: {err}")
+        return _refuse(problems)
+    readiness = detach.Readiness()
+    if args.daemon:
+        started, readiness = _detach(config, args)
+        if readiness is None:
+            # The starting command: the daemon's own start-up result. While
+            # the daemon runs, what the plugin set up is the daemon's: not
+            # stopped here.
+            if started != ExitCode.OK:
+                service.stop()
+            return started
+    code = ExitCode.INTERNAL_ERROR
     try:
-        config = load(path, find_global_config(global_arg), spec)
-    except ConfigError as err:
-        raise ConfigError(err.problems + problems) from None
-    problems += _core_checks(config)
-    if problems:
-        raise ConfigError(problems)
-    return config, manager
+        code = _serve_locked(config, service, args, readiness)
+    finally:
+        readiness.report(code)
+        service.stop()
+    return code
 
 
-def _core_checks(config: Config) -> list[str]:
-    """What the specs cannot say: values that depend on each other or on the host."""
-    problems = []
-    where = config.path
-    service = config.service["Service"]
-    if service["CLAIM_LEASE"] <= service["COMMAND_TIMEOUT"]:
-        problems.append(f"{where}: [Service] CLAIM_LEASE: {service['CLAIM_LEASE']:g} s must be longer than "
-                        f"COMMAND_TIMEOUT ({service['COMMAND_TIMEOUT']:g} s): another daemon would take over "
-                        f"a request while its command may still run")
-    if config.service["Service"]["TRANSPORTAPI"] == "CLISSH" and not config.service["Gateway"]["USER"]:
-        problems.append(f"{where}: [Gateway] USER: missing (required with TRANSPORTAPI = CLISSH)")
-    for key, path in (("[Database] COOKIE_FILE", Path(config.service["Database"]["COOKIE_FILE"])),
-                      ("[Database] STORE_FILE", config.store_file),
-                      ("[Service] LOCK_FILE", config.lock_file)):
-        if not path.parent.is_dir():
-            problems.append(f"{where}: {key}: folder {path.parent} does not exist")
-    problems += mail_problems(config)
-    ca_file = config.service["Database"]["CA_FILE"]
-    if ca_file and not os.path.isfile(ca_file):
-        problems.append(f"{where}: [Database] CA_FILE: {ca_file} does not exist")
-    return problems
+def _serve_locked(config: Config, service: Service, args: argparse.Namespace,
+                  readiness: detach.Readiness) -> int:
+    # A dry-run changes nothing, so it takes no lock: it can show what the
+    # daemon would do while the daemon runs.
+    lock = contextlib.nullcontext() if args.dry_run else PidLock(config.lock_file)
+    try:
+        with lock:
+            return serve(config, service, dry_run=args.dry_run, once=args.once, readiness=readiness,
+                         stop_event=args.stop_event, debug=args.debug)
+    except AlreadyLocked as err:
+        log.error("%s/%s daemon already running: %s", config.service_name, config.type_name, err)
+        return ExitCode.ALREADY_RUNNING
+    except UnsafeFile as err:   # the lock or the cookie: a link, another user's, writable by others
+        log.error("%s", err)
+        return ExitCode.CONFIG_ERROR
+
+
+def _detach(config: Config, args: argparse.Namespace) -> tuple[int | None, detach.Readiness | None]:
+    """Detach; in the daemon, set logging up again (to LOG_FILE when there is no syslog)."""
+    log_fd = None
+    if detach.needs_log_file():
+        source = "[Service] LOG_FILE" if config.service["Service"]["LOG_FILE"] else \
+            "the default, COOKIE_FILE.log; set [Service] LOG_FILE to change it"
+        try:
+            log_fd = detach.open_log_file(config.log_file)
+        except OSError as err:
+            print(f"provisioning-daemon: {detach.SYSLOG_SOCKET} is missing and the log file "
+                  f"{config.log_file} ({source}) cannot be opened: {err}", file=sys.stderr)
+            return ExitCode.CONFIG_ERROR, None
+        print(f"provisioning-daemon: {detach.SYSLOG_SOCKET} is missing: the daemon logs to {config.log_file} "
+              f"({source})", flush=True)
+    started, readiness = detach.detach(keep=[] if log_fd is None else [log_fd])
+    if readiness is None:
+        return started, None
+    if log_fd is None:
+        startup.configure_logging(config, debug=args.debug)
+    else:
+        detach.log_to_file(log_fd, config.log_file, startup.level_flags(config, debug=args.debug))
+    return None, readiness
 
 
 def _retries(config: Config) -> tuple[Retry, Retry]:
@@ -185,32 +208,7 @@ def _retries(config: Config) -> tuple[Retry, Retry]:
             Retry(g["Operation Mode"]["ATTEMPTS"], g["Operation Mode"]["SLEEP"]))
 
 
-def check(config: Config) -> int:
-    """--check / -t: reach LDAP, bind, find SERVICE_SUBTREE; say what was found."""
-    settings = LdapSettings.from_config(config)
-    directory = Directory(settings)
-    base = config.service["Database"]["SERVICE_SUBTREE"]
-    startup, _ = _retries(config)
-    try:
-        with_retries(directory.open, startup)
-        if directory.read(base, ["1.1"]) is None:
-            raise SubtreeMissing(f"SERVICE_SUBTREE {base} does not exist")
-    except (BindRefused, SubtreeMissing) as err:
-        log.error("check failed: %s", err)
-        return ExitCode.CONFIG_ERROR
-    except (DirectoryUnavailable, DirectoryError) as err:
-        log.error("check failed: %s", err)
-        return ExitCode.LDAP_UNREACHABLE
-    finally:
-        directory.close()
-    message = (f"check passed: {config.path} is valid, plugin {config.service_name}/{config.type_name} "
-               f"is ready, {directory.uri} accepts {settings.bind_dn}, {base} exists")
-    log.info("%s", message)
-    print(message)
-    return ExitCode.OK
-
-
-def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
+def build_daemon(config: Config, service: Service, *, dry_run: bool = False, once: bool = False,
                  clock: Clock | None = None, stop_event: threading.Event | None = None,
                  alerts: Alerts | None = None, request_log: RequestLog | None = None) -> Daemon:
     """The daemon the configuration describes, around an already started service.
@@ -227,21 +225,23 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False,
                     owners=owners, selfcare=Selfcare(directory, service, owners, clock),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
                     alerts=alerts, request_log=request_log)
-    startup, operation = _retries(config)
+    startup_retry, operation = _retries(config)
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
                   position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
                   store=store, router=router, executor=executor(svc["WORKERS"]),
-                  startup=startup, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
-                  stop_event=stop_event)
+                  startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
+                  stop_event=stop_event, once=once)
 
 
-def serve(config: Config, service: Service, *, dry_run: bool,
-          stop_event: threading.Event | None = None, debug: bool = False) -> int:
-    """Run the daemon until a signal stops it or LDAP stays out of reach."""
+def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,
+          stop_event: threading.Event | None = None, readiness: detach.Readiness | None = None,
+          debug: bool = False) -> int:
+    """Run the daemon until a signal stops it, LDAP stays out of reach, or (``once``) the refresh ends."""
+    readiness = readiness or detach.Readiness()
     alerts, request_log = _alerts(config, dry_run, debug)
     try:
-        daemon = build_daemon(config, service, dry_run=dry_run, stop_event=stop_event,
+        daemon = build_daemon(config, service, dry_run=dry_run, once=once, stop_event=stop_event,
                               alerts=alerts, request_log=request_log)
     except (StoreError, CookieError) as err:
         log.error("%s", err)
@@ -250,11 +250,13 @@ def serve(config: Config, service: Service, *, dry_run: bool,
         return ExitCode.CONFIG_ERROR
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: daemon.request_stop())
-    log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s", config.service_name,
+    log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s%s", config.service_name,
              config.type_name, __version__, os.getpid(), config.service["Service"]["MODUS"],
-             " in dry-run mode" if dry_run else "")
+             " in dry-run mode: no lock, no cookie, nothing changes" if dry_run else "",
+             "; stopping after the first refresh (--once)" if once else "")
     try:
         daemon.start()
+        readiness.report(ExitCode.OK)
         daemon.run()
     except (BindRefused, SubtreeMissing, CookieError) as err:
         log.error("%s; stopping", err)
@@ -280,31 +282,14 @@ def _alerts(config: Config, dry_run: bool, debug: bool) -> tuple[Alerts | None, 
         return None, None
     log.info("%s", describe_settings(alerts.settings))
     request_log = RequestLog()
-    install_handler(request_log, STREAM_FORMAT, _flags(config, debug))
+    install_handler(request_log, STREAM_FORMAT, startup.level_flags(config, debug=debug))
     return alerts, request_log
-
-
-def _flags(config: Config, debug: bool = False) -> LevelFlags:
-    """Which levels are logged: the LOG_* flags (service file over Global.conf), -d adds debug."""
-    return LevelFlags(debug=config.log_flag("LOG_DEBUG") or debug, info=config.log_flag("LOG_INFO"),
-                      warning=config.log_flag("LOG_WARNING"), error=config.log_flag("LOG_ERR"))
 
 
 def _close_alerts(alerts: Alerts | None) -> None:
     """Send what waits (within a few seconds: systemd's stop timeout is near), say what is lost."""
     if alerts is not None:
         alerts.close(ALERTS_CLOSE_TIMEOUT)
-
-
-def _detach(config: Config, args: argparse.Namespace) -> None:
-    """Become a daemon (python-daemon), then set logging up again in the child."""
-    import daemon as python_daemon  # only needed here
-
-    # detach_process is left to python-daemon: it does not fork under systemd
-    # or inetd, where detaching would hide the process from its supervisor.
-    context = python_daemon.DaemonContext(working_directory="/", umask=0o022)
-    context.open()
-    configure_logging(config, args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     CONFIG_ERROR = 3        # configuration or plugin set-up refused
     LDAP_UNREACHABLE = 4    # no LDAP server answered within the configured attempts
     ALREADY_RUNNING = 5     # another daemon holds the lock
+    NOT_RETRIED = 6         # retry: at least one request could not be written anew
 
 
 class ReturnValue(IntEnum):
@@ -26,3 +27,16 @@ class ReturnValue(IntEnum):
     UNKNOWN_MODE = 100          # sstProvisioningMode is not add, modify or delete
     DELETE_WHILE_ACTIVE = 101   # delete requested while sstIsActive is not FALSE
     INVALID_EXECUTION_DATE = 102  # sstProvisioningExecutionDate is neither 0 nor a YYYYMMDD date
+
+
+# What each of the core's values means, for status and retry (plugins name
+# theirs through the provisioning_return_values hook).
+MEANINGS = {
+    ReturnValue.SUCCESS: "SUCCESS: the request was done",
+    ReturnValue.UNDEFINED_ERROR: "UNDEFINED_ERROR: the plugin raised an exception or returned no number "
+                                 "(traceback in the log)",
+    ReturnValue.UNKNOWN_MODE: "UNKNOWN_MODE: sstProvisioningMode is not add, modify or delete",
+    ReturnValue.DELETE_WHILE_ACTIVE: "DELETE_WHILE_ACTIVE: delete requested while sstIsActive is not FALSE",
+    ReturnValue.INVALID_EXECUTION_DATE: "INVALID_EXECUTION_DATE: sstProvisioningExecutionDate is neither 0 "
+                                        "nor a YYYYMMDD date",
+}

@@ -11,9 +11,10 @@ provisioning.secret.Secret: it shows as ``********`` wherever it goes.
 """
 from __future__ import annotations
 
+import difflib
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,6 +46,8 @@ class Config:
     global_path: Path | None
     service: ConfigObj
     global_: ConfigObj
+    # Sections of the service file with a value that did not validate (see read()).
+    invalid_sections: set[str] = field(default_factory=set)
 
     @property
     def directory(self) -> Path:
@@ -76,6 +79,12 @@ class Config:
     def lock_file(self) -> Path:
         explicit = self.service["Service"]["LOCK_FILE"]
         return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".lock")
+
+    @property
+    def log_file(self) -> Path:
+        """Where a detached daemon logs without syslog: [Service] LOG_FILE or COOKIE_FILE.log."""
+        explicit = self.service["Service"]["LOG_FILE"]
+        return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".log")
 
     def log_flag(self, key: str) -> bool:
         """LOG_DEBUG/INFO/WARNING/ERR: the service file wins over Global.conf."""
@@ -123,28 +132,50 @@ def read_service_identity(path: Path) -> tuple[str | None, str | None]:
 
 def load(path: str | Path, global_path: Path | None, plugin_spec: str = "") -> Config:
     """Read and validate both files; raise ConfigError listing every problem."""
-    path = Path(path).absolute()
-    problems: list[str] = []
-    service = _load_one(path, _spec_text("service.spec") + "\n" + plugin_spec, problems)
-    if global_path is None:
-        global_ = _load_one(None, _spec_text("global.spec"), problems)
-    else:
-        global_ = _load_one(Path(global_path).absolute(), _spec_text("global.spec"), problems)
+    config, problems = read(path, global_path, plugin_spec)
     if problems:
         raise ConfigError(problems)
-    return Config(path, Path(global_path).absolute() if global_path else None, service, global_)
+    return config
 
 
-def _load_one(path: Path | None, spec_text: str, problems: list[str]) -> ConfigObj:
+def read(path: str | Path, global_path: Path | None, plugin_spec: str = "") -> tuple[Config, list[str]]:
+    """Read and validate both files; the configuration and every problem found.
+
+    Unlike load() this does not stop at invalid values: --check goes on with
+    what did validate (an LDAP check needs only [Database]) so that one run
+    reports everything. Sections with a problem are in
+    ``Config.invalid_sections`` ("Global.conf" stands for any in Global.conf).
+    """
+    path = Path(path).absolute()
+    problems: list[str] = []
+    invalid: set[str] = set()
+    service = _load_one(path, _spec_text("service.spec") + "\n" + plugin_spec, problems, invalid)
+    global_invalid: set[str] = set()
+    if global_path is None:
+        global_ = _load_one(None, _spec_text("global.spec"), problems, global_invalid)
+    else:
+        global_ = _load_one(Path(global_path).absolute(), _spec_text("global.spec"), problems, global_invalid)
+    if global_invalid:
+        invalid.add("Global.conf")
+    config = Config(path, Path(global_path).absolute() if global_path else None, service, global_, invalid)
+    return config, problems
+
+
+def _load_one(path: Path | None, spec_text: str, problems: list[str], invalid: set[str]) -> ConfigObj:
     spec = ConfigObj(spec_text.splitlines(), list_values=False, _inspec=True)
     try:
         cfg = _parse(path, spec)
     except ConfigError as err:
         problems.extend(err.problems)
-        return ConfigObj()
+        invalid.add("*")
+        return ConfigObj(configspec=spec, list_values=False, interpolation=False)
+    present = set(cfg.sections)
     result = cfg.validate(_validator(), preserve_errors=True)
     label = str(path) if path else "built-in Global.conf defaults"
-    problems.extend(_describe_errors(label, cfg, result))
+    found = _describe_errors(label, cfg, result, present)
+    problems.extend(found)
+    if result is not True:
+        invalid.update(sections[0] for sections, _, _ in flatten_errors(cfg, result) if sections)
     return cfg
 
 
@@ -174,21 +205,32 @@ def _spec_text(name: str) -> str:
     return (SPEC_DIR / name).read_text(encoding="utf-8")
 
 
-def _describe_errors(label: str, cfg: ConfigObj, result: Any) -> list[str]:
+def _describe_errors(label: str, cfg: ConfigObj, result: Any, present: set[str]) -> list[str]:
     problems = []
-    if result is not True:
-        for sections, key, error in flatten_errors(cfg, result):
-            where = "".join(f"[{s}]" for s in sections)
-            if key is None:
-                problems.append(f"{label}: section {where} is missing")
-            elif error is False:
-                problems.append(f"{label}: {where} {key}: missing (required)")
-            elif isinstance(error, Invalid):
-                problems.append(f"{label}: {where} {key}: {error}{_comment_hint(cfg, sections, key)}")
-            else:
-                expected = _expected(_spec_of(cfg, sections, key))
-                problems.append(f"{label}: {where} {key}: {str(error).rstrip('.')}{expected}"
-                                f"{_comment_hint(cfg, sections, key)}")
+    if result is True:
+        return problems
+    absent: dict[str, list[str]] = {}
+    for sections, key, error in flatten_errors(cfg, result):
+        where = "".join(f"[{s}]" for s in sections)
+        if key is None:
+            problems.append(f"{label}: section {where} is missing")
+        elif error is False and sections and sections[0] not in present:
+            absent.setdefault(sections[0], []).append(key)
+        elif error is False:
+            problems.append(f"{label}: {where} {key}: missing (required)")
+        elif isinstance(error, Invalid):
+            problems.append(f"{label}: {where} {key}: {error}{_comment_hint(cfg, sections, key)}")
+        else:
+            expected = _expected(_spec_of(cfg, sections, key))
+            problems.append(f"{label}: {where} {key}: {str(error).rstrip('.')}{expected}"
+                            f"{_comment_hint(cfg, sections, key)}")
+    # A section that is not in the file at all is one problem, not one per key,
+    # and a misspelt section in the file is the likely cause.
+    unknown = [name for name in present if name not in (cfg.configspec or {})]
+    for section, keys in absent.items():
+        close = difflib.get_close_matches(section, unknown, n=1, cutoff=SIMILAR)
+        hint = f"; the file has an unknown section [{close[0]}]: misspelt?" if close else ""
+        problems.append(f"{label}: section [{section}] is missing (required: {', '.join(keys)}){hint}")
     return problems
 
 
@@ -223,14 +265,46 @@ def _expected(check: str) -> str:
     return f" (expected {_TYPE_HINTS[name]}{limits})"
 
 
+# How alike two names must be to suggest one for the other (difflib ratio).
+SIMILAR = 0.75
+
+
 def unknown_keys(cfg: Config) -> list[str]:
-    """Keys and sections no spec knows: reported as warnings, not errors."""
+    """Keys and sections no spec knows, with a "did you mean" where a known name is close.
+
+    Warnings at a normal start (the daemon ignores them), failures of --check:
+    a misspelt key silently takes its default.
+    """
     found = []
-    for label, obj in ((cfg.path, cfg.service), (cfg.global_path, cfg.global_)):
+    for label, obj in ((cfg.path, cfg.service), (cfg.global_path or "Global.conf", cfg.global_)):
+        spec = obj.configspec
+        if spec is None:
+            continue
         for sections, name in get_extra_values(obj):
-            where = "".join(f"[{s}]" for s in sections)
-            found.append(f"{label}: {where} {name}: unknown key, ignored")
+            found.append(f"{label}: {_describe_unknown(obj, spec, list(sections), name)}")
     return found
+
+
+def _describe_unknown(obj: ConfigObj, spec: ConfigObj, sections: list[str], name: str) -> str:
+    where = "".join(f"[{s}]" for s in sections)
+    parent_spec = spec
+    parent = obj
+    for section in sections:
+        parent_spec = parent_spec.get(section, {})
+        parent = parent[section]
+    if isinstance(parent.get(name), dict):
+        count = len(parent[name].scalars)
+        text = f"[{name}]: unknown section, ignored with its {count} key(s)"
+        close = difflib.get_close_matches(name, list(parent_spec.sections), n=1, cutoff=SIMILAR)
+        return text + (f"; did you mean [{close[0]}]?" if close else "")
+    text = f"{where} {name}: unknown key, ignored"
+    close = difflib.get_close_matches(name, list(parent_spec.scalars), n=1, cutoff=SIMILAR)
+    if close:
+        return text + f"; did you mean {close[0]}?"
+    elsewhere = [s for s in spec.sections if name in spec[s].scalars]
+    if elsewhere:
+        return text + f"; it belongs in [{elsewhere[0]}]"
+    return text
 
 
 # ----------------------------------------------------------------- checks

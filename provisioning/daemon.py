@@ -97,7 +97,7 @@ class Daemon:
     def __init__(self, *, directory: Directory, stream: SyncStream, position: Position, store: Store,
                  router: Router, executor: Inline | Threads, startup: Retry, operation: Retry,
                  base: str, clock: Clock | None = None, poll_interval: float = 0.5,
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None, once: bool = False) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -110,6 +110,7 @@ class Daemon:
         self.clock = clock or Clock()
         self.poll_interval = poll_interval
         self.stop_event = stop_event or threading.Event()
+        self.once = once                           # stop after the first refresh (--once)
         self.in_refresh = True
         self.refresh_full = False
         self._seq = 0
@@ -274,6 +275,10 @@ class Daemon:
         todo, self._after_refresh = self._after_refresh, []
         for sweep in todo:
             sweep()
+        if self.once:
+            self._housekeeping()             # requests dated for today too
+            log.info("stopping after the first refresh (--once)")
+            self.request_stop()
 
     def _present_end(self, event: PresentEnd) -> None:
         """Entries the store knows that the server neither sent nor named present are gone.

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from provisioning.checkline import CheckLine
     from provisioning.entry import Entry
     from provisioning.service import Request, ServiceContext
 
@@ -114,4 +115,58 @@ def provisioning_stop(ctx: "ServiceContext") -> None:
     """Release what :func:`provisioning_start` set up; called once at shutdown.
 
     :param ctx: the service context.
+    """
+
+
+@hookspec
+def provisioning_check(ctx: "ServiceContext") -> "list[CheckLine | tuple[str, str, str]] | None":
+    """Check what the plugin needs on this host, for ``provisioning-daemon --check``.
+
+    Called by ``--check`` only, after :func:`provisioning_start` (also when
+    that found problems: report what you can, so that one run shows every
+    problem) and before the core's LDAP checks. Must not change anything on
+    the host or in LDAP: a check may create temporary files only, and must
+    remove them. Run commands through ``ctx.transport`` (never in dry-run
+    for --check). Each line is printed as ``STATUS name: detail``.
+
+    :param ctx: the service context (validated configuration, transport,
+        dry-run flag).
+    :return: a list of :class:`provisioning.checkline.CheckLine` (or plain
+        ``(name, status, detail)`` tuples), one per thing checked. ``status``
+        is ``OK``, ``WARN`` (cannot tell here, or works but unwise: --check
+        still passes) or ``FAIL`` (will not work: --check exits non-zero);
+        ``detail`` says what was found and, for WARN and FAIL, what to do.
+        None or an empty list when the plugin checks nothing. An exception
+        is reported as a FAIL line.
+    """
+
+
+@hookspec
+def provisioning_status(ctx: "ServiceContext") -> dict[str, str] | None:
+    """Contribute details about the service to ``provisioning-daemon status``.
+
+    Called once per ``status`` run, without :func:`provisioning_start`, while
+    the daemon may be running: read only, change nothing, and be quick
+    (monitoring calls it every few minutes).
+
+    :param ctx: the service context (validated configuration, a dry-run
+        transport: commands are not run).
+    :return: ``{label: value}`` pairs shown under the plugin's name in the
+        text output and as an object in ``--json`` (for example
+        ``{"rsnapshot configurations": "120"}``); None when there is nothing
+        to add. An exception is shown as the plugin's status, never fatal.
+    """
+
+
+@hookspec
+def provisioning_return_values() -> dict[int, str] | None:
+    """Name the plugin's return values (sstProvisioningReturnValue) for people.
+
+    Called by ``status`` and ``retry`` to explain a failed request. The core
+    names its own values (0, 1 and 100 and up, see provisioning.codes); a
+    plugin names the codes its add, modify and delete hooks return.
+
+    :return: ``{code: meaning}``, for example ``{6: "CANNOT_SET_QUOTA:
+        setquota failed; check quotas on MOUNTPOINT"}``; None when the
+        plugin names none.
     """

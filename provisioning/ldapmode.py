@@ -59,7 +59,8 @@ class LdapMode:
         code = self.service.run(Request(verb, entry))
         took = time.monotonic() - started
         if code == ReturnValue.SUCCESS:
-            log.info("%s: %s done in %.3f s (nothing is written back in LDAP mode)", entry.dn, verb, took)
+            log.info("%s: %s %s in %.3f s (nothing is written back in LDAP mode)", entry.dn, verb,
+                     "would be done" if self.service.ctx.dry_run else "done", took)
             return Result(remember=entry, verb=verb, code=code)
         log.error("%s: %s failed with return value %d after %.3f s; tried again on the next change of "
                   "the entry or at the next start", entry.dn, verb, code, took)

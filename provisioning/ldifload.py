@@ -122,38 +122,64 @@ def apply(conn, changes: list[Change]) -> None:
         print(f"{change.kind} {change.dn}: done")
 
 
-def default_config() -> str | None:
-    """$PROVISIONING_CONFIG, else the sandbox's configuration if there is one."""
+class NoConfiguration(Exception):
+    """No configuration was named and none can be taken safely."""
+
+
+def choose_config(explicit: str | None) -> tuple[str, str]:
+    """The configuration to use and where that choice came from; NoConfiguration if none.
+
+    -c FILE, else $PROVISIONING_CONFIG, else the sandbox's - but only while
+    that sandbox runs: a configuration left by a sandbox that stopped points
+    at a slapd that is gone (or, worse, at another one on the same port).
+    """
     from provisioning.sandbox.layout import SandboxLayout
 
-    explicit = os.environ.get("PROVISIONING_CONFIG")
     if explicit:
-        return explicit
-    sandbox = SandboxLayout.default().service_config
-    return str(sandbox) if sandbox.is_file() else None
+        return explicit, "-c"
+    from_env = os.environ.get("PROVISIONING_CONFIG")
+    if from_env:
+        return from_env, "$PROVISIONING_CONFIG"
+    sandbox = SandboxLayout.default()
+    if not sandbox.service_config.is_file():
+        raise NoConfiguration("no service configuration: give -c FILE or set PROVISIONING_CONFIG "
+                              f"(and no sandbox configuration in {sandbox.root})")
+    pid = sandbox.running_pid()
+    if pid is None:
+        raise NoConfiguration(f"no -c FILE and no PROVISIONING_CONFIG, and the sandbox configuration "
+                              f"{sandbox.service_config} is left from a sandbox that no longer runs (no live "
+                              f"process in {sandbox.pid_file}): start bin/sandbox, or give -c FILE")
+    return str(sandbox.service_config), f"the sandbox running as process {pid}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loadOpenLDAPsingleLDIF", description=__doc__.splitlines()[0])
     parser.add_argument("ldif", metavar="FILE", help="LDIF file with entries or change records")
-    parser.add_argument("-c", "--config", default=default_config(),
+    parser.add_argument("-c", "--config",
                         help="service configuration whose [Database] to use "
-                             "(default: $PROVISIONING_CONFIG, else the sandbox's)")
+                             "(default: $PROVISIONING_CONFIG, else the running sandbox's)")
     parser.add_argument("-g", "--global-config", help="Global.conf (default: as the daemon finds it)")
     args = parser.parse_args(argv)
-    if not args.config:
-        parser.error("no service configuration: give -c FILE or set PROVISIONING_CONFIG")
-    from provisioning.cli import load_configuration
+    try:
+        path, source = choose_config(args.config)
+    except NoConfiguration as err:
+        print(f"loadOpenLDAPsingleLDIF: {err}", file=sys.stderr)
+        return 2
+    print(f"loadOpenLDAPsingleLDIF: configuration {path} (from {source})", file=sys.stderr)
+    from provisioning.startup import load_configuration
 
     try:
-        config, _ = load_configuration(Path(args.config), args.global_config)
+        config, _ = load_configuration(Path(path), args.global_config)
         changes = parse_ldif(Path(args.ldif).read_text(encoding="utf-8"))
         conn, uri = connect(LdapSettings.from_config(config))
     except ConfigError as err:
         print("\n".join(err.problems), file=sys.stderr)
         return 3
-    except (OSError, ValueError, BindRefused, DirectoryUnavailable) as err:
+    except (OSError, ValueError, BindRefused) as err:
         print(f"loadOpenLDAPsingleLDIF: {err}", file=sys.stderr)
+        return 1
+    except DirectoryUnavailable as err:
+        print(f"loadOpenLDAPsingleLDIF: {err} (the server named in {path}, from {source})", file=sys.stderr)
         return 1
     try:
         apply(conn, changes)

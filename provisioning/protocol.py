@@ -197,7 +197,8 @@ class Selfcare:
         return self._write(entry, {RETURN: None}, _unchanged(entry), "remove the old return value")
 
     def _refuse(self, entry: Entry, decision: Decision) -> Result:
-        log.error("%s: request refused with return value %d: %s", entry.dn, decision.code, decision.reason)
+        log.error("%s: request %s with return value %d: %s", entry.dn,
+                  "would be refused" if self.directory.dry_run else "refused", decision.code, decision.reason)
         if entry.get(RETURN) == str(decision.code):
             return Result()
         refused = self._write(entry, {RETURN: [str(decision.code)]}, _unchanged(entry), "write the refusal")
@@ -223,13 +224,15 @@ class Selfcare:
             return Result(interrupted=True, own_csns=claim.own_csns)
         finally:
             self.owners.release(token)
+        would = self.directory.dry_run     # a dry run's log says what would happen
         if code == ReturnValue.SUCCESS:
             changes = {MODE: [finished], STATE: [utc_stamp(self.clock.utcnow())], RETURN: ["0"]}
-            done = (f"{verb} done in {took:.3f} s ({MODE}: {finished}, {STATE}: {changes[STATE][0]}, "
-                    f"{RETURN}: 0)")
+            done = (f"{verb} {'would be done' if would else 'done'} in {took:.3f} s ({MODE}: {finished}, "
+                    f"{STATE}: {changes[STATE][0]}, {RETURN}: 0)")
         else:
             changes = {MODE: [claimed], RETURN: [str(code)]}
-            done = f"{verb} failed with return value {code} after {took:.3f} s; {MODE} stays {claimed}"
+            done = (f"{verb} {'would fail' if would else 'failed'} with return value {code} after {took:.3f} s; "
+                    f"{MODE} stays {claimed}")
         # Still our claim, or (the claim was lost with a provider that died
         # before replicating it) still the very version we judged.
         expect = (f"(|(&({MODE}={claimed})({CLAIM_ATTRIBUTE}={escape_filter_chars(token)}))"
@@ -284,7 +287,8 @@ class Selfcare:
         except DirectoryError as err:
             log.error("%s: cannot claim the request: %s", entry.dn, err)
             return None, Result()
-        log.info("%s: claimed (%s: %s -> %s)", entry.dn, MODE, entry.get(MODE), claimed)
+        log.info("%s: %s (%s: %s -> %s)", entry.dn, "would be claimed" if self.directory.dry_run else "claimed",
+                 MODE, entry.get(MODE), claimed)
         if fresh is None:                    # dry-run: no read-back; work from the event
             return entry, Result()
         return fresh, Result(own_csns=[fresh.csn] if fresh.csn else [])

@@ -70,7 +70,8 @@ class Removals:
             log.info("%s: delete (MODUS LDAP: the entry left the directory)", known.dn)
         code = self.service.run(Request("delete", known.entry()))
         if code == ReturnValue.SUCCESS:
-            log.info("%s: delete done for the removed entry", known.dn)
+            log.info("%s: delete %s for the removed entry", known.dn,
+                     "would be done" if self.service.ctx.dry_run else "done")
             return Result(forget=known.uuid, verb="delete", code=code)
         log.error("%s: delete of the removed entry failed with return value %d; tried again at the "
                   "next start", known.dn, code)

@@ -1,15 +1,13 @@
 """The command line: options, configuration errors, exit codes, daemon mode."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from provisioning.sandbox.layout import REPO, render_ini
 
-from helpers import DaemonProcess, wait_until
+from helpers import DaemonProcess
 
 # The wiki page's example configuration, with only its paths and password changed.
 WIKI_EXAMPLE = """
@@ -163,27 +161,6 @@ def test_global_conf_is_found_next_to_the_installation(host):
     assert f"Global.conf {REPO}/etc/Provisioning/Global.conf" in result.stdout
 
 
-def test_daemon_mode_detaches_and_stops_on_sigterm(host, directory):
-    lock = Path(f"{host.layout.cookie}.lock")
-    result = _daemon("-c", str(host.config), "-g", str(host.global_config), "--daemon")
-    assert result.returncode == 0          # the parent returns once the child detached
-    pid = int(wait_until(lambda: lock.exists() and lock.read_text().strip(), "the daemon's pid in its lock file"))
-    try:
-        dn = directory.add("3723707")
-        directory.wait_mode(dn, "added")
-    finally:
-        os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid), "the daemon to exit")
-    assert lock.read_text() == ""
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().lower()
-    except FileNotFoundError:
-        return "zombie"
-
-
 def test_dry_run_with_the_short_options_of_the_original(host, directory):
     dn = directory.add("3723707")
     daemon = DaemonProcess(host, "-r").start()
@@ -196,6 +173,39 @@ def test_a_world_readable_configuration_is_warned_about(host):
     host.config.chmod(0o644)
     result = _daemon("-c", str(host.config), "-g", str(host.global_config), "-t", "-d")
     assert result.returncode == 0
-    assert f"WARNING {host.config} can be read by every user of this host and holds ADMIN_PASSWORD" in result.stdout
+    assert (f"WARN configuration: {host.config} can be read by every user of this host and holds "
+            f"ADMIN_PASSWORD: chmod o-r it") in result.stdout.splitlines()
     host.config.chmod(0o600)
     assert "holds ADMIN_PASSWORD" not in _daemon("-c", str(host.config), "-g", str(host.global_config), "-t", "-d").stdout
+
+
+def test_the_shipped_template_has_production_defaults_and_the_wikis_keys(host, tmp_path):
+    from provisioning.config import load
+
+    template = (REPO / "etc/Provisioning/Backup/Rsnapshot.conf.template").read_text()
+    for key in ("LOG_DEBUG", "LOG_INFO", "LOG_WARNING", "LOG_ERR", "ENVIRONMENT", "BACKEND", "SERVER", "PORT",
+                "ADMIN_USER", "ADMIN_PASSWORD", "SERVICE_SUBTREE", "COOKIE_FILE", "DEFAULT_COOKIE",
+                "SEARCH_FILTER", "MODUS", "TRANSPORTAPI", "SERVICE", "TYPE", "SYSLOG", "HOST", "USER",
+                "DSA_FILE", "RSNAPSHOT_CONFIG_FILE", "SET_QUOTA_CMD", "CREATE_CHROOT_CMD", "MOUNTPOINT"):
+        assert f"\n{key} = " in template, key
+    # Only [Database] and the paths changed, as an operator would: it passes --check.
+    root = host.layout.root
+    text = template
+    for old, new in (("SERVER = ldaps://ldap.example.org", f"SERVER = {host.slapd.ldap_uri}"), ("PORT = 636\n", ""),
+                     ("ADMIN_PASSWORD = change-me", f"ADMIN_PASSWORD = {host.slapd.root_pw}"),
+                     ("SERVICE_SUBTREE = ou=accounts,ou=backup,ou=services,dc=stoney-cloud,dc=org",
+                      f"SERVICE_SUBTREE = {host.subtree}"),
+                     ("/var/lib/provisioning/", f"{host.layout.cookie.parent}/"),
+                     ("/etc/rsnapshot/", f"{host.layout.rsnapshot_dir}/"),
+                     ("/usr/sbin/setquota", str(host.layout.setquota)),
+                     ("/usr/local/bin/prov-backup-create-chroot", str(REPO / "bin/prov-backup-create-chroot")),
+                     ("# BACKUP_ROOT = /var/backup", f"BACKUP_ROOT = {host.layout.backup_root}")):
+        assert old in text, old
+        text = text.replace(old, new)
+    config = tmp_path / "Rsnapshot.conf"
+    config.write_text(text)
+    config.chmod(0o600)
+    assert load(config, None).log_flag("LOG_DEBUG") is False
+    result = _daemon("-c", str(config), "-t")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DEBUG" not in result.stdout + result.stderr

@@ -697,3 +697,12 @@ def test_account_ldif_name_with_newline_cannot_inject_attributes():
 def test_parse_args_rejects_bad_uid(uid, capsys):
     with pytest.raises(SystemExit):
         account_ldif.parse_args(["--uid", uid])
+
+
+def test_every_return_value_has_a_meaning_for_status_retry_and_mail():
+    from provisioning_backup_rsnapshot.codes import Code
+    from provisioning_backup_rsnapshot.operations import MEANINGS
+    assert set(MEANINGS) == set(Code)
+    doc = (Path(__file__).parents[1] / "docs/return-values.md").read_text()
+    for code in Code:
+        assert f"| {int(code)} | {code.name} |" in doc

@@ -47,10 +47,10 @@ def dispose(directory: str, present: bool, how: str, target: str | None, archive
     try:
         if how == "remove":
             transport.remove_tree(directory)
-            return f"{directory} removed (DELETE_DATA = remove)"
+            return f"{directory} {'would be removed' if transport.dry_run else 'removed'} (DELETE_DATA = remove)"
         transport.makedirs(archive_dir, mode=0o700)
         transport.rename(directory, target)
-        return f"{directory} archived as {target}"
+        return f"{directory} {'would be archived' if transport.dry_run else 'archived'} as {target}"
     except OSError as err:
         raise StepError(Code.CANNOT_ARCHIVE_ACCOUNT_DATA,
                         f"cannot {how} {directory}: {err}") from err

@@ -25,6 +25,7 @@ from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import home, ownership
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
+from provisioning_backup_rsnapshot.operations import OperatorHooks
 from provisioning_backup_rsnapshot.quota import set_quota
 from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
@@ -36,7 +37,7 @@ SPEC = Path(__file__).with_name("backup.spec")
 MIN_PYTHON = (3, 11)
 
 
-class BackupRsnapshot:
+class BackupRsnapshot(OperatorHooks):
     """One instance per daemon; keeps the settings and the proven rsnapshot shapes."""
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -137,8 +138,8 @@ class BackupRsnapshot:
                    s.backup_root, ctx.transport)
         set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
         written = self.configs.install(account, place)
-        log.info("%s: %s: home %s, quota %d bytes, %s written", request.dn, request.verb,
-                 place.home_path, account.quota_bytes, written)
+        log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
+                 place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
 
     def _remove(self, request: Request, ctx: ServiceContext) -> None:
         """Delete, in the order that leaves a consistent account whichever step fails.
@@ -166,7 +167,11 @@ class BackupRsnapshot:
         removed = self.configs.remove(account.uid)
         if s.delete_data == "keep" and present:
             quota = "quota kept (the data stays in the jail)"
+        elif ctx.dry_run:
+            set_quota(s.set_quota_cmd, account.uid_number, 0, s.mountpoint, ctx.transport)
+            quota = "quota would be lifted"
         else:
             set_quota(s.set_quota_cmd, account.uid_number, 0, s.mountpoint, ctx.transport)
             quota = "quota lifted"
-        log.info("%s: delete: %s, %s removed, %s", request.dn, done, removed, quota)
+        log.info("%s: delete: %s, %s %s, %s", request.dn, done, removed,
+                 "would be removed" if ctx.dry_run else "removed", quota)

@@ -151,8 +151,12 @@ class Store:
     def _open_read_only(self) -> sqlite3.Connection | None:
         if not self.path.exists():
             return None
+        # With a write-ahead log present a daemon runs (or died) and part of
+        # the store is in the log: read through it. Without one the file is
+        # whole, and immutable creates no -wal/-shm next to it.
+        live = os.path.exists(f"{self.path}-wal")
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True,
+            db = sqlite3.connect(f"file:{self.path}?mode=ro{'' if live else '&immutable=1'}", uri=True,
                                  isolation_level=None, check_same_thread=False)
             self._check_version(db)
             return db

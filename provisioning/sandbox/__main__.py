@@ -8,7 +8,7 @@ add -> adding -> added shows in the log at once. Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from provisioning.sandbox.layout import REPO, SandboxLayout, service_sections, write_configs
+from provisioning.sandbox.layout import REPO, SandboxLayout, SandboxRefused, service_sections, write_configs
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 
 DEMO_UID = "3723707"
@@ -31,9 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     layout = SandboxLayout.default()
-    if layout.root.exists():
-        shutil.rmtree(layout.root)
+    if layout.running_pid():
+        print(f"sandbox: a sandbox already runs in {layout.root} (process {layout.running_pid()})", file=sys.stderr)
+        return 1
+    try:
+        layout.reset()
+    except SandboxRefused as err:
+        print(f"sandbox: {err}", file=sys.stderr)
+        return 1
     layout.create()
+    layout.pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        return _run(layout, args)
+    finally:
+        layout.pid_file.unlink(missing_ok=True)
+
+
+def _run(layout: SandboxLayout, args: argparse.Namespace) -> int:
     slapd = StoneySlapd(rundir=str(layout.root))
     slapd.start()
     script = "prov-backup-create-chroot" if args.chroot == "full" else "prov-backup-create-home"

@@ -7,13 +7,22 @@ because the kernel here has no quota support.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shlex
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = "/tmp/provisioning-sandbox"
+# Written into every folder the sandbox makes: only such a folder is ever deleted.
+MARKER = ".provisioning-sandbox"
+
+
+class SandboxRefused(Exception):
+    """The sandbox folder is not the sandbox's to delete or use."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,61 @@ class SandboxLayout:
     def data(self) -> Path:
         return self.root / "data"
 
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    @property
+    def pid_file(self) -> Path:
+        """The running sandbox's PID: tools use its configuration only while it runs."""
+        return self.root / "sandbox.pid"
+
+    def reset(self) -> None:
+        """Make way for a new sandbox: delete the old one, but only a folder the sandbox made.
+
+        A folder without the marker is refused (SandboxRefused), unless it is
+        empty; a symbolic link is refused whatever it points at.
+        """
+        root = self.root
+        try:
+            info = os.lstat(root)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise SandboxRefused(f"{root} is a symbolic link; the sandbox uses only a folder of its own: "
+                                 f"set PROVISIONING_SANDBOX to a new folder")
+        if not stat.S_ISDIR(info.st_mode):
+            raise SandboxRefused(f"{root} exists and is not a folder: set PROVISIONING_SANDBOX to a new folder")
+        try:
+            marker = os.lstat(self.marker)
+        except FileNotFoundError:
+            marker = None
+        if marker is not None and stat.S_ISREG(marker.st_mode):
+            shutil.rmtree(root)
+            return
+        if any(root.iterdir()):
+            raise SandboxRefused(f"{root} exists and was not made by the sandbox (it has no {MARKER} file): "
+                                 f"refusing to delete what is in it. Set PROVISIONING_SANDBOX to a new "
+                                 f"folder, or empty {root} yourself")
+
     def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.marker.exists():
+            self.marker.write_text(f"Made by provisioning.sandbox on {dt.datetime.now():%Y-%m-%d %H:%M:%S}.\n"
+                                   f"The sandbox deletes this folder when it starts again here.\n")
         for folder in (self.service_config.parent, self.backup_root, self.rsnapshot_dir,
                        self.cookie.parent, self.setquota.parent, self.data):
             folder.mkdir(parents=True, exist_ok=True)
         write_recorder(self.setquota, self.setquota_log)
+
+    def running_pid(self) -> int | None:
+        """The PID of the sandbox that runs in this folder, or None when none does."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"provisioning.sandbox" in cmdline else None
 
 
 def write_recorder(path: Path, log: Path, then: str | None = None) -> None:
