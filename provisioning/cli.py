@@ -220,7 +220,7 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     directory = Directory(settings, dry_run=dry_run)
     store = Store(config.store_file, dry_run=dry_run)
     store.open()
-    owners = Owners(svc["CLAIM_LEASE"], clock)
+    owners = Owners(svc["CLAIM_LEASE"], clock, host=svc["NODE_NAME"] or None)
     router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
                     owners=owners, selfcare=Selfcare(directory, service, owners, clock),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,

@@ -218,16 +218,22 @@ class Daemon:
             self.position.flush()
 
     def _check_cookie(self) -> None:
-        if not self.position.current:
+        """A cookie the provider cannot continue from means a full refresh (see cookie.ahead_of)."""
+        if not (self.position.current or self.router.adopt):
             return
         try:
-            why = ahead_of(self.position.current, self.directory.context_csns(self.base))
+            context = self.directory.context_csns(self.base)
         except DirectoryError as err:
             log.debug("cannot read the provider's contextCSN: %s", err)
             return
+        why = ahead_of(self.position.current, context)
         if why:
             log.error("%s: refreshing from scratch", why)
             self.position.reset()
+            self.router.adopt = None
+        elif self.router.adopt and ahead_of(self.router.adopt, context):
+            log.error("COOKIE_FILE: %s: refreshing from scratch, taking nothing as handled before",
+                      ahead_of(self.router.adopt, context))
             self.router.adopt = None
 
     def _recover(self) -> None:

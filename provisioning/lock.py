@@ -8,11 +8,15 @@ other, whatever happens to the path meanwhile.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from provisioning.files import open_private
+
+log = logging.getLogger(__name__)
 
 
 class AlreadyLocked(Exception):
@@ -31,23 +35,43 @@ class PidLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = open_private(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise AlreadyLocked(f"{self.path} is held by process {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:
+            # The lock holds all the same (flock needs no write); only the
+            # PID shown to operators is missing.
+            log.warning("%s: locked, but the PID cannot be written into it: %s", self.path, err.strerror)
         self._fd = fd
+
+    def _open(self) -> int:
+        try:
+            return open_private(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A folder that went read-only or full must not keep the daemon
+            # from starting (it would crash-loop): an existing lock file can
+            # be locked through a read-only descriptor.
+            log.warning("%s cannot be opened for writing (%s): locking it read-only", self.path, err.strerror)
+            return open_private(self.path, os.O_RDONLY)
 
     def release(self) -> None:
         if self._fd is None:
             return
         # The file stays: unlinking a locked file lets two processes lock two
         # different inodes under one name. An empty file means "not running".
-        os.ftruncate(self._fd, 0)
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass        # read-only or full: the PID stays, the lock goes with the descriptor
         os.close(self._fd)
         self._fd = None
 

@@ -100,23 +100,31 @@ def _close(sock: socket.socket) -> None:
 
 
 class PauseAt:
-    """A stand-in command that pauses on its first call until the test releases it."""
+    """A stand-in command that pauses on its first call until the test releases it.
 
-    def __init__(self, folder: Path, name: str) -> None:
+    ``when``: pause only on the first call that has this argument. ``then``:
+    the real command to run afterwards, with the same arguments.
+    """
+
+    def __init__(self, folder: Path, name: str, *, when: str | None = None, then: str | None = None) -> None:
         self.command = folder / name
         self.calls = folder / f"{name}.calls"
         self.paused = folder / f"{name}.paused"
         self.release_file = folder / f"{name}.release"
         q = shlex.quote
+        match = (f'case " $* " in *" {when} "*) ;; *) matched=no ;; esac' if when else "")
+        finish = f'exec {q(then)} "$@"' if then else "exit 0"
         self.command.write_text(f"""#!/bin/sh
 line='' sep=''
 for arg in "$0" "$@"; do line=$line$sep$arg; sep='\t'; done
 printf '%s\\n' "$line" >> {q(str(self.calls))}
-if [ ! -e {q(str(self.paused))} ]; then
+matched=yes
+{match}
+if [ "$matched" = yes ] && [ ! -e {q(str(self.paused))} ]; then
     : > {q(str(self.paused))}
     while [ ! -e {q(str(self.release_file))} ]; do sleep 0.01; done
 fi
-exit 0
+{finish}
 """)
         self.command.chmod(0o755)
 

@@ -246,6 +246,14 @@ class Directory:
         found = self.conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["entryUUID"])
         return found[0][1]["entryUUID"][0].decode()
 
+    def get_all(self, dn: str) -> dict[str, list[str]]:
+        """Every value of every attribute (multi-valued ones too); {} if the entry is gone."""
+        try:
+            found = self.conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["*", "entryCSN"])
+        except ldap.NO_SUCH_OBJECT:
+            return {}
+        return {k: [v.decode() for v in vs] for k, vs in found[0][1].items()}
+
     def wait_mode(self, dn: str, mode: str, timeout: float = DEADLINE) -> dict[str, str]:
         return wait_until(lambda: (e := self.get(dn)) and e.get("sstProvisioningMode") == mode and e,
                           f"{dn} to reach sstProvisioningMode {mode}", timeout)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,7 @@ class CookieFile:
     def __init__(self, path: str | Path, *, dry_run: bool = False) -> None:
         self.path = Path(path)
         self.dry_run = dry_run
-        self._failing = False
+        self.error: str | None = None      # why the file cannot be written now, if it cannot
 
     def read(self) -> str | None:
         """The cookie in the file; None when it is missing or empty. CookieError otherwise."""
@@ -153,7 +154,7 @@ class CookieFile:
         return text or None
 
     def write(self, cookie: str) -> bool:
-        """Replace the file (temp file, rename); say once when it cannot be written."""
+        """Replace the file (temp file, rename); False (and ``error``) when it cannot be written."""
         if self.dry_run:
             return True
         try:
@@ -161,13 +162,9 @@ class CookieFile:
             # only has to be whole, which the rename guarantees.
             write_atomically(self.path, (cookie + "\n").encode(), mode=0o600, durable=False)
         except OSError as err:
-            if not self._failing:
-                log.error("cannot write COOKIE_FILE %s: %s; the store keeps the position", self.path, err)
-            self._failing = True
+            self.error = f"cannot write COOKIE_FILE {self.path}: {err.strerror or err}"
             return False
-        if self._failing:
-            log.warning("COOKIE_FILE %s is written again", self.path)
-        self._failing = False
+        self.error = None
         return True
 
 
@@ -188,9 +185,12 @@ class Position:
         self.default = default
         self.current: str | None = None
         self._written: str | None = None
+        self._failing_since: float | None = None
 
     def start(self) -> Start:
         """Decide how the first session starts (see the module docstring)."""
+        if self.store.error:
+            self._failing(self.store.error)
         in_file, in_store = self.file.read(), self.store.cookie
         self._written = in_file
         if in_file and in_file == in_store:
@@ -223,9 +223,26 @@ class Position:
         self.current = None
 
     def flush(self) -> bool:
-        """Write the store, then the copy in COOKIE_FILE; False if the store could not be written."""
+        """Write the store, then the copy in COOKIE_FILE; False while either cannot be written.
+
+        Trouble is logged once when it starts and once when it is over (a
+        nearly full folder may let one write through and not the next: the
+        episode lasts until both are written).
+        """
         if not self.store.flush():
-            return False
-        if self.current and self.current != self._written and self.file.write(self.current):
+            return self._failing(self.store.error)
+        if self.current and self.current != self._written:
+            if not self.file.write(self.current):
+                return self._failing(self.file.error)
             self._written = self.current
+        if self._failing_since is not None and not self.store.dirty and self.current in (None, self._written):
+            log.warning("the state in %s is written again (it could not be for %.0f s); nothing was lost",
+                        self.store.path.parent, time.monotonic() - self._failing_since)
+            self._failing_since = None
         return True
+
+    def _failing(self, why: str | None) -> bool:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("%s; the daemon goes on with its position in memory and tries again", why)
+        return False

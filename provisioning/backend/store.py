@@ -17,9 +17,9 @@ transaction. The daemon flushes after every handled entry and every cookie it
 acknowledges, so the store never lags behind work that was done and the
 cookie never runs ahead of it: a crash can only lose a change that was not
 flushed, and the server delivers that one again. When the folder is full or
-read-only, ``flush()`` keeps the overlay, says so once, and tries again at the
-next flush: the daemon goes on with its position in memory, and the position
-on disk never passes work that is not done.
+read-only, ``flush()`` keeps the overlay and tries again at the next flush
+(cookie.Position says so, once): the daemon goes on with its position in
+memory, and the position on disk never passes work that is not done.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class Store:
         self._entries: dict[str, Known | None] = {}
         self._pending: dict[str, PendingWrite | None] = {}
         self._cookie: str | None = None
-        self._failing_since: float | None = None
+        self.error: str | None = None              # why the file cannot be written now, if it cannot
 
     # ------------------------------------------------------------- life cycle
 
@@ -116,7 +116,7 @@ class Store:
             self._db = self._open_read_write()
         except sqlite3.OperationalError as err:
             self._db = self._open_read_only()
-            self._note_failure(f"cannot open {self.path} for writing: {err}")
+            self.error = f"cannot open {self.path} for writing: {err}"
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: not a usable store ({err}); move it away and the "
                              f"daemon rebuilds it from the directory") from err
@@ -256,16 +256,13 @@ class Store:
         if not self.dirty or self.dry_run:
             return True
         try:
-            if self._db is None or self._failing_since is not None:
+            if self._db is None or self.error is not None:
                 self._reopen()
             self._commit()
         except sqlite3.Error as err:
-            self._note_failure(f"cannot write {self.path}: {err}")
+            self.error = f"cannot write {self.path}: {err}"
             return False
-        if self._failing_since is not None:
-            log.warning("%s is written again (it could not be for %.0f s); nothing was lost",
-                        self.path, time.monotonic() - self._failing_since)
-            self._failing_since = None
+        self.error = None
         return True
 
     def _reopen(self) -> None:
@@ -294,17 +291,12 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('cookie', ?)", (self._cookie,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:        # SQLite rolls back by itself when a COMMIT fails (full disk)
+                db.execute("ROLLBACK")
             raise
         self._entries.clear()
         self._pending.clear()
         self._cookie = None
-
-    def _note_failure(self, message: str) -> None:
-        """Say it once; the next successful flush says it is over."""
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error("%s; the daemon goes on with its position in memory and tries again", message)
 
 
 def _known(row: tuple) -> Known:

@@ -1,0 +1,104 @@
+"""Two daemons on one subtree (an HA pair): each request done exactly once, none left claimed.
+
+A daemon is killed (-9) while it holds a claim; its command dies with it.
+Restarted on the same host, it resumes its own claim at once; when it does
+not come back, the other daemon takes the claim over once the lease ran out.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import ldap
+import ldap.modlist
+
+from provisioning.sandbox.layout import REPO
+
+from faults import PauseAt
+from helpers import DaemonProcess, Host, account_attrs, wait_until
+
+REQUESTS = 200
+
+
+def _twin(host: Host, name: str) -> Host:
+    """A second daemon for the same subtree and the same backup host, with its own state files."""
+    twin = Host(host.layout.root.parent / name, host.slapd, host.subtree)
+    twin.service = {section: dict(keys) for section, keys in host.service.items()}
+    twin.set("Database", COOKIE_FILE=twin.layout.cookie)
+    twin.global_ = {section: dict(keys) for section, keys in host.global_.items()}
+    twin.write()
+    return twin
+
+
+def _add(directory, uids) -> None:
+    for uid in uids:
+        directory.conn.add_s(directory.dn(uid), ldap.modlist.addModlist(account_attrs(uid, directory.backup_root)))
+
+
+def _states(directory) -> Counter:
+    found = directory.conn.search_s(directory.subtree, ldap.SCOPE_ONELEVEL, "(uid=*)",
+                                    ["sstProvisioningMode", "sstProvisioningReturnValue"])
+    return Counter((a["sstProvisioningMode"][0].decode(), a.get("sstProvisioningReturnValue", [b"-"])[0].decode())
+                   for _, a in found)
+
+
+def _holder(directory, dn: str, daemons: list[DaemonProcess]) -> DaemonProcess:
+    """The daemon whose claim is on ``dn`` (by the pid in sstProvisioningExecutionTime)."""
+    values = [v for v in directory.get_all(dn).get("sstProvisioningExecutionTime", []) if v.startswith("claim: ")]
+    pid = int(values[0].split()[2])
+    return next(d for d in daemons if d.proc.pid == pid)
+
+
+def _paused_chroot(host: Host, uid: str) -> PauseAt:
+    (host.layout.root / "stand-ins").mkdir(exist_ok=True)
+    pause = PauseAt(host.layout.root / "stand-ins", "create-chroot", when=uid,
+                    then=str(REPO / "bin/prov-backup-create-home"))
+    host.set("Backup", CREATE_CHROOT_CMD=pause.command)
+    return pause
+
+
+def test_one_of_two_daemons_killed_and_restarted_mid_burst(host, directory, report):
+    uids = [str(3750000 + i) for i in range(REQUESTS)]
+    victim = uids[REQUESTS // 2]
+    pause = _paused_chroot(host, victim)
+    twin = _twin(host, "twin")
+    daemons = [DaemonProcess(host).start(), DaemonProcess(twin).start()]
+    _add(directory, uids)
+    pause.wait_paused(60)                          # one daemon is inside the victim's command
+    killed = _holder(directory, directory.dn(victim), daemons)
+    in_flight = REQUESTS - len(host.quota_calls())
+    killed.kill()                                  # kill -9 of the daemon; its command dies with it
+    pause.release()
+    survivor = daemons[1 - daemons.index(killed)]
+    again = DaemonProcess(killed.host, log_name="restarted.log").start()
+    wait_until(lambda: _states(directory).get(("added", "0"), 0) == REQUESTS, f"all {REQUESTS} done", 120)
+    assert survivor.stop() == 0 and again.stop() == 0
+    quota = Counter(c[1] for c in host.quota_calls())
+    assert set(quota) == set(uids) and set(quota.values()) == {1}       # each done exactly once
+    assert _states(directory) == Counter({("added", "0"): REQUESTS})     # none left claimed, none failed
+    resumed = again.count(rf"uid={victim},.*: resuming add") + survivor.count(rf"uid={victim},.*: resuming add")
+    assert resumed == 1
+    report("HA pair, one daemon killed -9 and restarted in 200 requests", in_flight=in_flight, lost=0, twice=0,
+           left_claimed=0)
+
+
+def test_a_claim_of_a_daemon_that_does_not_come_back_is_taken_over_after_the_lease(host, directory):
+    uid = "3723707"
+    pause = _paused_chroot(host, uid)
+    host.set("Service", NODE_NAME="backup-a", COMMAND_TIMEOUT=1, CLAIM_LEASE=3)
+    twin = _twin(host, "twin")
+    twin.set("Service", NODE_NAME="backup-b")
+    first = DaemonProcess(host).start()
+    directory.add(uid)
+    pause.wait_paused()
+    second = DaemonProcess(twin).start()
+    second.wait_for(rf"uid={uid},.*: adding: claimed by backup-a process {first.proc.pid} at \d+T\d+Z; "
+                    rf"taken over if still open at \d+T\d+Z")
+    first.kill()                                   # backup-a never comes back
+    pause.release()
+    second.wait_for(rf"uid={uid},.*: resuming add: adding without an outcome, claimed by backup-a .*; "
+                    rf"its lease ran out", timeout=30)
+    directory.wait_mode(directory.dn(uid), "added")
+    assert second.stop() == 0
+    assert [c[1] for c in host.quota_calls()] == [uid]
+    assert not re.search("resuming", first.text())
