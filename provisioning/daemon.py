@@ -154,7 +154,7 @@ class Daemon:
             return
         self._closed = True
         self._drain()
-        self._flush()
+        self._flush(mirror=True)
         self.executor.close()
         self.stream.close()
         self.directory.close()
@@ -174,6 +174,7 @@ class Daemon:
                 if self.stopping or self._trouble:
                     return           # what is left was not acknowledged: it comes again
             self._collect(wait if self.executor.busy and not events else 0)
+            self._flush()
             if not self._trouble:
                 self._housekeeping()
         except DirectoryUnavailable as err:
@@ -243,7 +244,7 @@ class Daemon:
                         f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
         self._drain()
         self._forget_unfinished()
-        self._flush()
+        self._flush(mirror=True)
         self._trouble = None
         if self.stopping:
             return
@@ -342,8 +343,16 @@ class Daemon:
         return None
 
     def _collect(self, timeout: float = 0) -> None:
-        """Take the results of ended jobs into the daemon's state."""
+        """Take the results of ended jobs into the daemon's state.
+
+        The store is written at once when a job ran a hook whose only record
+        is the store (LDAP mode, removals): a crash must not make it run
+        again. Selfcare outcomes are in the directory; their store records
+        and the cookie are written at the end of the round (see step).
+        """
+        durable = False
         for job, result in self.executor.completed(timeout):
+            durable = durable or result.durable
             self.router.complete(job, result)
             if result.pending is not None:
                 self._trouble = self._trouble or "the directory did not take a write"
@@ -355,11 +364,12 @@ class Daemon:
             if nxt is not None and not (self._trouble or self.stopping):
                 self._begin(job.key, *nxt)
         self._advance()
-        self._flush()
+        if durable:
+            self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, *, mirror: bool = False) -> None:
         """Write the position; when the store's folder is full or read-only, say so once."""
-        if self.position.flush():
+        if self.position.flush(mirror=mirror):
             self._warned.discard("store")
         else:
             self._warn_once("store", f"{self.store.path} cannot be written",

@@ -61,7 +61,7 @@ class LdapMode:
         if code == ReturnValue.SUCCESS:
             log.info("%s: %s %s in %.3f s (nothing is written back in LDAP mode)", entry.dn, verb,
                      "would be done" if self.service.ctx.dry_run else "done", took)
-            return Result(remember=entry, verb=verb, code=code)
+            return Result(remember=entry, verb=verb, code=code, durable=True)
         log.error("%s: %s failed with return value %d after %.3f s; tried again on the next change of "
                   "the entry or at the next start", entry.dn, verb, code, took)
-        return Result(remember=entry, failed=verb, verb=verb, code=code)
+        return Result(remember=entry, failed=verb, verb=verb, code=code, durable=True)

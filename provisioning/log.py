@@ -113,6 +113,14 @@ class _LevelGate(logging.Filter):
         return self.flags.allows(record.levelno)
 
 
+def lowest_level(flags: LevelFlags) -> int:
+    for level, allowed in ((logging.DEBUG, flags.debug), (logging.INFO, flags.info),
+                           (logging.WARNING, flags.warning)):
+        if allowed:
+            return level
+    return logging.ERROR
+
+
 def setup(ident: str, flags: LevelFlags, *, to_stdout: bool,
           syslog_socket: str = SYSLOG_SOCKET) -> None:
     """Route every logger's records to syslog (and stdout) through the gate, one line each."""
@@ -120,7 +128,9 @@ def setup(ident: str, flags: LevelFlags, *, to_stdout: bool,
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    root.setLevel(logging.DEBUG)
+    # Records of a level no handler takes are not even built (log.debug is
+    # then one comparison): the root level is the lowest level let through.
+    root.setLevel(lowest_level(flags))
     syslog = _syslog_handler(ident, syslog_socket)
     if syslog is not None:
         install(syslog, SYSLOG_FORMAT, flags)

@@ -72,7 +72,7 @@ class Removals:
         if code == ReturnValue.SUCCESS:
             log.info("%s: delete %s for the removed entry", known.dn,
                      "would be done" if self.service.ctx.dry_run else "done")
-            return Result(forget=known.uuid, verb="delete", code=code)
+            return Result(forget=known.uuid, verb="delete", code=code, durable=True)
         log.error("%s: delete of the removed entry failed with return value %d; tried again at the "
                   "next start", known.dn, code)
-        return Result(remember=known.entry(), failed="delete", verb="delete", code=code)
+        return Result(remember=known.entry(), failed="delete", verb="delete", code=code, durable=True)

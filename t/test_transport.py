@@ -556,3 +556,43 @@ def test_build_gives_the_local_transport_its_timeout_and_stopping():
     assert isinstance(local, LocalCLI) and local.timeout == 7 and local.stopping is stopping
     dry = build("LocalCLI", timeout=7, gateway={}, dry_run=True)
     assert isinstance(dry, DryRun) and dry.inner.stopping is None
+
+
+# ------------------------------------------------------------ reads
+
+def test_lstat_reports_links_as_links_and_absent_paths_as_none(transport, scene):
+    link = scene.plant(scene.home / "link", scene.victim)
+    (scene.home / "file").write_text("x")
+    seen = transport.lstat([str(scene.home), str(link), str(scene.home / "file"), str(scene.home / "none"),
+                            str(scene.home / "file" / "below")])
+    assert seen[str(scene.home)] == {"kind": "directory", "uid": CUSTOMER[0], "gid": CUSTOMER[1],
+                                     "mode": scene.home.stat().st_mode & 0o7777}
+    assert seen[str(link)]["kind"] == "symbolic link" and seen[str(link)]["uid"] == CUSTOMER[0]
+    assert seen[str(scene.home / "file")]["kind"] == "regular file"
+    assert seen[str(scene.home / "none")] is None and seen[str(scene.home / "file" / "below")] is None
+
+
+def test_read_small_reads_a_file_and_refuses_a_link_or_a_folder(transport, scene):
+    (scene.home / "marker").write_text("abc\n")
+    assert transport.read_small(str(scene.home / "marker"), 2) == "ab"
+    link = scene.plant(scene.home / "link", scene.victim / "secret")
+    with pytest.raises(OSError):
+        transport.read_small(str(link))
+    with pytest.raises(OSError):
+        transport.read_small(str(scene.home))
+    with pytest.raises(OSError):
+        transport.read_small(str(scene.plant(scene.home / "dir-link", scene.victim) / "secret"))
+
+
+def test_a_folder_made_writable_for_others_after_a_walk_is_not_trusted_any_more(scene):
+    """The local transport remembers root-only folders; a change of their mode is noticed."""
+    transport = LocalCLI(timeout=30)
+    target = scene.root / "7" / "3723707" / "kept"
+    transport.makedirs(str(target))                       # walks (and remembers) root/7/3723707
+    os.chmod(scene.root / "7", 0o777)                     # an admin's mistake: others may now swap things
+    os.symlink(scene.victim, scene.root / "7" / "3723707" / "to-victim")   # root's own link, below it
+    before = snapshot(scene.victim)
+    with pytest.raises(OSError) as err:
+        transport.makedirs(str(scene.root / "7" / "3723707" / "to-victim" / "new"), mode=0o777)
+    assert err.value.errno == errno.ELOOP
+    assert snapshot(scene.victim) == before

@@ -348,3 +348,14 @@ def test_pid_lock(tmp_path):
     assert path.exists() and path.read_text() == ""
     with PidLock(path):
         assert path.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_provider_behind_the_cookie_for_one_server_id_is_found():
+    from provisioning.backend.cookie import ahead_of
+    mine = "rid=001,sid=001,csn=20261127120000.000000Z#000000#001#000000;20261127120500.000000Z#000000#002#000000"
+    same = ["20261127120000.000000Z#000000#001#000000", "20261127120500.000000Z#000000#002#000000"]
+    behind = ["20261127115959.000000Z#000000#001#000000", "20261127120500.000000Z#000000#002#000000"]
+    assert ahead_of(mine, same) is None
+    assert "server 001's changes up to 20261127115959" in ahead_of(mine, behind)
+    assert "newer than anything" in ahead_of("rid=001,csn=20991231000000.000000Z#000000#009#000000", same)
+    assert ahead_of(mine, []) is None and ahead_of(None, same) is None

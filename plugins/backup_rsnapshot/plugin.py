@@ -43,6 +43,7 @@ class BackupRsnapshot(OperatorHooks):
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or Clock()
         self.settings: Settings | None = None
+        self._runtime_checked = False
         self.configs: RsnapshotConfigs | None = None
 
     @hookimpl
@@ -98,12 +99,22 @@ class BackupRsnapshot(OperatorHooks):
             self._check_runtime(ctx)
             steps(request, ctx)
         except StepError as err:
+            # A command that went missing shows as a failed step: look again
+            # before the next request (RUNTIME_NOT_SATISFIED names it then).
+            self._runtime_checked = False
             log.error("%s: %s: %s (return value %d, %s)", request.dn, request.verb, err.message,
                       err.code, err.code.name)
             return err.code
         return Code.SUCCESS
 
     def _check_runtime(self, ctx: ServiceContext) -> None:
+        """The programs are there (checked once, and again after any failed request)."""
+        if self._runtime_checked:
+            return
+        self._find_programs(ctx)
+        self._runtime_checked = True
+
+    def _find_programs(self, ctx: ServiceContext) -> None:
         s = self.settings
         if sys.version_info < MIN_PYTHON:
             raise StepError(Code.RUNTIME_NOT_SATISFIED,

@@ -1,33 +1,27 @@
 """What is on disk where an account lives: type, owner and mode of each path, read in one go.
 
-The transport has no stat, so this runs GNU ``stat`` (without -L: a link is
-reported as a link, never followed) on all the paths a request looks at,
-in one command. Reading changes nothing, so it runs in dry-run too.
+The transport's lstat looks at all the paths a request needs in one go (one
+ssh call with CLISSH): a link is reported as a link, never followed.
+Reading changes nothing, so it runs in dry-run too.
 """
 from __future__ import annotations
 
-import stat as stat_module
 from dataclasses import dataclass
 
 from provisioning.transport import Transport
 
 from provisioning_backup_rsnapshot.codes import Code, StepError
 
-# One line per path that exists. The paths passed are plain (account.SAFE_PATH),
-# so "|" and newlines cannot occur in them.
-FORMAT = "%F|%u|%g|%a|%n\n"
-# What stat says for a path that is absent, or under a file instead of a folder.
-ABSENT = ("No such file or directory", "Not a directory")
 DIRECTORY = "directory"
 LINK = "symbolic link"
-REGULAR = ("regular file", "regular empty file")
+REGULAR = ("regular file",)
 
 
 @dataclass(frozen=True)
 class Node:
     """One path as stat saw it."""
 
-    kind: str       # stat's %F: "directory", "symbolic link", "regular file", ...
+    kind: str       # "directory", "symbolic link", "regular file" or "special file"
     uid: int
     gid: int
     mode: int       # permission bits
@@ -52,37 +46,21 @@ class Node:
         return f"a {self.kind} owned by {self.uid}:{self.gid}, mode {self.mode:04o}"
 
 
-def reader(transport: Transport) -> Transport:
-    """The transport that really runs read-only commands, in dry-run too.
-
-    DryRun prints commands instead of running them but lets reads through
-    (exists, realpath); stat and head are reads, so they go to its inner
-    transport: a dry run must judge the account as a real run would.
-    """
-    return getattr(transport, "inner", transport) if transport.dry_run else transport
-
-
 def survey(paths: list[str], transport: Transport) -> dict[str, Node | None]:
-    """Each path's Node, or None when it does not exist; StepError 4 if stat cannot tell."""
+    """Each path's Node, or None when it does not exist; StepError 4 if it cannot be looked at."""
     wanted = list(dict.fromkeys(p.rstrip("/") or "/" for p in paths))
-    result = reader(transport).run(["stat", f"--printf={FORMAT}", "--", *wanted])
-    found: dict[str, Node | None] = dict.fromkeys(wanted)
-    for line in result.stdout.splitlines():
-        kind, uid, gid, mode, name = line.split("|", 4)
-        if name in found:
-            found[name] = Node(kind, int(uid), int(gid), stat_module.S_IMODE(int(mode, 8)))
-    if not result.ok:
-        # GNU stat exits 1 when a path cannot be looked at; only "absent" is fine.
-        trouble = [line for line in result.stderr.splitlines() if line and not line.endswith(ABSENT)]
-        if result.returncode != 1 or trouble or not result.stderr:
-            raise StepError(Code.CANNOT_CHECK_HOME_DIR_PRESENCE,
-                            f"cannot look at the account's folders: {result.describe()}")
-    return found
+    try:
+        seen = transport.lstat(wanted)
+    except OSError as err:
+        raise StepError(Code.CANNOT_CHECK_HOME_DIR_PRESENCE, f"cannot look at the account's folders: {err}") from err
+    return {path: None if seen.get(path) is None else
+            Node(seen[path]["kind"], seen[path]["uid"], seen[path]["gid"], seen[path]["mode"])
+            for path in wanted}
 
 
 def read_small_file(path: str, transport: Transport, limit: int = 256) -> str:
-    """The first ``limit`` bytes of a regular file (checked by the caller), as text."""
-    result = reader(transport).run(["head", "-c", str(limit), "--", path])
-    if not result.ok:
-        raise StepError(Code.CANNOT_CHECK_HOME_DIR_PRESENCE, f"cannot read {path}: {result.describe()}")
-    return result.stdout
+    """The first ``limit`` bytes of a regular file, read without following a link, as text."""
+    try:
+        return transport.read_small(path, limit)
+    except OSError as err:
+        raise StepError(Code.CANNOT_CHECK_HOME_DIR_PRESENCE, f"cannot read {path}: {err}") from err

@@ -168,6 +168,16 @@ class CookieFile:
         return True
 
 
+# Seconds between two writes of COOKIE_FILE (the store has the position durably).
+MIRROR_INTERVAL = 1.0
+
+
+def _behind(older: str, newer: str | None) -> bool:
+    """Whether ``older`` is an earlier position than ``newer`` in the same stream (per server id)."""
+    mine, theirs = by_sid(cookie_csns(older)), by_sid(cookie_csns(newer))
+    return bool(mine) and all(sid in theirs and csn <= theirs[sid] for sid, csn in mine.items())
+
+
 @dataclass
 class Start:
     """Where a session starts: the cookie to send, and what a full refresh may take as done."""
@@ -186,6 +196,7 @@ class Position:
         self.current: str | None = None
         self._written: str | None = None
         self._failing_since: float | None = None
+        self._mirror_due = 0.0
 
     def start(self) -> Start:
         """Decide how the first session starts (see the module docstring)."""
@@ -193,9 +204,11 @@ class Position:
             self._failing(self.store.error)
         in_file, in_store = self.file.read(), self.store.cookie
         self._written = in_file
-        if in_file and in_file == in_store:
-            self.current = in_file
-            return Start(in_file)
+        if in_file and (in_file == in_store or _behind(in_file, in_store)):
+            # The copy in COOKIE_FILE is written at most once a second: after
+            # a crash it may lag behind the store, which is then right.
+            self.current = in_store
+            return Start(in_store)
         known = in_file or in_store
         if in_file or in_store:
             log.warning("COOKIE_FILE %s (%s) and the store %s (%s) disagree: a full refresh; entries "
@@ -222,19 +235,22 @@ class Position:
         """Forget the position: the next session is a full refresh."""
         self.current = None
 
-    def flush(self) -> bool:
+    def flush(self, *, mirror: bool = False) -> bool:
         """Write the store, then the copy in COOKIE_FILE; False while either cannot be written.
 
-        Trouble is logged once when it starts and once when it is over (a
-        nearly full folder may let one write through and not the next: the
-        episode lasts until both are written).
+        The copy is written at most every MIRROR_INTERVAL seconds, or now with
+        ``mirror``. Trouble is logged once when it starts and once when it is
+        over (a nearly full folder may let one write through and not the
+        next: the episode lasts until both are written).
         """
         if not self.store.flush():
             return self._failing(self.store.error)
-        if self.current and self.current != self._written:
+        due = mirror or self._failing_since is not None or time.monotonic() >= self._mirror_due
+        if self.current and self.current != self._written and due:
             if not self.file.write(self.current):
                 return self._failing(self.file.error)
             self._written = self.current
+            self._mirror_due = time.monotonic() + MIRROR_INTERVAL
         if self._failing_since is not None and not self.store.dirty and self.current in (None, self._written):
             log.warning("the state in %s is written again (it could not be for %.0f s); nothing was lost",
                         self.store.path.parent, time.monotonic() - self._failing_since)

@@ -17,10 +17,10 @@ import ldap
 import ldap.dn
 from ldap.filter import escape_filter_chars
 from ldap.controls.libldap import AssertionControl
-from ldap.controls.readentry import PostReadControl
 from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncreplConsumer
 
+from provisioning.backend.ber import ANSWER_CLASSES, PostRead, PostReadAnswer
 from provisioning.backend.cookie import cookie_csn
 from provisioning.entry import Entry
 from provisioning.log import escape
@@ -228,10 +228,12 @@ class Directory:
         if expect:
             controls.append(AssertionControl(True, expect))
         if read_back:
-            controls.append(PostReadControl(True, list(read_back)))
+            controls.append(PostRead(read_back))
         with _unavailable_on_network_errors(f"modify {dn}"):
             try:
-                _, _, _, answer = self.conn.modify_ext_s(dn, mods, serverctrls=controls)
+                msgid = self.conn.modify_ext(dn, mods, serverctrls=controls)
+                _, _, _, answer = self.conn.result3(msgid, all=1, timeout=self.settings.timeout,
+                                                    resp_ctrl_classes=ANSWER_CLASSES)
             except ldap.ASSERTION_FAILED as err:
                 raise Conflict(f"{dn} changed meanwhile (no longer matches {expect})") from err
             except ldap.NO_SUCH_OBJECT as err:
@@ -243,7 +245,7 @@ class Directory:
                     raise
                 raise DirectoryError(f"modify {dn} refused: {describe(err)}") from err
         for control in answer or []:
-            if isinstance(control, PostReadControl):
+            if isinstance(control, PostReadAnswer):
                 # Not control.dn: python-ldap decodes it as Latin-1, which
                 # garbles a DN that is not ASCII; the entry is the one we wrote.
                 return Entry.from_ldap(dn, control.entry)

@@ -115,6 +115,18 @@ class Transport(ABC):
         """Whether ``path`` exists; OSError for any error but "does not exist"."""
 
     @abstractmethod
+    def lstat(self, paths: Sequence[str]) -> dict[str, dict | None]:
+        """What is at each path, never following a link: {"kind", "uid", "gid", "mode"} or None.
+
+        kind is "directory", "symbolic link", "regular file" or "special
+        file". A read: it runs in dry-run too.
+        """
+
+    @abstractmethod
+    def read_small(self, path: str, limit: int = 4096) -> str:
+        """The first ``limit`` bytes of a regular file, never through a link (OSError otherwise)."""
+
+    @abstractmethod
     def realpath(self, path: str) -> str:
         """``path`` with symlinks and ``..`` resolved (it need not exist)."""
 
@@ -166,6 +178,12 @@ class DryRun(Transport):
 
     def realpath(self, path: str) -> str:
         return self.inner.realpath(path)
+
+    def lstat(self, paths: Sequence[str]) -> dict[str, dict | None]:
+        return self.inner.lstat(paths)
+
+    def read_small(self, path: str, limit: int = 4096) -> str:
+        return self.inner.read_small(path, limit)
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
                    owner: tuple[int, int] | None = None) -> None:

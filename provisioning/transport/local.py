@@ -96,6 +96,12 @@ class LocalCLI(Transport):
     def realpath(self, path: str) -> str:
         return nofollow.realpath(path)
 
+    def lstat(self, paths: Sequence[str]) -> dict[str, dict | None]:
+        return nofollow.lstat(list(paths))
+
+    def read_small(self, path: str, limit: int = 4096) -> str:
+        return nofollow.read_small(path, limit)
+
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
                    owner: tuple[int, int] | None = None) -> None:
         nofollow.write_file(path, data, mode, owner)

@@ -57,6 +57,7 @@ O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 _WALK = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_LINKS = 40            # as the kernel's limit for one path lookup
+TRUSTED_KEPT = 64         # folders remembered as root's alone all the way from /
 EXIT_OSERROR = 3          # the remote helper's exit code for "OSError, details on stdout"
 
 
@@ -85,11 +86,58 @@ def _components(path: str) -> list:
     return names
 
 
+# Folders that are root's alone all the way from "/" (BACKUP_ROOT and the
+# folders above the accounts), by path: a walk starts from the deepest one
+# it knows instead of opening every folder from "/" again (a backup account
+# is a dozen levels deep and a request walks a dozen times). Nobody but root
+# can change such a folder; an entry is still used only while its
+# descriptor and its path name the same folder, and it and every folder
+# above it are still root's alone and no link (a few stat calls in C
+# instead of an open per level).
+_trusted: dict[str, int] = {}
+
+
+def _trusted_start(names: list) -> tuple[int, str, int] | None:
+    """(descriptor copy, path, how many names it covers) of the deepest known trusted folder."""
+    for count in range(len(names), 0, -1):
+        path = "/" + "/".join(names[:count])
+        fd = _trusted.get(path)
+        if fd is None:
+            continue
+        if not _still_trusted(fd, names[:count]):
+            os.close(_trusted.pop(path))
+            continue
+        return os.dup(fd), path, count
+    return None
+
+
+def _still_trusted(fd: int, names: list) -> bool:
+    """The descriptor still names the folder at the path, and it and every folder above are root's alone."""
+    try:
+        held = os.fstat(fd)
+        above = [os.stat("/" + "/".join(names[:n]), follow_symlinks=False) for n in range(len(names))]
+        there = os.stat("/" + "/".join(names), follow_symlinks=False)
+    except OSError:
+        return False
+    return ((held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+            and all(stat.S_ISDIR(info.st_mode) and _root_only(info) for info in above + [held]))
+
+
+def _remember_trusted(path: str, fd: int) -> None:
+    if path in _trusted:
+        return
+    if len(_trusted) >= TRUSTED_KEPT:
+        os.close(_trusted.pop(next(iter(_trusted))))
+    _trusted[path] = os.dup(fd)
+
+
 class _Walk:
     """Descriptors of the folders from ``/`` to where the walk has got.
 
     ``frames`` holds (descriptor, path, root_only) per level; root_only is
-    true while every folder from ``/`` down to this one is root's alone.
+    true while every folder from ``/`` down to this one is root's alone. A
+    walk may start at a trusted folder (see _trusted) instead of ``/``: its
+    one frame then stands for the root-only folders above it.
     """
 
     def __init__(self, asked: str) -> None:
@@ -127,11 +175,22 @@ class _Walk:
     def enter(self, names: list, create: int | None = None) -> "_Walk":
         """Walk into ``names`` (folders), creating missing ones with mode ``create``."""
         todo = list(names)
+        if len(self.frames) == 1 and self.where == "/":
+            start = _trusted_start(todo)
+            if start is not None:
+                fd, path, count = start
+                self.close()
+                self.frames.append((fd, path, True))
+                todo = todo[count:]
         while todo:
             name = todo.pop(0)
             if name == "..":                      # only ever from a link root made
                 if len(self.frames) > 1:
                     os.close(self.frames.pop()[0])
+                elif self.where != "/":           # above a trusted start: walk to its parent from /
+                    parent = [n for n in posixpath.dirname(self.where).split("/") if n]
+                    self._restart()
+                    todo[0:0] = parent
                 continue
             target = self._step(name, create)
             if target is not None:
@@ -159,6 +218,8 @@ class _Walk:
                     continue
             try:
                 root_only = self.frames[-1][2] and _root_only(os.fstat(fd))
+                if root_only and self.links == 0:
+                    _remember_trusted(self.here(name), fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -233,6 +294,43 @@ def exists(path: str) -> bool:
             raise
         raise _error(err.errno, err.strerror, path) from None
     return True
+
+
+def lstat(paths: list) -> dict:
+    """For each path: {"kind", "uid", "gid", "mode"} of what is there, the link itself for a
+    link (never followed), or None when nothing is there. Changes nothing."""
+    found = {}
+    for path in paths:
+        try:
+            info = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            found[path] = None
+            continue
+        found[path] = {"kind": _kind(info.st_mode), "uid": info.st_uid, "gid": info.st_gid,
+                       "mode": stat.S_IMODE(info.st_mode)}
+    return found
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symbolic link"),
+                       (stat.S_ISREG, "regular file")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def read_small(path: str, limit: int = 4096) -> str:
+    """The first ``limit`` bytes of the regular file ``path`` (as text), read without following a link."""
+    names = _components(path)
+    with _Walk(path) as walk:
+        walk.enter(names[:-1])
+        fd = os.open(names[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=walk.fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _error(errno.EINVAL, "not a regular file", path)
+        return os.read(fd, limit).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
 
 
 def realpath(path: str) -> str:
@@ -461,6 +559,10 @@ def _dispatch(operation: str, args: list):
         return exists(args[0])
     if operation == "realpath":
         return realpath(args[0])
+    if operation == "lstat":
+        return lstat(args)
+    if operation == "read_small":
+        return read_small(args[0], int(args[1]))
     if operation == "write_file":
         return write_file(args[0], sys.stdin.buffer.read(), int(args[1], 8), _owner(args[2]))
     if operation == "makedirs":

@@ -143,6 +143,12 @@ class CLISSH(Transport):
     def realpath(self, path: str) -> str:
         return str(self._helper("realpath", path))
 
+    def lstat(self, paths: Sequence[str]) -> dict[str, dict | None]:
+        return dict(self._helper("lstat", *paths)) if paths else {}
+
+    def read_small(self, path: str, limit: int = 4096) -> str:
+        return str(self._helper("read_small", path, str(limit)))
+
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
                    owner: tuple[int, int] | None = None) -> None:
         self._helper("write_file", path, f"{mode:o}", _owner(owner), stdin=data)
