@@ -229,7 +229,7 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
                   position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
-                  store=store, router=router, executor=executor(svc["WORKERS"]),
+                  store=store, router=router, executor=executor(svc["WORKERS"] or os.cpu_count() or 1),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
                   stop_event=stop_event, once=once)
 

@@ -36,7 +36,7 @@ from provisioning.backend.store import Store
 from provisioning.clock import Clock
 from provisioning.entry import Entry
 from provisioning.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
-from provisioning.router import Router
+from provisioning.router import CHANGE, REFRESH, SEARCH, Router
 from provisioning.workers import Inline, Job, Threads
 
 log = logging.getLogger(__name__)
@@ -261,9 +261,9 @@ class Daemon:
     def _dispatch(self, event: Event) -> None:
         self._seq += 1
         if isinstance(event, EntryChanged):
-            entry, current = event.entry, self.in_refresh
+            entry, origin = event.entry, REFRESH if self.in_refresh else CHANGE
             self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
-                          lambda: self.router.entry_job(entry, current=current))
+                          lambda: self.router.entry_job(entry, origin=origin))
         elif isinstance(event, CookieReached):
             self._cookies.append((self._seq, event.cookie))
             self._advance()
@@ -445,5 +445,5 @@ class Daemon:
         """Work for an entry a search found (as it is now)."""
         self._seq += 1
         self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
-                      lambda: self.router.entry_job(entry, current=True))
+                      lambda: self.router.entry_job(entry, origin=SEARCH))
 

@@ -25,8 +25,11 @@ from provisioning.workers import Job
 
 log = logging.getLogger(__name__)
 
-# How many of our own writes we remember to recognise their echo.
-OWN_WRITES_KEPT = 100_000
+# How many of our own writes we remember to recognise their echo (they come
+# back within milliseconds; the bound keeps memory flat however long it runs).
+OWN_WRITES_KEPT = 10_000
+# Where an entry comes from (see Router.entry_job).
+CHANGE, REFRESH, SEARCH = "change", "refresh", "search"
 
 
 class Router:
@@ -53,22 +56,28 @@ class Router:
 
     # ---------------------------------------------------------------- planning
 
-    def entry_job(self, entry: Entry, *, current: bool = False) -> Job | None:
+    def entry_job(self, entry: Entry, *, origin: str = CHANGE) -> Job | None:
         """The job for an entry the stream (or a search) delivered; None if nothing is to be done.
 
-        ``current``: the entry is as the directory holds it now (a refresh, a
-        search), not a change as it happened; an older version of our own
-        writes is then no echo but a directory that lost them.
+        ``origin``: CHANGE, a change as it happened (our own writes come back
+        as echoes); REFRESH, the entry as the directory holds it after a
+        (re)connect - an older version of what we wrote is then a directory
+        that lost it (a provider that died before replicating); SEARCH, as a
+        search found it a moment ago - work of ours that ended since makes
+        it stale, and it is dropped.
         """
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
-        if not current and entry.csn and entry.csn in self._own_writes:
+        if origin == SEARCH and self._older_than_known(entry):
+            log.debug("%s: found before this daemon's last write to it; nothing to do", entry.dn)
+            return None
+        if origin == CHANGE and entry.csn and entry.csn in self._own_writes:
             # The store already has what the write left (the job's result);
             # an echo of an earlier write of ours (the claim) must not undo that.
             log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
             return None
         if self.uses_selfcare(entry):
-            return self._selfcare_job(entry, current)
+            return self._selfcare_job(entry, origin == REFRESH)
         return self._ldap_job(entry)
 
     def uses_selfcare(self, entry: Entry) -> bool:
@@ -76,8 +85,8 @@ class Router:
             return True
         return self.modus == "combined" and is_selfcare(entry)
 
-    def _selfcare_job(self, entry: Entry, current: bool) -> Job | None:
-        answered = self._answered(entry) if current else None
+    def _selfcare_job(self, entry: Entry, refreshed: bool) -> Job | None:
+        answered = self._answered(entry) if refreshed else None
         if answered is not None:
             return self._job(_key(entry), entry.dn, lambda: self.selfcare.answer_again(entry, answered), entry)
         decision = decide(entry, self.clock.today(), self.owners)
@@ -126,12 +135,16 @@ class Router:
         verb = known.failed if known.failed in ("add", "modify") else "modify"
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
-            return self.entry_job(current, current=True)
+            return self.entry_job(current, origin=SEARCH)
         return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
 
     def _job(self, key: str, dn: str, work, entry: Entry | None = None) -> Job:
         capture = self.request_log.capture if self.request_log is not None and self.alerts is not None else None
         return Job(key, dn, work, entry, capture=capture)
+
+    def _older_than_known(self, entry: Entry) -> bool:
+        known = self.store.lookup(entry.uuid)
+        return bool(known is not None and known.csn and entry.csn and entry.csn < known.csn)
 
     def _answered(self, entry: Entry) -> dict | None:
         """Our outcome for this very version of the request, if the directory lost it."""

@@ -16,6 +16,29 @@ from gateway import sshd  # noqa: F401 - the session's CLISSH gateway, a fixture
 os.environ.setdefault("LDAPNOINIT", "1")
 
 
+# Tests marked with_workers run twice: one request at a time, and four at a time
+# (every guarantee must hold with workers; the default is the number of CPUs).
+WORKER_COUNTS = [1, 4]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "with_workers: run with [Service] WORKERS = 1 and = 4")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("with_workers") and "workers" in metafunc.fixturenames:
+        metafunc.parametrize("workers", WORKER_COUNTS, indirect=True, ids=lambda n: f"workers{n}")
+
+
+@pytest.fixture(autouse=True)
+def workers(request):
+    """[Service] WORKERS of every Host this test makes (None: the configuration's default)."""
+    count = getattr(request, "param", None)
+    Host.default_workers = count
+    yield count
+    Host.default_workers = None
+
+
 @pytest.fixture(scope="session")
 def slapd(tmp_path_factory):
     server = StoneySlapd(rundir=str(tmp_path_factory.mktemp("slapd")))

@@ -41,6 +41,8 @@ def wait_until(predicate: Callable[[], T], what: str, timeout: float = DEADLINE)
 class Host:
     """One backup host: folders, stand-in commands and configuration files."""
 
+    default_workers: int | None = None      # set by the `workers` fixture of t/conftest.py
+
     def __init__(self, root: Path, slapd, subtree: str) -> None:
         self.layout = SandboxLayout(root)
         self.layout.create()
@@ -53,6 +55,8 @@ class Host:
                                         password=slapd.root_pw, subtree=subtree,
                                         create_chroot_cmd=str(self.chroot_cmd))
         self.global_ = global_sections(sleep=0.2, attempts=3, operation_sleep=0.2, operation_attempts=50)
+        if self.default_workers is not None:
+            self.service["Service"]["WORKERS"] = self.default_workers
         self.write()
 
     @property

@@ -21,7 +21,8 @@ from provisioning.clock import Clock, utc_stamp
 
 from helpers import DaemonProcess, account_attrs, as_user, assert_done, picture, wait_until
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes owners and acts as a customer uid: needs root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="changes owners and acts as a customer uid: needs root"),
+              pytest.mark.with_workers]
 VICTIM = "3723707"
 
 

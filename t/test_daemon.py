@@ -1,12 +1,16 @@
 """The daemon end to end: a real process, a real slapd with syncprov, the selfcare protocol."""
 from __future__ import annotations
 
+import pytest
+
 import datetime as dt
 import re
 import subprocess
 import sys
 
 from helpers import DaemonProcess, assert_done, wait_until
+
+pytestmark = pytest.mark.with_workers
 
 UID = "3723707"
 

@@ -15,6 +15,8 @@ from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
 from faults import PauseAt, Proxy
 from helpers import DaemonProcess, Host, account_attrs, wait_until
 
+pytestmark = pytest.mark.with_workers
+
 BURST = 500
 UID = "3723707"
 

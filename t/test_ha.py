@@ -6,6 +6,8 @@ not come back, the other daemon takes the claim over once the lease ran out.
 """
 from __future__ import annotations
 
+import pytest
+
 import re
 from collections import Counter
 
@@ -16,6 +18,8 @@ from provisioning.sandbox.layout import REPO
 
 from faults import PauseAt
 from helpers import DaemonProcess, Host, account_attrs, wait_until
+
+pytestmark = pytest.mark.with_workers
 
 REQUESTS = 200
 
@@ -49,6 +53,16 @@ def _holder(directory, dn: str, daemons: list[DaemonProcess]) -> DaemonProcess:
     return next(d for d in daemons if d.proc.pid == pid)
 
 
+def _claimed_by(directory, pid: int) -> set[str]:
+    """uids claimed by process ``pid`` that have no outcome."""
+    found = directory.conn.search_s(directory.subtree, ldap.SCOPE_ONELEVEL,
+                                    "(&(sstProvisioningState=0)(!(sstProvisioningReturnValue=*)))",
+                                    ["uid", "sstProvisioningExecutionTime"])
+    return {a["uid"][0].decode() for _, a in found
+            if any(v.decode().startswith("claim: ") and v.decode().split()[2] == str(pid)
+                   for v in a.get("sstProvisioningExecutionTime", []))}
+
+
 def _paused_chroot(host: Host, uid: str) -> PauseAt:
     (host.layout.root / "stand-ins").mkdir(exist_ok=True)
     pause = PauseAt(host.layout.root / "stand-ins", "create-chroot", when=uid,
@@ -67,19 +81,27 @@ def test_one_of_two_daemons_killed_and_restarted_mid_burst(host, directory, repo
     pause.wait_paused(60)                          # one daemon is inside the victim's command
     killed = _holder(directory, directory.dn(victim), daemons)
     in_flight = REQUESTS - len(host.quota_calls())
-    killed.kill()                                  # kill -9 of the daemon; its command dies with it
+    killed.kill()                                  # kill -9 of the daemon; its commands die with it
+    # What it had in hand: claimed by it, no outcome. Nothing changes them until
+    # it restarts (the other daemon waits for the lease of a claim it saw live).
+    in_hand = _claimed_by(directory, killed.proc.pid)
+    assert victim in in_hand and len(in_hand) <= max(1, Host.default_workers or 1)
     pause.release()
     survivor = daemons[1 - daemons.index(killed)]
     again = DaemonProcess(killed.host, log_name="restarted.log").start()
     wait_until(lambda: _states(directory).get(("added", "0"), 0) == REQUESTS, f"all {REQUESTS} done", 120)
     assert survivor.stop() == 0 and again.stop() == 0
     quota = Counter(c[1] for c in host.quota_calls())
-    assert set(quota) == set(uids) and set(quota.values()) == {1}       # each done exactly once
+    assert set(quota) == set(uids)
+    # Each request done once; only work in hand at the kill may have run a command again.
+    assert all(n == 1 for uid, n in quota.items() if uid not in in_hand), quota
+    assert all(quota[uid] <= 2 for uid in in_hand)
     assert _states(directory) == Counter({("added", "0"): REQUESTS})     # none left claimed, none failed
-    resumed = again.count(rf"uid={victim},.*: resuming add") + survivor.count(rf"uid={victim},.*: resuming add")
-    assert resumed == 1
-    report("HA pair, one daemon killed -9 and restarted in 200 requests", in_flight=in_flight, lost=0, twice=0,
-           left_claimed=0)
+    for uid in in_hand:                            # each resumed once, by one daemon or the other
+        assert (again.count(rf"uid={uid},.*: resuming add") + survivor.count(rf"uid={uid},.*: resuming add")) == 1
+    report(f"HA pair, one daemon killed -9 and restarted in 200 requests (WORKERS {Host.default_workers})",
+           in_flight=in_flight, in_hand_at_kill=len(in_hand), lost=0, done_twice=0,
+           commands_run_again=sum(quota[uid] - 1 for uid in in_hand), left_claimed=0)
 
 
 def test_a_claim_of_a_daemon_that_does_not_come_back_is_taken_over_after_the_lease(host, directory):

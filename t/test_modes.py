@@ -1,9 +1,13 @@
 """MODUS = LDAP and MODUS = combined: hooks from what the daemon saw before, nothing written back."""
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from helpers import DaemonProcess, assert_done
+
+pytestmark = pytest.mark.with_workers
 
 UID = "3723707"
 # An account without the selfcare attributes (and so without their object class).

@@ -20,6 +20,8 @@ from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 from faults import PauseAt, Proxy
 from helpers import DaemonProcess, Directory, Host, account_attrs, assert_done, wait_until
 
+pytestmark = pytest.mark.with_workers
+
 UID = "3723707"
 
 

@@ -8,6 +8,8 @@ from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 
 from helpers import DaemonProcess, Directory, Host, assert_done, wait_until
 
+pytestmark = pytest.mark.with_workers
+
 UID = "3723707"
 
 

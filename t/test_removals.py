@@ -1,6 +1,8 @@
 """Entries that leave the directory, known by entryUUID only: acted on with the last known entry."""
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
@@ -8,6 +10,8 @@ from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 
 from faults import PauseAt
 from helpers import DaemonProcess, Directory, Host, assert_done
+
+pytestmark = pytest.mark.with_workers
 
 UID = "3723707"
 # An account without the selfcare attributes (and so without their object class).

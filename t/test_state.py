@@ -15,6 +15,8 @@ from provisioning.backend.ldap import DirectoryUnavailable
 from faults import PauseAt
 from helpers import DaemonProcess, assert_done, wait_until
 
+pytestmark = pytest.mark.with_workers
+
 UID = "3723707"
 FUTURE = "rid=001,sid=001,csn=20991231235959.000000Z#000000#001#000000"
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from provisioning.clock import Clock, utc_stamp
 from provisioning.entry import Entry
@@ -44,6 +47,8 @@ class BackupRsnapshot(OperatorHooks):
         self.clock = clock or Clock()
         self.settings: Settings | None = None
         self._runtime_checked = False
+        self._locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+        self._locks_guard = threading.Lock()
         self.configs: RsnapshotConfigs | None = None
 
     @hookimpl
@@ -97,7 +102,10 @@ class BackupRsnapshot(OperatorHooks):
                  steps: Callable[[Request, ServiceContext], None]) -> int:
         try:
             self._check_runtime(ctx)
-            steps(request, ctx)
+            # One account at a time: two entries naming the same uid (an
+            # impostor) run in different lanes of the core, maybe at once.
+            with self._account_lock(request.entry.get("uid") or request.dn):
+                steps(request, ctx)
         except StepError as err:
             # A command that went missing shows as a failed step: look again
             # before the next request (RUNTIME_NOT_SATISFIED names it then).
@@ -106,6 +114,15 @@ class BackupRsnapshot(OperatorHooks):
                       err.code, err.code.name)
             return err.code
         return Code.SUCCESS
+
+    @contextmanager
+    def _account_lock(self, uid: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.get(uid)
+            if lock is None:
+                lock = self._locks[uid] = threading.Lock()
+        with lock:
+            yield
 
     def _check_runtime(self, ctx: ServiceContext) -> None:
         """The programs are there (checked once, and again after any failed request)."""

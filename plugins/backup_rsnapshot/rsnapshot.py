@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from pathlib import Path
 
 from provisioning.transport import Transport
@@ -82,6 +83,8 @@ class RsnapshotConfigs:
         self.always_test = always_test
         self.proven_shapes: set[str] = set()
         self.configtests = 0   # how often rsnapshot ran; reported by the benchmark
+        self._shape_locks: dict[str, threading.Lock] = {}     # few: one per shape
+        self._shape_locks_guard = threading.Lock()
 
     def path_for(self, uid: str) -> str:
         return self.file_pattern.replace("%uid%", uid)
@@ -128,8 +131,17 @@ class RsnapshotConfigs:
 
     def _prove(self, candidate: str, values: dict[str, str]) -> None:
         shape = self._shape(values)
-        if not self.always_test and shape in self.proven_shapes:
-            return
+        if self.always_test:
+            return self._configtest(candidate, shape)
+        # Workers: accounts of one shape wait for the first one's configtest
+        # instead of starting Perl each.
+        with self._shape_locks_guard:
+            lock = self._shape_locks.setdefault(shape, threading.Lock())
+        with lock:
+            if shape not in self.proven_shapes:
+                self._configtest(candidate, shape)
+
+    def _configtest(self, candidate: str, shape: str) -> None:
         result = self.transport.run([self.rsnapshot_cmd, "-c", candidate, "configtest"])
         self.configtests += 1
         if not result.ok:

@@ -9,8 +9,9 @@ performs the modifications it is given.
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import ldap
@@ -177,27 +178,47 @@ def _unavailable_on_network_errors(what: str) -> Iterator[None]:
 # ------------------------------------------------------------------ writes
 
 class Directory:
-    """The read/write connection. With ``dry_run`` writes are shown, not made."""
+    """The read/write connections. With ``dry_run`` writes are shown, not made.
+
+    Each thread (the main loop, every worker) gets a connection of its own,
+    bound once: python-ldap holds a connection's lock while it waits for an
+    answer, so workers sharing one would wait for each other's round trips.
+    Workers connect on first use to the server the main loop chose.
+    """
 
     def __init__(self, settings: LdapSettings, *, dry_run: bool = False) -> None:
         self.settings = settings
         self.dry_run = dry_run
-        self._conn: SimpleLDAPObject | None = None
+        self._conns: dict[int, SimpleLDAPObject] = {}
+        self._lock = threading.Lock()
         self.uri: str | None = None
 
     def open(self) -> None:
         self.close()
-        self._conn, self.uri = connect(self.settings)
+        conn, self.uri = connect(self.settings)
+        self._conns[threading.get_ident()] = conn
 
     def close(self) -> None:
-        _unbind_quietly(self._conn)
-        self._conn = None
+        with self._lock:
+            conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            _unbind_quietly(conn)
 
     @property
     def conn(self) -> SimpleLDAPObject:
-        if self._conn is None:
+        """This thread's connection; DirectoryUnavailable when the directory is not open."""
+        conn = self._conns.get(threading.get_ident())
+        if conn is not None:
+            return conn
+        if self.uri is None or not self._conns:
             raise DirectoryUnavailable("not connected")
-        return self._conn
+        # The server the main loop is on first, so every connection sees the same data.
+        preferred = [self.uri] + [u for u in self.settings.uris if u != self.uri]
+        with _unavailable_on_network_errors("connect"):
+            conn, _ = connect(replace(self.settings, uris=preferred))
+        with self._lock:
+            self._conns[threading.get_ident()] = conn
+        return conn
 
     def modify(self, dn: str, changes: Mapping[str, Sequence[str] | None], *,
                add: Mapping[str, Sequence[str]] | None = None,

@@ -52,6 +52,7 @@ import os
 import posixpath
 import stat
 import sys
+import threading
 
 O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 _WALK = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -95,19 +96,21 @@ def _components(path: str) -> list:
 # above it are still root's alone and no link (a few stat calls in C
 # instead of an open per level).
 _trusted: dict[str, int] = {}
+_trusted_lock = threading.Lock()       # workers walk at the same time
 
 
 def _trusted_start(names: list) -> tuple[int, str, int] | None:
     """(descriptor copy, path, how many names it covers) of the deepest known trusted folder."""
-    for count in range(len(names), 0, -1):
-        path = "/" + "/".join(names[:count])
-        fd = _trusted.get(path)
-        if fd is None:
-            continue
-        if not _still_trusted(fd, names[:count]):
-            os.close(_trusted.pop(path))
-            continue
-        return os.dup(fd), path, count
+    with _trusted_lock:
+        for count in range(len(names), 0, -1):
+            path = "/" + "/".join(names[:count])
+            fd = _trusted.get(path)
+            if fd is None:
+                continue
+            if not _still_trusted(fd, names[:count]):
+                os.close(_trusted.pop(path))
+                continue
+            return os.dup(fd), path, count
     return None
 
 
@@ -124,11 +127,12 @@ def _still_trusted(fd: int, names: list) -> bool:
 
 
 def _remember_trusted(path: str, fd: int) -> None:
-    if path in _trusted:
-        return
-    if len(_trusted) >= TRUSTED_KEPT:
-        os.close(_trusted.pop(next(iter(_trusted))))
-    _trusted[path] = os.dup(fd)
+    with _trusted_lock:
+        if path in _trusted:
+            return
+        if len(_trusted) >= TRUSTED_KEPT:
+            os.close(_trusted.pop(next(iter(_trusted))))
+        _trusted[path] = os.dup(fd)
 
 
 class _Walk:
