@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import ldap
 import ldap.modlist
 from slapdtest import SlapdObject
 
+from provisioning import resources
+
 SUFFIX = "dc=stoney-cloud,dc=org"
 BACKUP_BASE = f"ou=backup,ou=services,{SUFFIX}"
 ACCOUNTS_BASE = f"ou=accounts,{BACKUP_BASE}"
-SCHEMA_LDIF = Path(__file__).resolve().parents[2] / "etc/Provisioning/schema/stoney-backup.ldif"
+# Our schema subset, as the package ships it.
+SCHEMA_LDIF = resources.etc_path("Provisioning/schema/stoney-backup.ldif")
 
 # slapdtest's own template plus: the syncprov module, indexes syncprov needs,
 # and the overlay on the one database. Debian keeps its modules in
