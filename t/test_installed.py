@@ -14,6 +14,7 @@ the installation does not build python-ldap again.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -128,7 +129,6 @@ def test_the_installation_imports_nothing_from_the_checkout(installed):
     probe = installed.run("python", "-c", "import json, sys, provisioning, provisioning_backup_rsnapshot.plugin as p; "
                           "print(json.dumps([provisioning.__file__, p.__file__, sys.path]))")
     assert probe.returncode == 0, probe.stderr
-    import json
     core, plugin, path = json.loads(probe.stdout)
     site = _site_packages(installed)
     assert Path(core).is_relative_to(site) and Path(plugin).is_relative_to(site), (core, plugin)
