@@ -5,7 +5,8 @@ work: -c config, -g global config, -r dry-run, -d debug, -t check, -h help.
 Exit codes are listed in provisioning.codes.ExitCode and in the README.
 
 The sub-commands live in modules of their own: ``status``
-(provisioning.status), ``retry`` (provisioning.retry); ``--check`` is
+(provisioning.status), ``retry`` (provisioning.retry), ``files``
+(provisioning.shipped); ``--check`` is
 provisioning.checks and ``--daemon`` provisioning.detach.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ from provisioning.workers import executor
 
 log = logging.getLogger("provisioning")
 
-SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry"}
+SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry", "files": "provisioning.shipped"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
@@ -56,9 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="provisioning-daemon",
         description="Keep this host in line with the provisioning requests in an OpenLDAP directory. "
-                    "Sub-commands: 'provisioning-daemon status -c FILE' (for people and monitoring) and "
-                    "'provisioning-daemon retry -c FILE DN...|--failed' (write failed requests anew); "
-                    "each has its own --help.",
+                    "Sub-commands: 'provisioning-daemon status -c FILE' (for people and monitoring), "
+                    "'provisioning-daemon retry -c FILE DN...|--failed' (write failed requests anew) and "
+                    "'provisioning-daemon files [--print NAME | --copy NAME TARGET]' (the shipped example "
+                    "configuration, template, schema and unit); each has its own --help.",
         epilog="Exit codes: " + ", ".join(f"{c.value} {c.name.lower().replace('_', ' ')}" for c in ExitCode))
     parser.add_argument("-c", "--config", required=True, metavar="FILE",
                         help="service configuration, e.g. etc/Provisioning/Backup/Rsnapshot.conf")

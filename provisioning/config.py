@@ -22,12 +22,13 @@ import ldap.dn
 from configobj import ConfigObj, flatten_errors, get_extra_values
 from validate import ValidateError, Validator
 
-from provisioning import inifile
+from provisioning import inifile, resources
 from provisioning.secret import Secret
 from provisioning.transport.ssh import gateway_problem
 
-SPEC_DIR = Path(__file__).with_name("configspec")
 GLOBAL_CONF_NAME = "Global.conf"
+# The host's own, as the original's.
+HOST_GLOBAL_CONF = Path("/etc/Provisioning") / GLOBAL_CONF_NAME
 
 
 class ConfigError(Exception):
@@ -102,13 +103,15 @@ class Config:
 def global_config_candidates() -> list[Path]:
     """Where Global.conf is looked for when -g is not given, in order.
 
-    As the original: the etc/Provisioning next to the installed program (a
-    checkout, or the virtualenv/prefix it is installed in), then
-    /etc/Provisioning.
+    The etc/Provisioning of the installation (the virtualenv or prefix the
+    package is installed in, e.g. /opt/provisioning/etc/Provisioning: "next
+    to the program", as the original), then the host's /etc/Provisioning, as
+    the original, then the package's own, shipped with it (the defaults). The
+    package's own comes last: it is replaced by every upgrade, so a file an
+    operator edits must win over it.
     """
-    checkout = Path(__file__).resolve().parents[1] / "etc/Provisioning" / GLOBAL_CONF_NAME
-    prefix = Path(sys.prefix) / "etc/Provisioning" / GLOBAL_CONF_NAME
-    return [checkout, prefix, Path("/etc/Provisioning") / GLOBAL_CONF_NAME]
+    return [Path(sys.prefix) / "etc/Provisioning" / GLOBAL_CONF_NAME, HOST_GLOBAL_CONF,
+            resources.etc_path("Provisioning/" + GLOBAL_CONF_NAME)]
 
 
 def find_global_config(explicit: str | None) -> Path | None:
@@ -202,7 +205,7 @@ def _parse(path: Path | None, spec: ConfigObj | None) -> ConfigObj:
 
 
 def _spec_text(name: str) -> str:
-    return (SPEC_DIR / name).read_text(encoding="utf-8")
+    return resources.configspec_text(name)
 
 
 def _describe_errors(label: str, cfg: ConfigObj, result: Any, present: set[str]) -> list[str]:

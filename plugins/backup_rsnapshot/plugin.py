@@ -11,12 +11,12 @@ command that changes the host, written no file and made no quota call.
 """
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import sys
 import threading
 import weakref
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 from provisioning.clock import Clock, utc_stamp
@@ -36,7 +36,8 @@ from provisioning_backup_rsnapshot.settings import Settings, problems
 
 log = logging.getLogger(__name__)
 
-SPEC = Path(__file__).with_name("backup.spec")
+# The [Backup] configspec, shipped in this package.
+SPEC = importlib.resources.files(__package__).joinpath("backup.spec")
 MIN_PYTHON = (3, 11)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from provisioning import resources
 from provisioning.config import Config
 from provisioning.transport import Transport
 
-INSTALLED_ETC = [Path(__file__).resolve().parents[2] / "etc/Provisioning/Backup"]
+# Where the package ships this plugin's files (the default rsnapshot template).
+SHIPPED = "Provisioning/Backup"
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,11 @@ class Settings:
 
 
 def find_template(name: str, config_dir: Path) -> Path:
-    """RSNAPSHOT_TEMPLATE: absolute, or next to the service config, or installed."""
+    """RSNAPSHOT_TEMPLATE: absolute, or next to the service config, or shipped with the package."""
     path = Path(name)
     if path.is_absolute():
         return path
-    for folder in [config_dir] + INSTALLED_ETC:
+    for folder in (config_dir, resources.etc_path(SHIPPED)):
         if (folder / path).is_file():
             return folder / path
     return config_dir / path

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-from provisioning.sandbox.layout import REPO, SandboxLayout, SandboxRefused, service_sections, write_configs
+from provisioning.sandbox.layout import (
+    SandboxLayout, SandboxRefused, installed_command, service_sections, write_configs,
+)
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 
 DEMO_UID = "3723707"
@@ -53,7 +54,7 @@ def _run(layout: SandboxLayout, args: argparse.Namespace) -> int:
     script = "prov-backup-create-chroot" if args.chroot == "full" else "prov-backup-create-home"
     write_configs(layout, service_sections(layout, uri=slapd.ldap_uri, bind_dn=slapd.root_dn,
                                            password=slapd.root_pw, subtree=ACCOUNTS_BASE,
-                                           create_chroot_cmd=str(REPO / "bin" / script)))
+                                           create_chroot_cmd=str(installed_command(script))))
     _write_demo_ldifs(layout)
     _banner(layout, slapd)
     daemon = subprocess.Popen([sys.executable, "-m", "provisioning", "-c", str(layout.service_config),
@@ -94,15 +95,15 @@ def _add_demo(layout: SandboxLayout, ready: threading.Event) -> None:
 
 
 def _banner(layout: SandboxLayout, slapd: StoneySlapd) -> None:
-    bin_dir = Path(REPO, "bin")
+    load = installed_command("loadOpenLDAPsingleLDIF")
     print(f"""
 sandbox: slapd at {slapd.ldap_uri} ({slapd.root_dn}), data under {layout.root}
 sandbox: daemon configuration {layout.service_config}
 sandbox: from a second terminal, walk account 3724300 through the wiki's four steps:
-    {bin_dir}/loadOpenLDAPsingleLDIF {layout.data}/01_add_3724300.ldif
-    {bin_dir}/loadOpenLDAPsingleLDIF {layout.data}/02_modify_3724300.ldif
-    {bin_dir}/loadOpenLDAPsingleLDIF {layout.data}/03_delete_3724300.ldif
-    {bin_dir}/loadOpenLDAPsingleLDIF {layout.data}/04_remove_3724300.ldif
+    {load} {layout.data}/01_add_3724300.ldif
+    {load} {layout.data}/02_modify_3724300.ldif
+    {load} {layout.data}/03_delete_3724300.ldif
+    {load} {layout.data}/04_remove_3724300.ldif
 sandbox: Ctrl-C stops the daemon and slapd.
 """, flush=True)
 

@@ -12,9 +12,13 @@ import os
 import shlex
 import shutil
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# The source checkout this module lies in, for the tests that run the bin/
+# wrappers of a checkout. Meaningless in an installed package: the sandbox
+# itself uses the installed commands (installed_command).
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = "/tmp/provisioning-sandbox"
 # Written into every folder the sandbox makes: only such a folder is ever deleted.
@@ -169,9 +173,23 @@ def service_sections(layout: SandboxLayout, *, uri: str, bind_dn: str, password:
         "Gateway": {"HOST": "localhost", "USER": "provisioning", "DSA_FILE": "none"},
         "Backup": {"RSNAPSHOT_CONFIG_FILE": layout.rsnapshot_dir / "rsnapshot.conf.%uid%",
                    "SET_QUOTA_CMD": layout.setquota,
-                   "CREATE_CHROOT_CMD": create_chroot_cmd or REPO / "bin/prov-backup-create-home",
+                   "CREATE_CHROOT_CMD": create_chroot_cmd or installed_command("prov-backup-create-home"),
                    "MOUNTPOINT": "/", "BACKUP_ROOT": layout.backup_root},
     }
+
+
+def installed_command(name: str) -> Path:
+    """A console script of this package: the one installed next to the running Python.
+
+    That is the virtualenv's bin/ (a checkout's .venv too), so the sandbox
+    runs the commands of the installation it was started from; else the
+    first on PATH.
+    """
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return beside
+    found = shutil.which(name)
+    return Path(found) if found else beside
 
 
 def global_sections(*, sleep: float = 1, attempts: int = 3,

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 
 import ldap
 import ldap.modlist
 from slapdtest import SlapdObject
 
+from provisioning import resources
+
 SUFFIX = "dc=stoney-cloud,dc=org"
 BACKUP_BASE = f"ou=backup,ou=services,{SUFFIX}"
 ACCOUNTS_BASE = f"ou=accounts,{BACKUP_BASE}"
-SCHEMA_LDIF = Path(__file__).resolve().parents[2] / "etc/Provisioning/schema/stoney-backup.ldif"
+# Our schema subset, as the package ships it.
+SCHEMA_LDIF = resources.etc_path("Provisioning/schema/stoney-backup.ldif")
 
 # slapdtest's own template plus: the syncprov module, indexes syncprov needs,
-# and the overlay on the one database. Debian keeps its modules in
-# /usr/lib/ldap.
+# and the overlay on the one database (the %(syncprov...)s parts, left out for
+# a slapd as Debian installs it). Debian keeps its modules in /usr/lib/ldap.
 _CONF_TEMPLATE = r"""dn: cn=config
 objectClass: olcGlobal
 cn: config
@@ -39,8 +41,7 @@ objectClass: olcModuleList
 cn: module
 olcModulePath: %(modulepath)s
 olcModuleLoad: back_%(database)s
-olcModuleLoad: syncprov
-
+%(syncprov_module)s
 dn: olcDatabase={0}config,cn=config
 objectClass: olcDatabaseConfig
 olcDatabase: {0}config
@@ -54,8 +55,10 @@ olcSuffix: %(suffix)s
 olcRootDN: %(rootdn)s
 olcRootPW: %(rootpw)s
 olcDbDirectory: %(directory)s
-olcDbIndex: objectClass,entryCSN,entryUUID eq
-%(replication)s
+olcDbIndex: objectClass%(syncprov_index)s eq
+%(replication)s%(syncprov_overlay)s"""
+
+_SYNCPROV_OVERLAY = """
 dn: olcOverlay=syncprov,olcDatabase={1}%(database)s,cn=config
 objectClass: olcOverlayConfig
 objectClass: olcSyncProvConfig
@@ -75,6 +78,9 @@ class StoneySlapd(SlapdObject):
     root_pw = "sandbox-secret"
     slapd_loglevel = "0"
     slapd_conf_template = _CONF_TEMPLATE
+    # False: a provider as Debian installs it, without the syncprov module,
+    # overlay and indexes (the README's deployment adds them).
+    syncprov = True
     openldap_schema_files = (
         "core.ldif",
         "cosine.ldif",
@@ -106,6 +112,9 @@ class StoneySlapd(SlapdObject):
             "serverkey": self.serverkey,
             "modulepath": MODULE_PATH,
             "replication": self.replication(),
+            "syncprov_module": "olcModuleLoad: syncprov\n" if self.syncprov else "",
+            "syncprov_index": ",entryCSN,entryUUID" if self.syncprov else "",
+            "syncprov_overlay": _SYNCPROV_OVERLAY % {"database": self.database} if self.syncprov else "",
         }
 
     def replication(self) -> str:
