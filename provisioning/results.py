@@ -38,5 +38,6 @@ class Result:
     warning: tuple[str, str] | None = None   # (subject, text) an operator must hear of
     lines: list[str] = field(default_factory=list)   # the log lines of this job, for a mail
     answered: dict | None = None         # the outcome a worked request got (see store.Known)
+    took: float | None = None            # seconds the job ran: from its claim to its outcome written
 
 
