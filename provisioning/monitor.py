@@ -132,7 +132,7 @@ class Monitor:
         self._state = "synchronising"
         self.progress.start(full)
         if self.watchdog is not None:
-            self.watchdog.beat()
+            self.watchdog.settle()
         self._status(force=True)
 
     def trouble(self, why: str) -> None:
@@ -220,7 +220,9 @@ def monitor_from_config(config: Any, *, dry_run: bool = False, version: str = ""
 
     db, svc = config.service["Database"], config.service["Service"]
     servers = max(1, len(db["SERVER"]))
-    bounds = Bounds(connect=3 * db["TIMEOUT"] * servers + 10,
+    # An attempt to connect: per server a connect, a bind, a search or two and the
+    # stream's own connect, bind and search, each bounded by TIMEOUT.
+    bounds = Bounds(connect=6 * db["TIMEOUT"] * servers,
                     job=svc["CLAIM_LEASE"] + 4 * db["TIMEOUT"])
     notifier = Notifier.from_environment()
     seconds = watchdog_seconds()

@@ -54,13 +54,18 @@ class Watchdog:
 
     def expect(self, seconds: float) -> None:
         """The loop may be silent for up to ``seconds`` from now (a bounded wait starts)."""
-        self._until = max(self._until, self._clock() + seconds)
+        self._until = self._clock() + seconds
+
+    def settle(self) -> None:
+        """The announced wait is over: from now on only beats count."""
+        self._until = -1.0
+        self.beat()
 
     @contextlib.contextmanager
     def patience(self, seconds: float) -> Iterator[None]:
         """The block may keep the loop silent for up to ``seconds``; a beat when it ends."""
         before = self._until
-        self.expect(seconds)
+        self._until = max(before, self._clock() + seconds)
         try:
             yield
         finally:
