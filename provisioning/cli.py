@@ -38,7 +38,9 @@ from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import STREAM_FORMAT
 from provisioning.log import install as install_handler
 from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings
+from provisioning.monitor import Monitor, monitor_from_config
 from provisioning.protocol import Selfcare
+from provisioning.reload import Reloader
 from provisioning.removals import Removals
 from provisioning.router import Router
 from provisioning.service import Service, ServiceContext
@@ -212,7 +214,8 @@ def _retries(config: Config) -> tuple[Retry, Retry]:
 
 def build_daemon(config: Config, service: Service, *, dry_run: bool = False, once: bool = False,
                  clock: Clock | None = None, stop_event: threading.Event | None = None,
-                 alerts: Alerts | None = None, request_log: RequestLog | None = None) -> Daemon:
+                 alerts: Alerts | None = None, request_log: RequestLog | None = None,
+                 monitor: Monitor | None = None) -> Daemon:
     """The daemon the configuration describes, around an already started service.
 
     Raises StoreError or CookieError when the state files cannot be used.
@@ -228,12 +231,14 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
                     alerts=alerts, request_log=request_log)
     startup_retry, operation = _retries(config)
+    monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
                   position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
-                  store=store, router=router, executor=executor(svc["WORKERS"] or os.cpu_count() or 1),
+                  store=store, router=router,
+                  executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
-                  stop_event=stop_event, once=once)
+                  stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5))
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,
@@ -242,16 +247,22 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     """Run the daemon until a signal stops it, LDAP stays out of reach, or (``once``) the refresh ends."""
     readiness = readiness or detach.Readiness()
     alerts, request_log = _alerts(config, dry_run, debug)
+    monitor = monitor_from_config(config, dry_run=dry_run, version=__version__)
     try:
         daemon = build_daemon(config, service, dry_run=dry_run, once=once, stop_event=stop_event,
-                              alerts=alerts, request_log=request_log)
+                              alerts=alerts, request_log=request_log, monitor=monitor)
     except (StoreError, CookieError) as err:
         log.error("%s", err)
         print(f"provisioning-daemon: {err}", file=sys.stderr)
+        monitor.close()
         _close_alerts(alerts)
         return ExitCode.CONFIG_ERROR
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    daemon.on_reload = Reloader(config, debug=debug, alerts=alerts, dry_run=dry_run)
+    # The handlers only set flags; the main loop stops, or reloads (SIGHUP).
+    for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    monitor.start()
     log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s%s", config.service_name,
              config.type_name, __version__, os.getpid(), config.service["Service"]["MODUS"],
              " in dry-run mode: no lock, no cookie, nothing changes" if dry_run else "",
@@ -270,6 +281,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
         return ExitCode.LDAP_UNREACHABLE
     finally:
         daemon.shutdown()
+        monitor.close()
         _close_alerts(alerts)
     log.info("stopped %s/%s provisioning daemon", config.service_name, config.type_name)
     return ExitCode.OK

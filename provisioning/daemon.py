@@ -35,6 +35,7 @@ from provisioning.backend.ldap import (
 from provisioning.backend.store import Store
 from provisioning.clock import Clock
 from provisioning.entry import Entry
+from provisioning.monitor import Monitor
 from provisioning.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
 from provisioning.router import CHANGE, REFRESH, SEARCH, Router
 from provisioning.workers import Inline, Job, Threads
@@ -97,7 +98,8 @@ class Daemon:
     def __init__(self, *, directory: Directory, stream: SyncStream, position: Position, store: Store,
                  router: Router, executor: Inline | Threads, startup: Retry, operation: Retry,
                  base: str, clock: Clock | None = None, poll_interval: float = 0.5,
-                 stop_event: threading.Event | None = None, once: bool = False) -> None:
+                 stop_event: threading.Event | None = None, once: bool = False,
+                 monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -121,7 +123,13 @@ class Daemon:
         self._swept_on: dt.date | None = None
         self._after_refresh: list[Callable[[], None]] = []
         self._closed = False
+        self._settle_at: int | None = None         # the refresh ended at this event; its work may not have
+        self._stop_when_idle = False               # --once: stop when nothing is in hand any more
         self._warned: set[str] = set()            # warnings mailed for trouble that is not over
+        self.on_reload = on_reload                 # what SIGHUP does (provisioning.reload)
+        self._reload_asked = False
+        self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
+        self.monitor.attach(self)
 
     # ---------------------------------------------------------------- control
 
@@ -132,6 +140,15 @@ class Daemon:
     def request_stop(self) -> None:
         """Ask the loop to stop after the work in hand (safe in a signal handler)."""
         self.stop_event.set()
+
+    def request_reload(self) -> None:
+        """Ask the loop to reload what it can (SIGHUP); only sets a flag (safe in a signal handler)."""
+        self._reload_asked = True
+
+    @property
+    def waiting(self) -> int:
+        """Events queued or in hand, not yet finished."""
+        return len(self._open_seqs)
 
     def start(self) -> None:
         """Open the store's position, connect both connections and open the stream."""
@@ -153,6 +170,7 @@ class Daemon:
         if self._closed:
             return
         self._closed = True
+        self.monitor.stopping()
         self._drain()
         self._flush(mirror=True)
         self.executor.close()
@@ -162,6 +180,8 @@ class Daemon:
 
     def step(self, timeout: float | None = None) -> None:
         """One round: the events that arrive within ``timeout``, then housekeeping."""
+        self.monitor.beat()
+        self._reload_if_asked()
         if self._trouble:
             self._recover()
             return
@@ -174,6 +194,7 @@ class Daemon:
                 if self.stopping or self._trouble:
                     return           # what is left was not acknowledged: it comes again
             self._collect(wait if self.executor.busy and not events else 0)
+            self._settle()
             self._flush()
             if not self._trouble:
                 self._housekeeping()
@@ -191,6 +212,7 @@ class Daemon:
     def _connect(self, retry: Retry) -> None:
         self.stream.close()
         self.directory.close()
+        self.monitor.connecting()
         try:
             with_retries(self._open, retry, self._sleep)
         except DirectoryUnavailable:
@@ -199,6 +221,7 @@ class Daemon:
             raise
         self.in_refresh = True
         self._warned.discard("directory")
+        self.monitor.connected(self.directory.uri, self.refresh_full)
         log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
                  " (full refresh)" if self.refresh_full else "")
 
@@ -212,6 +235,7 @@ class Daemon:
     def _write_pending(self) -> None:
         """Write the outcomes the directory did not take before; raise if it still does not."""
         for write in self.store.pending():
+            self.monitor.beat()
             csns = write_pending(self.directory, write)
             self.router.note_own_writes(csns)
             self.router.written(write, csns[0] if csns else None)
@@ -240,6 +264,7 @@ class Daemon:
     def _recover(self) -> None:
         """Finish the work in hand, then reconnect and write what is kept."""
         log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
+        self.monitor.trouble(self._trouble)
         self._warn_once("directory", "the directory is out of reach or refuses writes",
                         f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
         self._drain()
@@ -253,8 +278,26 @@ class Daemon:
         self._connect(self.operation)
 
     def _sleep(self, seconds: float) -> bool:
-        """Sleep, waking for a stop request; False if one came."""
-        return not self.stop_event.wait(seconds)
+        """Sleep, waking for a stop request (False if one came); a reload is done meanwhile."""
+        self.monitor.ldap_away(seconds)
+        until = time.monotonic() + seconds
+        while not self.stop_event.wait(min(1.0, max(0.0, until - time.monotonic()))):
+            self._reload_if_asked()
+            if time.monotonic() >= until:
+                return True
+        return False
+
+    def _reload_if_asked(self) -> None:
+        if not self._reload_asked:
+            return
+        self._reload_asked = False
+        if self.on_reload is None:
+            log.warning("SIGHUP: nothing to reload in this daemon")
+            return
+        try:
+            self.on_reload()
+        except Exception:  # noqa: BLE001 - a reload that goes wrong keeps the settings in use
+            log.exception("SIGHUP: the reload failed; the settings in use are kept")
 
     # --------------------------------------------------------------- events
 
@@ -262,6 +305,7 @@ class Daemon:
         self._seq += 1
         if isinstance(event, EntryChanged):
             entry, origin = event.entry, REFRESH if self.in_refresh else CHANGE
+            self.monitor.seen(entry)
             self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
                           lambda: self.router.entry_job(entry, origin=origin))
         elif isinstance(event, CookieReached):
@@ -279,11 +323,20 @@ class Daemon:
         self.in_refresh = False
         self.router.adopt = None
         log.info("initial synchronisation of %s done; waiting for changes", self.base)
+        self._settle_at = self._seq
         todo, self._after_refresh = self._after_refresh, []
         for sweep in todo:
             sweep()
-        if self.once:
-            self._housekeeping()             # requests dated for today too
+
+    def _settle(self) -> None:
+        """Once the work the refresh brought has ended (workers may still run it at RefreshDone)."""
+        if self._settle_at is not None and min(self._open_seqs, default=math.inf) > self._settle_at:
+            self._settle_at = None
+            self.monitor.refresh_done()
+            if self.once:
+                self._housekeeping()             # requests dated for today too
+                self._stop_when_idle = True
+        if self._stop_when_idle and not self._lanes:
             log.info("stopping after the first refresh (--once)")
             self.request_stop()
 
@@ -354,6 +407,7 @@ class Daemon:
         for job, result in self.executor.completed(timeout):
             durable = durable or result.durable
             self.router.complete(job, result)
+            self.monitor.completed(job, result)
             if result.pending is not None:
                 self._trouble = self._trouble or "the directory did not take a write"
             if result.retry:
@@ -369,7 +423,9 @@ class Daemon:
 
     def _flush(self, *, mirror: bool = False) -> None:
         """Write the position; when the store's folder is full or read-only, say so once."""
-        if self.position.flush(mirror=mirror):
+        ok = self.position.flush(mirror=mirror)
+        self.monitor.store_writable(ok)
+        if ok:
             self._warned.discard("store")
         else:
             self._warn_once("store", f"{self.store.path} cannot be written",
@@ -395,6 +451,7 @@ class Daemon:
     def _drain(self) -> None:
         """Wait for every job in hand to end and take its result."""
         while self.executor.busy:
+            self.monitor.beat()
             self._collect(1.0)
         self._collect()
 

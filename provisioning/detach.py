@@ -27,7 +27,7 @@ from pathlib import Path
 
 from provisioning.codes import ExitCode
 from provisioning.files import open_private
-from provisioning.log import STREAM_FORMAT, SYSLOG_SOCKET, LevelFlags, install
+from provisioning.log import STREAM_FORMAT, SYSLOG_SOCKET, LogFileHandler, LevelFlags, install
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def log_to_file(fd: int, path: Path, flags: LevelFlags) -> None:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.DEBUG)
-    stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
-    install(logging.StreamHandler(stream), STREAM_FORMAT, flags)
+    # SIGHUP reopens it by its name (logrotate), never through a link either.
+    install(LogFileHandler(fd, str(path), lambda: open_log_file(path)), STREAM_FORMAT, flags)
     log.warning("%s is missing: logging to %s", SYSLOG_SOCKET, path)
 
 

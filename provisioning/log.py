@@ -24,6 +24,7 @@ import re
 import sys
 import unicodedata
 from dataclasses import dataclass
+from typing import Callable
 
 SYSLOG_SOCKET = "/dev/log"
 STREAM_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -152,6 +153,72 @@ def install(handler: logging.Handler, fmt: str, flags: LevelFlags) -> logging.Ha
     handler.addFilter(_LevelGate(flags))
     logging.getLogger().addHandler(handler)
     return handler
+
+
+def set_levels(flags: LevelFlags) -> None:
+    """Let the LOG_* ``flags`` decide on every installed handler (SIGHUP)."""
+    logging.getLogger().setLevel(lowest_level(flags))
+    for handler in logging.getLogger().handlers:
+        for gate in handler.filters:
+            if isinstance(gate, _LevelGate):
+                gate.flags = flags
+
+
+def reopen() -> None:
+    """Reopen what can be reopened (SIGHUP): syslog connects again, a log file is opened
+    again by its name (after logrotate moved it). stdout and stderr stay as they are."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, LogFileHandler):
+            handler.reopen()
+        elif isinstance(handler, logging.handlers.SysLogHandler) and isinstance(handler.address, str):
+            fresh = _syslog_handler("", handler.address)
+            if fresh is None:
+                continue            # /dev/log is gone for now: the old handler reconnects when it can
+            fresh.ident = handler.ident
+            fresh.setFormatter(handler.formatter)
+            for gate in handler.filters:
+                fresh.addFilter(gate)
+            root.addHandler(fresh)
+            root.removeHandler(handler)
+            handler.close()
+
+
+class LogFileHandler(logging.StreamHandler):
+    """A log file that ``reopen()`` opens again by its name; ``opener`` returns a descriptor
+    for appending (provisioning.detach opens it without following links)."""
+
+    def __init__(self, fd: int, path: str, opener: Callable[[], int]) -> None:
+        super().__init__(_text(fd))
+        self.path = path
+        self.opener = opener
+
+    def reopen(self) -> None:
+        """Open the file again; when it cannot be, keep writing where it wrote (and say why)."""
+        try:
+            stream = _text(self.opener())
+        except OSError as err:
+            logging.getLogger(__name__).error("cannot reopen the log file %s: %s; still writing to the "
+                                              "file opened before", self.path, err)
+            return
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+        finally:
+            self.release()
+        old.close()
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            self.stream.close()
+        finally:
+            self.release()
+        super().close()
+
+
+def _text(fd: int):
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
 
 
 def _syslog_handler(ident: str, socket_path: str) -> logging.Handler | None:

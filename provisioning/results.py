@@ -39,5 +39,6 @@ class Result:
     lines: list[str] = field(default_factory=list)   # the log lines of this job, for a mail
     answered: dict | None = None         # the outcome a worked request got (see store.Known)
     durable: bool = False                # the store is the only record of what was done: write it now
+    took: float | None = None            # seconds the job ran: from its claim to its outcome written
 
 

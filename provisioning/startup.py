@@ -7,6 +7,7 @@ core's checks of values that depend on each other or on the host.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from provisioning import plugins
 from provisioning.config import (
     Config, ConfigError, find_global_config, read, read_service_identity,
 )
-from provisioning.log import LevelFlags
+from provisioning.log import LevelFlags, escape
 from provisioning.log import setup as setup_logging
 from provisioning.mail import mail_problems
 
@@ -72,7 +73,7 @@ def core_checks(config: Config, *, folders: bool = True) -> list[str]:
     its own for them).
     """
     problems = []
-    for check in (_lease, _gateway, _state_folders, _ca_file, mail_problems):
+    for check in (_lease, _gateway, _state_folders, _ca_file, _metrics, mail_problems):
         if check is _state_folders and not folders:
             continue
         try:
@@ -107,6 +108,16 @@ def state_files(config: Config) -> list[tuple[str, Path]]:
 def _state_folders(config: Config) -> list[str]:
     return [f"{config.path}: {key}: folder {path.parent} does not exist"
             for key, path in state_files(config) if not path.parent.is_dir()]
+
+
+def _metrics(config: Config) -> list[str]:
+    address = config.service["Service"]["METRICS_ADDRESS"]
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return [f"{config.path}: [Service] METRICS_ADDRESS: {escape(address)!r} is not an IP address "
+                f"(127.0.0.1 keeps the metrics on this host)"]
+    return []
 
 
 def _ca_file(config: Config) -> list[str]:

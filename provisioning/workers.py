@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -34,11 +35,14 @@ class Job:
     capture: Callable[[], ContextManager[list[str]]] | None = None   # collects the job's log lines
 
     def execute(self) -> Result:
+        started = time.monotonic()
         if self.capture is None:
-            return self._execute()
-        with self.capture() as lines:
             result = self._execute()
-        result.lines = list(lines)
+        else:
+            with self.capture() as lines:
+                result = self._execute()
+            result.lines = list(lines)
+        result.took = time.monotonic() - started
         return result
 
     def _execute(self) -> Result:

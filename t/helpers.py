@@ -119,21 +119,25 @@ def _calls(path: Path) -> list[list[str]]:
 class DaemonProcess:
     """provisioning-daemon in a subprocess, its output in a file we can search."""
 
-    def __init__(self, host: Host, *args: str, log_name: str = "daemon.log") -> None:
+    def __init__(self, host: Host, *args: str, log_name: str = "daemon.log",
+                 env: dict[str, str] | None = None, debug: bool = True) -> None:
         self.host = host
         self.args = list(args)
+        self.env = env                  # extra environment variables
+        self.debug = debug
         self.log_path = host.layout.root / log_name
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "provisioning", "-c", str(self.host.config),
-                "-g", str(self.host.global_config), "--debug", *self.args]
+                "-g", str(self.host.global_config), *(["--debug"] if self.debug else []), *self.args]
 
     def start(self, wait_ready: bool = True) -> "DaemonProcess":
         self._log = open(self.log_path, "a")
         # A session of its own: kill_all() can take the daemon and its children.
+        env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=self.host.layout.root, start_new_session=True)
+                                     cwd=self.host.layout.root, start_new_session=True, env=env)
         if wait_ready:
             self.wait_for(r"initial synchronisation of .* done")
         return self

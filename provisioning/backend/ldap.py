@@ -144,6 +144,9 @@ def _configure(conn: SimpleLDAPObject, settings: LdapSettings, uri: str) -> None
     conn.set_option(ldap.OPT_REFERRALS, 0)
     conn.set_option(ldap.OPT_NETWORK_TIMEOUT, settings.timeout)
     conn.set_option(ldap.OPT_TIMEOUT, settings.timeout)
+    # A signal (SIGHUP's reload, SIGTERM) that interrupts a wait must not
+    # break the connection: without this libldap turns EINTR into SERVER_DOWN.
+    conn.set_option(ldap.OPT_RESTART, ldap.OPT_ON)
     if uri.lower().startswith("ldapi://"):
         return
     # A silent network partition must not leave the persist search waiting forever.
