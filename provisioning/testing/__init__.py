@@ -16,7 +16,9 @@ docs/PLUGINS.md, "Testing".
 """
 from __future__ import annotations
 
-from provisioning.testing.configs import ServiceFiles, core_sections, global_sections, render_ini
+from provisioning.testing.configs import (
+    ServiceFiles, core_sections, database_keys, edit_ini, global_sections, render_ini,
+)
 from provisioning.testing.daemon import READY, DaemonProcess
 from provisioning.testing.entries import STAMP, Entries, assert_done, encode, request_attrs
 from provisioning.testing.files import as_user, picture
@@ -26,6 +28,7 @@ from provisioning.testing.slapd import (
 from provisioning.testing.wait import DEADLINE, wait_until
 
 __all__ = ["ACCOUNTS_BASE", "BACKUP_BASE", "DEADLINE", "DaemonProcess", "Entries", "READY", "SERVICES_BASE",
-           "STAMP", "SUFFIX", "ServiceFiles", "Slapd", "as_user", "assert_done", "core_sections", "encode",
+           "STAMP", "SUFFIX", "ServiceFiles", "Slapd", "as_user", "assert_done", "core_sections", "database_keys",
+           "edit_ini", "encode",
            "global_sections", "make_subtree", "picture", "render_ini", "request_attrs", "subtree_name",
            "wait_until"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from provisioning.sandbox.layout import global_sections, render_ini
 
-__all__ = ["ServiceFiles", "core_sections", "global_sections", "render_ini"]
+__all__ = ["ServiceFiles", "core_sections", "database_keys", "edit_ini", "global_sections", "render_ini"]
 
 
 def core_sections(*, uri: str, bind_dn: str, password: str, subtree: str, state_dir: Path,
@@ -25,6 +25,42 @@ def core_sections(*, uri: str, bind_dn: str, password: str, subtree: str, state_
                     "SYSLOG": f"{service}-{type_}"},
         "Gateway": {"HOST": "localhost", "USER": "provisioning", "DSA_FILE": "none"},
     }
+
+
+def database_keys(server, subtree: str, state_dir: Path, name: str = "test") -> dict[str, Any]:
+    """[Database] of a configuration template, pointed at ``server``: what one edits to test a plugin."""
+    return {"SERVER": server.ldap_uri, "PORT": None, "ADMIN_USER": server.root_dn,
+            "ADMIN_PASSWORD": server.root_pw, "SERVICE_SUBTREE": subtree,
+            "COOKIE_FILE": Path(state_dir) / f"{name}.cookie"}
+
+
+def edit_ini(text: str, changes: dict[str, dict[str, Any]]) -> str:
+    """``text`` (a configuration file) with keys set as a person would edit it.
+
+    A key's line (``KEY = value``, or a commented-out ``# KEY = value``) is
+    replaced in its section, other lines and comments stay; a key the section
+    lacks is added at its end; None removes the key. KeyError for a section
+    the text does not have.
+    """
+    lines = text.splitlines()
+    for section, keys in changes.items():
+        start = next((i for i, line in enumerate(lines) if line.strip() == f"[{section}]"), None)
+        if start is None:
+            raise KeyError(f"no section [{section}]")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("[")), len(lines))
+        for key, value in keys.items():
+            at = next((i for i in range(start + 1, end)
+                       if lines[i].lstrip("#; ").split("=", 1)[0].strip() == key and "=" in lines[i]), None)
+            new = [] if value is None else [f"{key} = {value}"]
+            if at is None:
+                last = end
+                while last > start + 1 and not lines[last - 1].strip():
+                    last -= 1                       # before the blank lines that end the section
+                lines[last:last] = new
+            else:
+                lines[at:at + 1] = new
+            end += len(new) - (0 if at is None else 1)
+    return "\n".join(lines) + "\n"
 
 
 class ServiceFiles:
