@@ -17,14 +17,22 @@ PIP_TIMEOUT = 300
 
 
 class PluginEnv:
-    def __init__(self, root: Path) -> None:
+    """``packages_only``: the test venv's site-packages as a plain path entry, its .pth files not run.
+
+    Then its packages (python-ldap, pluggy, configobj, python-daemon,
+    pytest) import, but the editable install of provisioning does not: an
+    interpreter with nothing but the dependencies, as a checkout needs.
+    """
+
+    def __init__(self, root: Path, *, packages_only: bool = False) -> None:
         self.root = root
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=60)
         self.python = root / "bin/python"
         site = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               check=True, capture_output=True, text=True, timeout=60).stdout.strip()
         parent = sysconfig.get_paths()["purelib"]
-        Path(site, "_provisioning_test_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
+        line = f"{parent}\n" if packages_only else f"import site; site.addsitedir({parent!r})\n"
+        Path(site, "_provisioning_test_parent.pth").write_text(line)
 
     def pip_install(self, folder: Path) -> subprocess.CompletedProcess:
         """``pip install FOLDER`` into this environment, as a plugin author would run it."""

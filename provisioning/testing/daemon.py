@@ -19,16 +19,19 @@ class DaemonProcess:
     """``python -m provisioning -c CONFIG [-g GLOBAL] --debug ARGS`` started in ``workdir``.
 
     ``python`` is the interpreter (default: this one), so a test can run the
-    daemon of another virtualenv, where the plugin under test is installed.
+    daemon of another virtualenv, where the plugin under test is installed;
+    ``env`` its whole environment (default: this process's).
     """
 
     def __init__(self, config: Path, global_config: Path | None, workdir: Path, *args: str,
-                 log_name: str = "daemon.log", python: str | Path | None = None) -> None:
+                 log_name: str = "daemon.log", python: str | Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = Path(config)
         self.global_config = global_config
         self.workdir = Path(workdir)
         self.args = list(args)
         self.python = str(python or sys.executable)
+        self.env = env
         self.log_path = self.workdir / log_name
         self.proc: subprocess.Popen | None = None
         self._log: IO[str] | None = None
@@ -43,7 +46,7 @@ class DaemonProcess:
         self._log = open(self.log_path, "a")
         # A session of its own: kill_all() can take the daemon and its children.
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir, start_new_session=True)
+                                     cwd=self.workdir, env=self.env, start_new_session=True)
         if wait_ready:
             self.wait_for(READY)
         return self
