@@ -204,6 +204,9 @@ _FINDER = _FolderFinder()
 def _importable(found: Found) -> None:
     """Make the folder importable under its package name, ahead of any installed copy."""
     package = found.value.partition(":")[0].split(".")[0]
+    if package in sys.stdlib_module_names:
+        raise PluginError(f"package name {package} (from {FOLDER_ATTRIBUTE} in {found.folder}) is a module of "
+                          f"Python's standard library: the folder would hide it from the whole daemon")
     loaded = sys.modules.get(package)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve().parent != found.folder.resolve():
         raise PluginError(f"package {package} is already imported from {loaded.__file__}, not from {found.folder}")

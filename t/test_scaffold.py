@@ -130,3 +130,17 @@ def test_new_plugin_refuses_a_folder_that_is_not_empty_or_a_link(tmp_path):
     for bad in ("Acme", "Acme/", "1Acme/Widget", "Acme/Wid-get", "Acme/Widget/x", "Acme/Gateway"):
         result = new_plugin(bad, tmp_path / "new")
         assert result.returncode == 2 and not (tmp_path / "new").exists(), bad
+
+
+def test_a_checkout_folder_cannot_hide_a_module_the_daemon_uses(tmp_path, monkeypatch):
+    for name, line in (("stdlib", "Evil/Stdlib = tabnanny.plugin:X"), ("loaded", "Evil/Loaded = ldap.plugin:X")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"PROVISIONING_ENTRY_POINT = {line!r}\n")
+    monkeypatch.setattr(plugins, "checkout_plugins_folder", lambda: tmp_path)
+    with pytest.raises(plugins.PluginError, match="tabnanny .* is a module of Python's standard library"):
+        plugins.load("Evil", "Stdlib")
+    with pytest.raises(plugins.PluginError, match="package ldap is already imported from"):
+        plugins.load("Evil", "Loaded")
+    import ldap
+    import tabnanny
+    assert Path(tabnanny.__file__).parent != tmp_path / "stdlib" and Path(ldap.__file__).parent != tmp_path / "loaded"
