@@ -16,19 +16,31 @@ docs/PLUGINS.md, "Testing".
 """
 from __future__ import annotations
 
-from provisioning.testing.configs import (
-    ServiceFiles, core_sections, database_keys, edit_ini, global_sections, render_ini,
-)
-from provisioning.testing.daemon import READY, DaemonProcess
-from provisioning.testing.entries import STAMP, Entries, assert_done, encode, request_attrs
-from provisioning.testing.files import as_user, picture
-from provisioning.testing.slapd import (
-    ACCOUNTS_BASE, BACKUP_BASE, SERVICES_BASE, SUFFIX, Slapd, make_subtree, subtree_name,
-)
-from provisioning.testing.wait import DEADLINE, wait_until
+import importlib
+from typing import Any
 
-__all__ = ["ACCOUNTS_BASE", "BACKUP_BASE", "DEADLINE", "DaemonProcess", "Entries", "READY", "SERVICES_BASE",
-           "STAMP", "SUFFIX", "ServiceFiles", "Slapd", "as_user", "assert_done", "core_sections", "database_keys",
-           "edit_ini", "encode",
-           "global_sections", "make_subtree", "picture", "render_ini", "request_attrs", "subtree_name",
-           "wait_until"]
+# Where each name lives. Imported on first use (PEP 562), so that loading the
+# pytest plugin, a submodule, imports neither python-ldap nor anything else.
+_WHERE = {
+    "configs": ("ServiceFiles", "core_sections", "database_keys", "edit_ini", "global_sections", "render_ini"),
+    "daemon": ("READY", "DaemonProcess"),
+    "entries": ("STAMP", "Entries", "assert_done", "encode", "request_attrs"),
+    "files": ("as_user", "picture"),
+    "slapd": ("ACCOUNTS_BASE", "BACKUP_BASE", "SERVICES_BASE", "SUFFIX", "Slapd", "make_subtree", "subtree_name"),
+    "wait": ("DEADLINE", "wait_until"),
+}
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

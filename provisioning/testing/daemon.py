@@ -36,6 +36,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
         self._log: IO[str] | None = None
         self.files = None       # the ServiceFiles it was started with (fixture provisioning_daemon)
+        self.collected = False  # stop(), kill() or wait_exit() took its exit code
 
     def command(self) -> list[str]:
         global_args = ["-g", str(self.global_config)] if self.global_config else []
@@ -106,5 +107,6 @@ class DaemonProcess:
         return code
 
     def _close(self) -> None:
+        self.collected = True
         if self._log is not None:
             self._log.close()

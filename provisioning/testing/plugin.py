@@ -20,9 +20,10 @@ touched by a fixture a test asks for.
   :class:`provisioning.testing.ServiceFiles`.
 - ``provisioning_daemon``: a factory ``(plugin_or_files, sections=None, *, modus="selfcare",
   args=(), wait_ready=True, python=None)`` that starts the daemon in a
-  subprocess and returns :class:`provisioning.testing.DaemonProcess`; every
-  daemon still running at the end of the test is stopped, and one that does
-  not exit 0 fails the test.
+  subprocess and returns :class:`provisioning.testing.DaemonProcess`. At the
+  end of the test every daemon whose exit code the test did not take
+  (``stop()``, ``wait_exit()``) is stopped, and one that does not exit 0 (or
+  ended on its own with another code) fails the test.
 """
 from __future__ import annotations
 
@@ -96,8 +97,9 @@ def provisioning_daemon(provisioning_service):
     yield start
     failed = []
     for daemon in started:
-        if daemon.running:
+        if not daemon.collected:
             code = daemon.stop()
             if code != 0:
-                failed.append(f"{daemon.log_path} exited {code}:\n{daemon.text()[-2000:]}")
+                failed.append(f"the daemon of {daemon.config} exited {code} ({daemon.log_path}):\n"
+                              f"{daemon.text()[-2000:]}")
     assert not failed, "\n".join(failed)
