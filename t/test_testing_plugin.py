@@ -64,3 +64,18 @@ def test_a_daemon_that_exits_with_an_error_fails_the_test_that_started_it(tmp_pa
     (folder / "test_it.py").unlink()
     result = _pytest(folder, COLLECTED, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_slapd_asked_to_run_too_deep_for_its_socket_runs_in_a_short_folder(tmp_path):
+    from provisioning.testing import Slapd
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    server = Slapd(rundir=str(deep))
+    server.start()
+    try:
+        assert server.connect().whoami_s() == f"dn:{server.root_dn}"
+        assert not server.testrundir.startswith(str(deep)) and len(server.testrundir + "/ldapi") <= 107
+    finally:
+        server.stop()
+    assert not Path(server._short_rundir).exists() and list(deep.iterdir()) == []
