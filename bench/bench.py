@@ -30,16 +30,14 @@ import ldap.modlist
 from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncreplConsumer
 
+from provisioning.entry import Entry
+from provisioning.testing import ACCOUNTS_BASE, Slapd as StoneySlapd, wait_until
+from provisioning.transport import LocalCLI
+from provisioning_backup_rsnapshot import account as accounts
+from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
+from provisioning_backup_rsnapshot.testing import BackupHost as Host, account_attrs
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "t"))
-
-from helpers import Host, account_attrs, wait_until  # noqa: E402
-
-from provisioning.entry import Entry  # noqa: E402
-from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd  # noqa: E402
-from provisioning.transport import LocalCLI  # noqa: E402
-from provisioning_backup_rsnapshot import account as accounts  # noqa: E402
-from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template  # noqa: E402
 
 TEMPLATE = REPO / "etc/Provisioning/Backup/rsnapshot.account.template"
 

@@ -6,8 +6,9 @@ Exit codes are listed in provisioning.codes.ExitCode and in the README.
 
 The sub-commands live in modules of their own: ``status``
 (provisioning.status), ``retry`` (provisioning.retry), ``files``
-(provisioning.shipped); ``--check`` is
-provisioning.checks and ``--daemon`` provisioning.detach.
+(provisioning.shipped), ``new-plugin`` (provisioning.scaffold); ``--check`` is
+provisioning.checks, ``--daemon`` provisioning.detach and ``--list-plugins``
+provisioning.plugins.listing.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ from provisioning.workers import executor
 
 log = logging.getLogger("provisioning")
 
-SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry", "files": "provisioning.shipped"}
+SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry", "files": "provisioning.shipped",
+               "new-plugin": "provisioning.scaffold"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
@@ -60,9 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="provisioning-daemon",
         description="Keep this host in line with the provisioning requests in an OpenLDAP directory. "
                     "Sub-commands: 'provisioning-daemon status -c FILE' (for people and monitoring), "
-                    "'provisioning-daemon retry -c FILE DN...|--failed' (write failed requests anew) and "
+                    "'provisioning-daemon retry -c FILE DN...|--failed' (write failed requests anew), "
                     "'provisioning-daemon files [--print NAME | --copy NAME TARGET]' (the shipped example "
-                    "configuration, template, schema and unit); each has its own --help.",
+                    "configuration, template, schema and unit) and "
+                    "'provisioning-daemon new-plugin SERVICE/TYPE DIR' (a ready plugin project to start from); "
+                    "each has its own --help.",
         epilog="Exit codes: " + ", ".join(f"{c.value} {c.name.lower().replace('_', ' ')}" for c in ExitCode))
     parser.add_argument("-c", "--config", required=True, metavar="FILE",
                         help="service configuration, e.g. etc/Provisioning/Backup/Rsnapshot.conf")
@@ -84,7 +88,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="detach from the terminal once connected (not needed under systemd); exits "
                              "with the daemon's start-up result")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--list-plugins", action=_ListPlugins,
+                        help="list the plugins this installation finds, where each comes from, then exit")
     return parser.parse_args(argv)
+
+
+class _ListPlugins(argparse.Action):
+    """Like --version: answers and exits while parsing, so it needs no -c."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from provisioning.plugins import listing
+        print("\n".join(listing()))
+        parser.exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,40 +73,69 @@ def provisioning_owns(entry: "Entry", ctx: "ServiceContext") -> bool | None:
 
 @hookspec(firstresult=True)
 def provisioning_add(request: "Request", ctx: "ServiceContext") -> int | None:
-    """Create the service for a claimed add request.
+    """Create the service for an add request.
 
-    Called after the core claimed the entry (sstProvisioningMode: adding).
-    Must be idempotent: after a crash it may be called again for the same
-    entry and must reach the same end state. Stops at the first non-None
-    result.
+    Selfcare: called after the core claimed the entry (sstProvisioningMode:
+    adding). MODUS LDAP: called when an entry appears in SERVICE_SUBTREE (and
+    again on its next change while add has not succeeded). Must be
+    idempotent: after a crash it may be called again for the same entry and
+    must reach the same end state. In selfcare it runs within the request's
+    deadline (90% of [Service] CLAIM_LEASE after the claim): a command run
+    through ``ctx.transport`` is not started once it has passed and is
+    killed when it comes. Stops at the first non-None result.
 
-    :param request: the claimed request; ``request.entry`` is the entry as
-        read back by the claim itself (fresh, not the sync event).
+    :param request: the request: ``request.verb`` is ``"add"``,
+        ``request.entry`` the entry as read back by the claim itself (fresh,
+        not the sync event; in LDAP mode the entry as the stream delivered
+        it), ``request.dn`` its DN.
     :param ctx: the service context; every command and file write goes
-        through ``ctx.transport`` so that --dry-run holds.
-    :return: the exit code: 0 for success, any other value is written to
-        sstProvisioningReturnValue. An exception counts as 1 (UNDEFINED_ERROR).
+        through ``ctx.transport`` so that --dry-run and CLISSH hold.
+    :return: the exit code: 0 for success, any other value (1-99; the core
+        keeps 100 and up) is written to sstProvisioningReturnValue. An
+        exception counts as 1 (UNDEFINED_ERROR).
     """
 
 
 @hookspec(firstresult=True)
 def provisioning_modify(request: "Request", ctx: "ServiceContext") -> int | None:
-    """Bring the service in line with a claimed modify request.
+    """Bring the service in line with a modify request.
 
-    Same contract as :func:`provisioning_add`: idempotent, fresh entry in
-    ``request.entry``, returns the exit code. Stops at the first non-None
-    result.
+    Selfcare: called after the core claimed the entry (sstProvisioningMode:
+    modifying). MODUS LDAP: called when an entry the daemon handled before
+    changes. Idempotent and within the request's deadline, like
+    :func:`provisioning_add`. Stops at the first non-None result.
+
+    :param request: the request: ``request.verb`` is ``"modify"``,
+        ``request.entry`` the entry as it is now (read back by the claim).
+    :param ctx: the service context; every command and file write goes
+        through ``ctx.transport``.
+    :return: the exit code: 0 for success, any other value (1-99) is written
+        to sstProvisioningReturnValue. An exception counts as 1.
     """
 
 
 @hookspec(firstresult=True)
 def provisioning_delete(request: "Request", ctx: "ServiceContext") -> int | None:
-    """Remove the service for a claimed delete request.
+    """Remove the service for a delete request.
 
-    Only called when the entry carries ``sstIsActive: FALSE`` (the core
-    refuses a delete of an active entry itself). Same contract as
-    :func:`provisioning_add`; deleting what is already gone succeeds. Stops
+    Selfcare: called after the core claimed the entry (sstProvisioningMode:
+    deleting), only when it carries ``sstIsActive: FALSE`` (the core refuses
+    a delete of an active entry itself). MODUS LDAP: called when the entry
+    leaves SERVICE_SUBTREE. For an entry removed from the directory (LDAP
+    mode, or a selfcare entry removed while its delete request was open)
+    ``request.entry`` is the last known entry, from the daemon's store: the
+    directory has nothing left to read. Idempotent like
+    :func:`provisioning_add`: deleting what is already gone succeeds. Stops
     at the first non-None result.
+
+    :param request: the request: ``request.verb`` is ``"delete"``,
+        ``request.entry`` the entry (fresh from the claim, or the last known
+        one of a removed entry).
+    :param ctx: the service context; every command and file write goes
+        through ``ctx.transport``.
+    :return: the exit code: 0 for success, any other value (1-99) is written
+        to sstProvisioningReturnValue (or, for a removed entry, logged and
+        tried again at the next start). An exception counts as 1.
     """
 
 
@@ -114,7 +143,11 @@ def provisioning_delete(request: "Request", ctx: "ServiceContext") -> int | None
 def provisioning_stop(ctx: "ServiceContext") -> None:
     """Release what :func:`provisioning_start` set up; called once at shutdown.
 
+    Also called when start-up fails after :func:`provisioning_start` ran,
+    and after ``--check``. An exception is logged, never fatal.
+
     :param ctx: the service context.
+    :return: nothing; a value is ignored.
     """
 
 

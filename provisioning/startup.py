@@ -128,14 +128,9 @@ def _ca_file(config: Config) -> list[str]:
 
 
 def _origin(service: str, type_: str) -> str:
-    """"module:object (distribution version)" of the plugin, for --check and status."""
-    wanted = f"{service}/{type_}".lower()
-    for name, entry in plugins.available().items():
-        if name.lower() == wanted:
-            dist = getattr(entry, "dist", None)
-            version = f" ({dist.name} {dist.version})" if dist is not None else ""
-            return f"{entry.value}{version}"
-    return ""
+    """"module:object (distribution and version, or the checkout's folder)" of the plugin, for --check and status."""
+    found = plugins.find(service, type_)
+    return f"{found.value} ({found.origin})" if found is not None else ""
 
 
 def configure_logging(config: Config, *, debug: bool) -> None:

@@ -1,16 +1,23 @@
-"""Fixtures: one real slapd (syncprov, our schema) per session; a subtree and a host per test."""
+"""Fixtures: one real slapd (syncprov, our schema) per session; a subtree and a host per test.
+
+The slapd is the pytest plugin's (provisioning.testing.plugin, the one plugin
+authors use): ``slapd`` is ``provisioning_slapd`` under its old name, so the
+session starts one server, not two.
+"""
 from __future__ import annotations
 
-import hashlib
 import os
 
-import ldap
 import pytest
 
-from provisioning.sandbox.slapd import BACKUP_BASE, StoneySlapd
+from provisioning.testing import BACKUP_BASE, make_subtree, subtree_name
 
 from helpers import DaemonProcess, Directory, Host
 from gateway import sshd  # noqa: F401 - the session's CLISSH gateway, a fixture
+
+# Loaded by its pytest11 entry point when provisioning is installed; named here
+# too, so that the suite runs from a checkout that is not (a no-op otherwise).
+pytest_plugins = ("provisioning.testing.plugin",)
 
 # The tests must not read ~/.ldaprc or /etc/ldap/ldap.conf.
 os.environ.setdefault("LDAPNOINIT", "1")
@@ -40,26 +47,14 @@ def workers(request):
 
 
 @pytest.fixture(scope="session")
-def slapd(tmp_path_factory):
-    server = StoneySlapd(rundir=str(tmp_path_factory.mktemp("slapd")))
-    server.start()
-    yield server
-    server.stop()
+def slapd(provisioning_slapd):
+    return provisioning_slapd
 
 
 @pytest.fixture
 def subtree(slapd, request) -> str:
     """A fresh SERVICE_SUBTREE for this test, so tests never see each other's entries."""
-    name = "t" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
-    dn = f"ou={name},{BACKUP_BASE}"
-    conn = slapd.connect()
-    try:
-        conn.add_s(dn, [("objectClass", [b"organizationalUnit"]), ("ou", [name.encode()])])
-    except ldap.ALREADY_EXISTS:
-        pass
-    finally:
-        conn.unbind_s()
-    return dn
+    return make_subtree(slapd, subtree_name(request.node.nodeid), BACKUP_BASE)
 
 
 @pytest.fixture

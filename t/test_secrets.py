@@ -136,8 +136,10 @@ def backup_host(tmp_path, backup_slapd, request):
 
 
 # Where "backup" legitimately shows: the service tree's DN, the backup root's
-# path, the chroot script's and the plugin's names. Anything left is the password.
-PLACES = re.compile(r"ou=backup,ou=services,dc=stoney-cloud,dc=org|/var/backup\b|prov-backup-|_backup_rsnapshot")
+# path, the chroot script's and the plugin's names (its package, its checkout
+# folder). Anything left is the password.
+PLACES = re.compile(r"ou=backup,ou=services,dc=stoney-cloud,dc=org|/var/backup\b|prov-backup-|_backup_rsnapshot|"
+                    r"/plugins/backup_rsnapshot\b")
 
 
 def assert_password_absent(text: str) -> None:

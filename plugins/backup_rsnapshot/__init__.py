@@ -6,3 +6,7 @@ Registered in the ``provisioning.plugins`` entry-point group as
 ``Backup/Rsnapshot``, exactly like an external plugin. Imported as
 ``provisioning_backup_rsnapshot``.
 """
+
+# How a checkout's plugins/ folder names this plugin without an install (the
+# same line as its entry point in setup.cfg): see provisioning.plugins.
+PROVISIONING_ENTRY_POINT = "Backup/Rsnapshot = provisioning_backup_rsnapshot.plugin:BackupRsnapshot"

@@ -9,7 +9,7 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from provisioning.log import escape
 
@@ -103,11 +103,13 @@ class Transport(ABC):
 
     @abstractmethod
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
         """Run ``argv`` (no shell) and wait for it.
 
         The command gets at most ``timeout`` (default: the transport's) and
-        never more than the time left until ``request_deadline``.
+        never more than the time left until ``request_deadline``. ``env`` is
+        its whole environment (None: the daemon's own); it never appears on
+        a command line, so values from the directory can go there.
         """
 
     @abstractmethod
@@ -169,8 +171,11 @@ class DryRun(Transport):
         log.info("%s", line)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
-            timeout: float | None = None) -> CommandResult:
-        self._say(f"run: {shlex.join(argv)}")
+            timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
+        shown = shlex.join(argv)
+        if env is not None:
+            shown = shlex.join(["env", "-i", *(f"{name}={value}" for name, value in env.items())]) + " " + shown
+        self._say(f"run: {shown}")
         return CommandResult(list(argv), 0)
 
     def exists(self, path: str) -> bool:

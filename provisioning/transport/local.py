@@ -23,7 +23,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
@@ -55,12 +55,12 @@ class LocalCLI(Transport):
         self.prefix = death_signal_prefix()
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
         argv = [str(a) for a in argv]
-        return self.execute(argv, stdin=stdin, timeout=timeout, shown=shlex.join(argv))
+        return self.execute(argv, stdin=stdin, timeout=timeout, shown=shlex.join(argv), env=env)
 
     def execute(self, argv: list[str], *, stdin: bytes | None, timeout: float | None,
-                shown: str) -> CommandResult:
+                shown: str, env: Mapping[str, str] | None = None) -> CommandResult:
         """Run ``argv``, logged as ``shown``; the work behind ``run`` (CLISSH uses it for ssh)."""
         wanted = timeout or self.timeout
         limit = time_left(wanted)
@@ -71,7 +71,7 @@ class LocalCLI(Transport):
             return CommandResult(argv, EXIT_NOT_FOUND, stderr=f"{argv[0]}: {_why_not_runnable(argv[0])}")
         log.debug("run: %s", shown)
         try:
-            proc = subprocess.Popen(self.prefix + argv, start_new_session=True,
+            proc = subprocess.Popen(self.prefix + argv, start_new_session=True, env=env,
                                     stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as err:

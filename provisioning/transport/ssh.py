@@ -25,13 +25,31 @@ import re
 import shlex
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from provisioning.transport import nofollow
 from provisioning.transport.base import CommandResult, Interrupted, Transport
 from provisioning.transport.local import LocalCLI
 
 HELPER_SOURCE = Path(nofollow.__file__).read_text(encoding="utf-8")
+# Starts a command with the environment given as the first line of stdin (one
+# JSON object), then hands it the rest of stdin: the environment reaches the
+# gateway without passing any command line (ssh's, the remote shell's).
+# Read one byte at a time, so not a byte of the command's own stdin is taken.
+ENV_LAUNCHER = """import json, os, sys
+header = b""
+while not header.endswith(b"\\n"):
+    byte = os.read(0, 1)
+    if not byte:
+        sys.stderr.write("provisioning: no environment on stdin\\n")
+        sys.exit(127)
+    header += byte
+try:
+    os.execvpe(sys.argv[1], sys.argv[1:], json.loads(header.decode("utf-8")))
+except OSError as err:
+    sys.stderr.write("%s: %s\\n" % (sys.argv[1], err.strerror))
+    sys.exit(127 if err.errno == 2 else 126)
+"""
 EXIT_SSH_ERROR = 255
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
@@ -104,10 +122,16 @@ class CLISSH(Transport):
         self.ssh += ["--", host]
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
-            timeout: float | None = None) -> CommandResult:
+            timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
         argv = [str(a) for a in argv]
-        return self._remote(argv, stdin=stdin, timeout=timeout,
-                            shown=f"{shlex.join(self.ssh)} {shlex.join(argv)}")
+        shown = f"{shlex.join(self.ssh)} {shlex.join(argv)}"
+        if env is None:
+            return self._remote(argv, stdin=stdin, timeout=timeout, shown=shown)
+        header = json.dumps(dict(env)).encode("utf-8") + b"\n"     # JSON: no raw newline inside
+        result = self._remote(["python3", "-I", "-S", "-c", ENV_LAUNCHER, *argv], stdin=header + (stdin or b""),
+                              timeout=timeout, shown=f"{shown} (environment on stdin)")
+        result.argv = argv
+        return result
 
     def _remote(self, argv: list[str], *, stdin: bytes | None, timeout: float | None,
                 shown: str) -> CommandResult:

@@ -1,0 +1,81 @@
+"""The pytest plugin for plugin authors (provisioning.testing.plugin) as a separate pytest run sees it.
+
+Loaded through its pytest11 entry point in any pytest run of an environment
+where provisioning is installed, it must cost nothing there until a test asks
+for a fixture; and its daemon fixture must not let a daemon that failed pass
+unnoticed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+INERT = '''
+import os, sys
+
+def test_loaded_but_inert(request):
+    assert request.config.pluginmanager.get_plugin("provisioning.testing.plugin") is not None
+    assert "ldap" not in sys.modules and "provisioning.testing.slapd" not in sys.modules
+    assert "LDAPNOINIT" not in os.environ
+'''
+
+FAILED_DAEMON = '''
+from provisioning.testing import wait_until
+
+def test_a_daemon_that_ends_with_an_error(provisioning_daemon):
+    # [Exec] with no command at all: the plugin's start-up check refuses, the daemon exits 3.
+    daemon = provisioning_daemon("Generic/Exec", wait_ready=False)
+    wait_until(lambda: not daemon.running, "the daemon to end")
+'''
+
+COLLECTED = '''
+def test_a_daemon_whose_exit_code_the_test_took(provisioning_daemon):
+    daemon = provisioning_daemon("Generic/Exec", wait_ready=False)
+    assert daemon.wait_exit() == 3
+'''
+
+
+def _pytest(folder: Path, source: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    (folder / "test_it.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if k not in ("LDAPNOINIT", "PYTEST_ADDOPTS")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                           str(tmp_path / "inner"), str(folder / "test_it.py")], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_plugin_is_loaded_by_its_entry_point_and_does_nothing_until_asked(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    result = _pytest(folder, INERT, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert not (tmp_path / "inner").exists() or not list((tmp_path / "inner").glob("provisioning-slapd*"))
+
+
+def test_a_daemon_that_exits_with_an_error_fails_the_test_that_started_it(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    result = _pytest(folder, FAILED_DAEMON, tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "1 passed, 1 error" in result.stdout
+    assert "Generic.Exec.conf exited 3" in result.stdout.replace("/", ".")
+    assert "ADD_CMD, MODIFY_CMD, DELETE_CMD: none is set" in result.stdout
+    (folder / "test_it.py").unlink()
+    result = _pytest(folder, COLLECTED, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_slapd_asked_to_run_too_deep_for_its_socket_runs_in_a_short_folder(tmp_path):
+    from provisioning.testing import Slapd
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    server = Slapd(rundir=str(deep))
+    server.start()
+    try:
+        assert server.connect().whoami_s() == f"dn:{server.root_dn}"
+        assert not server.testrundir.startswith(str(deep)) and len(server.testrundir + "/ldapi") <= 107
+    finally:
+        server.stop()
+    assert not Path(server._short_rundir).exists() and list(deep.iterdir()) == []
