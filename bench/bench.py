@@ -1,28 +1,35 @@
-"""Benchmarks: numbers to compare with the Perl original, measured in one run.
+"""Benchmark: the daemon against the floor of this machine, measured in one run.
 
-    bench/run                 # everything, default sizes
-    bench/run --accounts 1000 --latency-samples 200
+    bench/run                       # everything (about 10 minutes; --quick: about 2)
+    bench/run --quick --json out.json
 
-1. rsnapshot configuration: cost per account of writing and proving a
-   configuration with CONFIGTEST = always (rsnapshot configtest for each
-   file) and = cached (once per shape), and their ratio.
-2. The daemon against a real slapd: a burst of add requests (throughput),
-   then one request at a time (latency from the add to sstProvisioningMode:
-   added, seen through a syncrepl consumer of our own), and the daemon's
-   resident memory before and after (growth per account).
+One slapd (syncprov, our schema) on loopback, the real daemon with the real
+Backup/Rsnapshot plugin, a cheap chroot stand-in and the recording setquota
+stand-in. Every figure is printed next to its floor, measured in the same run:
 
-The Perl original, measured on this kind of machine: ~49 adds/s, p50 ~22 ms,
-memory growing ~65 KB per account (DESIGN.md section 6).
+1. latency: sequential requests, add returned -> outcome visible (p50/p95/p99);
+   floor: a bare syncrepl consumer's latency plus the two host commands' time;
+2. bursts: adds, modifies, deletes at once, accounts/s until all are done;
+   floor: the two host commands alone, WORKERS at a time;
+3. catch-up over the provisioned accounts: restart with the cookie, and
+   without cookie and store, time until idle and how many were provisioned
+   again (must be 0); floor: a bare consumer's full refresh;
+4. the daemon's peak RSS with the accounts in the subtree (and with 100,000);
+5. the daemon's own CPU per account, without its commands' children.
+
+Figures from a shared machine are noisy: compare the ratios of one run.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ldap
@@ -30,147 +37,357 @@ import ldap.modlist
 from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncreplConsumer
 
-from provisioning.entry import Entry
-from provisioning.testing import ACCOUNTS_BASE, Slapd as StoneySlapd, wait_until
-from provisioning.transport import LocalCLI
-from provisioning_backup_rsnapshot import account as accounts
-from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
-from provisioning_backup_rsnapshot.testing import BackupHost as Host, account_attrs
+from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
+from provisioning.testing import wait_until
+from provisioning_backup_rsnapshot.testing import BackupHost, account_attrs
 
-REPO = Path(__file__).resolve().parents[1]
-
-TEMPLATE = REPO / "etc/Provisioning/Backup/rsnapshot.account.template"
+CLK = os.sysconf("SC_CLK_TCK")
+FIRST_UID = 3_900_000
 
 
-# ------------------------------------------------------------ configtest
-
-def bench_configtest(count: int, root: Path) -> dict[str, float]:
-    """Seconds per account to install a configuration, always vs cached."""
-    results = {}
-    for mode in ("always", "cached"):
-        folder = root / mode
-        (folder / "etc").mkdir(parents=True)
-        configs = RsnapshotConfigs(Template.load(TEMPLATE), str(folder / "etc/rsnapshot.conf.%uid%"),
-                                   "/usr/bin/rsnapshot", LocalCLI(), always_test=mode == "always")
-        prepared = [_prepared_account(folder, 3800000 + i) for i in range(count)]
-        started = time.perf_counter()
-        for account, place in prepared:
-            configs.install(account, place)
-        results[mode] = (time.perf_counter() - started) / count
-        results[f"{mode}_configtests"] = configs.configtests
-    return results
-
-
-def _prepared_account(folder: Path, number: int):
-    uid = str(number)
-    entry = Entry.from_ldap(f"uid={uid}", account_attrs(uid, folder / "backup"))
-    account = accounts.parse(entry, 1000)
-    place = accounts.layout(account, str(folder / "backup"))
-    Path(place.incoming).mkdir(parents=True)
-    Path(place.snapshot_root).mkdir(parents=True)
-    return account, place
-
-
-# ---------------------------------------------------------------- daemon
+# ------------------------------------------------------------ observing
 
 class Watcher(SyncreplConsumer, SimpleLDAPObject):
-    """Notes the moment each entry is first seen with sstProvisioningMode: added."""
+    """A bare syncrepl consumer: notes when each entry is seen, and when it is seen done."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.added_at: dict[str, float] = {}
+        self.seen_at: dict[str, float] = {}
+        self.done_at: dict[str, float] = {}
+        self.refreshed_at: float | None = None
 
     def syncrepl_entry(self, dn, attrs, uuid):
-        if attrs.get("sstProvisioningMode") == [b"added"] and dn not in self.added_at:
-            self.added_at[dn] = time.perf_counter()
+        now = time.perf_counter()
+        self.seen_at.setdefault(dn, now)
+        state = attrs.get("sstProvisioningState", [b"0"])[0]
+        if state != b"0" and attrs.get("sstProvisioningReturnValue") == [b"0"]:
+            self.done_at[dn] = now
 
-    def wait_added(self, dns: list[str], timeout: float) -> None:
-        """Read the stream as messages arrive (no sleeping) until every DN is added."""
+    def syncrepl_refreshdone(self):
+        self.refreshed_at = time.perf_counter()
+
+    def follow(self, base: str) -> "Watcher":
+        self.msgid = self.syncrepl_search(base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
+                                          attrlist=["sstProvisioningState", "sstProvisioningReturnValue"])
+        return self
+
+    def read_until(self, done, timeout: float) -> None:
+        """Read the stream as messages arrive (no sleeping) until ``done()``."""
         deadline = time.perf_counter() + timeout
-        while not all(dn in self.added_at for dn in dns):
+        while not done():
             left = deadline - time.perf_counter()
             if left <= 0:
-                raise TimeoutError(f"{sum(dn not in self.added_at for dn in dns)} account(s) never added")
+                raise TimeoutError("the stream did not show it in time")
             try:
-                self.syncrepl_poll(all=0, timeout=min(left, 1.0))
+                self.syncrepl_poll(msgid=self.msgid, all=0, timeout=min(left, 0.5))
             except ldap.TIMEOUT:
                 pass
 
 
-def rss_kib(pid: int) -> int:
+def watcher(server, base: str = ACCOUNTS_BASE) -> Watcher:
+    w = Watcher(server.ldap_uri)
+    w.simple_bind_s(server.root_dn, server.root_pw)
+    w.follow(base)
+    w.read_until(lambda: w.refreshed_at is not None, 120)
+    return w
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(own CPU, reaped children's CPU) of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(v) / CLK for v in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
-def bench_daemon(burst: int, samples: int, root: Path) -> dict[str, float]:
-    server = StoneySlapd(rundir=str(root))
+def quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+# -------------------------------------------------------------- the host
+
+CHROOT_STANDIN = '#!/bin/sh\n# JAIL HOME UID UIDNUMBER GIDNUMBER: the home only, as cheap as a command gets\nexec mkdir -p "$1$2"\n'
+
+
+def make_host(root: Path, server, workers: int) -> BackupHost:
+    host = BackupHost(root, server, ACCOUNTS_BASE)
+    chroot = root / "bin/chroot-standin"
+    chroot.write_text(CHROOT_STANDIN)
+    chroot.chmod(0o755)
+    host.set("Backup", CREATE_CHROOT_CMD=chroot)
+    host.set("Global", LOG_DEBUG=0, LOG_INFO=0)
+    host.set("Service", WORKERS=workers)
+    host.chroot_standin = chroot
+    return host
+
+
+class Daemon:
+    def __init__(self, host: BackupHost, log: Path) -> None:
+        self.host = host
+        self.log = log
+
+    def start(self) -> "Daemon":
+        self.out = open(self.log, "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "provisioning", "-c", str(self.host.config),
+                                      "-g", str(self.host.global_config)], stdout=self.out,
+                                     stderr=subprocess.STDOUT, cwd=self.host.root)
+        return self
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.out.close()
+
+
+def wait_idle(host: BackupHost, daemon: Daemon, watcher: Watcher, started: float, timeout: float = 600) -> float:
+    """Seconds from ``started`` until the daemon's first refresh is over and it has nothing in hand.
+
+    The daemon logs at WARNING and above only here; idle is read from its
+    status: a status run would cost a second process, so the log of its
+    refresh (LOG_INFO on for this) is read instead.
+    """
+    wait_until(lambda: "initial synchronisation" in daemon.log.read_text(), "the refresh", timeout)
+    return time.perf_counter() - started
+
+
+def add_entries(server, uids: list[str], backup_root: Path, **overrides) -> list[str]:
+    conn = server.connect()
+    dns = []
+    try:
+        for uid in uids:
+            dn = f"uid={uid},{ACCOUNTS_BASE}"
+            conn.add_s(dn, ldap.modlist.addModlist(account_attrs(uid, backup_root, **overrides)))
+            dns.append(dn)
+    finally:
+        conn.unbind_s()
+    return dns
+
+
+def request_all(server, dns: list[str], mode: str, **changes) -> None:
+    conn = server.connect()
+    try:
+        for dn in dns:
+            mods = [(ldap.MOD_REPLACE, k, [str(v).encode()]) for k, v in
+                    {"sstProvisioningMode": mode, "sstProvisioningState": "0",
+                     "sstProvisioningExecutionDate": "0", **changes}.items()]
+            conn.modify_s(dn, mods)
+    finally:
+        conn.unbind_s()
+
+
+# ---------------------------------------------------------------- floors
+
+def floor_commands(host: BackupHost, count: int, workers: int, scratch: Path) -> dict[str, float]:
+    """The two host commands of an add, alone: accounts/s one at a time and ``workers`` at a time."""
+    def one(i: int) -> None:
+        uid = str(8_000_000 + i)
+        subprocess.run([str(host.chroot_standin), str(scratch / uid), f"/home/{uid}", uid, uid, uid], check=True)
+        subprocess.run([str(host.layout.setquota), "-u", uid, "1048576", "1048576", "0", "0", "/"], check=True)
+    started = time.perf_counter()
+    for i in range(count):
+        one(i)
+    serial = count / (time.perf_counter() - started)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(count, 2 * count)))
+    parallel = count / (time.perf_counter() - started)
+    return {"commands_serial_per_s": serial, "commands_parallel_per_s": parallel,
+            "commands_ms_per_account": 1000 / serial}
+
+
+def floor_ldapadd(server, count: int, root: Path) -> float:
+    """Entries/s that ldapadd itself writes."""
+    ldif = root / "floor.ldif"
+    with open(ldif, "w") as out:
+        for i in range(count):
+            uid = str(7_000_000 + i)
+            out.write(f"dn: uid={uid},{ACCOUNTS_BASE}\n")
+            for name, values in account_attrs(uid, root / "nowhere", sstProvisioningMode="added",
+                                              sstProvisioningState="20260101T000000Z").items():
+                for value in values:
+                    out.write(f"{name}: {value.decode()}\n")
+            out.write("\n")
+    started = time.perf_counter()
+    subprocess.run(["ldapadd", "-x", "-H", server.ldap_uri, "-D", server.root_dn, "-w", server.root_pw,
+                    "-f", str(ldif)], check=True, stdout=subprocess.DEVNULL)
+    return count / (time.perf_counter() - started)
+
+
+def floor_consumer_latency(server, samples: int, root: Path) -> float:
+    """Median seconds from an add returning to a bare consumer seeing it."""
+    w = watcher(server)
+    conn = server.connect()
+    latencies = []
+    for i in range(samples):
+        uid = str(7_500_000 + i)
+        dn = f"uid={uid},{ACCOUNTS_BASE}"
+        conn.add_s(dn, ldap.modlist.addModlist(account_attrs(uid, root / "nowhere", sstProvisioningMode="added",
+                                                                  sstProvisioningState="20260101T000000Z")))
+        sent = time.perf_counter()
+        w.read_until(lambda dn=dn: dn in w.seen_at, 30)
+        latencies.append(w.seen_at[dn] - sent)
+    conn.unbind_s()
+    w.unbind_s()
+    return statistics.median(latencies)
+
+
+def floor_refresh(server) -> float:
+    """Seconds a bare consumer takes for a full refresh of the subtree."""
+    started = time.perf_counter()
+    w = watcher(server)
+    took = w.refreshed_at - started
+    w.unbind_s()
+    return took
+
+
+# -------------------------------------------------------------- the runs
+
+def run(args) -> dict:
+    results: dict = {"workers": args.workers, "burst": args.burst, "big_burst": args.big_burst}
+    scratch = Path(tempfile.mkdtemp(prefix="provisioning-bench-"))
+    server = StoneySlapd(rundir=str(scratch / "slapd"))
     server.start()
     try:
-        host = Host(root / "host", server, ACCOUNTS_BASE)
-        host.set("Global", LOG_DEBUG=0)
-        log = open(root / "daemon.log", "w")
-        daemon = subprocess.Popen([sys.executable, "-m", "provisioning", "-c", str(host.config),
-                                   "-g", str(host.global_config)], stdout=log, stderr=subprocess.STDOUT)
-        conn = server.connect()
-        watcher = Watcher(server.ldap_uri)
-        watcher.simple_bind_s(server.root_dn, server.root_pw)
-        watcher.syncrepl_search(ACCOUNTS_BASE, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
-                                filterstr="(objectClass=sstProvisioning)", attrlist=["sstProvisioningMode"])
-        wait_until(lambda: "initial synchronisation" in (root / "daemon.log").read_text(), "the daemon")
-        rss_before = rss_kib(daemon.pid)
+        host = make_host(scratch / "host", server, args.workers)
+        floors = floor_commands(host, args.commands, args.workers, scratch / "floor-homes")
+        floors["consumer_latency_s"] = floor_consumer_latency(server, 50, scratch)
+        results["floors"] = floors
+        w = watcher(server)
+        daemon = Daemon(host, scratch / "daemon.log").start()
+        wait_until(lambda: "initial synchronisation" in daemon.log.read_text(), "the daemon", 60)
 
-        def add(number: int) -> str:
-            uid = str(number)
+        # 1. latency, one request at a time
+        latencies = []
+        conn = server.connect()
+        for i in range(args.latency):
+            uid = str(FIRST_UID + i)
             dn = f"uid={uid},{ACCOUNTS_BASE}"
             conn.add_s(dn, ldap.modlist.addModlist(account_attrs(uid, host.layout.backup_root)))
-            return dn
-
-        # Throughput: all requests at once, time until the last is added.
-        started = time.perf_counter()
-        dns = [add(3900000 + i) for i in range(burst)]
-        watcher.wait_added(dns, timeout=600)
-        took = max(watcher.added_at[dn] for dn in dns) - started
-        # Latency: one request at a time.
-        latencies = []
-        for i in range(samples):
             sent = time.perf_counter()
-            dn = add(3950000 + i)
-            watcher.wait_added([dn], timeout=60)
-            latencies.append(watcher.added_at[dn] - sent)
-        rss_after = rss_kib(daemon.pid)
-        daemon.terminate()
-        daemon.wait(30)
-        quantiles = statistics.quantiles(latencies, n=100)
-        return {"burst": burst, "throughput": burst / took, "p50": quantiles[49] * 1000,
-                "p95": quantiles[94] * 1000, "max": max(latencies) * 1000,
-                "rss_before": rss_before, "rss_after": rss_after,
-                "kib_per_account": (rss_after - rss_before) / (burst + samples)}
+            w.read_until(lambda dn=dn: dn in w.done_at, 60)
+            latencies.append(w.done_at[dn] - sent)
+        conn.unbind_s()
+        results["latency_ms"] = {"p50": quantile(latencies, 50) * 1000, "p95": quantile(latencies, 95) * 1000,
+                                 "p99": quantile(latencies, 99) * 1000}
+
+        # 2. bursts
+        next_uid = FIRST_UID + args.latency
+        cpu_before = proc_cpu(daemon.proc.pid)
+        bursts = {}
+        for size in (args.burst, args.big_burst):
+            uids = [str(next_uid + i) for i in range(size)]
+            next_uid += size
+            started = time.perf_counter()
+            dns = add_entries(server, uids, host.layout.backup_root)
+            w.read_until(lambda: all(dn in w.done_at for dn in dns), 3600)
+            bursts[f"add_{size}"] = size / (max(w.done_at[dn] for dn in dns) - started)
+        cpu_after = proc_cpu(daemon.proc.pid)
+        accounts = args.burst + args.big_burst
+        results["cpu_ms_per_account"] = {"daemon": (cpu_after[0] - cpu_before[0]) * 1000 / accounts}
+        burst_dns = [f"uid={FIRST_UID + args.latency + i},{ACCOUNTS_BASE}" for i in range(args.burst)]
+        for mode, changes in (("modify", {"sstQuota": "2097152"}), ("delete", {"sstIsActive": "FALSE"})):
+            for dn in burst_dns:
+                w.done_at.pop(dn, None)
+            started = time.perf_counter()
+            request_all(server, burst_dns, mode, **changes)
+            w.read_until(lambda: all(dn in w.done_at for dn in burst_dns), 3600)
+            bursts[f"{mode}_{args.burst}"] = args.burst / (max(w.done_at[dn] for dn in burst_dns) - started)
+        results["bursts_per_s"] = bursts
+        results["rss_mib_after_bursts"] = peak_rss_mib(daemon.proc.pid)
+        daemon.stop()
+
+        # 3. catch-up over what is provisioned now
+        provisioned = len(host.quota_calls())
+        results["floors"]["refresh_s"] = floor_refresh(server)
+        host.set("Global", LOG_INFO=1)
+        catch_up = {}
+        for name, forget in (("with_cookie", False), ("without_cookie", True)):
+            if forget:
+                for path in host.layout.cookie.parent.glob(host.layout.cookie.name + "*"):
+                    if not path.name.endswith(".lock"):
+                        path.unlink()
+            daemon = Daemon(host, scratch / f"catch-up-{name}.log")
+            started = time.perf_counter()
+            daemon.start()
+            catch_up[f"{name}_s"] = wait_idle(host, daemon, w, started)
+            daemon.stop()
+        catch_up["provisioned_again"] = len(host.quota_calls()) - provisioned
+        results["catch_up"] = catch_up
+
+        # 4. peak RSS with many accounts in the subtree (done ones: only the refresh works)
+        rss = {}
+        for total in args.rss_accounts:
+            have = len(w.seen_at)
+            if total > have:
+                done = {"sstProvisioningMode": "added", "sstProvisioningState": "20260101T000000Z",
+                        "sstProvisioningReturnValue": "0"}
+                add_entries(server, [str(5_000_000 + i) for i in range(have, total)], host.layout.backup_root, **done)
+            daemon = Daemon(host, scratch / f"rss-{total}.log")
+            started = time.perf_counter()
+            daemon.start()
+            wait_idle(host, daemon, w, started, timeout=3600)
+            rss[str(total)] = peak_rss_mib(daemon.proc.pid)
+            daemon.stop()
+        results["peak_rss_mib"] = rss
+        w.unbind_s()
     finally:
         server.stop()
+    return results
+
+
+def report(r: dict) -> list[tuple[str, str, str, str]]:
+    f = r["floors"]
+    one_account = f["consumer_latency_s"] * 1000 + f["commands_ms_per_account"]
+    rows = [("latency p50", f"{r['latency_ms']['p50']:.1f} ms", f"{one_account:.1f} ms",
+             f"{r['latency_ms']['p50'] / one_account:.2f}x (goal <= 1.5x)"),
+            ("latency p95", f"{r['latency_ms']['p95']:.1f} ms", f"{one_account:.1f} ms",
+             f"{r['latency_ms']['p95'] / one_account:.2f}x"),
+            ("latency p99", f"{r['latency_ms']['p99']:.1f} ms", f"{one_account:.1f} ms",
+             f"{r['latency_ms']['p99'] / one_account:.2f}x (goal <= 3x)")]
+    for name, rate in r["bursts_per_s"].items():
+        floor = f["commands_parallel_per_s"]
+        goal = " (goal >= 0.5)" if name == f"add_{r['big_burst']}" else ""
+        rows.append((f"burst {name.replace('_', ' ')}", f"{rate:.1f}/s", f"{floor:.1f}/s", f"{rate / floor:.2f}{goal}"))
+    rows.append(("catch-up with cookie", f"{r['catch_up']['with_cookie_s']:.2f} s", f"{f['refresh_s']:.2f} s",
+                 f"{r['catch_up']['with_cookie_s'] / f['refresh_s']:.2f}x (goal <= 2x)"))
+    rows.append(("catch-up without cookie", f"{r['catch_up']['without_cookie_s']:.2f} s", f"{f['refresh_s']:.2f} s",
+                 f"{r['catch_up']['without_cookie_s'] / f['refresh_s']:.2f}x; provisioned again: "
+                 f"{r['catch_up']['provisioned_again']} (goal 0)"))
+    for total, mib in r["peak_rss_mib"].items():
+        rows.append((f"peak RSS, {total} accounts", f"{mib:.1f} MiB", "80 MiB", f"{mib / 80:.2f} (goal <= 1)"))
+    rows.append(("RSS after the bursts", f"{r['rss_mib_after_bursts']:.1f} MiB", "-", "-"))
+    rows.append(("daemon CPU per account", f"{r['cpu_ms_per_account']['daemon']:.2f} ms", "2 ms",
+                 f"{r['cpu_ms_per_account']['daemon'] / 2:.2f} (goal <= 1)"))
+    rows.append(("floor: ldapadd", f"{f.get('ldapadd_per_s', 0):.0f}/s", "-", "-"))
+    rows.append(("floor: commands one / N at a time", f"{f['commands_serial_per_s']:.0f}/s",
+                 f"{f['commands_parallel_per_s']:.0f}/s", f"WORKERS {r['workers']}"))
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--accounts", type=int, default=500, help="burst size for throughput (default 500)")
-    parser.add_argument("--latency-samples", type=int, default=100, help="sequential requests (default 100)")
-    parser.add_argument("--configs", type=int, default=200, help="configurations per configtest mode (default 200)")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a couple of minutes")
+    parser.add_argument("--workers", type=int, default=2, help="[Service] WORKERS (default 2)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="provisioning-bench-") as scratch:
-        root = Path(scratch)
-        ct = bench_configtest(args.configs, root / "configtest")
-        print(f"rsnapshot configuration, {args.configs} accounts of one shape:")
-        print(f"  CONFIGTEST = always: {ct['always'] * 1000:7.2f} ms/account ({ct['always_configtests']:.0f} configtests)")
-        print(f"  CONFIGTEST = cached: {ct['cached'] * 1000:7.2f} ms/account ({ct['cached_configtests']:.0f} configtest)")
-        print(f"  cached is {ct['always'] / ct['cached']:.1f}x faster")
-        d = bench_daemon(args.accounts, args.latency_samples, root / "daemon")
-        print(f"daemon against slapd on loopback (Perl original: ~49 adds/s, p50 ~22 ms, ~65 KB/account):")
-        print(f"  throughput: {d['throughput']:7.1f} adds/s ({d['burst']} requests at once)")
-        print(f"  latency:    p50 {d['p50']:.1f} ms, p95 {d['p95']:.1f} ms, max {d['max']:.1f} ms "
-              f"({args.latency_samples} requests one at a time)")
-        print(f"  memory:     {d['rss_before']} KiB -> {d['rss_after']} KiB resident, "
-              f"{d['kib_per_account']:.2f} KiB per account")
+    if args.quick:
+        args.latency, args.burst, args.big_burst, args.commands, args.rss_accounts = 50, 200, 1000, 200, [2000]
+    else:
+        args.latency, args.burst, args.big_burst, args.commands = 200, 1000, 10_000, 1000
+        args.rss_accounts = [10_000, 100_000]
+    results = run(args)
+    rows = [("figure", "daemon", "floor", "ratio")] + report(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from provisioning import __version__, checks, detach, startup
+from provisioning import __version__, detach, startup
 from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     if args.check:
+        from provisioning import checks      # only for -t: it costs every start otherwise
         return checks.main(args)
     loaded = startup.load(Path(args.config), args.global_config)
     if not loaded.valid:

@@ -574,6 +574,26 @@ def test_an_unmarked_directory_is_adopted_only_with_its_owners_incoming(tmp_path
     assert build(account, place, root, script(tmp_path, "exit 1")) is Verdict.ADOPT
     assert Path(place.marker).read_text() == UUID + "\n"
 
+def test_an_add_cut_short_before_its_marker_is_finished_by_the_entry(tmp_path, root):
+    """A crash between the account directory and its marker: only root's folders, no incoming/."""
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.jail + "/home")                     # root's, as build() makes them
+    assert build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) is Verdict.RECLAIM
+    assert Path(place.marker).read_text() == UUID + "\n"
+    assert os.path.isdir(place.incoming)
+
+
+def test_a_folder_of_a_customers_is_never_reclaimed(tmp_path, root):
+    """An old-layout home (the customer's) whose incoming/ the customer removed is no skeleton."""
+    account = local_account()
+    place = layout(account, str(root))
+    os.makedirs(place.home_path)
+    os.chown(place.home_path, *account.owner)
+    assert code_of(build, account, place, root, script(tmp_path, "exit 1")) == 13
+    assert not os.path.exists(place.marker)
+
+
 def test_no_entry_uuid_is_refused(tmp_path, root):
     account = local_account()
     place = layout(account, str(root))

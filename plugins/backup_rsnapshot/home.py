@@ -67,7 +67,7 @@ def check_paths(place: Layout, backup_root: str, nodes: dict[str, Node | None]) 
 def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: dict[str, Node | None],
           create_cmd: str, backup_root: str, transport: Transport) -> None:
     """Create what is missing and settle the layout, for an account judged this entry's."""
-    if verdict is Verdict.NEW:
+    if verdict in (Verdict.NEW, Verdict.RECLAIM):
         # Each missing folder down to the account directory gets its mode here, not from
         # the daemon's umask: one that others could write would refuse every account below it.
         for folder in place.above(backup_root)[1:] + [place.directory]:

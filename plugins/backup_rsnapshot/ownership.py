@@ -25,6 +25,7 @@ class Verdict(enum.Enum):
     NEW = "new"         # no account directory yet: this entry may create it
     OURS = "ours"       # the marker names this entry
     ADOPT = "adopt"     # no marker; incoming/ belongs to this entry's uidNumber
+    RECLAIM = "reclaim"  # no marker, no incoming/, only root's folders: an add cut short before its marker
 
 
 def judge(account: Account, uuid: str | None, place: Layout, nodes: dict[str, Node | None],
@@ -50,10 +51,23 @@ def judge(account: Account, uuid: str | None, place: Layout, nodes: dict[str, No
     incoming = nodes[place.incoming.rstrip("/")]
     if incoming is not None and incoming.is_dir and incoming.uid == account.uid_number:
         return Verdict.ADOPT
+    if incoming is None and _only_roots(place, nodes):
+        # A customer never had a folder here (incoming/ is theirs alone, and
+        # nothing else is theirs): nothing to protect, so whoever asks first
+        # may finish it. This is what an add interrupted by a crash between
+        # the account directory and its marker leaves.
+        return Verdict.RECLAIM
     seen = incoming.describe() if incoming else "absent"
     raise StepError(Code.NOT_THIS_ENTRYS_ACCOUNT,
                     f"{place.directory} exists without an owner marker and its incoming/ is {seen}, "
                     f"not a folder of uidNumber {account.uid_number}: nothing shows it is this entry's account")
+
+
+def _only_roots(place: Layout, nodes: dict[str, Node | None]) -> bool:
+    """Everything looked at inside the account directory is root's folder (or absent)."""
+    inside = [node for path, node in nodes.items()
+              if path.startswith(place.directory.rstrip("/") + "/") and path != place.marker]
+    return all(node is None or (node.is_dir and node.uid == 0) for node in inside)
 
 
 def mark(place: Layout, uuid: str, verdict: Verdict, dn: str, transport: Transport) -> None:
@@ -64,6 +78,9 @@ def mark(place: Layout, uuid: str, verdict: Verdict, dn: str, transport: Transpo
         log.warning("%s: %s has no owner marker (made before markers existed); its incoming/ belongs to "
                     "this entry's uidNumber, so it is adopted as this entry's (entryUUID %s)",
                     dn, place.directory, uuid)
+    elif verdict is Verdict.RECLAIM:
+        log.warning("%s: %s has no owner marker and nothing of a customer's (an add cut short?): "
+                    "it is finished as this entry's (entryUUID %s)", dn, place.directory, uuid)
     try:
         transport.write_file(place.marker, f"{uuid}\n".encode(), mode=0o600)
     except OSError as err:
