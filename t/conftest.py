@@ -6,7 +6,10 @@ session starts one server, not two.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -77,20 +80,36 @@ def daemon(host):
 
 
 # Figures the fault tests measure (requests in flight, lost, done twice, time to
-# recover), printed at the end of the run for the closing notes.
-_REPORTS: list[tuple[str, dict]] = []
+# recover), printed at the end of the run for the closing notes. Tests may run
+# in several pytest-xdist workers: each appends to one file the run names.
+REPORTS_VARIABLE = "PROVISIONING_FAULT_REPORTS"
 
 
 @pytest.fixture
 def report():
     def add(name: str, **figures) -> None:
-        _REPORTS.append((name, figures))
+        path = os.environ.get(REPORTS_VARIABLE)
+        if path:
+            with open(path, "a") as out:
+                out.write(json.dumps({"name": name, **figures}) + "\n")
     return add
 
 
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):          # the controller (or a run without xdist)
+        handle, path = tempfile.mkstemp(prefix="provisioning-fault-reports-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[REPORTS_VARIABLE] = path
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not _REPORTS:
+    path = os.environ.get(REPORTS_VARIABLE)
+    if not path or not os.path.exists(path):
         return
-    terminalreporter.section("fault reports")
-    for name, figures in _REPORTS:
-        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    os.unlink(path)
+    if lines:
+        terminalreporter.section("fault reports")
+        for figures in lines:
+            name = figures.pop("name")
+            terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))

@@ -239,6 +239,7 @@ def test_ready_once_after_the_first_refresh_status_watchdog_while_a_command_runs
         daemon = _notified(host, listener).start()
         wait_until(lambda: listener.fields("READY"), "READY=1")
         # READY=1 only once the refresh and its work are done: the request has its outcome.
+        wait_until(lambda: mode_at_ready, "the listener to look at the entry when READY=1 came")
         assert mode_at_ready == ["added"]
         ready_at = listener.fields("READY")[0][0]
         statuses = listener.statuses()
