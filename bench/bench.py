@@ -121,7 +121,7 @@ def make_host(root: Path, server, workers: int) -> BackupHost:
     chroot.write_text(CHROOT_STANDIN)
     chroot.chmod(0o755)
     host.set("Backup", CREATE_CHROOT_CMD=chroot)
-    host.set("Global", LOG_DEBUG=0, LOG_INFO=0)
+    host.set("Global", LOG_DEBUG=0, LOG_INFO=1)      # as shipped: INFO on, DEBUG off
     host.set("Service", WORKERS=workers)
     host.chroot_standin = chroot
     return host
@@ -305,7 +305,6 @@ def run(args) -> dict:
         # 3. catch-up over what is provisioned now
         provisioned = len(host.quota_calls())
         results["floors"]["refresh_s"] = floor_refresh(server)
-        host.set("Global", LOG_INFO=1)
         catch_up = {}
         for name, forget in (("with_cookie", False), ("without_cookie", True)):
             if forget:

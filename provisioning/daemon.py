@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import select
 import threading
 import time
 from collections import deque
@@ -44,8 +45,7 @@ log = logging.getLogger(__name__)
 
 # While LDAP is out of reach, say so at most this often.
 WAITING_REPORT_INTERVAL = 60.0
-# How long to wait for the stream while workers are busy, before looking at their results.
-BUSY_POLL = 0.01
+
 
 
 @dataclass(frozen=True)
@@ -187,13 +187,19 @@ class Daemon:
             return
         try:
             wait = self.poll_interval if timeout is None else timeout
-            events = self.stream.poll(BUSY_POLL if self.executor.busy else wait)
+            if self.executor.busy:
+                # Workers are busy: wait for whichever comes first, an event or an ended job.
+                events = self.stream.poll(0.0)
+                if not events and self._await(wait):
+                    events = self.stream.poll(0.0)
+            else:
+                events = self.stream.poll(wait)
             for event in events:
                 self._dispatch(event)
                 self._collect()
                 if self.stopping or self._trouble:
                     return           # what is left was not acknowledged: it comes again
-            self._collect(wait if self.executor.busy and not events else 0)
+            self._collect()
             self._settle()
             self._flush()
             if not self._trouble:
@@ -206,6 +212,15 @@ class Daemon:
             log.warning("the server cannot resume from our cookie (%s): full refresh", err)
             self.position.reset()
             self._trouble = "full refresh"
+
+    def _await(self, timeout: float) -> bool:
+        """Wait until the stream has data or a worker ended a job; True for the stream."""
+        fds = [fd for fd in (self.stream.fileno(), self.executor.wake_fd) if fd is not None]
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return False
+        return self.stream.fileno() in ready
 
     # ------------------------------------------------------------ connection
 

@@ -4,7 +4,48 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from ldap.cidict import cidict
+
+
+class Attributes(dict):
+    """{name: [values]} whose names compare without case (entryCSN, entrycsn, ENTRYCSN).
+
+    A dict keyed by the lower-case name, remembering the spelling it was
+    given; faster than python-ldap's Attributes, which the daemon used to build
+    for every entry it saw. Iterating gives the names as spelled.
+    """
+
+    def __init__(self, items: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__()
+        self._names: dict[str, str] = {}
+        for name, values in (items or {}).items():
+            self[name] = values
+
+    def __setitem__(self, name: str, values: list[str]) -> None:
+        key = name.lower()
+        self._names[key] = name
+        super().__setitem__(key, values)
+
+    def __getitem__(self, name: str) -> list[str]:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default=None):
+        return super().get(name.lower(), default)
+
+    def pop(self, name: str, *default):
+        self._names.pop(name.lower(), None)
+        return super().pop(name.lower(), *default)
+
+    def __iter__(self):
+        return iter(self._names.values())
+
+    def keys(self):
+        return list(self._names.values())
+
+    def items(self):
+        return [(self._names[key], values) for key, values in super().items()]
 
 
 @dataclass
@@ -12,14 +53,14 @@ class Entry:
     """One LDAP entry. Attribute names are case-insensitive, values are str."""
 
     dn: str
-    attrs: cidict = field(default_factory=cidict)
+    attrs: Attributes = field(default_factory=Attributes)
     uuid: str | None = None
 
     @classmethod
     def from_ldap(cls, dn: str, raw: Mapping[str, Sequence[bytes]],
                   uuid: str | None = None) -> "Entry":
         """Build from python-ldap's ``{name: [bytes, ...]}``."""
-        attrs = cidict()
+        attrs = Attributes()
         for name, values in raw.items():
             # Directory strings are UTF-8 by definition; anything else is not
             # ours to interpret, so it must not crash the daemon either.
@@ -30,11 +71,11 @@ class Entry:
     @classmethod
     def from_values(cls, dn: str, values: Mapping[str, Sequence[str]], uuid: str | None = None) -> "Entry":
         """Build from ``{name: [str, ...]}`` (as kept in the local store)."""
-        return cls(dn, cidict({name: list(v) for name, v in values.items()}), uuid)
+        return cls(dn, Attributes({name: list(v) for name, v in values.items()}), uuid)
 
     def with_changes(self, changes: Mapping[str, Sequence[str] | None], csn: str | None = None) -> "Entry":
         """This entry as it is after replacing ``changes`` (None removes), with entryCSN ``csn``."""
-        attrs = cidict({name: list(v) for name, v in self.attrs.items()})
+        attrs = Attributes({name: list(v) for name, v in self.attrs.items()})
         for name, values in changes.items():
             if values is None:
                 attrs.pop(name, None)

@@ -210,8 +210,6 @@ class Selfcare:
         claimed, finished = TRANSITIONS[verb]
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
-        else:
-            log.info("%s: %s requested (%s: %s)", entry.dn, verb, MODE, entry.get(MODE))
         token = self.owners.new_token()
         try:
             fresh, claim = self._claim(entry, claimed, token)
@@ -270,13 +268,19 @@ class Selfcare:
         return code, time.monotonic() - started
 
     def _claim(self, entry: Entry, claimed: str, token: str) -> tuple[Entry | None, Result]:
-        """Claim the request: the fresh entry (None if not claimed) and what to report."""
+        """Claim the request: the fresh entry (None if not claimed) and what to report.
+
+        The assertion makes the entry exactly the version judged when the
+        claim is taken, so the fresh entry is that version with the claim's
+        changes: only the new entryCSN is read back (reading back the whole
+        entry cost more than the rest of the claim).
+        """
         expect = f"(&{_unchanged(entry)}({STATE}=0))"
         old = claim_values(entry)
         try:
-            fresh = self.directory.modify(entry.dn, {MODE: [claimed], RETURN: None},
+            after = self.directory.modify(entry.dn, {MODE: [claimed], RETURN: None},
                                           delete={CLAIM_ATTRIBUTE: old} if old else None,
-                                          add={CLAIM_ATTRIBUTE: [token]}, expect=expect, read_back=SYNC_ATTRS)
+                                          add={CLAIM_ATTRIBUTE: [token]}, expect=expect, read_back=["entryCSN"])
         except Conflict as err:
             log.info("%s: not claimed: %s", entry.dn, err)
             return None, Result()
@@ -287,11 +291,12 @@ class Selfcare:
         except DirectoryError as err:
             log.error("%s: cannot claim the request: %s", entry.dn, err)
             return None, Result()
-        log.info("%s: %s (%s: %s -> %s)", entry.dn, "would be claimed" if self.directory.dry_run else "claimed",
-                 MODE, entry.get(MODE), claimed)
-        if fresh is None:                    # dry-run: no read-back; work from the event
-            return entry, Result()
-        return fresh, Result(own_csns=[fresh.csn] if fresh.csn else [])
+        claims = [v for v in entry.values(CLAIM_ATTRIBUTE) if v not in old] + [token]
+        csn = after.csn if after is not None else None
+        fresh = entry.with_changes({MODE: [claimed], RETURN: None, CLAIM_ATTRIBUTE: claims}, csn)
+        log.info("%s: %s request %s (%s: %s -> %s)", entry.dn, CLAIMED[claimed],
+                 "would be claimed" if self.directory.dry_run else "claimed", MODE, entry.get(MODE), claimed)
+        return fresh, Result(own_csns=[csn] if csn else [])
 
     def _write(self, entry: Entry, changes: dict, expect: str, what: str, *,
                done: str | None = None, failed: bool = False) -> Result:

@@ -9,6 +9,7 @@ given and hand back (job, result) pairs in the order they finish.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -62,6 +63,7 @@ class Inline:
     """Runs each job at once, in the caller's thread (WORKERS = 1)."""
 
     size = 1
+    wake_fd = None          # nothing ends behind the caller's back
 
     def __init__(self) -> None:
         self._done: list[tuple[Job, Result]] = []
@@ -89,6 +91,10 @@ class Threads:
         self._todo: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[tuple[Job, Result]] = queue.SimpleQueue()
         self._running = 0
+        # A byte per ended job: the main loop waits on it and on the LDAP
+        # socket at once, so neither a result nor an event waits for the other.
+        self.wake_fd, self._wake_write = os.pipe()
+        os.set_blocking(self.wake_fd, False)
         self._threads = [threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
                          for n in range(size)]
         for thread in self._threads:
@@ -114,6 +120,10 @@ class Threads:
         except queue.Empty:
             pass
         self._running -= len(done)
+        try:
+            os.read(self.wake_fd, 4096)
+        except BlockingIOError:
+            pass
         return done
 
     def close(self) -> None:
@@ -121,6 +131,8 @@ class Threads:
             self._todo.put(None)
         for thread in self._threads:
             thread.join(5)
+        os.close(self.wake_fd)
+        os.close(self._wake_write)
 
     def _work(self) -> None:
         while True:
@@ -128,6 +140,10 @@ class Threads:
             if job is None:
                 return
             self._done.put((job, job.execute()))
+            try:
+                os.write(self._wake_write, b".")
+            except BlockingIOError:
+                pass            # the pipe is full of wake-ups already
 
 
 def executor(size: int) -> Inline | Threads:

@@ -93,7 +93,7 @@ def test_a_plugin_in_its_own_folder_runs_from_a_checkout_through_symlinks(
     try:
         dn = provisioning_entries.add("demo")
         assert_done(provisioning_entries.wait_mode(dn, "added"), "added")
-        daemon.wait_for(rf"{dn}: claimed \(sstProvisioningMode: add -> adding\)")
+        daemon.wait_for(rf"{dn}: add request claimed \(sstProvisioningMode: add -> adding\)")
         daemon.wait_for(rf"{dn}: Acme/Widget add got the entry \(LABEL Acme/Widget;")
     finally:
         assert daemon.stop() == 0, daemon.text()[-3000:]

@@ -20,8 +20,7 @@ def test_add_is_claimed_worked_and_answered(host, directory, daemon):
     entry = directory.wait_mode(dn, "added")
     assert_done(entry, "added")
     assert entry["sstProvisioningExecutionDate"] == "0"
-    daemon.wait_for(rf"uid={UID},.*: add requested \(sstProvisioningMode: add\)")
-    daemon.wait_for(rf"uid={UID},.*: claimed \(sstProvisioningMode: add -> adding\)")
+    daemon.wait_for(rf"uid={UID},.*: add request claimed \(sstProvisioningMode: add -> adding\)")
     daemon.wait_for(rf"uid={UID},.*: add done in .* \(sstProvisioningMode: added, sstProvisioningState: \d{{8}}T\d{{6}}Z")
     stamp = dt.datetime.strptime(entry["sstProvisioningState"], "%Y%m%dT%H%M%SZ")
     assert abs(dt.datetime.utcnow() - stamp) < dt.timedelta(minutes=2)   # UTC, not local time
@@ -36,7 +35,7 @@ def test_own_writes_come_back_but_trigger_nothing(host, directory, daemon):
     directory.add("3723708")    # a later request proves the stream moved past the echoes
     directory.wait_mode(directory.dn("3723708"), "added")
     assert [c[1] for c in host.quota_calls()] == [UID, "3723708"]
-    assert daemon.count(rf"uid={UID},.*: claimed") == 1
+    assert daemon.count(rf"uid={UID},.*: add request claimed") == 1
 
 
 def test_modify_and_delete_follow_the_protocol(host, directory, daemon):

@@ -22,14 +22,14 @@ def test_a_dry_run_once_says_what_would_happen_and_changes_nothing(host, directo
     run = DaemonProcess(host, "-r", "--once").start(wait_ready=False)
     assert run.wait_exit() == 0, run.text()[-3000:]
     text = run.text()
-    assert re.search(rf"uid={UID},.*: would be claimed \(sstProvisioningMode: add -> adding\)", text)
+    assert re.search(rf"uid={UID},.*: add request would be claimed \(sstProvisioningMode: add -> adding\)", text)
     assert re.search(rf"uid={UID},.*: home \S+/home/{UID} would be created", text)
     assert re.search(rf"uid={UID},.*: add: home \S+, quota 1073741824 bytes, \S+rsnapshot.conf.{UID} would be "
                      rf"written", text)
     assert re.search(rf"uid={UID},.*: add would be done in [0-9.]+ s \(sstProvisioningMode: added", text)
     assert "stopping after the first refresh (--once)" in text
     # Nothing in the past tense that did not happen.
-    for claim in (r": claimed \(", r"home \S+ created", r"add done in", r"(?<!would be) written$"):
+    for claim in (r": \w+ request claimed \(", r"home \S+ created", r"add done in", r"(?<!would be) written$"):
         assert not re.search(claim, text, re.MULTILINE), claim
     assert directory.get(dn)["sstProvisioningMode"] == "add"
     assert _state(host) == {"Backup-Rsnapshot.cookie": None, "Backup-Rsnapshot.cookie.sqlite": None,

@@ -107,5 +107,5 @@ def test_two_daemons_on_one_subtree_never_take_the_same_request(host, directory,
         assert one.stop() == 0 and two.stop() == 0
     done_by = sorted(c[1] for c in host.quota_calls())
     assert done_by == uids                       # each exactly once, by one daemon or the other
-    claims = one.count(r": claimed \(") + two.count(r": claimed \(")
+    claims = one.count(r": \w+ request claimed \(") + two.count(r": \w+ request claimed \(")
     assert claims == accounts

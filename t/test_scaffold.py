@@ -61,7 +61,7 @@ def test_pip_install_and_a_configuration_naming_it_are_all_it_takes(installed, p
     try:
         dn = provisioning_entries.add("demo")
         assert_done(provisioning_entries.wait_mode(dn, "added"), "added")
-        daemon.wait_for(rf"{dn}: claimed \(sstProvisioningMode: add -> adding\)")
+        daemon.wait_for(rf"{dn}: add request claimed \(sstProvisioningMode: add -> adding\)")
         daemon.wait_for(rf"{dn}: add done in .* \(sstProvisioningMode: added,")
         daemon.wait_for(rf"{dn}: Acme/Widget add got the entry \(LABEL Acme/Widget; attributes: .*uid")
     finally:

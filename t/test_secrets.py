@@ -158,7 +158,7 @@ def test_a_short_password_never_shows_and_the_dns_stay_whole(backup_host):
     finally:
         assert daemon.stop() == 0
     text = daemon.text()
-    assert f"{dn}: claimed" in text and ",ou=backup,ou=services," in dn
+    assert f"{dn}: add request claimed" in text and ",ou=backup,ou=services," in dn
     assert_password_absent(text)
     calls = backup_host.quota_calls() + backup_host.chroot_calls()
     assert calls and all(PASSWORD not in PLACES.sub("", arg) for call in calls for arg in call)

@@ -584,8 +584,10 @@ def test_read_small_reads_a_file_and_refuses_a_link_or_a_folder(transport, scene
         transport.read_small(str(scene.plant(scene.home / "dir-link", scene.victim) / "secret"))
 
 
-def test_a_folder_made_writable_for_others_after_a_walk_is_not_trusted_any_more(scene):
-    """The local transport remembers root-only folders; a change of their mode is noticed."""
+def test_a_folder_made_writable_for_others_after_a_walk_is_not_trusted_any_more(scene, monkeypatch):
+    """The local transport remembers root-only folders; a change of their mode is noticed
+    (of the folder itself at once, of the folders above within TRUSTED_RECHECK seconds)."""
+    monkeypatch.setattr(nofollow, "TRUSTED_RECHECK", 0.0)
     transport = LocalCLI(timeout=30)
     target = scene.root / "7" / "3723707" / "kept"
     transport.makedirs(str(target))                       # walks (and remembers) root/7/3723707
@@ -596,3 +598,13 @@ def test_a_folder_made_writable_for_others_after_a_walk_is_not_trusted_any_more(
         transport.makedirs(str(scene.root / "7" / "3723707" / "to-victim" / "new"), mode=0o777)
     assert err.value.errno == errno.ELOOP
     assert snapshot(scene.victim) == before
+
+
+def test_a_remembered_folder_moved_away_is_not_walked_into(scene):
+    """An account folder archived by a rename and made again: the new one is used, not the archive."""
+    transport = LocalCLI(timeout=30)
+    account = scene.root / "7" / "3723707"
+    transport.makedirs(str(account / "first"))            # remembers root/7/3723707
+    os.rename(account, scene.root / "7" / "archived")
+    transport.makedirs(str(account / "second"))
+    assert (account / "second").is_dir() and not (scene.root / "7" / "archived" / "second").exists()

@@ -91,7 +91,8 @@ def _create_home(account: Account, place: Layout, create_cmd: str, transport: Tr
         raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"creating the home failed: {result.describe()}")
     if not transport.dry_run and not transport.exists(place.home_path):
         raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"{create_cmd} exited 0 but {place.home_path} does not exist")
-    log.info("%s: home %s %s", account.dn, place.home_path, "would be created" if transport.dry_run else "created")
+    # DEBUG: the request's summary line names the home as well.
+    log.debug("%s: home %s %s", account.dn, place.home_path, "would be created" if transport.dry_run else "created")
 
 
 def settle(account: Account, place: Layout, nodes: dict[str, Node | None], transport: Transport) -> None:

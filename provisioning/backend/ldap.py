@@ -432,11 +432,20 @@ class SyncStream:
         _unbind_quietly(self._conn)
         self._conn = None
 
+    def fileno(self) -> int | None:
+        """The stream's socket, to wait on with select (None when closed)."""
+        if self._conn is None:
+            return None
+        try:
+            return self._conn.fileno()
+        except (ldap.LDAPError, AttributeError):
+            return None
+
     def poll(self, timeout: float) -> list[Event]:
         """The events that arrived within ``timeout`` seconds, in order."""
         if self._conn is None:
             raise DirectoryUnavailable("sync stream not open")
-        for wait in [timeout] + [BATCH_WAIT] * (POLL_BATCH - 1):
+        for wait in [max(timeout, BATCH_WAIT)] + [BATCH_WAIT] * (POLL_BATCH - 1):
             if not self._poll_one(wait):
                 break
         events, self._conn.events = self._conn.events, []

@@ -53,6 +53,7 @@ import posixpath
 import stat
 import sys
 import threading
+import time
 
 O_PATH = getattr(os, "O_PATH", os.O_RDONLY)
 _WALK = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -62,13 +63,18 @@ TRUSTED_KEPT = 64         # folders remembered as root's alone all the way from 
 EXIT_OSERROR = 3          # the remote helper's exit code for "OSError, details on stdout"
 
 
+_ROOT_UIDS = frozenset((0, os.geteuid()))
+# How long a remembered folder's ancestors count as checked (see _trusted).
+TRUSTED_RECHECK = 1.0
+
+
 def _root_uids() -> frozenset:
-    return frozenset((0, os.geteuid()))
+    return _ROOT_UIDS
 
 
 def _root_only(info: os.stat_result) -> bool:
     """A folder only root can change: root's, no group or other write bit."""
-    return info.st_uid in _root_uids() and not info.st_mode & 0o022
+    return info.st_uid in _ROOT_UIDS and not info.st_mode & 0o022
 
 
 def _error(code: int, message: str, path: str) -> OSError:
@@ -95,7 +101,7 @@ def _components(path: str) -> list:
 # descriptor and its path name the same folder, and it and every folder
 # above it are still root's alone and no link (a few stat calls in C
 # instead of an open per level).
-_trusted: dict[str, int] = {}
+_trusted: dict[str, list] = {}         # path -> [descriptor, when its ancestors were checked]
 _trusted_lock = threading.Lock()       # workers walk at the same time
 
 
@@ -104,26 +110,39 @@ def _trusted_start(names: list) -> tuple[int, str, int] | None:
     with _trusted_lock:
         for count in range(len(names), 0, -1):
             path = "/" + "/".join(names[:count])
-            fd = _trusted.get(path)
-            if fd is None:
+            held = _trusted.get(path)
+            if held is None:
                 continue
-            if not _still_trusted(fd, names[:count]):
-                os.close(_trusted.pop(path))
+            if not _still_trusted(held, names[:count]):
+                os.close(_trusted.pop(path)[0])
                 continue
-            return os.dup(fd), path, count
+            return os.dup(held[0]), path, count
     return None
 
 
-def _still_trusted(fd: int, names: list) -> bool:
-    """The descriptor still names the folder at the path, and it and every folder above are root's alone."""
+def _still_trusted(held: list, names: list) -> bool:
+    """The descriptor still names the folder at the path (always checked: an account folder
+    archived by a rename must not be walked into), the folder is still root's alone, and so
+    is every folder above (checked again at most every TRUSTED_RECHECK seconds: only root
+    can change them)."""
     try:
-        held = os.fstat(fd)
-        above = [os.stat("/" + "/".join(names[:n]), follow_symlinks=False) for n in range(len(names))]
+        info = os.fstat(held[0])
         there = os.stat("/" + "/".join(names), follow_symlinks=False)
     except OSError:
         return False
-    return ((held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
-            and all(stat.S_ISDIR(info.st_mode) and _root_only(info) for info in above + [held]))
+    if (info.st_dev, info.st_ino) != (there.st_dev, there.st_ino) or not _root_only(info):
+        return False
+    now = time.monotonic()
+    if now - held[1] < TRUSTED_RECHECK:
+        return True
+    try:
+        above = [os.stat("/" + "/".join(names[:n]), follow_symlinks=False) for n in range(len(names))]
+    except OSError:
+        return False
+    if not all(stat.S_ISDIR(a.st_mode) and _root_only(a) for a in above):
+        return False
+    held[1] = now
+    return True
 
 
 def _remember_trusted(path: str, fd: int) -> None:
@@ -131,8 +150,8 @@ def _remember_trusted(path: str, fd: int) -> None:
         if path in _trusted:
             return
         if len(_trusted) >= TRUSTED_KEPT:
-            os.close(_trusted.pop(next(iter(_trusted))))
-        _trusted[path] = os.dup(fd)
+            os.close(_trusted.pop(next(iter(_trusted)))[0])
+        _trusted[path] = [os.dup(fd), time.monotonic()]
 
 
 class _Walk:
@@ -346,8 +365,12 @@ def write_file(path: str, data: bytes, mode: int = 0o644, owner: tuple | None = 
     """Replace ``path`` atomically with ``data``: a new file renamed over the old entry.
 
     The temporary file is created exclusively in the folder's descriptor;
-    mode and owner are set on its descriptor before the rename, and the
-    folder is synced after it, so a crash leaves the old or the new file.
+    mode and owner are set on its descriptor, and its data reaches the disk
+    (fdatasync), before the rename: a crash leaves the old file or the new
+    one, whole. Which of the two is left after a power loss the folder's
+    next sync decides; the folder is not synced for every file (an fsync
+    costs as much as the rest of a request, and the old file is a
+    consistent state too: the next request writes the file again).
     """
     parents, name = _split(path)
     with _Walk(path) as walk:
@@ -366,14 +389,13 @@ def write_file(path: str, data: bytes, mode: int = 0o644, owner: tuple | None = 
                     if owner is not None:
                         os.fchown(handle.fileno(), *owner)
                     os.fchmod(handle.fileno(), mode)
-                    os.fsync(handle.fileno())
+                    os.fdatasync(handle.fileno())
                 os.replace(temp, name, src_dir_fd=walk.fd, dst_dir_fd=walk.fd)
             except BaseException:
                 _unlink_if_there(temp, walk.fd)
                 raise
         except OSError as err:
             raise _error(err.errno, f"cannot write: {err.strerror}", path) from None
-        _sync(walk)
 
 
 def makedirs(path: str, mode: int = 0o755, owner: tuple | None = None) -> None:
@@ -539,14 +561,6 @@ def _unlink_if_there(name: str, folder: int) -> None:
         os.unlink(name, dir_fd=folder)
     except FileNotFoundError:
         pass
-
-
-def _sync(walk: _Walk) -> None:
-    fd = _opened(walk)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------- the remote helper
