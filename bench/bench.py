@@ -257,6 +257,7 @@ def run(args) -> dict:
         host = make_host(scratch / "host", server, args.workers)
         floors = floor_commands(host, args.commands, args.workers, scratch / "floor-homes")
         floors["consumer_latency_s"] = floor_consumer_latency(server, 50, scratch)
+        floors["ldapadd_per_s"] = floor_ldapadd(server, args.burst, scratch)
         results["floors"] = floors
         w = watcher(server)
         daemon = Daemon(host, scratch / "daemon.log").start()

@@ -22,7 +22,8 @@ ACCOUNTS_BASE = f"ou=accounts,{BACKUP_BASE}"
 SCHEMA_LDIF = resources.etc_path("Provisioning/schema/stoney-backup.ldif")
 
 # slapdtest's own template plus: the syncprov module, indexes syncprov needs,
-# and the overlay on the one database (the %(syncprov...)s parts, left out for
+# a map of 4 GiB (the default 10 MiB fills at a few thousand accounts; the file
+# is sparse), and the overlay on the one database (the %(syncprov...)s parts, left out for
 # a slapd as Debian installs it). Debian keeps its modules in /usr/lib/ldap.
 _CONF_TEMPLATE = r"""dn: cn=config
 objectClass: olcGlobal
@@ -55,6 +56,7 @@ olcSuffix: %(suffix)s
 olcRootDN: %(rootdn)s
 olcRootPW: %(rootpw)s
 olcDbDirectory: %(directory)s
+olcDbMaxSize: 4294967296
 olcDbIndex: objectClass%(syncprov_index)s eq
 %(replication)s%(syncprov_overlay)s"""
 
