@@ -32,7 +32,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from provisioning.clock import Clock, utc_stamp
+from provisioning.clock import Clock, generalized_time, utc_stamp
 from provisioning.entry import Entry
 
 ATTRIBUTE = "sstProvisioningExecutionTime"
@@ -120,7 +120,7 @@ class Owners:
         claim = parse(entry.values(ATTRIBUTE))
         now = self.clock.utcnow()
         if claim is None:
-            since = _timestamp(entry.get("modifyTimestamp")) or now
+            since = generalized_time(entry.get("modifyTimestamp")) or now
             return self._lease(since, now, "claimed without an owner (by an older daemon)")
         if claim.token in self._mine:
             return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
@@ -142,13 +142,3 @@ class Owners:
     def work_budget(self) -> float:
         """Seconds a request's commands may run after its claim."""
         return self.lease.total_seconds() * (1 - LEASE_MARGIN)
-
-
-def _timestamp(value: str | None) -> dt.datetime | None:
-    """An LDAP GeneralizedTime such as 20261127120000Z."""
-    if not value:
-        return None
-    try:
-        return dt.datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
-    except ValueError:
-        return None

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from provisioning import claims
+from provisioning.clock import generalized_time
 from provisioning.entry import Entry
 from provisioning.protocol import CLAIMED, DATE, MODE, RETURN, STATE, TRANSITIONS, parse_execution_date
 
@@ -51,7 +52,7 @@ def classify(entry: Entry, today: dt.date) -> Request:
     mode = (entry.get(MODE) or "").strip()
     verb = mode.lower()
     value = entry.get(RETURN)
-    since = timestamp(entry.get("modifyTimestamp"))
+    since = generalized_time(entry.get("modifyTimestamp"))
     if verb in CLAIMED:
         if value is not None and value.strip() != "0":
             return Request(entry.dn, Stage.FAILED, mode, since, value.strip())
@@ -73,13 +74,3 @@ def classify(entry: Entry, today: dt.date) -> Request:
     if due is not None and due > today:
         return Request(entry.dn, Stage.DATED, mode, since, due=due)
     return Request(entry.dn, Stage.PENDING, mode, since)
-
-
-def timestamp(value: str | None) -> dt.datetime | None:
-    """An LDAP GeneralizedTime such as 20261127120000Z, in UTC."""
-    if not value:
-        return None
-    try:
-        return dt.datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
-    except ValueError:
-        return None

@@ -7,8 +7,12 @@ import (Host, Directory, DaemonProcess(host, ...), ...).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
+import ldap
+
+from provisioning.sandbox.slapd import ACCOUNTS_BASE
 from provisioning.testing import (  # noqa: F401 - re-exported for the test files
     DEADLINE, STAMP, as_user, assert_done, picture, wait_until,
 )
@@ -29,3 +33,14 @@ class DaemonProcess(_DaemonProcess):
         super().__init__(host.config, host.global_config, Path(host.layout.root), *args, log_name=log_name,
                          env={**os.environ, **env} if env else None, debug=debug)
         self.host = host
+
+
+def modes(server) -> Counter:
+    """How many accounts stand in each (sstProvisioningMode, has a return value) pair."""
+    conn = server.connect()
+    try:
+        found = conn.search_s(ACCOUNTS_BASE, ldap.SCOPE_ONELEVEL, "(uid=*)",
+                              ["sstProvisioningMode", "sstProvisioningReturnValue"])
+    finally:
+        conn.unbind_s()
+    return Counter((a["sstProvisioningMode"][0].decode(), "sstProvisioningReturnValue" in a) for _, a in found)

@@ -13,7 +13,7 @@ import pytest
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
 
 from faults import PauseAt, Proxy
-from helpers import DaemonProcess, Host, account_attrs, wait_until
+from helpers import DaemonProcess, Host, account_attrs, modes, wait_until
 
 pytestmark = pytest.mark.with_workers
 
@@ -42,16 +42,6 @@ def _exists(conn, dn: str) -> bool:
         return False
 
 
-def _modes(server) -> Counter:
-    conn = server.connect()
-    try:
-        found = conn.search_s(ACCOUNTS_BASE, ldap.SCOPE_ONELEVEL, "(uid=*)",
-                              ["sstProvisioningMode", "sstProvisioningReturnValue"])
-    finally:
-        conn.unbind_s()
-    return Counter((a["sstProvisioningMode"][0].decode(), "sstProvisioningReturnValue" in a) for _, a in found)
-
-
 def test_the_daemon_fails_over_to_the_other_provider_in_a_burst(tmp_path, pair, report):
     host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
     host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
@@ -75,11 +65,11 @@ def test_the_daemon_fails_over_to_the_other_provider_in_a_burst(tmp_path, pair, 
     daemon.wait_for(rf"connected to {pair.second.ldap_uri}", timeout=60)
     wait_until(lambda: daemon.count(r": add done in ") > done_before, "the next request done", 60)
     next_done = time.monotonic() - stopped
-    wait_until(lambda: _modes(pair.second).get(("added", True), 0) == BURST, f"all {BURST} done", 180)
+    wait_until(lambda: modes(pair.second).get(("added", True), 0) == BURST, f"all {BURST} done", 180)
     assert daemon.stop() == 0
     quota = Counter(c[1] for c in host.quota_calls())
     assert set(quota) == set(uids) and set(quota.values()) == {1}, [u for u, n in quota.items() if n > 1]
-    assert _modes(pair.second) == Counter({("added", True): BURST})
+    assert modes(pair.second) == Counter({("added", True): BURST})
     report("provider failover in a burst of 500", in_flight=in_flight, lost=0, twice=0, left_claimed=0,
            seconds_to_next_done=round(next_done, 2))
 

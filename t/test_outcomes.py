@@ -18,7 +18,7 @@ import pytest
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 
 from faults import PauseAt, Proxy
-from helpers import DaemonProcess, Directory, Host, account_attrs, assert_done, wait_until
+from helpers import DaemonProcess, Directory, Host, account_attrs, assert_done, modes, wait_until
 
 pytestmark = pytest.mark.with_workers
 
@@ -149,16 +149,6 @@ def _add_many(server, uids: list[str], backup_root) -> None:
         conn.unbind_s()
 
 
-def _modes(server, ) -> Counter:
-    conn = server.connect()
-    try:
-        found = conn.search_s(ACCOUNTS_BASE, ldap.SCOPE_ONELEVEL, "(uid=*)",
-                              ["sstProvisioningMode", "sstProvisioningReturnValue"])
-    finally:
-        conn.unbind_s()
-    return Counter((a["sstProvisioningMode"][0].decode(), "sstProvisioningReturnValue" in a) for _, a in found)
-
-
 def test_a_burst_of_500_survives_a_slapd_restart_in_the_middle(tmp_path, server, report):
     host = _host(tmp_path, server)
     uids = [str(3730000 + i) for i in range(500)]
@@ -174,13 +164,13 @@ def test_a_burst_of_500_survives_a_slapd_restart_in_the_middle(tmp_path, server,
     done_before = daemon.count(r": add done in ")
     wait_until(lambda: daemon.count(r": add done in ") > done_before, "the next request done", 60)
     first_done = time.monotonic() - back
-    wait_until(lambda: _modes(server).get(("added", True), 0) == 500, "all 500 done", 120)
+    wait_until(lambda: modes(server).get(("added", True), 0) == 500, "all 500 done", 120)
     assert daemon.stop() == 0
     quota = Counter(c[1] for c in host.quota_calls())
     chroot = Counter(c[2] for c in host.chroot_calls())
     assert set(quota) == set(uids) and set(quota.values()) == {1}       # each once: none lost, none twice
     assert set(chroot) == set(uids) and set(chroot.values()) == {1}
-    assert _modes(server) == Counter({("added", True): 500})           # none left claimed
+    assert modes(server) == Counter({("added", True): 500})           # none left claimed
     report("slapd restart in a burst of 500", in_flight=in_flight, lost=0, twice=0, left_claimed=0,
            seconds_to_next_done=round(first_done, 2))
     assert not re.search(r"Traceback|unexpected error", daemon.text())

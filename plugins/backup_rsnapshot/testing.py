@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.sandbox.layout import (
-    REPO, SandboxLayout, global_sections, render_ini, service_sections, write_recorder,
+    REPO, SandboxLayout, global_sections, service_sections, write_recorder,
 )
-from provisioning.testing import Entries, encode
+from provisioning.testing import EditableConfigs, Entries, encode
 
 __all__ = ["BackupEntries", "BackupHost", "account_attrs", "home_directory"]
 
 
-class BackupHost:
+class BackupHost(EditableConfigs):
     """One backup host: folders, stand-in commands and configuration files."""
 
     default_workers: int | None = None      # [Service] WORKERS of every new host (None: the default)
@@ -49,22 +49,6 @@ class BackupHost:
     def root(self) -> Path:
         return self.layout.root
 
-    def set(self, section: str, **keys) -> "BackupHost":
-        """Change keys of the service configuration (None removes one)."""
-        _update(self.service, section, keys)
-        self.write()
-        return self
-
-    def set_global(self, section: str, **keys) -> "BackupHost":
-        """Change keys of Global.conf (None removes one)."""
-        _update(self.global_, section, keys)
-        self.write()
-        return self
-
-    def write(self) -> None:
-        self.layout.service_config.write_text(render_ini(self.service))
-        self.layout.global_config.write_text(render_ini(self.global_))
-
     def quota_calls(self) -> list[list[str]]:
         return _calls(self.layout.setquota_log)
 
@@ -82,14 +66,6 @@ class BackupHost:
 
     def account_dir(self, uid: str) -> Path:
         return Path(f"{self.layout.backup_root}/{uid[-1]}/{uid[-3:]}/{uid[1:4]}/{uid}")
-
-
-def _update(sections: dict, section: str, keys: dict) -> None:
-    for key, value in keys.items():
-        if value is None:
-            sections.setdefault(section, {}).pop(key, None)
-        else:
-            sections.setdefault(section, {})[key] = value
 
 
 def _calls(path: Path) -> list[list[str]]:

@@ -22,7 +22,7 @@ from typing import Any
 # Where each name lives. Imported on first use (PEP 562), so that loading the
 # pytest plugin, a submodule, imports neither python-ldap nor anything else.
 _WHERE = {
-    "configs": ("ServiceFiles", "core_sections", "database_keys", "edit_ini", "global_sections", "render_ini"),
+    "configs": ("EditableConfigs", "ServiceFiles", "core_sections", "database_keys", "edit_ini", "global_sections", "render_ini"),
     "daemon": ("READY", "DaemonProcess"),
     "entries": ("STAMP", "Entries", "assert_done", "encode", "request_attrs"),
     "files": ("as_user", "picture"),

@@ -6,7 +6,7 @@ from typing import Any
 
 from provisioning.sandbox.layout import global_sections, render_ini
 
-__all__ = ["ServiceFiles", "core_sections", "database_keys", "edit_ini", "global_sections", "render_ini"]
+__all__ = ["EditableConfigs", "ServiceFiles", "core_sections", "database_keys", "edit_ini", "global_sections", "render_ini"]
 
 
 def core_sections(*, uri: str, bind_dn: str, password: str, subtree: str, state_dir: Path,
@@ -63,7 +63,34 @@ def edit_ini(text: str, changes: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class ServiceFiles:
+class EditableConfigs:
+    """Set/set_global/write over ``service`` and ``global_`` sections written to
+    ``config`` and ``global_config`` (the attributes the class using it provides)."""
+
+    service: dict[str, dict[str, Any]]
+    global_: dict[str, dict[str, Any]]
+    config: Path
+    global_config: Path
+
+    def set(self, section: str, **keys: Any):
+        """Change keys of the service configuration (None removes one)."""
+        _update(self.service, section, keys)
+        self.write()
+        return self
+
+    def set_global(self, section: str, **keys: Any):
+        """Change keys of Global.conf (None removes one)."""
+        _update(self.global_, section, keys)
+        self.write()
+        return self
+
+    def write(self) -> None:
+        self.config.write_text(render_ini(self.service))
+        self.config.chmod(0o600)                 # it holds the LDAP password
+        self.global_config.write_text(render_ini(self.global_))
+
+
+class ServiceFiles(EditableConfigs):
     """A service configuration and Global.conf under ``root``, rewritten by every change."""
 
     def __init__(self, root: Path, server, subtree: str, plugin: str,
@@ -83,24 +110,6 @@ class ServiceFiles:
             self.service.setdefault(name, {}).update(keys)
         self.global_ = global_sections(sleep=0.2, attempts=3, operation_sleep=0.2, operation_attempts=50)
         self.write()
-
-    def set(self, section: str, **keys: Any) -> "ServiceFiles":
-        """Change keys of the service configuration (None removes one)."""
-        _update(self.service, section, keys)
-        self.write()
-        return self
-
-    def set_global(self, section: str, **keys: Any) -> "ServiceFiles":
-        """Change keys of Global.conf (None removes one)."""
-        _update(self.global_, section, keys)
-        self.write()
-        return self
-
-    def write(self) -> None:
-        self.config.write_text(render_ini(self.service))
-        self.config.chmod(0o600)                 # it holds the LDAP password
-        self.global_config.write_text(render_ini(self.global_))
-
 
 def _update(sections: dict, section: str, keys: dict) -> None:
     for key, value in keys.items():

@@ -82,6 +82,13 @@ def _error(code: int, message: str, path: str) -> OSError:
     return OSError(code, message, path)
 
 
+def _naming(err: OSError, path: str, doing: str = "") -> OSError:
+    """``err`` as it should reach the caller: naming ``path``, not a bare name inside a walk."""
+    if err.filename == path:
+        return err
+    return _error(err.errno, f"{doing}{err.strerror}", path)
+
+
 def _components(path: str) -> list:
     if not isinstance(path, str) or not path.startswith("/"):
         raise _error(errno.EINVAL, "not an absolute path", str(path))
@@ -313,9 +320,7 @@ def exists(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as err:
-        if err.filename == path:
-            raise
-        raise _error(err.errno, err.strerror, path) from None
+        raise _naming(err, path) from None
     return True
 
 
@@ -441,9 +446,7 @@ def remove(path: str) -> None:
     except FileNotFoundError:
         return
     except OSError as err:
-        if err.filename == path:
-            raise
-        raise _error(err.errno, f"cannot remove: {err.strerror}", path) from None
+        raise _naming(err, path, "cannot remove: ") from None
 
 
 def remove_tree(path: str) -> None:
@@ -469,9 +472,7 @@ def remove_tree(path: str) -> None:
         except FileNotFoundError:
             return
         except OSError as err:
-            if err.filename == path:
-                raise
-            raise _error(err.errno, f"cannot remove: {err.strerror}", path) from None
+            raise _naming(err, path, "cannot remove: ") from None
 
 
 def _empty(top: int, path: str) -> None:
