@@ -36,6 +36,17 @@ def test_a_daemon_whose_exit_code_the_test_took(provisioning_daemon):
     assert daemon.wait_exit() == 3
 '''
 
+LEFT_RUNNING = '''
+from pathlib import Path
+from provisioning.testing import DaemonProcess
+
+def test_fails_with_its_daemon_running(provisioning_service, tmp_path):
+    files = provisioning_service("Generic/Exec", {"Exec": {"ADD_CMD": "/bin/true"}})
+    daemon = DaemonProcess(files.config, files.global_config, files.root).start()
+    Path(__file__).with_name("pid").write_text(str(daemon.proc.pid))
+    assert False, "failed with the daemon running"
+'''
+
 
 def _pytest(folder: Path, source: str, tmp_path: Path) -> subprocess.CompletedProcess:
     (folder / "test_it.py").write_text(source)
@@ -64,6 +75,15 @@ def test_a_daemon_that_exits_with_an_error_fails_the_test_that_started_it(tmp_pa
     (folder / "test_it.py").unlink()
     result = _pytest(folder, COLLECTED, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_daemon_a_failed_test_left_running_is_killed_after_that_test(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    result = _pytest(folder, LEFT_RUNNING, tmp_path)
+    assert result.returncode == 1 and "failed with the daemon running" in result.stdout, result.stdout[-3000:]
+    pid = int((folder / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists()      # its parent, pytest, reaped it: not even a zombie
 
 
 def test_a_slapd_asked_to_run_too_deep_for_its_socket_runs_in_a_short_folder(tmp_path):

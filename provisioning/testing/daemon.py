@@ -1,6 +1,7 @@
 """provisioning-daemon in a subprocess, its output in a file a test can search."""
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -15,6 +16,25 @@ from provisioning.testing.wait import DEADLINE, wait_until
 READY = r"initial synchronisation of .* done"
 
 
+def reap_leftovers() -> int:
+    """SIGKILL every daemon (with its commands) started here and still running; how many.
+
+    A test that fails between start() and stop() must not leave a daemon
+    behind that retries a dead directory forever (ATTEMPTS = 0): the pytest
+    plugin calls this after every test, and this process at its exit.
+    """
+    reaped = 0
+    for daemon in list(DaemonProcess.started):
+        if daemon.running:
+            daemon.kill_all()
+            reaped += 1
+    DaemonProcess.started.clear()
+    return reaped
+
+
+atexit.register(reap_leftovers)
+
+
 class DaemonProcess:
     """``python -m provisioning -c CONFIG [-g GLOBAL] [--debug] ARGS`` started in ``workdir``.
 
@@ -22,6 +42,8 @@ class DaemonProcess:
     daemon of another virtualenv, where the plugin under test is installed;
     ``env`` its whole environment (default: this process's).
     """
+
+    started: list["DaemonProcess"] = []     # see reap_leftovers()
 
     def __init__(self, config: Path, global_config: Path | None, workdir: Path, *args: str,
                  log_name: str = "daemon.log", python: str | Path | None = None,
@@ -50,6 +72,7 @@ class DaemonProcess:
         # A session of its own: kill_all() can take the daemon and its children.
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=self.workdir, env=self.env, start_new_session=True)
+        DaemonProcess.started.append(self)
         if wait_ready:
             self.wait_for(READY)
         return self
@@ -99,7 +122,10 @@ class DaemonProcess:
 
     def kill_all(self) -> None:
         """SIGKILL to the daemon and every command it runs: a crash of the whole service."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:               # the group is gone already
+            pass
         self.proc.wait(DEADLINE)
         self._close()
 

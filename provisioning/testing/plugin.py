@@ -4,7 +4,8 @@ Loaded by pytest through the ``pytest11`` entry point of the provisioning
 distribution (or ``pytest_plugins = ["provisioning.testing.plugin"]`` in a
 conftest.py, when provisioning runs from a checkout). Importing it costs
 nothing and changes nothing: python-ldap, slapd and the daemon are only
-touched by a fixture a test asks for.
+touched by a fixture a test asks for (one autouse fixture kills, after each test,
+any daemon a failed test left running; it does nothing when none was started).
 
 - ``provisioning_slapd`` (session): a throwaway slapd on 127.0.0.1 with our
   schema, syncprov and the stoney base tree; its ``ldap_uri``, ``root_dn``,
@@ -28,8 +29,18 @@ touched by a fixture a test asks for.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _provisioning_reap_daemons():
+    """After every test: no daemon a failed test started keeps running (see reap_leftovers)."""
+    yield
+    module = sys.modules.get("provisioning.testing.daemon")   # not imported: nothing was started
+    if module is not None:
+        module.reap_leftovers()
 
 
 @pytest.fixture(scope="session")
