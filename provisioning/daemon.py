@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from provisioning.backend.cookie import Position, ahead_of
+from provisioning.backend.cookie import Position, ahead_of, unseen_servers
 from provisioning.backend.ldap import (
     CookieReached, Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
     PresentEnd, RefreshDone, RefreshRequired, SyncStream, WriteRefused,
@@ -243,9 +243,9 @@ class Daemon:
     def _open(self) -> None:
         self.directory.open()
         self._write_pending()
-        self._check_cookie()
+        every_entry = self._check_cookie()
         self.refresh_full = self.position.full
-        self.stream.open(self.position.cookie)
+        self.stream.open(self.position.cookie, every_entry=every_entry)
 
     def _write_pending(self) -> None:
         """Write the outcomes the directory did not take before; raise if it still does not."""
@@ -257,15 +257,20 @@ class Daemon:
             self.store.drop_pending(write.dn)
             self.position.flush()
 
-    def _check_cookie(self) -> None:
-        """A cookie the provider cannot continue from means a full refresh (see cookie.ahead_of)."""
+    def _check_cookie(self) -> bool:
+        """Compare the cookie with the provider's contextCSN; whether the refresh must read every entry.
+
+        A cookie the provider cannot continue from means a full refresh (see
+        cookie.ahead_of); changes of a server the cookie does not know mean a
+        refresh not cut by %entryCSN% (see cookie.unseen_servers).
+        """
         if not (self.position.current or self.router.adopt):
-            return
+            return False
         try:
             context = self.directory.context_csns(self.base)
         except DirectoryError as err:
             log.debug("cannot read the provider's contextCSN: %s", err)
-            return
+            return False
         why = ahead_of(self.position.current, context)
         if why:
             log.error("%s: refreshing from scratch", why)
@@ -275,6 +280,12 @@ class Daemon:
             log.error("COOKIE_FILE: %s: refreshing from scratch, taking nothing as handled before",
                       ahead_of(self.router.adopt, context))
             self.router.adopt = None
+        unseen = unseen_servers(self.position.current, context) if self.position.current else []
+        if unseen:
+            log.info("the provider has changes of server id(s) %s that the cookie does not cover: this "
+                        "refresh reads every entry (SEARCH_FILTER's %%entryCSN%% would skip the older ones)",
+                        ", ".join(unseen))
+        return bool(unseen)
 
     def _recover(self) -> None:
         """Finish the work in hand, then reconnect and write what is kept."""

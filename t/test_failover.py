@@ -131,3 +131,78 @@ def _mode(server, dn: str) -> str | None:
     finally:
         conn.unbind_s()
     return found[0][1]["sstProvisioningMode"][0].decode()
+
+
+@pytest.mark.parametrize("before", ["the other provider's changes seen before", "none of them seen before"])
+def test_a_request_that_replicated_late_is_taken_after_a_failover(tmp_path, before):
+    """A provider's persist cookies name one server id each; a late request of the other one is not lost.
+
+    Request A is made on the second provider while its changes do not reach
+    the first (the daemon's); then request B on the first is done, and the
+    daemon's position moves past B's outcome, newer than A. The first dies:
+    on the second, the daemon must still find A (seen: 17 requests of a
+    burst left unclaimed because the position kept only the newest cookie).
+    """
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.second.port)          # the second's changes reach the first through it
+    pair.relay_second_to_first(relay.uri)
+    pair.start()
+    try:
+        _late_request(tmp_path, pair, relay, seen_before=before.startswith("the other"))
+    finally:
+        relay.stop()
+        pair.stop()
+
+
+def _late_request(tmp_path, pair, relay: Proxy, *, seen_before: bool) -> None:
+    host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
+    host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
+    host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
+    wait_until(lambda: _exists_on(pair.second, ACCOUNTS_BASE), "the base tree to replicate")
+    daemon = DaemonProcess(host).start()
+    daemon.wait_for(rf"connected to {pair.first.ldap_uri}")
+    uid_a, uid_b, uid_c = "3750001", "3750002", "3750003"
+    if seen_before:
+        _add(pair.second, uid_c, host)                    # the daemon sees one change of the second's
+        wait_until(lambda: _mode(pair.first, _dn(uid_c)) == "added", "the second's first request done")
+    relay.cut()
+    _add(pair.second, uid_a, host)
+    _add(pair.first, uid_b, host)                         # newer than A, on the first only
+    wait_until(lambda: _mode(pair.first, _dn(uid_b)) == "added", "B done")
+    b_csn = _csn(pair.first, _dn(uid_b))
+    wait_until(lambda: b_csn in host.layout.cookie.read_text(), "the position past B's outcome")
+    assert _mode(pair.first, _dn(uid_a)) is None          # A never reached the first
+    pair.first.terminate()
+    pair.first.wait()
+    daemon.wait_for(rf"connected to {pair.second.ldap_uri}", timeout=60)
+    wait_until(lambda: _mode(pair.second, _dn(uid_a)) == "added", "A done on the second provider", 60)
+    assert daemon.stop() == 0
+    assert sorted(c[1] for c in host.quota_calls()) == sorted([uid_a, uid_b] + ([uid_c] if seen_before else []))
+
+
+def _dn(uid: str) -> str:
+    return f"uid={uid},{ACCOUNTS_BASE}"
+
+
+def _add(server, uid: str, host: Host) -> None:
+    conn = server.connect()
+    try:
+        conn.add_s(_dn(uid), ldap.modlist.addModlist(account_attrs(uid, host.layout.backup_root)))
+    finally:
+        conn.unbind_s()
+
+
+def _csn(server, dn: str) -> str:
+    conn = server.connect()
+    try:
+        return conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["entryCSN"])[0][1]["entryCSN"][0].decode()
+    finally:
+        conn.unbind_s()
+
+
+def _exists_on(server, dn: str) -> bool:
+    conn = server.connect()
+    try:
+        return _exists(conn, dn)
+    finally:
+        conn.unbind_s()

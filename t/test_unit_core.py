@@ -350,6 +350,34 @@ def test_pid_lock(tmp_path):
         assert path.read_text() == f"{os.getpid()}\n"
 
 
+def test_the_position_keeps_every_server_ids_newest_csn():
+    """A multi-provider's persist cookies name one server id each: none may be forgotten."""
+    from provisioning.backend.cookie import merge_cookies
+    one_old, one_new = "20261127120000.000000Z#000000#c71#000000", "20261127120900.000000Z#000000#c71#000000"
+    two = "20261127120500.000000Z#000000#4ed#000000"
+    position = merge_cookies(None, f"rid=001,sid=4ed,csn={two}")
+    assert position == f"rid=001,csn={two}"                      # the provider's sid= is not sent back
+    position = merge_cookies(position, f"rid=001,sid=c71,csn={one_new}")
+    assert position == f"rid=001,csn={two};{one_new}"             # ordered by server id
+    assert merge_cookies(position, f"rid=001,sid=c71,csn={one_old}") == position   # never backwards
+    assert cookie_csn(position) == two      # %entryCSN% still reaches the older server's changes
+    assert merge_cookies(None, "rid=002") == "rid=002"
+
+
+def test_a_position_stored_with_the_providers_sid_is_sent_without_it(tmp_path):
+    from provisioning.backend.cookie import CookieFile, Position
+    from provisioning.backend.store import Store
+    cookie = "rid=001,sid=c71,csn=20261127120000.000000Z#000000#c71#000000"
+    store = Store(tmp_path / "state.sqlite")
+    store.open()
+    store.set_cookie(cookie)
+    assert store.flush()
+    (tmp_path / "cookie").write_text(cookie + "\n")
+    position = Position(store, CookieFile(tmp_path / "cookie"), "rid=001")
+    assert position.start().cookie == cookie
+    assert position.cookie == "rid=001,csn=20261127120000.000000Z#000000#c71#000000"
+
+
 def test_a_provider_behind_the_cookie_for_one_server_id_is_found():
     from provisioning.backend.cookie import ahead_of
     mine = "rid=001,sid=001,csn=20261127120000.000000Z#000000#001#000000;20261127120500.000000Z#000000#002#000000"

@@ -97,6 +97,28 @@ def covered(csn: str | None, cookie: str | None) -> bool:
     return mark is not None and csn <= mark
 
 
+def merge_cookies(older: str | None, newer: str) -> str:
+    """The position after ``newer``: per server id the newest CSN of both, as ``rid=R,csn=A;B``.
+
+    A provider in a multi-provider setup sends, with each change, a cookie
+    naming only that change's CSN (one server id). Keeping only the latest
+    cookie would forget the other servers' positions: the next session (on
+    this provider or the other) would then resume from that one CSN and never
+    send again an entry another server changed a moment earlier (seen: 17
+    requests of a burst left unclaimed after a failover). So the position
+    keeps every server id's newest CSN, as syncrepl consumers do.
+
+    ``sid=`` is left out: in a cookie a consumer sends it names the
+    consumer's own server id, and the provider then withholds the changes
+    that server made (we are no server; sending back the provider's id
+    would hide the changes it relays from its peer).
+    """
+    rid = parse_cookie(newer).get("rid") or "001"
+    csns = by_sid(cookie_csns(older) + cookie_csns(newer))
+    listed = ";".join(csns[sid] for sid in sorted(csns))
+    return f"rid={rid},csn={listed}" if listed else f"rid={rid}"
+
+
 def ahead_of(cookie: str | None, context_csns: list[str]) -> str | None:
     """Why the provider cannot continue from ``cookie``, or None when it can.
 
@@ -122,6 +144,18 @@ def ahead_of(cookie: str | None, context_csns: list[str]) -> str | None:
     if max(mine) > newest:
         return f"the cookie's CSN {max(mine)} is newer than anything the provider has ({newest})"
     return None
+
+
+def unseen_servers(cookie: str | None, context_csns: list[str]) -> list[str]:
+    """Server ids whose changes the provider has and the cookie names no CSN of.
+
+    SEARCH_FILTER's %entryCSN% is the cookie's oldest CSN: a change such a
+    server made before it would never match (seen when a request made on one
+    provider replicated late, after newer changes of the other, and the
+    daemon then failed over). The refresh must then not cut by CSN.
+    """
+    mine = by_sid(cookie_csns(cookie))
+    return sorted(sid for sid in by_sid(context_csns) if sid not in mine)
 
 
 class CookieFile:
@@ -219,8 +253,12 @@ class Position:
 
     @property
     def cookie(self) -> str:
-        """What to send to the server: the acknowledged cookie, or DEFAULT_COOKIE."""
-        return self.current or self.default
+        """What to send to the server: the acknowledged cookie, or DEFAULT_COOKIE.
+
+        Written out anew, so a cookie stored by an earlier version (with the
+        provider's ``sid=``) is sent without it too.
+        """
+        return merge_cookies(None, self.current) if self.current else self.default
 
     @property
     def full(self) -> bool:
@@ -228,8 +266,9 @@ class Position:
         return not cookie_csns(self.current)
 
     def acknowledge(self, cookie: str) -> None:
-        self.current = cookie
-        self.store.set_cookie(cookie)
+        """Move past ``cookie`` (merged with what came before, see merge_cookies)."""
+        self.current = merge_cookies(self.current, cookie)
+        self.store.set_cookie(self.current)
 
     def reset(self) -> None:
         """Forget the position: the next session is a full refresh."""

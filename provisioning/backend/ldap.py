@@ -412,11 +412,16 @@ class SyncStream:
         self._conn: _Consumer | None = None
         self._msgid: int | None = None
 
-    def open(self, cookie: str | None) -> None:
-        """Connect and start the search from ``cookie`` (None or empty: from scratch)."""
+    def open(self, cookie: str | None, *, every_entry: bool = False) -> None:
+        """Connect and start the search from ``cookie`` (None or empty: from scratch).
+
+        ``every_entry``: %entryCSN% in SEARCH_FILTER stands for the oldest CSN
+        (see cookie.unseen_servers) instead of the cookie's.
+        """
         self.close()
         conn, uri = connect(self.settings, factory=_Consumer)
-        filterstr = self.filter_template.replace("%entryCSN%", cookie_csn(cookie))
+        since = cookie_csn(None if every_entry else cookie)
+        filterstr = self.filter_template.replace("%entryCSN%", since)
         try:
             with _unavailable_on_network_errors(f"sync search on {uri}"):
                 self._msgid = conn.syncrepl_search(self.base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",

@@ -196,6 +196,10 @@ class ProviderPair:
         """Let the second pull the first's changes through ``uri`` (a relay a test can cut); before start()."""
         self.second.peer_uri = uri
 
+    def relay_second_to_first(self, uri: str) -> None:
+        """Let the first pull the second's changes through ``uri`` (a relay a test can cut); before start()."""
+        self.first.peer_uri = uri
+
     @property
     def servers(self) -> list["StoneySlapd"]:
         return [self.first, self.second]
