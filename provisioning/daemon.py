@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 # While LDAP is out of reach, say so at most this often.
 WAITING_REPORT_INTERVAL = 60.0
 
+# Events in hand (queued for the workers or worked) beyond which the stream is
+# not read until some end. Each costs ~14 KiB, and what a burst took stayed
+# with the process after it (glibc keeps the freed heap): reading a burst of
+# 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
+MAX_WAITING = 1000
+
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,12 @@ class Daemon:
             return
         try:
             wait = self.poll_interval if timeout is None else timeout
-            if self.executor.busy:
+            if self.executor.busy and self.waiting >= MAX_WAITING:
+                # Enough in hand: the rest of a burst waits in the socket and at the
+                # server, so the daemon's memory stays flat however large the burst.
+                events = []
+                self._collect(wait)
+            elif self.executor.busy:
                 # Workers are busy: wait for whichever comes first, an event or an ended job.
                 events = self.stream.poll(0.0)
                 if not events and self._await(wait):

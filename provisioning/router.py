@@ -68,8 +68,11 @@ class Router:
         """
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
-        if origin == SEARCH and self._older_than_known(entry):
-            log.debug("%s: found before this daemon's last write to it; nothing to do", entry.dn)
+        if origin in (SEARCH, CHANGE) and self._older_than_known(entry):
+            # Found before our last write to it, or a late echo of our claim (the
+            # stream may lag a burst behind: see daemon.MAX_WAITING). A provider
+            # never moves an entry's CSN back, so a newer version exists.
+            log.debug("%s: older than this daemon's last write to it (%s); nothing to do", entry.dn, entry.csn)
             return None
         if origin == CHANGE and entry.csn and entry.csn in self._own_writes:
             # The store already has what the write left (the job's result);

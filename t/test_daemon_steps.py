@@ -186,3 +186,61 @@ def test_an_unexpected_error_costs_the_entry_not_the_daemon(running, directory, 
     _steps_until(daemon, lambda: directory.get(other)["sstProvisioningMode"] == "added", "the next request")
     assert f"uid={UID},{directory.subtree}: unexpected error while judging the entry" in caplog.text
     assert "KeyError: 'a bug'" in caplog.text
+
+
+class Gate:
+    """A plugin whose adds wait until the test opens the gate; counts the calls per DN."""
+
+    def __init__(self) -> None:
+        import threading
+        self.open = threading.Event()
+        self.calls: dict[str, int] = {}
+
+    @hookimpl
+    def provisioning_add(self, request, ctx):
+        self.calls[request.dn] = self.calls.get(request.dn, 0) + 1
+        self.open.wait(60)
+        return 0
+
+    @hookimpl
+    def provisioning_modify(self, request, ctx):
+        return 0
+
+    provisioning_delete = provisioning_modify
+
+
+def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host, directory, monkeypatch, caplog):
+    """With the workers stuck, the daemon stops reading the stream at MAX_WAITING (plus one read's batch).
+
+    The stream then lags behind our writes: echoes of claims come after the
+    outcome, long after the list of our own writes forgot them (here at
+    once); they are recognised as older than what the store knows.
+    """
+    from provisioning import daemon as daemon_module, router as router_module
+    from provisioning.backend.ldap import POLL_BATCH
+    monkeypatch.setattr(daemon_module, "MAX_WAITING", 20)
+    monkeypatch.setattr(router_module, "OWN_WRITES_KEPT", 1)
+    caplog.set_level(logging.INFO)
+    host.set("Service", WORKERS=2)
+    gate = Gate()
+    config, service = _service(host, _manager(gate))
+    daemon = build_daemon(config, service)
+    daemon.start()
+    try:
+        _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+        dns = [directory.add(str(3723800 + i)) for i in range(POLL_BATCH + 100)]
+        _steps_until(daemon, lambda: daemon.waiting >= 20, "the backlog to fill")
+        most = 0
+        for _ in range(40):                               # the stream is not read on while workers are stuck
+            daemon.step(timeout=0.05)
+            most = max(most, daemon.waiting)
+        assert 20 <= most < 20 + POLL_BATCH, most
+        gate.open.set()
+        _steps_until(daemon, lambda: all(directory.get(dn)["sstProvisioningMode"] == "added" for dn in dns[-5:])
+                     and daemon.waiting == 0, "the whole burst done")
+        assert all(directory.get(dn)["sstProvisioningMode"] == "added" for dn in dns)
+        assert set(gate.calls) == set(dns) and set(gate.calls.values()) == {1}
+        assert "resuming" not in caplog.text and "not claimed" not in caplog.text
+    finally:
+        gate.open.set()
+        daemon.shutdown()
