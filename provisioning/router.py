@@ -68,16 +68,16 @@ class Router:
         """
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
-        if origin in (SEARCH, CHANGE) and self._older_than_known(entry):
-            # Found before our last write to it, or a late echo of our claim (the
-            # stream may lag a burst behind: see daemon.MAX_WAITING). A provider
-            # never moves an entry's CSN back, so a newer version exists.
-            log.debug("%s: older than this daemon's last write to it (%s); nothing to do", entry.dn, entry.csn)
-            return None
         if origin == CHANGE and entry.csn and entry.csn in self._own_writes:
             # The store already has what the write left (the job's result);
             # an echo of an earlier write of ours (the claim) must not undo that.
             log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
+            return None
+        if origin in (SEARCH, CHANGE) and self._older_than_known(entry):
+            # Found before our last write to it, or an echo of our claim that came
+            # after OWN_WRITES_KEPT newer writes (the stream may lag a burst behind:
+            # see daemon.MAX_WAITING). A provider never moves an entry's CSN back.
+            log.debug("%s: older than this daemon's last write to it (%s); nothing to do", entry.dn, entry.csn)
             return None
         if self.uses_selfcare(entry):
             return self._selfcare_job(entry, origin == REFRESH)
