@@ -7,6 +7,7 @@ session starts one server, not two.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -83,6 +84,18 @@ def daemon(host):
 # recover), printed at the end of the run for the closing notes. Tests may run
 # in several pytest-xdist workers: each appends to one file the run names.
 REPORTS_VARIABLE = "PROVISIONING_FAULT_REPORTS"
+
+
+@pytest.fixture
+def restore_logging():
+    """The root logger's handlers and level as they were before the test (for tests of log.setup)."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
 
 
 @pytest.fixture

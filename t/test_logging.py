@@ -41,17 +41,6 @@ def syslog_socket(tmp_path):
         handler.close()
 
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-
-
 def _datagram(sock) -> str:
     text = sock.recv(65536).decode()
     assert text.endswith("\x00")               # SysLogHandler's terminator, the only NUL allowed

@@ -303,17 +303,6 @@ def test_ldif_errors(text):
 
 # --------------------------------------------------------------------- log
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-
-
 def test_level_flags_allows():
     flags = LevelFlags(debug=False, info=True, warning=False, error=True)
     assert not flags.allows(logging.DEBUG) and flags.allows(logging.INFO)
