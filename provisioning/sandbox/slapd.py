@@ -70,6 +70,14 @@ olcSpSessionlog: 10000
 """
 
 MODULE_PATH = os.environ.get("SLAPD_MODULE_PATH", "/usr/lib/ldap")
+# A unix socket's path holds at most 107 bytes (sun_path), with a margin.
+SOCKET_PATH_MAX = 100
+
+
+def _short_tmp() -> str | None:
+    """/tmp when it exists ($TMPDIR may itself be long); else the default."""
+    return "/tmp" if os.path.isdir("/tmp") else None
+
 
 
 class StoneySlapd(SlapdObject):
@@ -94,9 +102,23 @@ class StoneySlapd(SlapdObject):
     def __init__(self, rundir: str | None = None) -> None:
         # slapdtest puts its run folder under $TMP or the current directory;
         # we want it somewhere we choose, and never inside the checkout.
-        self.TMPDIR = rundir or tempfile.gettempdir()
+        rundir = os.path.abspath(rundir or tempfile.gettempdir())
+        self._short_rundir: str | None = None
+        if len(os.path.join(rundir, "python-ldap-test-65535", "ldapi").encode()) > SOCKET_PATH_MAX:
+            # slapd crashed at start (segfault) on a longer ldapi socket path:
+            # seen under pytest's default basetemp with a long test name.
+            self._short_rundir = rundir = tempfile.mkdtemp(prefix="slapd-", dir=_short_tmp())
+        self.TMPDIR = rundir
         os.makedirs(self.TMPDIR, exist_ok=True)
         super().__init__()
+
+    def stop(self) -> None:
+        super().stop()
+        if self._short_rundir is not None:
+            try:
+                os.rmdir(self._short_rundir)
+            except OSError:
+                pass                          # not empty (slapd's files left for a look) or gone
 
     def gen_config(self) -> str:
         return self.slapd_conf_template % {
