@@ -34,6 +34,12 @@ WORKER_COUNTS = [1, 4]
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "with_workers: run with [Service] WORKERS = 1 and = 4")
+    if not hasattr(config, "workerinput"):          # the controller (or a run without xdist)
+        # Here, not at session start: xdist starts its workers at session start,
+        # and they must inherit where to write their fault figures.
+        handle, path = tempfile.mkstemp(prefix="provisioning-fault-reports-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[REPORTS_VARIABLE] = path
 
 
 def pytest_generate_tests(metafunc):
@@ -108,14 +114,9 @@ def report():
     return add
 
 
-def pytest_sessionstart(session):
-    if not hasattr(session.config, "workerinput"):          # the controller (or a run without xdist)
-        handle, path = tempfile.mkstemp(prefix="provisioning-fault-reports-", suffix=".jsonl")
-        os.close(handle)
-        os.environ[REPORTS_VARIABLE] = path
-
-
 def pytest_terminal_summary(terminalreporter):
+    if hasattr(terminalreporter.config, "workerinput"):
+        return              # an xdist worker must not take the controller's file away
     path = os.environ.get(REPORTS_VARIABLE)
     if not path or not os.path.exists(path):
         return

@@ -70,8 +70,9 @@ olcSpSessionlog: 10000
 """
 
 MODULE_PATH = os.environ.get("SLAPD_MODULE_PATH", "/usr/lib/ldap")
-# A unix socket's path holds at most 107 bytes (sun_path), with a margin.
-SOCKET_PATH_MAX = 100
+# slapdtest loads the configuration through a unix socket in the run folder,
+# <rundir>/python-ldap-test-<port>/ldapi; a socket path holds at most 107 bytes.
+SOCKET_PATH_MAX = 107
 
 
 def _short_tmp() -> str | None:
@@ -104,9 +105,9 @@ class StoneySlapd(SlapdObject):
         # we want it somewhere we choose, and never inside the checkout.
         rundir = os.path.abspath(rundir or tempfile.gettempdir())
         self._short_rundir: str | None = None
-        if len(os.path.join(rundir, "python-ldap-test-65535", "ldapi").encode()) > SOCKET_PATH_MAX:
-            # slapd crashed at start (segfault) on a longer ldapi socket path:
-            # seen under pytest's default basetemp with a long test name.
+        if len(os.fsencode(os.path.join(rundir, "python-ldap-test-65535", "ldapi"))) > SOCKET_PATH_MAX:
+            # slapd crashed at start (segfault) on a longer socket path: seen for
+            # the provider pairs under pytest's default basetemp (bin/test).
             self._short_rundir = rundir = tempfile.mkdtemp(prefix="slapd-", dir=_short_tmp())
         self.TMPDIR = rundir
         os.makedirs(self.TMPDIR, exist_ok=True)
@@ -118,7 +119,7 @@ class StoneySlapd(SlapdObject):
             try:
                 os.rmdir(self._short_rundir)
             except OSError:
-                pass                          # not empty (slapd's files left for a look) or gone
+                pass                          # empty by now; anything left is kept, not deleted
 
     def gen_config(self) -> str:
         return self.slapd_conf_template % {

@@ -7,8 +7,6 @@ re-exported here so that tests depend on provisioning.testing only.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 
 import ldap
 
@@ -18,35 +16,9 @@ __all__ = ["ACCOUNTS_BASE", "BACKUP_BASE", "SERVICES_BASE", "SUFFIX", "Slapd", "
 
 # The base tree every Slapd has: dc=stoney-cloud,dc=org > ou=services > ou=backup > ou=accounts.
 SERVICES_BASE = f"ou=services,{SUFFIX}"
-# slapdtest loads the configuration through a unix socket in the run folder:
-# <rundir>/python-ldap-test-<port>/ldapi, and a socket path has at most 107 bytes.
-SOCKET_PATH_MAX = 107
-_SOCKET_SUFFIX = "/python-ldap-test-65535/ldapi"
-
-
-class Slapd(StoneySlapd):
-    """StoneySlapd in ``rundir``, or, when that is too deep for slapd's socket, in a short folder of its own.
-
-    A test's tmp_path can be long (a long test name, a --basetemp of a nested
-    pytest run); slapd then fails to start. The fallback is a new folder from
-    ``tempfile.mkdtemp`` (in $TMPDIR, /tmp), removed again by stop() once
-    slapd's own run folder is gone.
-    """
-
-    def __init__(self, rundir: str | None = None) -> None:
-        self._short_rundir = None
-        folder = os.path.abspath(rundir or tempfile.gettempdir())
-        if len(os.fsencode(folder + _SOCKET_SUFFIX)) > SOCKET_PATH_MAX:
-            folder = self._short_rundir = tempfile.mkdtemp(prefix="provisioning-slapd-")
-        super().__init__(rundir=folder)
-
-    def stop(self) -> None:
-        super().stop()
-        if self._short_rundir is not None:
-            try:
-                os.rmdir(self._short_rundir)        # empty by now; anything left is kept, not deleted
-            except OSError:
-                pass
+# StoneySlapd in ``rundir``; when that is too deep for slapd's ldapi socket
+# (a long test name, a nested pytest's --basetemp), in a short folder of its own.
+Slapd = StoneySlapd
 
 
 def subtree_name(test_id: str) -> str:
