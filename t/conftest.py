@@ -96,12 +96,14 @@ REPORTS_VARIABLE = "PROVISIONING_FAULT_REPORTS"
 def restore_logging():
     """The root logger's handlers and level as they were before the test (for tests of log.setup)."""
     root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
+    saved, level = list(root.handlers), root.level
     yield
     for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
+        if handler not in saved:
+            root.removeHandler(handler)
+            handler.close()
+    root.handlers[:] = saved
+    root.setLevel(level)
 
 
 @pytest.fixture

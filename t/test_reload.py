@@ -146,23 +146,7 @@ def test_a_reload_with_a_broken_mail_section_keeps_the_old_server(host, director
 
 # ------------------------------------------------------------- reopening logs
 
-@pytest.fixture
-def root_handlers():
-    """The root logger's handlers as they were: a test that installs its own gets them back."""
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in saved:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in saved:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-
-
-def test_reopen_follows_logrotate_and_levels_change(tmp_path, root_handlers):
+def test_reopen_follows_logrotate_and_levels_change(tmp_path, restore_logging):
     path = tmp_path / "log/daemon.log"
     path.parent.mkdir()
     log_to_file(open_log_file(path), path, LevelFlags())
@@ -180,7 +164,7 @@ def test_reopen_follows_logrotate_and_levels_change(tmp_path, root_handlers):
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_reopen_never_follows_a_link_planted_at_the_log_file(tmp_path, root_handlers):
+def test_reopen_never_follows_a_link_planted_at_the_log_file(tmp_path, restore_logging):
     """After a rotation a link in its place must not get root's log lines (nor be created through)."""
     path = tmp_path / "log/daemon.log"
     path.parent.mkdir()
