@@ -294,8 +294,8 @@ class Daemon:
         unseen = unseen_servers(self.position.current, context) if self.position.current else []
         if unseen:
             log.info("the provider has changes of server id(s) %s that the cookie does not cover: this "
-                        "refresh reads every entry (SEARCH_FILTER's %%entryCSN%% would skip the older ones)",
-                        ", ".join(unseen))
+                     "refresh reads every entry (SEARCH_FILTER's %%entryCSN%% would skip the older ones)",
+                     ", ".join(unseen))
         return bool(unseen)
 
     def _recover(self) -> None:

@@ -113,7 +113,8 @@ def merge_cookies(older: str | None, newer: str) -> str:
     that server made (we are no server; sending back the provider's id
     would hide the changes it relays from its peer).
     """
-    rid = parse_cookie(newer).get("rid") or "001"
+    # Not parse_cookie: this runs for every event, and a server's cookie is not checked like a file.
+    rid = next((part.strip()[4:] for part in newer.split(",") if part.strip().startswith("rid=")), "") or "001"
     csns = by_sid(cookie_csns(older) + cookie_csns(newer))
     listed = ";".join(csns[sid] for sid in sorted(csns))
     return f"rid={rid},csn={listed}" if listed else f"rid={rid}"

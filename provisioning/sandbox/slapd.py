@@ -80,7 +80,6 @@ def _short_tmp() -> str | None:
     return "/tmp" if os.path.isdir("/tmp") else None
 
 
-
 class StoneySlapd(SlapdObject):
     """slapd on 127.0.0.1 (free port) with syncprov and the stoney backup tree."""
 
