@@ -50,8 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="provisioning-daemon retry",
         description="Write failed requests anew (mode back to add/modify/delete, state 0, return value "
                     "removed) so the daemon does them again. Fix the cause first.")
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="service configuration")
-    parser.add_argument("-g", "--global-config", metavar="FILE", help="Global.conf (found as the daemon finds it)")
+    startup.add_config_options(parser)
     parser.add_argument("-r", "--dry-run", action="store_true", help="show the writes instead of making them")
     parser.add_argument("--failed", action="store_true",
                         help="every failed request below SERVICE_SUBTREE (selfcare requests; in MODUS LDAP "

@@ -7,6 +7,7 @@ core's checks of values that depend on each other or on the host.
 """
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ class Loaded:
     def valid(self) -> bool:
         """Whether the files validated and the plugin loaded (host problems aside)."""
         return not self.problems and self.manager is not None
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """-c FILE and -g FILE, as the subcommands that read the daemon's configuration take them (see load)."""
+    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="service configuration")
+    parser.add_argument("-g", "--global-config", metavar="FILE", help="Global.conf (found as the daemon finds it)")
 
 
 def load(path: Path, global_arg: str | None) -> Loaded:

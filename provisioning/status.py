@@ -104,8 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="provisioning-daemon status",
         description="Whether the daemon runs, how far behind the directory it is, and its requests. "
                     "Exit code and first line as a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="service configuration")
-    parser.add_argument("-g", "--global-config", metavar="FILE", help="Global.conf (found as the daemon finds it)")
+    startup.add_config_options(parser)
     parser.add_argument("--json", action="store_true", help="everything as one JSON object")
     parser.add_argument("--warn-lag", type=float, default=t.warn_lag, metavar="S",
                         help=f"WARNING when the daemon is this many seconds behind (default {t.warn_lag:g})")

@@ -25,13 +25,18 @@ UID = "3723707"
 def pair(tmp_path):
     providers = ProviderPair(str(tmp_path / "pair"))
     providers.start()
+    _wait_replicated(providers)
+    yield providers
+    providers.stop()
+
+
+def _wait_replicated(providers: ProviderPair) -> None:
+    """Until the base tree, loaded on the first provider, is on the second."""
     conn = providers.second.connect()
     try:
         wait_until(lambda: _exists(conn, ACCOUNTS_BASE), "the base tree to replicate")
     finally:
         conn.unbind_s()
-    yield providers
-    providers.stop()
 
 
 def _exists(conn, dn: str) -> bool:
@@ -123,14 +128,19 @@ def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str) -> None:
 
 
 def _mode(server, dn: str) -> str | None:
+    return _value(server, dn, "sstProvisioningMode")
+
+
+def _value(server, dn: str, attribute: str) -> str | None:
+    """The first value of ``attribute`` of ``dn`` on ``server``; None when the entry is not there."""
     conn = server.connect()
     try:
-        found = conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["sstProvisioningMode"])
+        found = conn.search_s(dn, ldap.SCOPE_BASE, attrlist=[attribute])
     except ldap.NO_SUCH_OBJECT:
         return None
     finally:
         conn.unbind_s()
-    return found[0][1]["sstProvisioningMode"][0].decode()
+    return found[0][1][attribute][0].decode()
 
 
 @pytest.mark.parametrize("before", ["the other provider's changes seen before", "none of them seen before"])
@@ -158,7 +168,7 @@ def _late_request(tmp_path, pair, relay: Proxy, *, seen_before: bool) -> None:
     host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
     host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
     host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
-    wait_until(lambda: _exists_on(pair.second, ACCOUNTS_BASE), "the base tree to replicate")
+    _wait_replicated(pair)
     daemon = DaemonProcess(host).start()
     daemon.wait_for(rf"connected to {pair.first.ldap_uri}")
     uid_a, uid_b, uid_c = "3750001", "3750002", "3750003"
@@ -169,7 +179,7 @@ def _late_request(tmp_path, pair, relay: Proxy, *, seen_before: bool) -> None:
     _add(pair.second, uid_a, host)
     _add(pair.first, uid_b, host)                         # newer than A, on the first only
     wait_until(lambda: _mode(pair.first, _dn(uid_b)) == "added", "B done")
-    b_csn = _csn(pair.first, _dn(uid_b))
+    b_csn = _value(pair.first, _dn(uid_b), "entryCSN")
     wait_until(lambda: b_csn in host.layout.cookie.read_text(), "the position past B's outcome")
     assert _mode(pair.first, _dn(uid_a)) is None          # A never reached the first
     pair.first.terminate()
@@ -188,21 +198,5 @@ def _add(server, uid: str, host: Host) -> None:
     conn = server.connect()
     try:
         conn.add_s(_dn(uid), ldap.modlist.addModlist(account_attrs(uid, host.layout.backup_root)))
-    finally:
-        conn.unbind_s()
-
-
-def _csn(server, dn: str) -> str:
-    conn = server.connect()
-    try:
-        return conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["entryCSN"])[0][1]["entryCSN"][0].decode()
-    finally:
-        conn.unbind_s()
-
-
-def _exists_on(server, dn: str) -> bool:
-    conn = server.connect()
-    try:
-        return _exists(conn, dn)
     finally:
         conn.unbind_s()
