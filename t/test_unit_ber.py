@@ -1,4 +1,4 @@
-"""The hand-written post-read control against python-ldap's own (pyasn1) and against slapd."""
+"""The hand-written post-read and sync state controls against python-ldap's own (pyasn1) and against slapd."""
 from __future__ import annotations
 
 import ldap
@@ -6,7 +6,11 @@ import ldap.modlist
 import pytest
 from ldap.controls.readentry import PostReadControl
 
-from provisioning.backend.ber import ANSWER_CLASSES, BerError, PostRead, _encode, decode_entry
+from ldap.syncrepl import SyncStateControl as PyasnSyncState
+
+from provisioning.backend.ber import (
+    ANSWER_CLASSES, BerError, PostRead, SyncStateControl, _encode, decode_entry, decode_sync_state,
+)
 
 
 def _entry(dn: bytes, attrs: dict[str, list[bytes]]) -> bytes:
@@ -51,3 +55,31 @@ def test_an_answer_from_slapd_decodes_as_python_ldap_decodes_it(slapd, subtree):
     finally:
         conn.delete_s(dn)
         conn.unbind_s()
+
+
+UUID_BYTES = bytes(range(0xA0, 0xB0))
+
+
+def _sync_state(state: int, cookie: bytes | None) -> bytes:
+    body = _encode(0x0A, bytes([state])) + _encode(0x04, UUID_BYTES)
+    return _encode(0x30, body + (b"" if cookie is None else _encode(0x04, cookie)))
+
+
+@pytest.mark.parametrize("state", range(4))
+@pytest.mark.parametrize("cookie", [None, b"rid=001,csn=20261128012947.558459Z#000000#000#000000", b"c" * 300])
+def test_a_sync_state_decodes_as_python_ldap_decodes_it(state, cookie):
+    data = _sync_state(state, cookie)
+    theirs, ours = PyasnSyncState(), SyncStateControl()
+    theirs.decodeControlValue(data)
+    ours.decodeControlValue(data)
+    assert (ours.state, ours.entryUUID, ours.cookie) == (theirs.state, theirs.entryUUID, theirs.cookie)
+    assert type(ours).__name__ == "SyncStateControl"     # python-ldap's syncrepl_poll looks for this name
+
+
+@pytest.mark.parametrize("data", [b"", b"\x30\x00", _sync_state(4, None), _sync_state(1, None)[:-1],
+                                  _encode(0x30, _encode(0x0A, b"\x01") + _encode(0x04, b"short")),
+                                  _encode(0x30, _encode(0x04, UUID_BYTES) + _encode(0x0A, b"\x01")),
+                                  _encode(0x31, _encode(0x0A, b"\x01") + _encode(0x04, UUID_BYTES))])
+def test_malformed_sync_states_are_refused(data):
+    with pytest.raises((BerError, IndexError)):
+        decode_sync_state(data)
