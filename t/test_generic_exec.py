@@ -16,6 +16,8 @@ from pathlib import Path
 import ldap.dn
 import pytest
 
+from provisioning.commandguard import VARIABLE as GUARD_VARIABLE
+
 from provisioning.entry import Entry
 from provisioning.testing import DaemonProcess, assert_done
 from provisioning.transport import CLISSH, DryRun, LocalCLI
@@ -48,7 +50,12 @@ def _recorder(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _calls(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    """The recorded calls; the command guard's token (in a local command's environment) taken out."""
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for call in calls:
+        token = call["env"].pop(GUARD_VARIABLE, None)
+        assert token is None or token.count("-") == 1
+    return calls
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from provisioning.transport import (
 )
 from provisioning.transport import nofollow
 from provisioning.transport.base import PAST_DEADLINE
-from provisioning.transport.local import death_signal_prefix
+from provisioning import commandguard
 
 from helpers import wait_until
 
@@ -143,6 +143,22 @@ def test_realpath_resolves_every_link_as_confine_needs(transport, scene):
     scene.plant(scene.home / "incoming", str(scene.victim))
     assert transport.realpath(str(scene.home / "incoming" / "folder")) == str(scene.victim / "folder")
     assert transport.realpath(str(scene.home / ".." / "home" / "not" / "there")) == str(scene.home / "not" / "there")
+
+
+def test_realpaths_share_folders_and_still_resolve_every_link(transport, scene):
+    # The second path's prefix was seen as a real folder for the first; a link
+    # below it, a relative link, a link to a link, a file in the middle, ``..``
+    # and a missing tail must still come out as os.path.realpath says.
+    scene.plant(scene.home / "incoming", str(scene.victim))
+    scene.plant(scene.home / "up", "../../7")
+    scene.plant(scene.home / "hop", str(scene.home / "incoming"))
+    (scene.home / "file").write_text("x")
+    paths = [str(scene.root), str(scene.home), str(scene.home / "incoming" / "folder" / "deep"),
+             str(scene.home / "up" / "3723707"), str(scene.home / "hop" / "secret"),
+             str(scene.home / "file" / "below"), str(scene.home / ".." / "home" / "not" / "there"),
+             str(scene.home / "not" / "there"), "/", str(scene.home) + "/"]
+    assert transport.realpaths(paths) == [os.path.realpath(path) for path in paths]
+    assert transport.realpaths([]) == []
 
 
 def test_rename_remove_and_remove_tree(transport, scene):
@@ -401,31 +417,60 @@ def test_a_timeout_kills_what_the_command_started(tmp_path):
     wait_until(lambda: _gone(grandchild), f"the grandchild {grandchild} to die with its group")
 
 
-def test_a_command_dies_with_the_daemon(tmp_path):
-    pidfile = tmp_path / "command"
+def _killed_with_the_daemon(tmp_path, command: str, names: list[str]) -> None:
+    """Run ``command`` through LocalCLI in a throwaway daemon, kill -9 it, see the pids in ``names`` die."""
     script = textwrap.dedent(f"""
         from provisioning.transport import LocalCLI
-        LocalCLI(timeout=60).run(["sh", "-c", "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 60"])
+        LocalCLI(timeout=60).run(["sh", "-c", {command!r}])
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
     try:
-        wait_until(pidfile.exists, "the command to start")
-        command = int(pidfile.read_text())
-        assert not _gone(command)
+        wait_until(lambda: all((tmp_path / name).exists() for name in names), "the command to start")
+        pids = [int((tmp_path / name).read_text()) for name in names]
+        assert not any(_gone(pid) for pid in pids)
         parent.kill()                                            # kill -9 of the daemon
         parent.wait(10)
-        wait_until(lambda: _gone(command), f"the command {command} to die with the daemon")
+        for pid in pids:
+            wait_until(lambda: _gone(pid), f"{pid} to die with the daemon")
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
 
 
-def test_without_setpriv_commands_still_run_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    assert death_signal_prefix() == []
-    assert "setpriv (util-linux) not found" in caplog.text
-    assert LocalCLI(timeout=10).run(["/bin/sh", "-c", "exit 3"]).returncode == 3
+def test_a_command_dies_with_the_daemon(tmp_path):
+    _killed_with_the_daemon(tmp_path, "echo $$ > c.tmp; mv c.tmp command; exec sleep 60", ["command"])
+
+
+def test_what_a_command_started_in_the_background_dies_with_the_daemon(tmp_path):
+    # setsid: even a child that left the command's session and group
+    _killed_with_the_daemon(tmp_path, "setsid sh -c 'echo $$ > b.tmp; mv b.tmp background; exec sleep 60' & "
+                                      "echo $$ > c.tmp; mv c.tmp command; wait", ["command", "background"])
+
+
+def test_a_guard_that_died_is_started_again_with_a_warning(caplog):
+    guard = commandguard.CommandGuard()
+    first = guard.environment({})[commandguard.VARIABLE]
+    guard._proc.kill()
+    guard._proc.wait()
+    second = guard.environment({"A": "1"})
+    assert second["A"] == "1" and second[commandguard.VARIABLE] != first
+    assert "the command guard ended" in caplog.text
+    guard.close()
+
+
+def test_the_guard_kills_only_processes_with_its_token(tmp_path):
+    guard = commandguard.CommandGuard()
+    mine = subprocess.Popen(["sleep", "60"], env=guard.environment(None))
+    other = subprocess.Popen(["sleep", "60"], env={**os.environ, commandguard.VARIABLE: guard.token + "0"})
+    try:
+        guard.close()                                            # as if the daemon ended
+        assert mine.wait(10) == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for proc in (mine, other):
+            proc.kill()
+            proc.wait()
 
 
 # ------------------------------------------------------------ stopping

@@ -252,10 +252,9 @@ def confine(place: Layout, backup_root: str, archive_dir: str, transport: Transp
     The account directory must lie strictly inside the root, the home inside
     the jail, and the account must neither contain the archive nor lie in it.
     """
-    root = transport.realpath(backup_root)
-    real = {name: transport.realpath(path) for name, path in
-            (("directory", place.directory), ("jail", place.jail), ("home", place.home_path))}
-    archive = transport.realpath(archive_dir)
+    root, directory, jail, home, archive = transport.realpaths(
+        [backup_root, place.directory, place.jail, place.home_path, archive_dir])
+    real = {"directory": directory, "jail": jail, "home": home}
     problems = []
     if not _inside(real["directory"], root):
         problems.append(f"account directory {place.directory} resolves to {real['directory']}, outside {root}")

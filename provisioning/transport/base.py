@@ -132,6 +132,10 @@ class Transport(ABC):
     def realpath(self, path: str) -> str:
         """``path`` with symlinks and ``..`` resolved (it need not exist)."""
 
+    def realpaths(self, paths: Sequence[str]) -> list[str]:
+        """``realpath`` of each path, in one go (a transport may share the work between them)."""
+        return [self.realpath(path) for path in paths]
+
     @abstractmethod
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644,
                    owner: tuple[int, int] | None = None) -> None:
@@ -183,6 +187,9 @@ class DryRun(Transport):
 
     def realpath(self, path: str) -> str:
         return self.inner.realpath(path)
+
+    def realpaths(self, paths: Sequence[str]) -> list[str]:
+        return self.inner.realpaths(paths)
 
     def lstat(self, paths: Sequence[str]) -> dict[str, dict | None]:
         return self.inner.lstat(paths)

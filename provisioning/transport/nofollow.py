@@ -366,6 +366,35 @@ def realpath(path: str) -> str:
     return os.path.realpath(path)
 
 
+def realpaths(paths: list) -> list:
+    """``realpath`` of each path; a folder the paths share is looked at once, not once per path.
+
+    A prefix seen to be a real folder (not a link) in this call is not looked
+    at again; a path with a link, ``..`` or ``.`` in it is left to os.path.realpath.
+    """
+    plain: set = {"/"}
+    return [_realpath_plain(path, plain) for path in paths]
+
+
+def _realpath_plain(path: str, plain: set) -> str:
+    if not path.startswith("/") or path.startswith("//") or posixpath.normpath(path) != path:
+        return os.path.realpath(path)
+    prefix = ""
+    for part in path.split("/")[1:]:
+        prefix += "/" + part
+        if prefix in plain:
+            continue
+        try:
+            mode = os.lstat(prefix).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return path                  # the rest does not exist: nothing left to resolve
+        if stat.S_ISLNK(mode):
+            return os.path.realpath(path)
+        if stat.S_ISDIR(mode):
+            plain.add(prefix)
+    return path
+
+
 def write_file(path: str, data: bytes, mode: int = 0o644, owner: tuple | None = None) -> None:
     """Replace ``path`` atomically with ``data``: a new file renamed over the old entry.
 
@@ -578,6 +607,8 @@ def _dispatch(operation: str, args: list):
         return exists(args[0])
     if operation == "realpath":
         return realpath(args[0])
+    if operation == "realpaths":
+        return realpaths(args)
     if operation == "lstat":
         return lstat(args)
     if operation == "read_small":

@@ -167,6 +167,9 @@ class CLISSH(Transport):
     def realpath(self, path: str) -> str:
         return str(self._helper("realpath", path))
 
+    def realpaths(self, paths: Sequence[str]) -> list[str]:
+        return [str(real) for real in self._helper("realpaths", *paths)] if paths else []
+
     def lstat(self, paths: Sequence[str]) -> dict[str, dict | None]:
         return dict(self._helper("lstat", *paths)) if paths else {}
 
