@@ -219,7 +219,11 @@ class Alerts:
             for channel in self._channels.values():
                 digest = channel.due(now, force=True)
                 if digest is not None:
-                    self._outbox.append(digest_mail(self.origin, digest, self.window))
+                    # Queued now: its age counts from now (a draft's default is 0, which
+                    # the clock passes after GIVE_UP seconds of uptime: "lost" at once).
+                    draft = digest_mail(self.origin, digest, self.window)
+                    draft.since = now
+                    self._outbox.append(draft)
             self._next_try = -math.inf
             self._stop_by = ends
             self._wake.notify()

@@ -288,6 +288,22 @@ def test_a_storm_of_200_failures_is_one_mail_and_one_digest_that_counts_all(serv
     assert "mail alerts lost" not in logged(caplog)
 
 
+@pytest.mark.parametrize("background", [True, False])
+def test_the_digest_at_the_stop_is_sent_however_long_the_host_is_up(servers, alerts_made, caplog, background):
+    # The Alerts clock is monotonic: days of uptime are far past the 6 hours after
+    # which a kept mail is given up. A digest queued at the stop is new all the same.
+    server = servers()
+    alerts = alerts_made({"PORT": server.port}, clock=lambda: 7 * 86400.0, window=60.0, background=background)
+    for n in range(3):
+        alerts.failed(f"uid={4000000 + n},ou=accounts", "add", 6, "CANNOT_SET_QUOTA", [])
+    if not background:
+        alerts.flush()
+    server.wait(1)
+    alerts.close(10)
+    assert [m.kind for m in server.received] == ["failure", "failure-digest"]
+    assert "mail alerts lost" not in logged(caplog)
+
+
 def test_a_continuing_storm_sends_one_digest_per_window_and_a_quiet_time_resets(servers, alerts_made):
     server = servers()
     now = [1000.0]
