@@ -377,6 +377,26 @@ def test_results_exit_codes_and_stdin(transport):
     assert transport.run(["cat"]).stdout == ""                  # no stdin: /dev/null, no hang
 
 
+def test_more_than_a_pipe_holds_in_every_direction_at_once():
+    # stdin, stdout and stderr each far beyond a pipe's 64 KiB: nothing may wait on
+    # the other side (the command writes stderr before it has read all of stdin).
+    data = os.urandom(600_000).hex().encode()
+    script = "head -c 300000 /dev/zero | tr '\\0' e >&2; cat; head -c 300000 /dev/zero | tr '\\0' o >&2"
+    result = LocalCLI(timeout=30).run(["sh", "-c", script], stdin=data)
+    assert result.ok and result.stdout == data.decode() and result.stderr == "e" * 300000 + "o" * 300000
+
+
+def test_a_command_that_ends_but_leaves_its_output_open_is_killed_at_the_timeout(tmp_path):
+    # Its background child keeps stdout open: the output has not ended, so the command
+    # is not done, as with Popen.communicate; the timeout ends it with its group.
+    pidfile = tmp_path / "child"
+    started = time.monotonic()
+    result = LocalCLI(timeout=10).run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo started"], timeout=1)
+    assert result.returncode == 124 and time.monotonic() - started < 8
+    child = int(pidfile.read_text())
+    wait_until(lambda: _gone(child), f"the background child {child} to die with its group")
+
+
 def test_a_missing_program_is_127(tmp_path):
     missing = LocalCLI(timeout=10).run(["/nonexistent/program-xyz"])
     assert missing.returncode == 127 and missing.stderr == "/nonexistent/program-xyz: No such file or directory"
