@@ -36,6 +36,7 @@ from provisioning.backend.ldap import (
 from provisioning.backend.store import Store
 from provisioning.clock import Clock
 from provisioning.entry import Entry
+from provisioning.lowwater import OpenEvents
 from provisioning.monitor import Monitor
 from provisioning.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
 from provisioning.router import CHANGE, REFRESH, SEARCH, Router
@@ -123,7 +124,7 @@ class Daemon:
         self.refresh_full = False
         self._seq = 0
         self._lanes: dict[str, deque[tuple[int, str, Callable[[], Job | None]]]] = {}
-        self._open_seqs: set[int] = set()          # events not yet handled to the end
+        self._in_hand = OpenEvents()                # events not yet handled to the end
         self._cookies: deque[tuple[int, str]] = deque()
         self._trouble: str | None = None           # why the loop must reconnect before going on
         self._swept_on: dt.date | None = None
@@ -154,7 +155,7 @@ class Daemon:
     @property
     def waiting(self) -> int:
         """Events queued or in hand, not yet finished."""
-        return len(self._open_seqs)
+        return len(self._in_hand)
 
     def start(self) -> None:
         """Open the store's position, connect both connections and open the stream."""
@@ -367,7 +368,7 @@ class Daemon:
 
     def _settle(self) -> None:
         """Once the work the refresh brought has ended (workers may still run it at RefreshDone)."""
-        if self._settle_at is not None and min(self._open_seqs, default=math.inf) > self._settle_at:
+        if self._settle_at is not None and self._in_hand.lowest() > self._settle_at:
             self._settle_at = None
             self.monitor.refresh_done()
             if self.once:
@@ -397,7 +398,7 @@ class Daemon:
 
     def _enqueue(self, key: str, seq: int, label: str, plan: Callable[[], Job | None]) -> None:
         """Queue work for ``key`` behind what is in hand for it, or start it now."""
-        self._open_seqs.add(seq)
+        self._in_hand.add(seq)
         lane = self._lanes.get(key)
         if lane is not None:
             lane.append((seq, label, plan))
@@ -425,7 +426,7 @@ class Daemon:
 
     def _next_in_lane(self, key: str, seq: int) -> tuple[int, str, Callable[[], Job | None]] | None:
         """Mark ``seq`` handled; the next queued work of the lane, or None (lane closed)."""
-        self._open_seqs.discard(seq)
+        self._in_hand.done(seq)
         lane = self._lanes[key]
         if lane:
             return lane.popleft()
@@ -478,7 +479,7 @@ class Daemon:
 
     def _advance(self) -> None:
         """Acknowledge the newest cookie that no unhandled event precedes."""
-        low = min(self._open_seqs, default=math.inf)
+        low = self._in_hand.lowest()
         newest = None
         while self._cookies and self._cookies[0][0] < low:
             newest = self._cookies.popleft()[1]
@@ -495,7 +496,7 @@ class Daemon:
     def _forget_unfinished(self) -> None:
         """After a reconnect the server sends again whatever was not acknowledged."""
         self._lanes.clear()
-        self._open_seqs.clear()
+        self._in_hand.clear()
         self._cookies.clear()
 
     # ----------------------------------------------------------- housekeeping

@@ -7,6 +7,7 @@ No server is started; files live in tmp_path.
 import base64
 import datetime as dt
 import logging
+import math
 import os
 import stat
 
@@ -21,6 +22,7 @@ from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
 from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import LevelFlags, setup
+from provisioning.lowwater import OpenEvents
 from provisioning.protocol import Verdict, decide, parse_execution_date
 
 # ------------------------------------------------------------------ config
@@ -376,3 +378,40 @@ def test_a_provider_behind_the_cookie_for_one_server_id_is_found():
     assert "server 001's changes up to 20261127115959" in ahead_of(mine, behind)
     assert "newer than anything" in ahead_of("rid=001,csn=20991231000000.000000Z#000000#009#000000", same)
     assert ahead_of(mine, []) is None and ahead_of(None, same) is None
+
+
+# ------------------------------------------------------------ the low-water mark
+
+def test_an_event_with_several_jobs_stays_open_until_each_is_handled():
+    # A present phase that finds two entries gone enqueues both under one event:
+    # the cookie must not pass it when the first removal ends.
+    events = OpenEvents()
+    for seq in (1, 2, 2, 3):
+        events.add(seq)
+    events.done(1)
+    assert events.lowest() == 2
+    events.done(2)
+    assert events.lowest() == 2 and len(events) == 2
+    events.done(2)
+    assert events.lowest() == 3
+    events.done(3)
+    events.done(3)                                   # not open any more: ignored
+    assert events.lowest() == math.inf and len(events) == 0
+
+
+def test_the_lowest_open_event_is_found_past_events_handled_out_of_order():
+    events = OpenEvents()
+    for seq in range(1, 6):
+        events.add(seq)
+    for seq in (2, 4, 5):
+        events.done(seq)
+    assert events.lowest() == 1
+    events.done(1)
+    assert events.lowest() == 3
+    events.add(6)
+    events.done(3)
+    assert events.lowest() == 6
+    with pytest.raises(ValueError):
+        events.add(5)                                # events come in order
+    events.clear()
+    assert events.lowest() == math.inf
