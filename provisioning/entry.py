@@ -25,6 +25,17 @@ class Attributes(dict):
         self._names[key] = name
         super().__setitem__(key, values)
 
+    @classmethod
+    def decoded(cls, raw: Mapping[str, Sequence[bytes]]) -> "Attributes":
+        """From python-ldap's ``{name: [bytes, ...]}``; three entries per request pass here."""
+        attrs = cls()
+        # Directory strings are UTF-8 by definition; anything else is not
+        # ours to interpret, so it must not crash the daemon either.
+        attrs._names = {name.lower(): name for name in raw}
+        dict.update(attrs, {name.lower(): [v.decode("utf-8", "replace") for v in values]
+                            for name, values in raw.items()})
+        return attrs
+
     def __getitem__(self, name: str) -> list[str]:
         return super().__getitem__(name.lower())
 
@@ -60,11 +71,7 @@ class Entry:
     def from_ldap(cls, dn: str, raw: Mapping[str, Sequence[bytes]],
                   uuid: str | None = None) -> "Entry":
         """Build from python-ldap's ``{name: [bytes, ...]}``."""
-        attrs = Attributes()
-        for name, values in raw.items():
-            # Directory strings are UTF-8 by definition; anything else is not
-            # ours to interpret, so it must not crash the daemon either.
-            attrs[name] = [v.decode("utf-8", "replace") for v in values]
+        attrs = Attributes.decoded(raw)
         uuid = uuid or _first(attrs, "entryUUID")
         return cls(dn, attrs, uuid.lower() if uuid else None)
 
