@@ -254,16 +254,15 @@ def confine(place: Layout, backup_root: str, archive_dir: str, transport: Transp
     """
     root, directory, jail, home, archive = transport.realpaths(
         [backup_root, place.directory, place.jail, place.home_path, archive_dir])
-    real = {"directory": directory, "jail": jail, "home": home}
     problems = []
-    if not _inside(real["directory"], root):
-        problems.append(f"account directory {place.directory} resolves to {real['directory']}, outside {root}")
-    if not (_inside(real["jail"], real["directory"]) or real["jail"] == real["directory"]):
-        problems.append(f"jail {place.jail} resolves to {real['jail']}, outside {real['directory']}")
-    if not _inside(real["home"], real["jail"]):
-        problems.append(f"home {place.home_path} resolves to {real['home']}, outside the jail {real['jail']}")
-    if _inside(archive, real["directory"]) or archive == real["directory"] or _inside(real["directory"], archive):
-        problems.append(f"account directory {real['directory']} overlaps the archive {archive}")
+    if not _inside(directory, root):
+        problems.append(f"account directory {place.directory} resolves to {directory}, outside {root}")
+    if not (_inside(jail, directory) or jail == directory):
+        problems.append(f"jail {place.jail} resolves to {jail}, outside {directory}")
+    if not _inside(home, jail):
+        problems.append(f"home {place.home_path} resolves to {home}, outside the jail {jail}")
+    if _inside(archive, directory) or archive == directory or _inside(directory, archive):
+        problems.append(f"account directory {directory} overlaps the archive {archive}")
     if problems:
         raise StepError(Code.PATH_OUTSIDE_BACKUP_ROOT, "; ".join(problems))
 
