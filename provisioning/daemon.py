@@ -283,6 +283,8 @@ class Daemon:
         except DirectoryError as err:
             log.debug("cannot read the provider's contextCSN: %s", err)
             return False
+        log.debug("provider contextCSN %s; cookie %s", " ".join(context) or "(none readable)",
+                  self.position.current or self.router.adopt)
         why = ahead_of(self.position.current, context)
         if why:
             log.error("%s: refreshing from scratch", why)

@@ -60,18 +60,21 @@ class Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            with self._lock:
-                refused = self._cut
-            if refused:
-                _close(client)
-                continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
             except OSError:
                 _close(client)
                 continue
             with self._lock:
-                self._pairs.append((client, server))
+                # Checked under the lock that cut() takes: a connection accepted
+                # while cut() ran must not slip through after it.
+                refused = self._cut
+                if not refused:
+                    self._pairs.append((client, server))
+            if refused:
+                _close(client)
+                _close(server)
+                continue
             threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
 
     def _relay(self, client: socket.socket, server: socket.socket) -> None:
