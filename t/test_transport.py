@@ -470,13 +470,25 @@ def test_what_a_command_started_in_the_background_dies_with_the_daemon(tmp_path)
 
 def test_a_guard_that_died_is_started_again_with_a_warning(caplog):
     guard = commandguard.CommandGuard()
-    first = guard.environment({})[commandguard.VARIABLE]
+    key = commandguard.VARIABLE.encode()
+    first = guard.environment({})[key]
     guard._proc.kill()
     guard._proc.wait()
     second = guard.environment({"A": "1"})
-    assert second["A"] == "1" and second[commandguard.VARIABLE] != first
+    assert second[b"A"] == b"1" and second[key] != first
     assert "the command guard ended" in caplog.text
     guard.close()
+
+
+def test_a_command_sees_the_environment_as_it_is_now_and_the_guard_token(monkeypatch):
+    cli = LocalCLI()
+    monkeypatch.setenv("PROVISIONING_TEST_VALUE", "first")
+    assert "PROVISIONING_TEST_VALUE=first\n" in cli.run(["env"]).stdout
+    monkeypatch.setenv("PROVISIONING_TEST_VALUE", "zweite ä")           # changed after the first command
+    seen = cli.run(["env"]).stdout
+    assert "PROVISIONING_TEST_VALUE=zweite ä\n" in seen
+    assert f"{commandguard.VARIABLE}={commandguard.GUARD.token}\n" in seen
+    assert "PROVISIONING_ONLY=1\n" in cli.run(["env"], env={"PROVISIONING_ONLY": "1"}).stdout
 
 
 def test_the_guard_kills_only_processes_with_its_token(tmp_path):
