@@ -174,7 +174,8 @@ class _Walk:
         self.asked = asked
         self.frames = []
         self.links = 0
-        self._restart()
+        # "/" is opened by the first enter() only if no trusted folder lets it
+        # start deeper: most walks do, and skip three system calls.
 
     def __enter__(self) -> "_Walk":
         return self
@@ -193,11 +194,13 @@ class _Walk:
 
     @property
     def fd(self) -> int:
+        if not self.frames:
+            self._restart()
         return self.frames[-1][0]
 
     @property
     def where(self) -> str:
-        return self.frames[-1][1]
+        return self.frames[-1][1] if self.frames else "/"
 
     def here(self, name: str) -> str:
         return posixpath.join(self.where, name)
@@ -205,13 +208,15 @@ class _Walk:
     def enter(self, names: list, create: int | None = None) -> "_Walk":
         """Walk into ``names`` (folders), creating missing ones with mode ``create``."""
         todo = list(names)
-        if len(self.frames) == 1 and self.where == "/":
+        if not self.frames or (len(self.frames) == 1 and self.where == "/"):
             start = _trusted_start(todo)
             if start is not None:
                 fd, path, count = start
                 self.close()
                 self.frames.append((fd, path, True))
                 todo = todo[count:]
+            elif not self.frames:
+                self._restart()
         while todo:
             name = todo.pop(0)
             if name == "..":                      # only ever from a link root made
