@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import select
-import selectors
 import shlex
 import shutil
 import signal
@@ -129,27 +128,29 @@ def communicate(proc: subprocess.Popen, data: bytes | None, limit: float) -> tup
     deadline = time.monotonic() + limit
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     output: dict[int, list[bytes]] = {out: [], err: []}
+    # select.poll, not a selectors.DefaultSelector: no epoll descriptor made and
+    # closed per command, and no Python-level bookkeeping per event.
+    waiting = select.poll()
+    open_fds = {pidfd, out, err}
     try:
-        with selectors.DefaultSelector() as waiting:
-            waiting.register(pidfd, selectors.EVENT_READ)
-            for fd in output:
-                waiting.register(fd, selectors.EVENT_READ)
-            unsent = _start_input(proc, data, waiting)
-            while len(waiting.get_map()) > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise subprocess.TimeoutExpired(proc.args, limit)
-                for key, _ in waiting.select(left):
-                    if key.fd == pidfd:
-                        waiting.unregister(pidfd)
-                    elif key.fd in output:
-                        chunk = os.read(key.fd, 65536)
-                        if chunk:
-                            output[key.fd].append(chunk)
-                        else:
-                            waiting.unregister(key.fd)
+        for fd in open_fds:
+            waiting.register(fd, select.POLLIN)
+        unsent = _start_input(proc, data, waiting, open_fds)
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, limit)
+            for fd, _ in waiting.poll(left * 1000 + 1):
+                if fd == pidfd:
+                    _done_with(fd, waiting, open_fds)
+                elif fd in output:
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        output[fd].append(chunk)
                     else:
-                        unsent = _send_input(proc, unsent, waiting)
+                        _done_with(fd, waiting, open_fds)
+                else:
+                    unsent = _send_input(proc, unsent, waiting, open_fds)
     finally:
         os.close(pidfd)
     proc.wait()                      # it has ended: no waiting
@@ -158,23 +159,31 @@ def communicate(proc: subprocess.Popen, data: bytes | None, limit: float) -> tup
     return b"".join(output[out]), b"".join(output[err])
 
 
-def _start_input(proc: subprocess.Popen, data: bytes | None, waiting: selectors.BaseSelector) -> memoryview:
+def _done_with(fd: int, waiting: select.poll, open_fds: set[int]) -> None:
+    waiting.unregister(fd)
+    open_fds.discard(fd)
+
+
+def _start_input(proc: subprocess.Popen, data: bytes | None, waiting: select.poll,
+                 open_fds: set[int]) -> memoryview:
     if proc.stdin is None:
         return memoryview(b"")
     if not data:
         _close_input(proc)
         return memoryview(b"")
-    waiting.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+    waiting.register(proc.stdin.fileno(), select.POLLOUT)
+    open_fds.add(proc.stdin.fileno())
     return memoryview(data)
 
 
-def _send_input(proc: subprocess.Popen, unsent: memoryview, waiting: selectors.BaseSelector) -> memoryview:
+def _send_input(proc: subprocess.Popen, unsent: memoryview, waiting: select.poll,
+                open_fds: set[int]) -> memoryview:
     try:
         unsent = unsent[os.write(proc.stdin.fileno(), unsent[:select.PIPE_BUF]):]
     except BrokenPipeError:          # the command does not read it all: as Popen.communicate, not an error
         unsent = unsent[:0]
     if not unsent:
-        waiting.unregister(proc.stdin.fileno())
+        _done_with(proc.stdin.fileno(), waiting, open_fds)
         _close_input(proc)
     return unsent
 
