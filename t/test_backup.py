@@ -11,7 +11,8 @@ import pytest
 
 from provisioning.sandbox.layout import REPO, write_recorder
 
-from helpers import DaemonProcess, assert_done, home_directory
+from faults import PauseAt
+from helpers import DaemonProcess, assert_done, home_directory, wait_until
 
 UID = "3723707"
 
@@ -193,11 +194,39 @@ def test_code_6_quota_fails_and_no_configuration_is_written(host, directory, dae
     assert not any(host.layout.rsnapshot_dir.iterdir())
 
 
+def test_code_6_is_reported_when_the_configuration_fails_as_well(host, directory):
+    """setquota and the configuration run side by side; the earlier step's failure is the one reported."""
+    host.fail_quota(2)
+    _bad_template(host)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add(UID)
+        _refused(directory, daemon, dn, 6, r"setting the quota failed")
+    finally:
+        assert daemon.stop() == 0
+    assert not any(host.layout.rsnapshot_dir.iterdir())
+
+
+def test_the_configuration_is_written_while_setquota_runs_and_put_in_place_after_it(host, directory, tmp_path):
+    pause = PauseAt(tmp_path, "setquota")
+    host.set("Backup", SET_QUOTA_CMD=pause.command)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add(UID)
+        pause.wait_paused()
+        candidate = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
+        wait_until(candidate.exists, "the configuration written while setquota runs")
+        assert not host.rsnapshot_config(UID).exists()       # not in use before the quota is set
+        pause.release()
+        assert_done(directory.wait_mode(dn, "added"), "added")
+    finally:
+        assert daemon.stop() == 0
+    assert host.rsnapshot_config(UID).exists() and not candidate.exists()
+    assert [c[:2] for c in pause.call_args()] == [["-u", UID]]
+
+
 def test_code_7_a_configuration_rsnapshot_rejects_is_never_left_in_place(host, directory):
-    template = host.layout.root / "bad.template"
-    shipped = (REPO / "etc/Provisioning/Backup/rsnapshot.account.template").read_text()
-    template.write_text(shipped.replace("/usr/bin/rsync", "/nonexistent/rsync"))
-    host.set("Backup", RSNAPSHOT_TEMPLATE=template)
+    _bad_template(host)
     daemon = DaemonProcess(host).start()
     try:
         dn = directory.add(UID)
@@ -205,6 +234,14 @@ def test_code_7_a_configuration_rsnapshot_rejects_is_never_left_in_place(host, d
     finally:
         assert daemon.stop() == 0
     assert not any(host.layout.rsnapshot_dir.iterdir())
+
+
+def _bad_template(host) -> None:
+    """A template whose configurations rsnapshot configtest rejects."""
+    template = host.layout.root / "bad.template"
+    shipped = (REPO / "etc/Provisioning/Backup/rsnapshot.account.template").read_text()
+    template.write_text(shipped.replace("/usr/bin/rsync", "/nonexistent/rsync"))
+    host.set("Backup", RSNAPSHOT_TEMPLATE=template)
 
 
 def test_code_8_configuration_cannot_be_removed_after_the_data_was_archived(host, directory, daemon):

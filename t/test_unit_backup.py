@@ -12,8 +12,10 @@ import pytest
 
 from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
-from provisioning.transport import LocalCLI
+from provisioning.transport import Interrupted, LocalCLI, within_deadline
+from provisioning.transport.base import EXIT_TIMEOUT
 from provisioning_backup_rsnapshot import account_ldif
+from provisioning_backup_rsnapshot.alongside import alongside
 from provisioning_backup_rsnapshot.account import Account, Layout, confine, layout, parse, pattern_directory
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
@@ -404,6 +406,19 @@ def test_quota_argv():
 
 def test_set_quota_success():
     set_quota("/bin/true", 3723707, 1073741824, "/", LocalCLI())
+
+def test_a_step_alongside_keeps_the_requests_deadline_and_its_exceptions():
+    """A helper thread runs a step in the caller's context: the request's deadline holds there too."""
+    with within_deadline(0.5):
+        result = alongside(lambda: LocalCLI(timeout=30).run(["sleep", "10"])).result(timeout=20)
+    assert result.returncode == EXIT_TIMEOUT and "the request's deadline" in result.stderr
+    with pytest.raises(Interrupted):                       # a BaseException reaches the caller as well
+        alongside(_stopping).result(timeout=20)
+
+
+def _stopping() -> None:
+    raise Interrupted("the daemon is stopping")
+
 
 @pytest.mark.parametrize("cmd", ["/bin/false", "/nonexistent/setquota"])
 def test_set_quota_failure_is_code_6(cmd):

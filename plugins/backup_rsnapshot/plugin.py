@@ -26,6 +26,7 @@ from provisioning.service import Request, ServiceContext
 
 from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import home, ownership
+from provisioning_backup_rsnapshot.alongside import alongside
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot.operations import OperatorHooks
@@ -165,10 +166,38 @@ class BackupRsnapshot(OperatorHooks):
         verdict, nodes = self._judge(request, account, place, ctx)
         home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
                    s.backup_root, ctx.transport)
-        set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
-        written = self.configs.install(account, place)
+        written = self._quota_and_configuration(account, place, ctx)
         log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
                  place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
+
+    def _quota_and_configuration(self, account: accounts.Account, place: accounts.Layout,
+                                 ctx: ServiceContext) -> str:
+        """setquota, and the account's rsnapshot.conf written and synced while the command runs.
+
+        The configuration is put in place only once the quota is set, and a
+        failed setquota reports first: the outcome is what running the two
+        one after the other gives (a failed setquota leaves no new
+        configuration), one command's time sooner. A dry run shows them in
+        that order.
+        """
+        s = self.settings
+        def quota() -> None:
+            set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
+        if ctx.dry_run:
+            quota()
+            return self.configs.install(account, place)
+        setting = alongside(quota)
+        try:
+            staged = self.configs.stage(account, place)
+        except BaseException:
+            setting.result()                  # its failure is the one to report; never left running
+            raise
+        try:
+            setting.result()
+        except BaseException:
+            self.configs.discard(staged)
+            raise
+        return self.configs.commit(staged)
 
     def _remove(self, request: Request, ctx: ServiceContext) -> None:
         """Delete, in the order that leaves a consistent account whichever step fails.

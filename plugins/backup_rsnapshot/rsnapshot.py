@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioning.transport import Transport
@@ -71,6 +72,14 @@ def retain_lines(account: Account) -> str:
     return "\n".join(f"retain\t{level}\t{count}" for level, count in account.retain)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A configuration written and proven next to its place (``candidate``), not yet at ``final``."""
+
+    candidate: str
+    final: str
+
+
 class RsnapshotConfigs:
     """Writes and removes account configurations through the transport."""
 
@@ -91,24 +100,44 @@ class RsnapshotConfigs:
 
     def install(self, account: Account, place: Layout) -> str:
         """Put the account's configuration in place; StepError 7 if it is not valid."""
+        return self.commit(self.stage(account, place))
+
+    def stage(self, account: Account, place: Layout) -> "Staged":
+        """Write the configuration next to its place, synced and proven (StepError 7); not in use yet.
+
+        Then either ``commit`` puts it in place or ``discard`` removes it.
+        """
         values = values_for(account, place)
         text = self.template.render(values)
         self._check_paths(place)
         final = self.path_for(account.uid)
         folder, name = final.rsplit("/", 1)
-        candidate = f"{folder}/.{name}.new"
+        staged = Staged(f"{folder}/.{name}.new", final)
         try:
-            self.transport.write_file(candidate, text.encode(), mode=0o644)
-            self._prove(candidate, values)
-            self.transport.rename(candidate, final)
+            self.transport.write_file(staged.candidate, text.encode(), mode=0o644)
+            self._prove(staged.candidate, values)
         except OSError as err:
-            self._discard(candidate)
+            self.discard(staged)
             raise StepError(Code.CANNOT_CREATE_RSNAPSHOT_CONFIGURATION,
                             f"cannot write {final}: {err}") from err
-        except StepError:
-            self._discard(candidate)
+        except BaseException:
+            self.discard(staged)
             raise
-        return final
+        return staged
+
+    def commit(self, staged: "Staged") -> str:
+        """Rename the staged file over the account's configuration; its path."""
+        try:
+            self.transport.rename(staged.candidate, staged.final)
+        except OSError as err:
+            self.discard(staged)
+            raise StepError(Code.CANNOT_CREATE_RSNAPSHOT_CONFIGURATION,
+                            f"cannot write {staged.final}: {err}") from err
+        return staged.final
+
+    def discard(self, staged: "Staged") -> None:
+        """Remove a staged file that is not to be used (a warning if that fails)."""
+        self._discard(staged.candidate)
 
     def remove(self, uid: str) -> str:
         """Remove the account's configuration (already gone is fine); StepError 8 on failure."""
