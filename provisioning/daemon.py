@@ -130,6 +130,7 @@ class Daemon:
         self._swept_on: dt.date | None = None
         self._after_refresh: list[Callable[[], None]] = []
         self._closed = False
+        self._session_server: str | None = None   # the server of the last sync session in this run
         self._settle_at: int | None = None         # the refresh ended at this event; its work may not have
         self._stop_when_idle = False               # --once: stop when nothing is in hand any more
         self._warned: set[str] = set()            # warnings mailed for trouble that is not over
@@ -257,7 +258,10 @@ class Daemon:
         self._write_pending()
         every_entry = self._check_cookie()
         self.refresh_full = self.position.full
-        self.stream.open(self.position.cookie, every_entry=every_entry)
+        # On the server the cookie was checked against: were the stream to land
+        # on another one (the first died in between), the check would say nothing.
+        self.stream.open(self.position.cookie, every_entry=every_entry, uri=self.directory.uri)
+        self._session_server = self.directory.uri
 
     def _write_pending(self) -> None:
         """Write the outcomes the directory did not take before; raise if it still does not."""
@@ -282,9 +286,12 @@ class Daemon:
             context = self.directory.context_csns(self.base)
         except DirectoryError as err:
             log.debug("cannot read the provider's contextCSN: %s", err)
-            return False
+            context = []
         log.debug("provider contextCSN %s; cookie %s", " ".join(context) or "(none readable)",
                   self.position.current or self.router.adopt)
+        if not context:
+            self._unverifiable_cookie()
+            return False
         why = ahead_of(self.position.current, context)
         if why:
             log.error("%s: refreshing from scratch", why)
@@ -300,6 +307,25 @@ class Daemon:
                      "refresh reads every entry (SEARCH_FILTER's %%entryCSN%% would skip the older ones)",
                      ", ".join(unseen))
         return bool(unseen)
+
+    def _unverifiable_cookie(self) -> None:
+        """The provider's contextCSN cannot be read: the cookie is trusted only where it was made.
+
+        On the server of the session before (in this run) the cookie is that
+        server's own position. On any other (a failover, or a start after an
+        earlier run) nothing shows whether the provider has every change the
+        cookie covers: an outcome the dead provider never replicated would
+        never come back. A full refresh, judged against the store, redoes
+        nothing and finds it. (A COOKIE_FILE to adopt, from an upgrade, is
+        kept: without the store, dropping it would redo every account.)
+        """
+        if not self.position.current or self.directory.uri == self._session_server:
+            return
+        log.warning("the contextCSN of %s cannot be read (ACL?), so the cookie (from %s) cannot be checked "
+                    "against it: refreshing from scratch; let the daemon's bind read contextCSN on the "
+                    "suffix entry (README, deployment)", self.directory.uri,
+                    self._session_server or "an earlier run")
+        self.position.reset()
 
     def _recover(self) -> None:
         """Finish the work in hand, then reconnect and write what is kept."""

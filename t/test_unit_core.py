@@ -10,12 +10,16 @@ import logging
 import math
 import os
 import stat
+from types import SimpleNamespace
 
 import ldap
 import pytest
 
 from provisioning import config as cfgmod
 from provisioning.backend.cookie import DEFAULT_CSN, cookie_csn
+from provisioning.backend.ldap import DirectoryError, DirectoryUnavailable, LdapSettings, SyncStream
+from provisioning.daemon import Daemon
+from provisioning.secret import Secret
 from provisioning.claims import Owners
 from provisioning.codes import ReturnValue
 from provisioning.entry import Entry
@@ -164,6 +168,59 @@ OLD, MID, NEW = (f"20{y}0101000000.000000Z#000000#00{n}#000000" for y, n in (("1
 ])
 def test_cookie_csn(cookie, csn):
     assert cookie_csn(cookie) == csn
+
+
+class _Position:
+    def __init__(self, current: str | None) -> None:
+        self.current = current
+
+    def reset(self) -> None:
+        self.current = None
+
+
+def _checking(uri: str, context: list[str] | Exception, session_server: str | None,
+              current: str | None = f"rid=001,csn={NEW}", adopt: str | None = None) -> Daemon:
+    """A daemon (stubs around it) about to compare its cookie on ``uri`` after a session on ``session_server``."""
+    def context_csns(base: str) -> list[str]:
+        if isinstance(context, Exception):
+            raise context
+        return context
+    daemon = Daemon(directory=SimpleNamespace(uri=uri, context_csns=context_csns), stream=None,
+                    position=_Position(current), store=None, router=SimpleNamespace(adopt=adopt),
+                    executor=None, startup=None, operation=None, base="ou=backup,dc=x,dc=y")
+    daemon._session_server = session_server
+    daemon._check_cookie()
+    return daemon
+
+
+@pytest.mark.parametrize("context", [[], DirectoryError("refused")], ids=["hidden", "refused"])
+def test_a_cookie_that_cannot_be_checked_is_trusted_only_on_the_server_it_came_from(context, caplog):
+    # The same server as the session before: its own position, resumed.
+    assert _checking("ldap://b/", context, session_server="ldap://b/").position.current == f"rid=001,csn={NEW}"
+    assert "refreshing from scratch" not in caplog.text
+    # Another server (a failover), or the first session of a run: a full refresh.
+    assert _checking("ldap://b/", context, session_server="ldap://a/").position.current is None
+    assert "the contextCSN of ldap://b/ cannot be read (ACL?)" in caplog.text
+    assert "cookie (from ldap://a/)" in caplog.text
+    assert _checking("ldap://b/", context, session_server=None).position.current is None
+    # A COOKIE_FILE to adopt (an upgrade, no store yet) is kept: dropping it would redo every account.
+    adopting = _checking("ldap://b/", context, session_server=None, current=None, adopt=f"rid=001,csn={MID}")
+    assert adopting.router.adopt == f"rid=001,csn={MID}"
+
+
+def test_a_cookie_checked_against_a_readable_contextcsn_is_judged_by_it_on_any_server():
+    assert _checking("ldap://b/", [NEW], session_server="ldap://a/").position.current == f"rid=001,csn={NEW}"
+    assert _checking("ldap://b/", [MID], session_server="ldap://b/").position.current is None   # behind
+
+
+def test_the_sync_search_opens_on_the_server_the_cookie_was_checked_on():
+    """Not the first of SERVER that answers: the check would say nothing about another one."""
+    settings = LdapSettings(uris=["ldap://127.0.0.1:1/", "ldap://127.0.0.1:2/"], bind_dn="cn=x", password=Secret("x"),
+                            timeout=2)
+    stream = SyncStream(settings, "ou=backup,dc=x,dc=y", "(objectClass=*)")
+    with pytest.raises(DirectoryUnavailable) as err:
+        stream.open(None, uri="ldap://127.0.0.1:2/")
+    assert "127.0.0.1:2" in str(err.value) and "127.0.0.1:1" not in str(err.value)
 
 
 # ---------------------------------------------------------------- protocol

@@ -417,14 +417,17 @@ class SyncStream:
         self._conn: _Consumer | None = None
         self._msgid: int | None = None
 
-    def open(self, cookie: str | None, *, every_entry: bool = False) -> None:
+    def open(self, cookie: str | None, *, every_entry: bool = False, uri: str | None = None) -> None:
         """Connect and start the search from ``cookie`` (None or empty: from scratch).
 
         ``every_entry``: %entryCSN% in SEARCH_FILTER stands for the oldest CSN
-        (see cookie.unseen_servers) instead of the cookie's.
+        (see cookie.unseen_servers) instead of the cookie's. ``uri``: that
+        server only (the one the cookie was just checked on), not the first
+        of SERVER that answers.
         """
         self.close()
-        conn, uri = connect(self.settings, factory=_Consumer)
+        settings = replace(self.settings, uris=[uri]) if uri else self.settings
+        conn, uri = connect(settings, factory=_Consumer)
         since = cookie_csn(None if every_entry else cookie)
         filterstr = self.filter_template.replace("%entryCSN%", since)
         try:
