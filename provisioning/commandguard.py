@@ -55,6 +55,10 @@ class CommandGuard:
         marked[_VARIABLE_B] = self.token.encode()
         return marked
 
+    def start(self) -> None:
+        """Start the guard now if it is not running (the daemon does, before its first request)."""
+        self._ensure_running()
+
     def _ensure_running(self) -> None:
         if self._alive():
             return

@@ -7,6 +7,7 @@ import datetime as dt
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from helpers import DaemonProcess, assert_done, wait_until
 
@@ -25,6 +26,25 @@ def test_add_is_claimed_worked_and_answered(host, directory, daemon):
     stamp = dt.datetime.strptime(entry["sstProvisioningState"], "%Y%m%dT%H%M%SZ")
     assert abs(dt.datetime.utcnow() - stamp) < dt.timedelta(minutes=2)   # UTC, not local time
     assert host.quota_calls() == [["-u", UID, "1048576", "1048576", "0", "0", "/"]]
+
+
+def test_the_command_guard_runs_before_the_first_request(host, daemon):
+    """Started with the daemon, not by its first command (whose request would wait for its start-up)."""
+    daemon.wait_for(r"initial synchronisation of .* done")
+    assert host.chroot_calls() == [] and host.quota_calls() == []
+    wait_until(lambda: _guard_of(daemon.proc.pid) is not None, "the daemon's command guard")
+
+
+def _guard_of(pid: int) -> int | None:
+    """The pid of the command guard whose token names the daemon ``pid``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"provisioning.commandguard" in argv and any(a.startswith(f"{pid}-".encode()) for a in argv):
+            return int(entry.name)
+    return None
 
 
 def test_own_writes_come_back_but_trigger_nothing(host, directory, daemon):
