@@ -14,8 +14,11 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
-# Threads are made on demand and kept; a few suffice (one per worker at most).
-_HELPERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="alongside")
+# Threads are made on demand and kept, one per worker at most ([Service]
+# WORKERS is at most 64). With more workers (the CPU count of a bigger host) a
+# step may wait for a free helper: slower, never stuck, as a helper's step
+# waits for nothing but its command.
+_HELPERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="alongside")
 
 
 def alongside(step: Callable[[], T]) -> Future:
