@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -10,10 +11,13 @@ import ldap
 import ldap.modlist
 import pytest
 
-from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
+from provisioning.ldifload import parse_ldif
+from provisioning.sandbox.slapd import ACCOUNTS_BASE, SUFFIX, ProviderPair
 
 from faults import PauseAt, Proxy
 from helpers import DaemonProcess, Host, account_attrs, modes, wait_until
+from test_acl import (PASSWORD_PLACEHOLDER, PRODUCTION_BEFORE, SECRET, SERVICE_DN, _ldapmodify_as_root,
+                      readme_block)
 
 pytestmark = pytest.mark.with_workers
 
@@ -93,11 +97,58 @@ def test_an_outcome_the_dead_provider_never_replicated_is_written_again_not_redo
         pair.stop()
 
 
-def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str) -> None:
+def test_with_contextcsn_hidden_on_the_other_provider_the_lost_outcome_is_written_again(tmp_path):
+    """The daemon binds as the README's service account; the second provider's ACL hides contextCSN.
+
+    Nothing then shows whether the second has what the cookie covers: the
+    daemon refreshes in full there instead of trusting the cookie.
+    """
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.first.port)
+    pair.relay_first_to_second(relay.uri)
+    pair.start()
+    try:
+        _deploy_service_account(pair, tmp_path)
+        hide = f'{{0}}to dn.base="{SUFFIX}" attrs=contextCSN by * none'
+        _ldapmodify_as_root(pair.second, f"dn: {pair.second.database_dn}\nchangetype: modify\n"
+                                         f"add: olcAccess\nolcAccess: {hide}\n")
+        daemon = _lost_outcome(tmp_path, pair, relay, "before the claim", bind=(SERVICE_DN, SECRET))
+        assert daemon.count(rf"the contextCSN of {pair.second.ldap_uri} cannot be read \(ACL\?\), so the "
+                            rf"cookie \(from {pair.first.ldap_uri}\) cannot be checked") == 1
+    finally:
+        relay.stop()
+        pair.stop()
+
+
+def _deploy_service_account(pair: ProviderPair, tmp_path) -> None:
+    """The README's account.ldif (on the first, replicated) and acl.ldif (on both: cn=config is each one's)."""
+    _, account = readme_block("account.ldif")
+    hashed = subprocess.run(["slappasswd", "-s", SECRET], capture_output=True, text=True, check=True).stdout.strip()
+    entry = parse_ldif(account.replace(PASSWORD_PLACEHOLDER, f"userPassword: {hashed}"))[0]
+    conn = pair.first.connect()
+    try:
+        conn.add_s(entry.dn, ldap.modlist.addModlist(entry.attrs))
+    finally:
+        conn.unbind_s()
+    second = pair.second.connect()
+    try:
+        wait_until(lambda: _exists(second, SERVICE_DN), "the service account on the second provider")
+    finally:
+        second.unbind_s()
+    _, acl = readme_block("acl.ldif")
+    for server in pair.servers:
+        for ldif in (PRODUCTION_BEFORE, acl):         # as test_acl's provider: nobody reads but by a rule
+            _ldapmodify_as_root(server, ldif.replace("olcDatabase={1}mdb,cn=config", server.database_dn))
+
+
+def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str, *,
+                  bind: tuple[str, str] | None = None) -> DaemonProcess:
     (tmp_path / "stand-ins").mkdir()
     pause = PauseAt(tmp_path / "stand-ins", "setquota")
     host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
     host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
+    if bind is not None:
+        host.set("Database", ADMIN_USER=bind[0], ADMIN_PASSWORD=bind[1])
     host.set("Backup", SET_QUOTA_CMD=pause.command)
     host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
     daemon = DaemonProcess(host).start()
@@ -125,6 +176,7 @@ def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str) -> None:
     assert daemon.stop() == 0
     assert [c[1] for c in pause.call_args()] == [UID]      # the work was not done again
     assert [c[2] for c in host.chroot_calls()] == [UID]
+    return daemon
 
 
 def _mode(server, dn: str) -> str | None:
