@@ -70,6 +70,7 @@ class Service:
             self.manager.hook.provisioning_stop(ctx=self.ctx)
         except Exception:  # noqa: BLE001 - shutting down anyway; say why
             log.exception("plugin failed while stopping")
+        self.ctx.transport.close()
 
     def owns(self, entry: Entry) -> bool:
         """False when a plugin says the entry belongs to another host."""

@@ -7,6 +7,8 @@ transports share are tested once for both in t/test_transport.py.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from provisioning import config as cfgmod
 from provisioning.transport import CLISSH, build
 
-from helpers import DaemonProcess, assert_done
+from helpers import DaemonProcess, assert_done, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 
@@ -27,7 +29,9 @@ def gateway(sshd, **changes) -> CLISSH:
 
 @pytest.fixture
 def remote(sshd) -> CLISSH:
-    return gateway(sshd)
+    transport = gateway(sshd)
+    yield transport
+    transport.close()
 
 
 def test_arguments_arrive_as_they_were_given(remote):
@@ -111,16 +115,87 @@ def test_build_passes_the_gateway_and_stopping_on(sshd):
     assert transport.local.timeout == 5
 
 
+# ------------------------------------------------------------- one connection
+
+def _logins(sshd) -> int:
+    return (Path(sshd["DSA_FILE"]).parent / "sshd.log").read_text().count("Accepted publickey for root")
+
+
+def _masters(folder: str) -> list[int]:
+    """Pids of the ssh processes that serve a control socket in ``folder`` (title "ssh: PATH [mux]")."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if title.startswith(f"ssh: {folder}/".encode()):
+            found.append(int(pid))
+    return found
+
+
+def test_operations_share_one_connection(remote, sshd, tmp_path):
+    before = _logins(sshd)
+    assert remote.run(["true"]).ok
+    remote.write_file(str(tmp_path / "f"), b"data")
+    assert remote.exists(str(tmp_path / "f"))
+    assert remote.run(["cat", str(tmp_path / "f")]).stdout == "data"
+    assert _logins(sshd) == before + 1
+    folder = remote.multiplexer.options()[3].removeprefix("ControlPath=").removesuffix("/%C")
+    assert os.stat(folder).st_mode & 0o777 == 0o700 and os.stat(folder).st_uid == os.geteuid()
+    assert len(_masters(folder)) == 1
+
+
+def test_close_ends_the_connection_and_removes_its_folder(sshd):
+    remote = gateway(sshd)
+    assert remote.run(["true"]).ok
+    folder = remote.multiplexer.options()[3].removeprefix("ControlPath=").removesuffix("/%C")
+    assert _masters(folder)
+    remote.close()
+    assert not os.path.exists(folder)
+    wait_until(lambda: not _masters(folder), "the shared connection to end")
+    assert remote.run(["true"]).ok                      # a closed transport opens a new one when used
+    remote.close()
+
+
+def test_a_dead_shared_connection_is_replaced(remote, sshd):
+    assert remote.run(["true"]).ok
+    folder = remote.multiplexer.options()[3].removeprefix("ControlPath=").removesuffix("/%C")
+    for pid in _masters(folder):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not _masters(folder), "the shared connection to die")
+    before = _logins(sshd)
+    assert remote.run(["echo", "again"]).stdout == "again\n"
+    assert remote.exists("/")
+    assert _logins(sshd) == before + 1
+    assert len(_masters(folder)) == 1
+
+
+def test_a_busy_shared_connection_falls_back_to_a_connection_of_its_own(remote, sshd, tmp_path):
+    # sshd's MaxSessions (10) bounds the sessions of one connection; WORKERS may be 64.
+    assert remote.run(["true"]).ok
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(remote.run(["sh", "-c", "sleep 1; echo ok"])))
+               for _ in range(14)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.stdout for r in results] == ["ok\n"] * 14, [r.describe() for r in results if not r.ok]
+
+
 # ------------------------------------------------------------- end to end
 
 # An add over CLISSH is some 25 ssh round trips: ~2 s here, but 21 s once on this
 # 2-core machine while other tests ran beside the suite. Deadlines, not assertions.
 SSH_DEADLINE = 120
 
-def test_the_daemon_provisions_over_clissh(host, directory, sshd):
+def test_the_daemon_provisions_over_clissh(host, directory, sshd, tmp_path):
     host.set("Service", TRANSPORTAPI="CLISSH")
     host.set("Gateway", **sshd)
-    daemon = DaemonProcess(host).start()
+    tmpdir = tmp_path / "daemon-tmp"
+    tmpdir.mkdir()
+    daemon = DaemonProcess(host, env={"TMPDIR": str(tmpdir)}).start()
     try:
         dn = directory.add("3723707")
         assert_done(directory.wait_mode(dn, "added", timeout=SSH_DEADLINE), "added")
@@ -130,6 +205,9 @@ def test_the_daemon_provisions_over_clissh(host, directory, sshd):
     assert (host.home("3723707") / "incoming").is_dir()
     assert "retain\tdaily\t7" in host.rsnapshot_config("3723707").read_text()
     assert host.quota_calls() == [["-u", "3723707", "1048576", "1048576", "0", "0", "/"]]
+    # The daemon's shared connection ended with it, and its folder is gone.
+    assert list(tmpdir.iterdir()) == []
+    assert not _masters(str(tmpdir))
 
 
 @pytest.mark.parametrize("transportapi", ["LocalCLI", "CLISSH"])

@@ -158,6 +158,9 @@ class Transport(ABC):
     def remove_tree(self, path: str) -> None:
         """Remove the directory tree ``path``; a missing one is fine."""
 
+    def close(self) -> None:
+        """Let go of what the transport keeps open between operations (CLISSH's connection)."""
+
 
 class DryRun(Transport):
     """Prints what would change and changes nothing; reads still happen."""
@@ -184,6 +187,9 @@ class DryRun(Transport):
 
     def exists(self, path: str) -> bool:
         return self.inner.exists(path)
+
+    def close(self) -> None:
+        self.inner.close()
 
     def realpath(self, path: str) -> str:
         return self.inner.realpath(path)

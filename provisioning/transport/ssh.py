@@ -16,14 +16,22 @@ this host against planted links.
 
 A command killed on the gateway keeps running there when the local ssh is
 killed (timeout, deadline): ssh opens no terminal whose hangup would end it.
+
+Operations share one ssh connection (OpenSSH multiplexing, see Multiplexer):
+a full handshake per operation made an add take some 30 of them.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,6 +59,11 @@ except OSError as err:
     sys.exit(127 if err.errno == 2 else 126)
 """
 EXIT_SSH_ERROR = 255
+# How long the shared connection stays open with nothing to carry.
+PERSIST_SECONDS = 60
+# A control socket's path is at most 107 bytes, and ssh binds a temporary name
+# (the path and 17 more characters) first; %C is 40.
+_CONTROL_DIR_MAX = 107 - 17 - 41
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
@@ -120,6 +133,7 @@ class CLISSH(Transport):
         if user:
             self.ssh += ["-l", user]
         self.ssh += ["--", host]
+        self.multiplexer = Multiplexer(self.ssh[:-2], host)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
@@ -135,8 +149,8 @@ class CLISSH(Transport):
 
     def _remote(self, argv: list[str], *, stdin: bytes | None, timeout: float | None,
                 shown: str) -> CommandResult:
-        result = self.local.execute(self.ssh + [shlex.join(argv)], stdin=stdin, timeout=timeout,
-                                    shown=shown)
+        ssh = self.ssh[:-2] + self.multiplexer.options() + self.ssh[-2:]
+        result = self.local.execute(ssh + [shlex.join(argv)], stdin=stdin, timeout=timeout, shown=shown)
         # ssh itself ends with 255, not by the signal, when it is told to stop.
         if result.returncode == EXIT_SSH_ERROR and self.stopping is not None and self.stopping.is_set():
             raise Interrupted(f"{shown} ended ({result.returncode}) because the daemon is stopping")
@@ -160,6 +174,10 @@ class CLISSH(Transport):
         if "value" in answer:
             return answer["value"]
         raise OSError(answer.get("errno"), f"on the gateway: {answer.get('strerror')}", answer.get("filename"))
+
+    def close(self) -> None:
+        """Close the shared connection and remove its control folder."""
+        self.multiplexer.close()
 
     def exists(self, path: str) -> bool:
         return bool(self._helper("exists", path))
@@ -192,6 +210,72 @@ class CLISSH(Transport):
 
     def remove_tree(self, path: str) -> None:
         self._helper("remove_tree", path)
+
+
+class Multiplexer:
+    """One ssh connection for all of a CLISSH's operations, by OpenSSH's ControlMaster.
+
+    The first ssh that finds no connection opens one and leaves it in the
+    background (ControlPersist) for the next; ssh falls back to a connection
+    of its own when the shared one is busy (sshd's MaxSessions) or gone.
+    The control socket lets anyone who can reach it use the connection, so it
+    lives in a private folder (mode 0700) made for this transport in this
+    process: a detached daemon makes its own. The connection ends with
+    close() (the daemon's stop, or this process's end), or PERSIST_SECONDS
+    after its last use. The command guard cannot end it after a kill -9: ssh
+    overwrites the environment the guard reads to set its process title.
+    """
+
+    def __init__(self, options: list[str], host: str) -> None:
+        self._options, self._host = options, host
+        self._lock = threading.Lock()
+        self._folder = ""
+        self._pid = -1
+        self._finalizer: weakref.finalize | None = None
+
+    def options(self) -> list[str]:
+        """The ssh options that use (or open) the shared connection."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._folder, self._pid = _control_folder(), os.getpid()
+                self._finalizer = weakref.finalize(self, _close_connection, self._exit_argv(),
+                                                   self._folder, self._pid)
+            return self._control(self._folder)
+
+    def close(self) -> None:
+        """End the shared connection and remove its folder (nothing if none was made here)."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._pid = -1
+
+    def _exit_argv(self) -> list[str]:
+        return self._options + self._control(self._folder) + ["-O", "exit", "--", self._host]
+
+    @staticmethod
+    def _control(folder: str) -> list[str]:
+        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={folder}/%C",
+                "-o", f"ControlPersist={PERSIST_SECONDS}"]
+
+
+def _control_folder() -> str:
+    """A new private folder for a control socket, in TMPDIR if ssh can take its name there."""
+    parent = tempfile.gettempdir()
+    if len(parent) > _CONTROL_DIR_MAX - 30 or not _SSH_PATH.fullmatch(parent):
+        parent = "/tmp"
+    return tempfile.mkdtemp(prefix="provisioning-ssh-", dir=parent)
+
+
+def _close_connection(exit_argv: list[str], folder: str, pid: int) -> None:
+    """Ask the shared connection to end, then remove its folder; only in the process that made it."""
+    if os.getpid() != pid:
+        return
+    try:
+        subprocess.run(exit_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass                         # it ends by itself PERSIST_SECONDS after its last use
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _owner(owner: tuple[int, int] | None) -> str:
