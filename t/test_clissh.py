@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from provisioning import config as cfgmod
-from provisioning.transport import CLISSH, build
+from provisioning.transport import CLISSH, build, within_deadline
+from provisioning.transport.gatewayhelper import Broken, Helper
+from provisioning.transport.ssh import HELPER_SOURCE
 
 from helpers import DaemonProcess, assert_done, wait_until
 
@@ -61,7 +65,7 @@ def test_every_option_comes_before_the_destination(remote, sshd):
 
 def test_a_gateway_without_python3_fails_file_operations_with_the_reason(sshd, tmp_path, monkeypatch):
     monkeypatch.setattr("provisioning.transport.ssh.HELPER_SOURCE", "import sys; sys.exit(5)")
-    with pytest.raises(OSError, match=r"on the gateway: python3 nofollow.py exists /x exited 5"):
+    with pytest.raises(OSError, match=r"on the gateway: python3 nofollow.py exists /x: exited 5"):
         gateway(sshd).exists("/x")
 
 
@@ -182,6 +186,107 @@ def test_a_busy_shared_connection_falls_back_to_a_connection_of_its_own(remote, 
     for thread in threads:
         thread.join()
     assert [r.stdout for r in results] == ["ok\n"] * 14, [r.describe() for r in results if not r.ok]
+
+
+# ------------------------------------------------------------- file helpers
+
+def _helper_on_gateway(nonce: str) -> int:
+    """The pid of the gateway's ``python3 nofollow.py serve NONCE`` (the gateway is this host)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"python") and argv[-3:-1] == [b"serve", nonce.encode()]:
+            return int(pid)
+    raise LookupError(nonce)
+
+
+def test_file_operations_reuse_one_helper(remote, tmp_path):
+    remote.makedirs(str(tmp_path / "a"))
+    [helper] = remote.helpers._idle
+    on_gateway = _helper_on_gateway(helper.nonce)
+    remote.write_file(str(tmp_path / "a" / "f"), b"x" * 300_000)       # more than a pipe holds
+    assert remote.read_small(str(tmp_path / "a" / "f"), 5) == "xxxxx"
+    with pytest.raises(FileNotFoundError):
+        remote.rename(str(tmp_path / "missing"), str(tmp_path / "b"))     # an OSError keeps the helper
+    assert remote.exists(str(tmp_path / "a" / "f"))
+    assert remote.helpers._idle == [helper] and _helper_on_gateway(helper.nonce) == on_gateway
+
+
+def test_operations_at_the_same_time_get_a_helper_each(remote, tmp_path):
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(5):
+                remote.write_file(str(tmp_path / f"{n}-{i}"), str(i).encode())
+        except OSError as err:
+            errors.append(err)
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}-{i}" for n in range(4) for i in range(5))
+    assert 1 <= len(remote.helpers._idle) <= 4
+
+
+def test_a_helper_that_stops_answering_fails_its_operation_at_the_deadline(remote, tmp_path):
+    assert remote.exists("/")
+    [helper] = remote.helpers._idle
+    on_gateway = _helper_on_gateway(helper.nonce)
+    os.kill(on_gateway, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with within_deadline(1.5), pytest.raises(OSError, match=r"on the gateway: python3 nofollow.py "
+                                                                 r"exists /: no answer in time"):
+            remote.exists("/")
+        assert time.monotonic() - started < 10
+        assert helper.proc.returncode is not None and remote.helpers._idle == []
+    finally:
+        os.kill(on_gateway, signal.SIGCONT)
+    remote.write_file(str(tmp_path / "after"), b"ok")                   # a new helper
+    assert (tmp_path / "after").read_bytes() == b"ok"
+
+
+def test_a_helper_that_died_while_it_waited_is_replaced_before_use(remote, tmp_path):
+    assert remote.exists("/")
+    [helper] = remote.helpers._idle
+    os.kill(_helper_on_gateway(helper.nonce), signal.SIGKILL)
+    wait_until(lambda: not helper.usable(), "the helper's end to reach this side")
+    remote.write_file(str(tmp_path / "f"), b"ok")                       # not failed by the dead one
+    assert (tmp_path / "f").read_bytes() == b"ok"
+    assert len(remote.helpers._idle) == 1 and remote.helpers._idle[0] is not helper
+
+
+# A stand-in for ssh: runs the remote command line with sh, after a login script's greeting.
+LOGIN = ["sh", "-c", 'echo "Welcome to the gateway"; echo \'{"ready": "not the nonce"}\'; eval "$1"', "sh"]
+
+
+def test_what_a_login_script_prints_before_the_helper_is_skipped(tmp_path):
+    helper = Helper(LOGIN, [sys.executable, "-I", "-S", "-c", HELPER_SOURCE], time.monotonic() + 30)
+    try:
+        answer = helper.ask({"operation": "exists", "args": [str(tmp_path)]}, b"", time.monotonic() + 30)
+        assert answer == {"value": True}
+    finally:
+        helper.close()
+
+
+def test_an_answer_that_is_not_json_breaks_the_helper():
+    liar = "import sys; print('{\"ready\": \"%s\"}' % sys.argv[-1], flush=True); input(); print('oops')"
+    helper = Helper(LOGIN, [sys.executable, "-c", liar], time.monotonic() + 30)
+    try:
+        with pytest.raises(Broken, match="answered b'oops'"):
+            helper.ask({"operation": "exists", "args": ["/"]}, b"", time.monotonic() + 30)
+    finally:
+        helper.kill()
+
+
+def test_a_helper_that_ends_at_once_says_why():
+    with pytest.raises(Broken, match=r"exited 4: no python here"):
+        Helper(LOGIN, ["sh", "-c", "echo no python here >&2; exit 4"], time.monotonic() + 30)
 
 
 # ------------------------------------------------------------- end to end

@@ -41,13 +41,21 @@ CUSTOMER = (1234, 1234)
 
 @pytest.fixture(params=["LocalCLI", "CLISSH"])
 def make(request):
-    """Makes the transport under test: ``make(stopping=None)``."""
-    if request.param == "LocalCLI":
-        return lambda stopping=None: LocalCLI(timeout=30, stopping=stopping)
-    sshd = request.getfixturevalue("sshd")
-    return lambda stopping=None: CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"],
-                                       port=sshd["PORT"], known_hosts=sshd["KNOWN_HOSTS"], timeout=30,
-                                       stopping=stopping)
+    """Makes the transport under test: ``make(stopping=None)``; closed after the test."""
+    made = []
+
+    def transport(stopping=None):
+        if request.param == "LocalCLI":
+            made.append(LocalCLI(timeout=30, stopping=stopping))
+        else:
+            sshd = request.getfixturevalue("sshd")
+            made.append(CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"],
+                               port=sshd["PORT"], known_hosts=sshd["KNOWN_HOSTS"], timeout=30,
+                               stopping=stopping))
+        return made[-1]
+    yield transport
+    for each in made:
+        each.close()
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ not on one it would first have to resolve).
 
 This module is self-contained (standard library, Python 3.7+): LocalCLI calls
 its functions, and CLISSH runs this very source on the gateway as
-``python3 -I -S -c SOURCE OPERATION ARGS...``, answering one JSON line.
+``python3 -I -S -c SOURCE serve NONCE``, a helper that answers one operation
+after another over one ssh session (see serve).
 """
 from __future__ import annotations
 
@@ -60,7 +61,6 @@ _WALK = O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_LINKS = 40            # as the kernel's limit for one path lookup
 TRUSTED_KEPT = 64         # folders remembered as root's alone all the way from /
-EXIT_OSERROR = 3          # the remote helper's exit code for "OSError, details on stdout"
 
 
 _ROOT_UIDS = frozenset((0, os.geteuid()))
@@ -607,7 +607,7 @@ def _owner(text: str) -> tuple | None:
     return int(uid), int(gid)
 
 
-def _dispatch(operation: str, args: list):
+def _dispatch(operation: str, args: list, data: bytes):
     if operation == "exists":
         return exists(args[0])
     if operation == "realpath":
@@ -619,7 +619,7 @@ def _dispatch(operation: str, args: list):
     if operation == "read_small":
         return read_small(args[0], int(args[1]))
     if operation == "write_file":
-        return write_file(args[0], sys.stdin.buffer.read(), int(args[1], 8), _owner(args[2]))
+        return write_file(args[0], data, int(args[1], 8), _owner(args[2]))
     if operation == "makedirs":
         return makedirs(args[0], int(args[1], 8), _owner(args[2]))
     if operation == "rename":
@@ -631,16 +631,37 @@ def _dispatch(operation: str, args: list):
     raise ValueError(f"unknown operation {operation!r}")
 
 
-def main(argv: list) -> int:
-    """``OPERATION ARGS...``: one JSON line on stdout, {"value": ...} or the OSError."""
+def answer(operation: str, args: list, data: bytes = b"") -> dict:
+    """One operation's answer: {"value": ...}, or the OSError as {"errno", "strerror", "filename"}."""
     try:
-        value = _dispatch(argv[0], argv[1:])
+        return {"value": _dispatch(operation, args, data)}
     except OSError as err:
-        json.dump({"errno": err.errno, "strerror": err.strerror, "filename": err.filename}, sys.stdout)
-        return EXIT_OSERROR
-    json.dump({"value": value}, sys.stdout)
-    return 0
+        return {"errno": err.errno, "strerror": err.strerror, "filename": err.filename}
+
+
+def serve(nonce: str) -> int:
+    """Answer requests on stdin until it ends: the gateway's side of CLISSH.
+
+    First prints ``{"ready": NONCE}`` (a login script may have printed before
+    it). Each request is one JSON line, ``{"operation", "args", "size"}``,
+    followed by ``size`` bytes of file data; each answer one JSON line. A
+    request that cannot be read ends the helper (exit 2): the daemon then
+    drops this session and starts another.
+    """
+    inp, out = sys.stdin.buffer, sys.stdout
+    out.write(json.dumps({"ready": nonce}) + "\n")
+    out.flush()
+    while True:
+        line = inp.readline()
+        if not line:
+            return 0
+        request = json.loads(line.decode("utf-8"))
+        data = inp.read(request["size"])
+        if len(data) != request["size"]:
+            return 2
+        out.write(json.dumps(answer(request["operation"], request["args"], data)) + "\n")
+        out.flush()
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve(sys.argv[2]) if sys.argv[1:2] == ["serve"] and len(sys.argv) == 3 else 2)

@@ -9,10 +9,11 @@ argv into one line for the remote login shell, so every argument is quoted
 with shlex.quote: values arrive as data, never as shell syntax.
 
 File operations run provisioning.transport.nofollow on the gateway, the same
-source LocalCLI uses, as ``python3 -I -S -c SOURCE OPERATION ARGS...`` (file
-data on stdin, one JSON answer on stdout): the gateway needs ``python3``
-(3.7 or newer) on the login user's PATH, and gives the same guarantees as
-this host against planted links.
+source LocalCLI uses, as ``python3 -I -S -c SOURCE serve NONCE``: helpers that
+answer one JSON request after another over one ssh session each
+(provisioning.transport.gatewayhelper). The gateway needs ``python3`` (3.7 or
+newer) on the login user's PATH, and gives the same guarantees as this host
+against planted links.
 
 A command killed on the gateway keeps running there when the local ssh is
 killed (timeout, deadline): ssh opens no terminal whose hangup would end it.
@@ -22,8 +23,10 @@ a full handshake per operation made an add take some 30 of them.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import logging
 import os
 import re
 import shlex
@@ -31,13 +34,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from provisioning.transport import nofollow
-from provisioning.transport.base import CommandResult, Interrupted, Transport
+from provisioning.transport.base import PAST_DEADLINE, CommandResult, Interrupted, Transport, time_left
+from provisioning.transport.gatewayhelper import Broken, Helper, HelperPool
 from provisioning.transport.local import LocalCLI
+
+log = logging.getLogger(__name__)
 
 HELPER_SOURCE = Path(nofollow.__file__).read_text(encoding="utf-8")
 # Starts a command with the environment given as the first line of stdin (one
@@ -134,6 +141,7 @@ class CLISSH(Transport):
             self.ssh += ["-l", user]
         self.ssh += ["--", host]
         self.multiplexer = Multiplexer(self.ssh[:-2], host)
+        self.helpers = HelperPool(self._start_helper)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None) -> CommandResult:
@@ -159,24 +167,40 @@ class CLISSH(Transport):
 
     def _helper(self, operation: str, *args: str, stdin: bytes | None = None) -> Any:
         """Run nofollow's ``operation`` on the gateway; its value, or its OSError raised here."""
-        argv = ["python3", "-I", "-S", "-c", HELPER_SOURCE, operation, *args]
-        result = self._remote(argv, stdin=stdin, timeout=None,
-                              shown=f"{shlex.join(self.ssh)} python3 nofollow.py {shlex.join([operation, *args])}")
+        shown = f"python3 nofollow.py {shlex.join([operation, *args])}"
+        limit = time_left(self.local.timeout)
+        if limit is None:
+            raise OSError(errno.ETIME, f"on the gateway: {shown}: not run, {PAST_DEADLINE}")
+        deadline = time.monotonic() + limit
+        log.debug("gateway: %s", shown)
+        helper = None
         try:
-            # The answer is the last line: a login script on the gateway may print before it.
-            last = result.stdout.rsplit("\n", 1)[-1]
-            answer = json.loads(last) if result.returncode in (0, nofollow.EXIT_OSERROR) else None
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            result.argv = ["python3", "nofollow.py", operation, *args]
-            raise OSError(f"on the gateway: {result.describe()}")
+            helper = self.helpers.take(deadline)
+            answer = helper.ask({"operation": operation, "args": list(args)}, stdin or b"", deadline)
+        except BaseException as err:
+            if helper is not None:
+                helper.kill()            # whatever it was doing, nobody waits for it any more
+            if not isinstance(err, Broken):
+                raise
+            if self.stopping is not None and self.stopping.is_set():
+                raise Interrupted(f"{shown} ended because the daemon is stopping") from None
+            raise OSError(f"on the gateway: {shown}: {err}") from None
+        self.helpers.give_back(helper)
         if "value" in answer:
             return answer["value"]
         raise OSError(answer.get("errno"), f"on the gateway: {answer.get('strerror')}", answer.get("filename"))
 
+    def _start_helper(self, deadline: float) -> Helper:
+        ssh = self.ssh[:-2] + self.multiplexer.options() + self.ssh[-2:]
+        log.debug("run: %s python3 nofollow.py serve", shlex.join(ssh))
+        try:
+            return Helper(ssh, ["python3", "-I", "-S", "-c", HELPER_SOURCE], deadline)
+        except OSError as err:
+            raise Broken(f"ssh: {err.strerror}") from None
+
     def close(self) -> None:
-        """Close the shared connection and remove its control folder."""
+        """End the helpers and the shared connection, and remove its control folder."""
+        self.helpers.close()
         self.multiplexer.close()
 
     def exists(self, path: str) -> bool:
