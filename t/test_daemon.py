@@ -47,6 +47,27 @@ def _guard_of(pid: int) -> int | None:
     return None
 
 
+def test_a_command_finds_no_descriptor_of_the_daemon_open(host, directory, tmp_path):
+    """Commands start by posix_spawn, which closes nothing: every descriptor of the daemon (LDAP
+    connections, the store, logs, the walks' folders) must be close-on-exec."""
+    found = tmp_path / "descriptors"
+    command = tmp_path / "setquota"
+    # Python holds the script itself open while it runs: that one is not the daemon's.
+    command.write_text(f"#!{sys.executable}\nimport os, sys\nfds = []\nfor fd in range(3, 1024):\n"
+                       "    try:\n        fds.append(os.readlink(f'/proc/self/fd/{fd}'))\n"
+                       "    except OSError:\n        pass\n"
+                       f"open({str(found)!r}, 'a').write(repr([f for f in fds if f != sys.argv[0]]) + '\\n')\n")
+    command.chmod(0o755)
+    host.set("Backup", SET_QUOTA_CMD=command)
+    daemon = DaemonProcess(host).start()
+    try:
+        for uid in (UID, "3723708"):
+            assert_done(directory.wait_mode(directory.add(uid), "added"), "added")
+    finally:
+        assert daemon.stop() == 0
+    assert found.read_text().splitlines() == ["[]"] * 2
+
+
 def test_own_writes_come_back_but_trigger_nothing(host, directory, daemon):
     dn = directory.add(UID)
     directory.wait_mode(dn, "added")

@@ -428,6 +428,19 @@ def test_commands_run_in_their_own_session_and_group():
     assert pgrp == session                                       # a session leader: setsid()
 
 
+def test_commands_get_the_signals_python_ignores_back():
+    # Python ignores SIGPIPE, and an ignored signal stays ignored across exec: a pipeline in a
+    # command would then see EPIPE errors instead of ending quietly.
+    result = LocalCLI(timeout=10).run(["sh", "-c", "kill -PIPE $$; echo survived"])
+    assert result.returncode == -signal.SIGPIPE and result.stdout == ""
+    status = LocalCLI(timeout=10).run(["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]).stdout
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()}
+    assert masks["SigBlk"] == 0
+    # No standard signal ignored (bits 0-30: signals 1-31). glibc's posix_spawn leaves its two
+    # internal real-time signals (32, 33) ignored; every glibc program installs its own.
+    assert masks["SigIgn"] & 0x7FFFFFFF == 0
+
+
 def _gone(pid: int) -> bool:
     """Dead: no such process, or a zombie waiting for init."""
     try:

@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable
 
 from provisioning.commandguard import GUARD
-from provisioning.transport.local import REAP_SECONDS
+from provisioning.transport.spawn import REAP_SECONDS
 
 log = logging.getLogger(__name__)
 
