@@ -115,8 +115,8 @@ def test_build_passes_the_gateway_and_stopping_on(sshd):
     import threading
     stopping = threading.Event()
     transport = build("CLISSH", timeout=5, gateway=sshd, dry_run=False, stopping=stopping)
-    assert isinstance(transport, CLISSH) and transport.local.stopping is stopping
-    assert transport.local.timeout == 5
+    assert isinstance(transport, CLISSH) and transport.stopping is stopping
+    assert transport.timeout == 5
 
 
 # ------------------------------------------------------------- one connection
@@ -261,6 +261,56 @@ def test_a_helper_that_died_while_it_waited_is_replaced_before_use(remote, tmp_p
     assert len(remote.helpers._idle) == 1 and remote.helpers._idle[0] is not helper
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_command_past_its_timeout_is_killed_on_the_gateway_with_its_group(remote, tmp_path):
+    # Before the helpers ran commands, ssh was killed here and the command ran on there.
+    pids = tmp_path / "pids"
+    result = remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait'], timeout=1)
+    assert result.returncode == 124 and "killed after 1 s" in result.stderr
+    shell, background = map(int, pids.read_text().split())
+    wait_until(lambda: not _alive(shell) and not _alive(background), "the command's group to be killed")
+
+
+def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path):
+    pids = tmp_path / "pids"
+    running = threading.Thread(target=lambda: remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait']))
+    running.start()
+    wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), "the command to start")
+    shell, background = map(int, pids.read_text().split())
+    # What the command guard does to the helper's ssh when the daemon dies.
+    [ssh] = [pid for pid in _children(os.getpid()) if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(ssh, signal.SIGKILL)
+    running.join(30)
+    wait_until(lambda: not _alive(shell) and not _alive(background), "the abandoned command to be killed")
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_command_gets_its_environment_and_stdin_and_no_shell(remote, tmp_path):
+    result = remote.run(["sh", "-c", 'printf "%s|%s|" "$WHO" "$(cat)"; env | grep -c ^SSH_ || true'],
+                        stdin=b"in\nput", env={"WHO": "a b;$(id)\nc", "PATH": "/usr/bin:/bin"})
+    assert result.ok, result.describe()
+    assert result.stdout == "a b;$(id)\nc|in\nput|0\n"           # nothing of the login session's either
+    missing = remote.run(["no-such-program-here"])
+    assert missing.returncode == 127 and "no-such-program-here" in missing.stderr
+
+
 # A stand-in for ssh: runs the remote command line with sh, after a login script's greeting.
 LOGIN = ["sh", "-c", 'echo "Welcome to the gateway"; echo \'{"ready": "not the nonce"}\'; eval "$1"', "sh"]
 
@@ -304,7 +354,7 @@ def test_the_daemon_provisions_over_clissh(host, directory, sshd, tmp_path):
     try:
         dn = directory.add("3723707")
         assert_done(directory.wait_mode(dn, "added", timeout=SSH_DEADLINE), "added")
-        daemon.wait_for(r"run: ssh -o BatchMode=yes .* -- 127\.0\.0\.1 \S+/create-chroot \S+/chroot /home/3723707 3723707")
+        daemon.wait_for(r"run: \S+/create-chroot \S+/chroot /home/3723707 3723707 .*\(on 127\.0\.0\.1\)")
     finally:
         assert daemon.stop() == 0
     assert (host.home("3723707") / "incoming").is_dir()

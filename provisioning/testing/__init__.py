@@ -26,6 +26,7 @@ _WHERE = {
     "daemon": ("READY", "DaemonProcess"),
     "entries": ("STAMP", "Entries", "assert_done", "encode", "request_attrs"),
     "files": ("as_user", "picture"),
+    "sshd": ("Sshd",),
     "slapd": ("ACCOUNTS_BASE", "BACKUP_BASE", "SERVICES_BASE", "SUFFIX", "Slapd", "make_subtree", "subtree_name"),
     "wait": ("DEADLINE", "wait_until"),
 }

@@ -51,7 +51,10 @@ import errno
 import json
 import os
 import posixpath
+import select
+import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -607,7 +610,11 @@ def _owner(text: str) -> tuple | None:
     return int(uid), int(gid)
 
 
-def _dispatch(operation: str, args: list, data: bytes):
+def _dispatch(request: dict, data: bytes):
+    operation, args = request["operation"], request["args"]
+    if operation == "run":
+        return run_command(args, request.get("env"), data if request.get("stdin") else None,
+                           request["timeout"])
     if operation == "exists":
         return exists(args[0])
     if operation == "realpath":
@@ -628,25 +635,77 @@ def _dispatch(operation: str, args: list, data: bytes):
         return remove(args[0])
     if operation == "remove_tree":
         return remove_tree(args[0])
-    raise ValueError(f"unknown operation {operation!r}")
+    raise ValueError("unknown operation %r" % (operation,))
 
 
-def answer(operation: str, args: list, data: bytes = b"") -> dict:
-    """One operation's answer: {"value": ...}, or the OSError as {"errno", "strerror", "filename"}."""
+def answer(request: dict, data: bytes = b"") -> dict:
+    """One request's answer: {"value": ...}, or the OSError as {"errno", "strerror", "filename"}."""
     try:
-        return {"value": _dispatch(operation, args, data)}
+        return {"value": _dispatch(request, data)}
     except OSError as err:
         return {"errno": err.errno, "strerror": err.strerror, "filename": err.filename}
+
+
+def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float) -> dict:
+    """Run ``argv`` (no shell) in a session of its own; {"returncode", "stdout", "stderr", "timed_out"}.
+
+    At ``timeout`` seconds the command is killed with its process group
+    (returncode 124). So is it when the daemon goes away meanwhile: the end
+    of this helper's input (see _kill_when_abandoned). A program that cannot
+    be started is 127 (not found) or 126, as a shell says.
+    """
+    try:
+        proc = subprocess.Popen(argv, env=env, start_new_session=True,
+                                stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as err:
+        return {"returncode": 127 if err.errno == errno.ENOENT else 126, "stdout": "",
+                "stderr": "%s: %s" % (argv[0], err.strerror), "timed_out": False}
+    stop_r, stop_w = os.pipe()
+    watcher = threading.Thread(target=_kill_when_abandoned, args=(proc, stop_r), daemon=True)
+    watcher.start()
+    timed_out = False
+    try:
+        out, err = proc.communicate(data, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(proc)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:       # a process that left the group holds the output
+            out, err = b"", b""
+            proc.wait()
+    finally:
+        os.write(stop_w, b"x")
+        watcher.join()
+        os.close(stop_r)
+        os.close(stop_w)
+    return {"returncode": 124 if timed_out else proc.returncode, "timed_out": timed_out,
+            "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
+
+
+def _kill_when_abandoned(proc, stop: int) -> None:
+    """Kill the command's group if this helper's input ends (or says anything) before ``stop``."""
+    readable, _, _ = select.select([0, stop], [], [])
+    if 0 in readable and stop not in readable:
+        _kill_group(proc)
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def serve(nonce: str) -> int:
     """Answer requests on stdin until it ends: the gateway's side of CLISSH.
 
     First prints ``{"ready": NONCE}`` (a login script may have printed before
-    it). Each request is one JSON line, ``{"operation", "args", "size"}``,
-    followed by ``size`` bytes of file data; each answer one JSON line. A
-    request that cannot be read ends the helper (exit 2): the daemon then
-    drops this session and starts another.
+    it). Each request is one JSON line, ``{"operation", "args", "size", ...}``,
+    followed by ``size`` bytes of data (a file's, or a command's stdin); each
+    answer is one JSON line. A request that cannot be read ends the helper:
+    the daemon then drops this session and starts another.
     """
     inp, out = sys.stdin.buffer, sys.stdout
     out.write(json.dumps({"ready": nonce}) + "\n")
@@ -659,7 +718,7 @@ def serve(nonce: str) -> int:
         data = inp.read(request["size"])
         if len(data) != request["size"]:
             return 2
-        out.write(json.dumps(answer(request["operation"], request["args"], data)) + "\n")
+        out.write(json.dumps(answer(request, data)) + "\n")
         out.flush()
 
 
