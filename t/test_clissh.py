@@ -168,6 +168,9 @@ def test_a_dead_shared_connection_is_replaced(remote, sshd):
     for pid in _masters(folder):
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not _masters(folder), "the shared connection to die")
+    # The helper that waited on it ends with it (an operation that came in the few
+    # milliseconds before its ssh noticed would fail, as one cut by the network does).
+    wait_until(lambda: not any(helper.usable() for helper in remote.helpers._idle), "its helper to end")
     before = _logins(sshd)
     assert remote.run(["echo", "again"]).stdout == "again\n"
     assert remote.exists("/")

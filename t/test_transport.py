@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import resource
 import shutil
 import signal
@@ -706,3 +707,22 @@ def test_a_remembered_folder_moved_away_is_not_walked_into(scene):
     os.rename(account, scene.root / "7" / "archived")
     transport.makedirs(str(account / "second"))
     assert (account / "second").is_dir() and not (scene.root / "7" / "archived" / "second").exists()
+
+
+def test_dry_run_lines_of_workers_printing_at_once_stay_whole(capsys):
+    # print() writes a line's text and its newline apart: two workers made "AB\n\n".
+    dry = DryRun(LocalCLI(timeout=10))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)                     # hand the GIL over as often as possible
+    try:
+        threads = [threading.Thread(target=lambda n=n: [dry.run(["echo", f"worker{n}", str(i)]) for i in range(2000)])
+                   for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    lines = capsys.readouterr().out.split("\n")[:-1]
+    assert len(lines) == 8000
+    assert all(re.fullmatch(r"DRY-RUN: would run: echo worker\d \d+", line) for line in lines)

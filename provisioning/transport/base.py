@@ -6,6 +6,8 @@ import contextvars
 import logging
 import shlex
 import signal
+import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from typing import Iterator, Mapping, Sequence
 from provisioning.log import escape
 
 log = logging.getLogger(__name__)
+_PRINTING = threading.Lock()
 
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
@@ -174,7 +177,11 @@ class DryRun(Transport):
         # Printed, not only logged: dry-run output must show even with
         # LOG_INFO off or without --debug.
         line = f"DRY-RUN: would {what}"
-        print(escape(line), flush=True)
+        # One write under a lock: print() writes the text and the newline apart,
+        # and two workers printing at once made "AB\n\n" (an empty line).
+        with _PRINTING:
+            sys.stdout.write(escape(line) + "\n")
+            sys.stdout.flush()
         log.info("%s", line)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
