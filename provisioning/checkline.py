@@ -23,7 +23,9 @@ class CheckLine:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.status.value:<4} {self.name}: {self.detail}"
+        # One line per check, whatever the detail holds (a command's stderr often has several).
+        detail = " / ".join(part.strip() for part in self.detail.splitlines() if part.strip())
+        return f"{self.status.value:<4} {self.name}: {detail}"
 
     @classmethod
     def ok(cls, name: str, detail: str) -> "CheckLine":

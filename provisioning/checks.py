@@ -37,7 +37,7 @@ from provisioning.config import Config, unknown_keys
 from provisioning.files import UnsafeFile, check_private
 from provisioning.log import SYSLOG_SOCKET
 from provisioning.service import Service, ServiceContext
-from provisioning.transport import build as build_transport
+from provisioning.transport import Transport, build as build_transport
 
 SYNC_CONTROL = "1.3.6.1.4.1.4203.1.9.1.1"
 # Free space a state folder needs at least (the store grows with the subtree).
@@ -148,11 +148,23 @@ def plugin_lines(loaded: startup.Loaded) -> list[CheckLine]:
                                     gateway=config.section("Gateway"), dry_run=False)
     except Exception as err:  # noqa: BLE001 - any failure here is what the operator must see
         return lines + [CheckLine.fail(f"{loaded.plugin} transport", str(err))]
+    if svc["TRANSPORTAPI"] == "CLISSH":
+        lines.append(gateway_line(config.section("Gateway"), transport))
     service = Service(loaded.manager, ServiceContext(config, transport))
     lines += _plugin_start(loaded.plugin, service)
     lines += _plugin_checks(loaded.plugin, service)
     service.stop()
     return lines
+
+
+def gateway_line(gateway: dict, transport: Transport) -> CheckLine:
+    """Whether the CLISSH gateway lets us in and its python3 helper answers (one file operation)."""
+    where = f"{gateway['USER'] + '@' if gateway['USER'] else ''}{gateway['HOST']} port {gateway['PORT']}"
+    try:
+        transport.exists("/")
+    except OSError as err:
+        return CheckLine.fail("gateway", f"{where}: {err}")
+    return CheckLine.ok("gateway", f"{where}: ssh lets us in and the python3 helper answers")
 
 
 def _plugin_start(name: str, service: Service) -> list[CheckLine]:

@@ -211,6 +211,20 @@ def test_a_program_that_is_not_executable_fails(host):
     assert "is not an executable file" in _line(lines, "FAIL Backup/Rsnapshot CREATE_CHROOT_CMD: ")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
+def test_the_clissh_gateway_gets_a_line_of_its_own(host, sshd, tmp_path):
+    host.set("Service", TRANSPORTAPI="CLISSH")
+    host.set("Gateway", **sshd)
+    _, lines = _check(host)
+    assert _line(lines, "OK   gateway: ") == (f"OK   gateway: root@127.0.0.1 port {sshd['PORT']}: "
+                                              "ssh lets us in and the python3 helper answers")
+    (tmp_path / "known_hosts").write_text("")
+    host.set("Gateway", KNOWN_HOSTS=tmp_path / "known_hosts")
+    code, lines = _check(host)
+    assert code == 3
+    assert "Host key verification failed" in _line(lines, "FAIL gateway: root@127.0.0.1 port ")
+
+
 def test_a_wrong_password_fails_the_bind_line(host):
     host.set("Database", ADMIN_PASSWORD="wrong")
     code, lines = _check(host)
@@ -364,3 +378,9 @@ def test_a_missing_file_is_one_fail_line(tmp_path):
     lines = result.stdout.splitlines()
     assert _line(lines, "FAIL ") == f"FAIL configuration: {tmp_path}/nope.conf: cannot read: No such file or directory"
     assert lines[-1].startswith("check failed: 1 FAIL (1 configuration problem(s))")
+
+
+def test_a_detail_of_several_lines_is_printed_as_one():
+    # A command's stderr (ssh's, say) often has several lines; --check promises one per check.
+    assert str(CheckLine.fail("gateway", "No host key is known\nHost key verification failed.\n")) == \
+        "FAIL gateway: No host key is known / Host key verification failed."
