@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import ldap
 
@@ -44,3 +46,39 @@ def modes(server) -> Counter:
     finally:
         conn.unbind_s()
     return Counter((a["sstProvisioningMode"][0].decode(), "sstProvisioningReturnValue" in a) for _, a in found)
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process as /proc shows it: pid, parent, state letter (Z: a zombie), argv, comm."""
+    pid: int
+    ppid: int
+    state: str
+    argv: list[bytes]
+    comm: str
+
+
+def processes() -> Iterator[Process]:
+    """Every process this test can read now; one that ends while it is read is skipped."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            found = process(int(name))
+            if found is not None:
+                yield found
+
+
+def process(pid: int) -> Process | None:
+    """Process ``pid`` as /proc shows it now, None if there is none."""
+    try:
+        comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition(" (")[2].rpartition(")")
+        fields = rest.split()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0")     # a title set in place: padded
+    except (OSError, IndexError):
+        return None
+    return Process(pid, int(fields[1]), fields[0], cmdline.split(b"\0") if cmdline else [], comm)
+
+
+def gone(pid: int) -> bool:
+    """Dead: no such process, or a zombie waiting to be reaped."""
+    found = process(pid)
+    return found is None or found.state == "Z"

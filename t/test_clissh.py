@@ -20,7 +20,7 @@ from provisioning.transport import CLISSH, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, Helper
 from provisioning.transport.ssh import HELPER_SOURCE
 
-from helpers import DaemonProcess, assert_done, wait_until
+from helpers import DaemonProcess, assert_done, gone, processes, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 
@@ -127,15 +127,7 @@ def _logins(sshd) -> int:
 
 def _masters(folder: str) -> list[int]:
     """Pids of the ssh processes that serve a control socket in ``folder`` (title "ssh: PATH [mux]")."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if title.startswith(f"ssh: {folder}/".encode()):
-            found.append(int(pid))
-    return found
+    return [p.pid for p in processes() if p.argv[:1] and p.argv[0].startswith(f"ssh: {folder}/".encode())]
 
 
 def test_operations_share_one_connection(remote, sshd, tmp_path):
@@ -195,13 +187,9 @@ def test_a_busy_shared_connection_falls_back_to_a_connection_of_its_own(remote, 
 
 def _helper_on_gateway(nonce: str) -> int:
     """The pid of the gateway's ``python3 nofollow.py serve NONCE`` (the gateway is this host)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]).startswith(b"python") and argv[-3:-1] == [b"serve", nonce.encode()]:
-            return int(pid)
+    for p in processes():
+        if p.argv and os.path.basename(p.argv[0]).startswith(b"python") and p.argv[-2:] == [b"serve", nonce.encode()]:
+            return p.pid
     raise LookupError(nonce)
 
 
@@ -264,21 +252,13 @@ def test_a_helper_that_died_while_it_waited_is_replaced_before_use(remote, tmp_p
     assert len(remote.helpers._idle) == 1 and remote.helpers._idle[0] is not helper
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_command_past_its_timeout_is_killed_on_the_gateway_with_its_group(remote, tmp_path):
     # Before the helpers ran commands, ssh was killed here and the command ran on there.
     pids = tmp_path / "pids"
     result = remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait'], timeout=1)
     assert result.returncode == 124 and "killed after 1 s" in result.stderr
     shell, background = map(int, pids.read_text().split())
-    wait_until(lambda: not _alive(shell) and not _alive(background), "the command's group to be killed")
+    wait_until(lambda: gone(shell) and gone(background), "the command's group to be killed")
 
 
 def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path):
@@ -288,21 +268,10 @@ def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_pat
     wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), "the command to start")
     shell, background = map(int, pids.read_text().split())
     # What the command guard does to the helper's ssh when the daemon dies.
-    [ssh] = [pid for pid in _children(os.getpid()) if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    [ssh] = [p.pid for p in processes() if p.ppid == os.getpid() and b"serve" in b" ".join(p.argv)]
     os.kill(ssh, signal.SIGKILL)
     running.join(30)
-    wait_until(lambda: not _alive(shell) and not _alive(background), "the abandoned command to be killed")
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    wait_until(lambda: gone(shell) and gone(background), "the abandoned command to be killed")
 
 
 def test_a_command_gets_its_environment_and_stdin_and_no_shell(remote, tmp_path):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import DaemonProcess, assert_done, wait_until
+from helpers import DaemonProcess, assert_done, processes, wait_until
 
 pytestmark = pytest.mark.with_workers
 
@@ -37,14 +37,8 @@ def test_the_command_guard_runs_before_the_first_request(host, daemon):
 
 def _guard_of(pid: int) -> int | None:
     """The pid of the command guard whose token names the daemon ``pid``."""
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"provisioning.commandguard" in argv and any(a.startswith(f"{pid}-".encode()) for a in argv):
-            return int(entry.name)
-    return None
+    return next((p.pid for p in processes() if b"provisioning.commandguard" in p.argv
+                 and any(a.startswith(f"{pid}-".encode()) for a in p.argv)), None)
 
 
 def test_a_command_finds_no_descriptor_of_the_daemon_open(host, directory, tmp_path):

@@ -35,7 +35,7 @@ from provisioning.transport import nofollow
 from provisioning.transport.base import PAST_DEADLINE
 from provisioning import commandguard
 
-from helpers import wait_until
+from helpers import gone, processes, wait_until
 
 CUSTOMER = (1234, 1234)
 
@@ -403,7 +403,7 @@ def test_a_command_that_ends_but_leaves_its_output_open_is_killed_at_the_timeout
     result = LocalCLI(timeout=10).run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo started"], timeout=1)
     assert result.returncode == 124 and time.monotonic() - started < 8
     child = int(pidfile.read_text())
-    wait_until(lambda: _gone(child), f"the background child {child} to die with its group")
+    wait_until(lambda: gone(child), f"the background child {child} to die with its group")
 
 
 def test_a_missing_program_is_127(tmp_path):
@@ -444,21 +444,12 @@ def test_commands_get_the_signals_python_ignores_back():
         assert not masks["SigIgn"] & (1 << (sig - 1)), sig
 
 
-def _gone(pid: int) -> bool:
-    """Dead: no such process, or a zombie waiting for init."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state == "Z"
-
-
 def test_a_timeout_kills_what_the_command_started(tmp_path):
     pidfile = tmp_path / "grandchild"
     result = LocalCLI(timeout=10).run(["sh", "-c", f'sleep 60 & echo $! > {pidfile}; wait'], timeout=1)
     assert result.returncode == 124
     grandchild = int(pidfile.read_text())
-    wait_until(lambda: _gone(grandchild), f"the grandchild {grandchild} to die with its group")
+    wait_until(lambda: gone(grandchild), f"the grandchild {grandchild} to die with its group")
 
 
 def _killed_with_the_daemon(tmp_path, command: str, names: list[str]) -> None:
@@ -471,11 +462,11 @@ def _killed_with_the_daemon(tmp_path, command: str, names: list[str]) -> None:
     try:
         wait_until(lambda: all((tmp_path / name).exists() for name in names), "the command to start")
         pids = [int((tmp_path / name).read_text()) for name in names]
-        assert not any(_gone(pid) for pid in pids)
+        assert not any(gone(pid) for pid in pids)
         parent.kill()                                            # kill -9 of the daemon
         parent.wait(10)
         for pid in pids:
-            wait_until(lambda: _gone(pid), f"{pid} to die with the daemon")
+            wait_until(lambda: gone(pid), f"{pid} to die with the daemon")
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -575,17 +566,7 @@ def test_the_daemon_stopping_its_commands_interrupts_them(make):
 
 
 def _children_named(names: tuple[str, ...]) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            comm = (entry / "comm").read_text().strip()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if ppid == os.getpid() and comm in names:
-            return int(entry.name)
-    return None
+    return next((p.pid for p in processes() if p.ppid == os.getpid() and p.comm in names), None)
 
 
 # ------------------------------------------------------------ deadlines
