@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from provisioning.backend.cookie import Position, ahead_of, unseen_servers
+from provisioning.backend.cookie import Position, ahead_of, missing_writes, unseen_servers
 from provisioning.backend.ldap import (
     CookieReached, Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
     PresentEnd, RefreshDone, RefreshRequired, SyncStream, WriteRefused,
@@ -292,11 +292,17 @@ class Daemon:
         if not context:
             self._unverifiable_cookie()
             return False
+        missing = missing_writes(self.router.own_csns(), context)
         why = ahead_of(self.position.current, context)
+        if not why and missing:
+            why = (f"the provider lacks {len(missing)} write(s) of this daemon, the newest {max(missing)} (a claim "
+                   "or an outcome the provider it went to did not replicate)")
         if why:
             log.error("%s: refreshing from scratch", why)
             self.position.reset()
             self.router.adopt = None
+            # Judged by this refresh; they will never come back from this provider.
+            self.router.forget_own_writes(missing)
         elif self.router.adopt and ahead_of(self.router.adopt, context):
             log.error("COOKIE_FILE: %s: refreshing from scratch, taking nothing as handled before",
                       ahead_of(self.router.adopt, context))

@@ -170,6 +170,15 @@ class Router:
         while len(self._own_writes) > OWN_WRITES_KEPT:
             self._own_writes.popitem(last=False)
 
+    def own_csns(self) -> list[str]:
+        """The entryCSNs of our latest writes (claims, outcomes), whether their echo came or not."""
+        return list(self._own_writes)
+
+    def forget_own_writes(self, csns: list[str]) -> None:
+        """Stop counting these writes as ours (a refresh judged them lost)."""
+        for csn in csns:
+            self._own_writes.pop(csn, None)
+
     def written(self, write: PendingWrite, csn: str | None) -> None:
         """A kept write reached the directory: the store knows the entry as it left it."""
         known = self.store.lookup(write.uuid)

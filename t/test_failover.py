@@ -168,9 +168,11 @@ def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str, *,
     assert _mode(pair.second, dn) == ("add" if cut_at == "before the claim" else "adding")
     pair.first._proc.kill()                               # dies without replicating our outcome
     pair.first.wait()
-    # Whether the daemon's cookie already covered the outcome (then the second provider
-    # is found behind it: a full refresh) or not (the refresh sends the entry anyway),
-    # the entry comes back at a version this daemon answered.
+    # Whether the daemon's cookie already covered the outcome or not (its echo had not
+    # come back: the second provider is level with the cookie but lacks the daemon's own
+    # claim and outcome), the second is found behind and refreshed in full, and the
+    # entry comes back at a version this daemon answered. (The second case failed a
+    # fresh-clone run once, before the daemon compared its own writes too.)
     daemon.wait_for(rf"uid={UID},.*: the directory lost the outcome this daemon wrote", timeout=30)
     wait_until(lambda: _mode(pair.second, dn) == "added", "the outcome on the second provider", 30)
     assert daemon.stop() == 0

@@ -178,15 +178,27 @@ class _Position:
         self.current = None
 
 
+class _Router:
+    def __init__(self, adopt: str | None, own: list[str]) -> None:
+        self.adopt, self.own = adopt, list(own)
+
+    def own_csns(self) -> list[str]:
+        return list(self.own)
+
+    def forget_own_writes(self, csns: list[str]) -> None:
+        self.own = [csn for csn in self.own if csn not in csns]
+
+
 def _checking(uri: str, context: list[str] | Exception, session_server: str | None,
-              current: str | None = f"rid=001,csn={NEW}", adopt: str | None = None) -> Daemon:
+              current: str | None = f"rid=001,csn={NEW}", adopt: str | None = None,
+              own: tuple[str, ...] = ()) -> Daemon:
     """A daemon (stubs around it) about to compare its cookie on ``uri`` after a session on ``session_server``."""
     def context_csns(base: str) -> list[str]:
         if isinstance(context, Exception):
             raise context
         return context
     daemon = Daemon(directory=SimpleNamespace(uri=uri, context_csns=context_csns), stream=None,
-                    position=_Position(current), store=None, router=SimpleNamespace(adopt=adopt),
+                    position=_Position(current), store=None, router=_Router(adopt, own),
                     executor=None, startup=None, operation=None, base="ou=backup,dc=x,dc=y")
     daemon._session_server = session_server
     daemon._check_cookie()
@@ -211,6 +223,21 @@ def test_a_cookie_that_cannot_be_checked_is_trusted_only_on_the_server_it_came_f
 def test_a_cookie_checked_against_a_readable_contextcsn_is_judged_by_it_on_any_server():
     assert _checking("ldap://b/", [NEW], session_server="ldap://a/").position.current == f"rid=001,csn={NEW}"
     assert _checking("ldap://b/", [MID], session_server="ldap://b/").position.current is None   # behind
+
+
+def test_a_provider_without_this_daemons_last_writes_gets_a_full_refresh(caplog):
+    # The cookie stands before our claim and outcome (their echoes had not come back when the
+    # provider we wrote to died); the one we fail over to is level with the cookie, without them.
+    added, outcome = (f"20260101000000.00000{n}Z#000000#00a#000000" for n in (1, 2))
+    failed_over = _checking("ldap://b/", [added], session_server="ldap://a/", current=f"rid=001,csn={added}",
+                            own=(outcome,))
+    assert failed_over.position.current is None
+    assert f"the provider lacks 1 write(s) of this daemon, the newest {outcome}" in caplog.text
+    assert failed_over.router.own == []                    # judged by that refresh, not counted again
+    # A provider that has them (the same one after a cut, or one it replicated to): resumed.
+    resumed = _checking("ldap://b/", [outcome], session_server="ldap://a/", current=f"rid=001,csn={added}",
+                        own=(outcome,))
+    assert resumed.position.current == f"rid=001,csn={added}" and resumed.router.own == [outcome]
 
 
 def test_the_sync_search_opens_on_the_server_the_cookie_was_checked_on():

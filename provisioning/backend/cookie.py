@@ -147,6 +147,22 @@ def ahead_of(cookie: str | None, context_csns: list[str]) -> str | None:
     return None
 
 
+def missing_writes(own_csns: list[str], context_csns: list[str]) -> list[str]:
+    """Those of this daemon's own writes (their entryCSNs) that the provider does not have.
+
+    The cookie moves only past handled events: after a claim and an outcome
+    whose echoes had not come back yet, it still stands before them. A
+    provider we failed over to, which never got those writes from the one
+    they went to, then looks level with the cookie; only the writes' own
+    entryCSNs show that it is behind (one server's changes replicate in
+    order).
+    """
+    if not context_csns:
+        return []
+    theirs = by_sid(context_csns)
+    return [csn for csn in own_csns if csn > theirs.get(csn_sid(csn), "")]
+
+
 def unseen_servers(cookie: str | None, context_csns: list[str]) -> list[str]:
     """Server ids whose changes the provider has and the cookie names no CSN of.
 
