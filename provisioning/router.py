@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 
+from provisioning.backend.cookie import by_sid, csn_sid
 from provisioning.backend.store import Known, PendingWrite, Store
 from provisioning.claims import Owners
 from provisioning.clock import Clock
@@ -53,6 +54,8 @@ class Router:
         self.adopt: str | None = None      # a cookie whose entries count as handled (see cookie.Start)
         self.watching: dict[str, Watch] = {}
         self._own_writes: OrderedDict[str, None] = OrderedDict()
+        self._own_newest: dict[str, str] = {}         # server id -> the newest of _own_writes, kept in the store
+        self.note_own_writes(store.own_writes)         # the last run's, for its first cookie check
 
     # ---------------------------------------------------------------- planning
 
@@ -164,11 +167,17 @@ class Router:
     # ---------------------------------------------------------------- results
 
     def note_own_writes(self, csns: list[str]) -> None:
-        """Remember the entryCSNs our writes produced, to recognise their echo."""
+        """Remember the entryCSNs our writes produced, to recognise their echo and to check providers."""
+        newer = False
         for csn in csns:
             self._own_writes[csn] = None
+            if csn > self._own_newest.get(csn_sid(csn), ""):
+                self._own_newest[csn_sid(csn)] = csn
+                newer = True
         while len(self._own_writes) > OWN_WRITES_KEPT:
             self._own_writes.popitem(last=False)
+        if newer:
+            self.store.keep_own_writes(sorted(self._own_newest.values()))
 
     def own_csns(self) -> list[str]:
         """The entryCSNs of our latest writes (claims, outcomes), whether their echo came or not."""
@@ -176,8 +185,12 @@ class Router:
 
     def forget_own_writes(self, csns: list[str]) -> None:
         """Stop counting these writes as ours (a refresh judged them lost)."""
+        if not csns:
+            return
         for csn in csns:
             self._own_writes.pop(csn, None)
+        self._own_newest = by_sid(list(self._own_writes))
+        self.store.keep_own_writes(sorted(self._own_newest.values()))
 
     def written(self, write: PendingWrite, csn: str | None) -> None:
         """A kept write reached the directory: the store knows the entry as it left it."""

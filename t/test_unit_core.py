@@ -453,6 +453,34 @@ def test_a_position_stored_with_the_providers_sid_is_sent_without_it(tmp_path):
     assert position.cookie == "rid=001,csn=20261127120000.000000Z#000000#c71#000000"
 
 
+def test_the_daemons_newest_own_writes_outlive_a_restart(tmp_path):
+    """A restart between the outcome and its echo, while failing over, must still find the provider behind."""
+    from provisioning.backend.store import Store
+    from provisioning.router import Router
+
+    def router(store: Store) -> Router:
+        return Router(modus="selfcare", base="ou=x", store=store, service=None, owners=None, selfcare=None,
+                      ldap_mode=None, removals=None)
+    a1, a2, b1 = (f"2026010100000{n}.000000Z#000000#{sid}#000000" for n, sid in ((1, "00a"), (2, "00a"), (3, "00b")))
+    store = Store(tmp_path / "state.sqlite")
+    store.open()
+    first = router(store)
+    first.note_own_writes([a1, b1])
+    first.note_own_writes([a2])
+    assert store.flush()
+    again = Store(tmp_path / "state.sqlite")
+    again.open()
+    assert again.own_writes == [a2, b1]                    # the newest of each server id
+    assert set(router(again).own_csns()) == {a2, b1}
+    # Those a refresh judged lost are not kept either.
+    second = router(again)
+    second.forget_own_writes([a2])
+    assert again.flush()
+    third = Store(tmp_path / "state.sqlite")
+    third.open()
+    assert third.own_writes == [b1]
+
+
 def test_a_provider_behind_the_cookie_for_one_server_id_is_found():
     from provisioning.backend.cookie import ahead_of
     mine = "rid=001,sid=001,csn=20261127120000.000000Z#000000#001#000000;20261127120500.000000Z#000000#002#000000"

@@ -94,6 +94,7 @@ class Store:
         self._entries: dict[str, Known | None] = {}
         self._pending: dict[str, PendingWrite | None] = {}
         self._cookie: str | None = None
+        self._own: list[str] | None = None
         self.error: str | None = None              # why the file cannot be written now, if it cannot
 
     # ------------------------------------------------------------- life cycle
@@ -180,6 +181,18 @@ class Store:
         row = self._query("SELECT value FROM meta WHERE key='cookie'")
         return row[0][0] if row else None
 
+    @property
+    def own_writes(self) -> list[str]:
+        """The entryCSNs of the newest writes of the daemon, one per server id (see keep_own_writes)."""
+        if self._own is not None:
+            return list(self._own)
+        row = self._query("SELECT value FROM meta WHERE key='own_writes'")
+        return json.loads(row[0][0]) if row else []
+
+    def keep_own_writes(self, csns: list[str]) -> None:
+        """Keep these (written with the next flush): a restart after a failover compares them too."""
+        self._own = list(csns)
+
     def lookup(self, uuid: str | None) -> Known | None:
         if not uuid:
             return None
@@ -249,7 +262,7 @@ class Store:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._entries or self._pending or self._cookie is not None)
+        return bool(self._entries or self._pending or self._cookie is not None or self._own is not None)
 
     def flush(self) -> bool:
         """Write what waits in memory in one transaction; False if it could not be written."""
@@ -289,6 +302,8 @@ class Store:
                     db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?)", (dn, json.dumps(asdict(write))))
             if self._cookie is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('cookie', ?)", (self._cookie,))
+            if self._own is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('own_writes', ?)", (json.dumps(self._own),))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:        # SQLite rolls back by itself when a COMMIT fails (full disk)
@@ -297,6 +312,7 @@ class Store:
         self._entries.clear()
         self._pending.clear()
         self._cookie = None
+        self._own = None
 
 
 def _known(row: tuple) -> Known:
