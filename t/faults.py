@@ -2,7 +2,9 @@
 
 - ``Proxy``: a TCP relay between the daemon and slapd that the test cuts and
   restores (every connection closed, new ones refused) - a network fault
-  without touching slapd.
+  without touching slapd; or whose sync streams it holds (hold_streams: what
+  slapd sends on a connection that asked for a sync search is kept back), so
+  that the daemon's own writes go through and their echoes do not.
 - ``PauseAt``: a stand-in command that records its call and, on its first
   call, stops until the test has put its fault in place. The daemon is then
   exactly between the plugin's work and the outcome write.
@@ -18,6 +20,9 @@ from pathlib import Path
 from helpers import wait_until
 
 
+SYNC_REQUEST_OID = b"1.3.6.1.4.1.4203.1.9.1.1"
+
+
 class Proxy:
     """127.0.0.1:<port> -> target, with cut() and restore()."""
 
@@ -28,6 +33,8 @@ class Proxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._cut = False
+        self._hold = threading.Event()
+        self._hold_after: bytes | None = None
         self._running = True
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -44,6 +51,15 @@ class Proxy:
         for pair in pairs:
             for sock in pair:
                 _close(sock)
+
+    def hold_streams(self, after: bytes | None = None) -> None:
+        """Keep back what slapd sends on sync stream connections from now on (never delivered).
+
+        ``after``: only once slapd has sent these bytes on a stream (an entry's
+        DN: the daemon sees the entry, and none of its own writes' echoes).
+        """
+        self._hold_after = after
+        self._hold.set()
 
     def restore(self) -> None:
         with self._lock:
@@ -79,6 +95,7 @@ class Proxy:
 
     def _relay(self, client: socket.socket, server: socket.socket) -> None:
         peers = {client: server, server: client}
+        stream = False                   # the client asked for a sync search (the control's OID went by)
         try:
             while True:
                 ready, _, _ = select.select(list(peers), [], [], 1.0)
@@ -86,6 +103,12 @@ class Proxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    stream = stream or (sock is client and SYNC_REQUEST_OID in data)
+                    if sock is server and stream and self._hold.is_set():
+                        if self._hold_after is None:
+                            continue
+                        if self._hold_after in data:
+                            self._hold_after = None           # this one goes through, then nothing
                     peers[sock].sendall(data)
         except (OSError, ValueError):
             return

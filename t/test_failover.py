@@ -97,6 +97,28 @@ def test_an_outcome_the_dead_provider_never_replicated_is_written_again_not_redo
         pair.stop()
 
 
+@pytest.mark.parametrize("cut_at", ["before the claim", "after the claim"])
+def test_a_provider_level_with_the_cookie_but_without_our_writes_is_refreshed(tmp_path, cut_at):
+    """The echoes of the claim and the outcome never reach the daemon before the first provider dies.
+
+    Its cookie then stands before both writes, level with the second provider's
+    contextCSN: only the writes' own entryCSNs show that the second lacks them.
+    (Seen once by timing in the test above, in a fresh-clone run.)
+    """
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.first.port)
+    echoes = Proxy("127.0.0.1", pair.first.port)
+    pair.relay_first_to_second(relay.uri)
+    pair.start()
+    try:
+        daemon = _lost_outcome(tmp_path, pair, relay, cut_at, echoes=echoes)
+        assert daemon.count(r"the provider lacks \d+ write\(s\) of this daemon") == 1
+    finally:
+        echoes.stop()
+        relay.stop()
+        pair.stop()
+
+
 def test_with_contextcsn_hidden_on_the_other_provider_the_lost_outcome_is_written_again(tmp_path):
     """The daemon binds as the README's service account; the second provider's ACL hides contextCSN.
 
@@ -142,11 +164,14 @@ def _deploy_service_account(pair: ProviderPair, tmp_path) -> None:
 
 
 def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str, *,
-                  bind: tuple[str, str] | None = None) -> DaemonProcess:
+                  bind: tuple[str, str] | None = None, echoes: Proxy | None = None) -> DaemonProcess:
+    """``echoes``: the daemon reaches the first provider through this proxy, which holds the
+    echoes of its claim and outcome back: its cookie then stands before both."""
     (tmp_path / "stand-ins").mkdir()
     pause = PauseAt(tmp_path / "stand-ins", "setquota")
     host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
-    host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
+    first = echoes.uri if echoes is not None else pair.first.ldap_uri
+    host.set("Database", SERVER=f"{first} {pair.second.ldap_uri}")
     if bind is not None:
         host.set("Database", ADMIN_USER=bind[0], ADMIN_PASSWORD=bind[1])
     host.set("Backup", SET_QUOTA_CMD=pause.command)
@@ -155,12 +180,16 @@ def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str, *,
     dn = f"uid={UID},{ACCOUNTS_BASE}"
     if cut_at == "before the claim":
         relay.cut()                                       # the second sees nothing of the first from now on
+        if echoes is not None:
+            echoes.hold_streams(after=f"uid={UID}".encode())     # the add reaches the daemon, no echo does
     second = pair.second.connect()
     second.add_s(dn, ldap.modlist.addModlist(account_attrs(UID, host.layout.backup_root)))
     pause.wait_paused()
     if cut_at == "after the claim":
         wait_until(lambda: _mode(pair.second, dn) == "adding", "the claim to replicate")
         relay.cut()
+    if echoes is not None and cut_at == "after the claim":
+        echoes.hold_streams()                             # the claim's echo came, the outcome's will not
     pause.release()
     daemon.wait_for(rf"uid={UID},.*: add done in")
     # The outcome is on the first provider only: the second cannot get it.
