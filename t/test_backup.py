@@ -177,7 +177,22 @@ def test_code_5_chroot_script_fails(host, directory, daemon):
     Path(f"{host.chroot_log}.exit").write_text("1")
     dn = directory.add(UID)
     _refused(directory, daemon, dn, 5, r"creating the home failed: \S+create-chroot .* exited 1")
-    assert len(host.chroot_calls()) == 1 and host.quota_calls() == []
+    assert len(host.chroot_calls()) == 1
+    # setquota ran beside the script: the limit the entry asks for, set again by the retry.
+    assert [c[:3] for c in host.quota_calls()] == [["-u", UID, "1048576"]]
+    # The configuration written meanwhile is removed, never put in place.
+    assert not any(host.layout.rsnapshot_dir.iterdir())
+
+
+def test_code_5_is_reported_when_the_quota_fails_as_well(host, directory):
+    Path(f"{host.chroot_log}.exit").write_text("1")
+    host.fail_quota(2)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add(UID)
+        _refused(directory, daemon, dn, 5, r"creating the home failed")
+    finally:
+        assert daemon.stop() == 0
     assert not any(host.layout.rsnapshot_dir.iterdir())
 
 
@@ -223,6 +238,25 @@ def test_the_configuration_is_written_while_setquota_runs_and_put_in_place_after
         assert daemon.stop() == 0
     assert host.rsnapshot_config(UID).exists() and not candidate.exists()
     assert [c[:2] for c in pause.call_args()] == [["-u", UID]]
+
+
+def test_quota_and_configuration_are_done_while_the_chroot_script_runs(host, directory, tmp_path):
+    pause = PauseAt(tmp_path, "create-chroot", then=str(REPO / "bin/prov-backup-create-home"))
+    host.set("Backup", CREATE_CHROOT_CMD=pause.command)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add(UID)
+        pause.wait_paused()
+        candidate = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
+        wait_until(lambda: host.quota_calls() and candidate.exists(), "setquota and the configuration's write "
+                   "while the chroot script runs")
+        assert not host.rsnapshot_config(UID).exists()       # not in use before the home is there
+        pause.release()
+        assert_done(directory.wait_mode(dn, "added"), "added")
+    finally:
+        assert daemon.stop() == 0
+    assert host.rsnapshot_config(UID).exists() and not candidate.exists()
+    assert [c[:3] for c in host.quota_calls()] == [["-u", UID, "1048576"]]
 
 
 def test_code_7_a_configuration_rsnapshot_rejects_is_never_left_in_place(host, directory):

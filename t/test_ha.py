@@ -118,11 +118,12 @@ def test_a_claim_of_a_daemon_that_does_not_come_back_is_taken_over_after_the_lea
     second = DaemonProcess(twin).start()
     second.wait_for(rf"uid={uid},.*: adding: claimed by backup-a process {first.proc.pid} at \d+T\d+Z; "
                     rf"taken over if still open at \d+T\d+Z")
+    wait_until(lambda: host.quota_calls(), "backup-a's setquota beside the paused script")
     first.kill()                                   # backup-a never comes back
     pause.release()
     second.wait_for(rf"uid={uid},.*: resuming add: adding without an outcome, claimed by backup-a .*; "
                     rf"its lease ran out", timeout=30)
     directory.wait_mode(directory.dn(uid), "added")
     assert second.stop() == 0
-    assert [c[1] for c in host.quota_calls()] == [uid]
+    assert [c[1] for c in host.quota_calls()] == [uid, uid]     # backup-a's, and the takeover's
     assert not re.search("resuming", first.text())

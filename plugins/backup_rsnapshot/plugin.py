@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 import weakref
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -32,7 +33,7 @@ from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot.operations import OperatorHooks
 from provisioning_backup_rsnapshot.quota import set_quota
 from provisioning_backup_rsnapshot.survey import survey
-from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
+from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Staged, Template
 from provisioning_backup_rsnapshot.settings import Settings, problems
 
 log = logging.getLogger(__name__)
@@ -164,40 +165,56 @@ class BackupRsnapshot(OperatorHooks):
         account = accounts.parse(request.entry, s.min_id)
         place = self._place(account, ctx)
         verdict, nodes = self._judge(request, account, place, ctx)
-        home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
-                   s.backup_root, ctx.transport)
-        written = self._quota_and_configuration(account, place, ctx)
+        def build() -> None:
+            home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
+                       s.backup_root, ctx.transport)
+        written = self._apply(build, account, place, ctx)
         log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
                  place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
 
-    def _quota_and_configuration(self, account: accounts.Account, place: accounts.Layout,
-                                 ctx: ServiceContext) -> str:
-        """setquota, and the account's rsnapshot.conf written and synced while the command runs.
+    def _apply(self, build: Callable[[], None], account: accounts.Account, place: accounts.Layout,
+               ctx: ServiceContext) -> str:
+        """Home, quota and rsnapshot.conf, the three at once; the configuration's path.
 
-        The configuration is put in place only once the quota is set, and a
-        failed setquota reports first: the outcome is what running the two
-        one after the other gives (a failed setquota leaves no new
-        configuration), one command's time sooner. A dry run shows them in
-        that order.
+        Once the request is judged the account's, the steps need nothing of
+        each other until the configuration is checked against the folders,
+        and each mostly waits (for a command, for the disk): setquota and
+        the writing and syncing of the configuration run beside the home's
+        creation. The configuration is put in place only when all three
+        succeeded. The failure reported is the one the order home, quota,
+        configuration gives: a failed home reports 5 even if the quota
+        failed too. The difference to running them one after the other: when
+        the home fails, the quota the entry asks for may already be set (its
+        retry sets it again). A dry run shows them in that order.
         """
         s = self.settings
         def quota() -> None:
             set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
         if ctx.dry_run:
+            build()
             quota()
             return self.configs.install(account, place)
         setting = alongside(quota)
+        writing = alongside(lambda: self.configs.write(account, place))
         try:
-            staged = self.configs.stage(account, place)
-        except BaseException:
-            setting.result()                  # its failure is the one to report; never left running
-            raise
-        try:
+            build()
             setting.result()
+            staged = writing.result()
         except BaseException:
-            self.configs.discard(staged)
+            self._abandon(setting, writing)     # never left running; the earlier step's failure is raised
             raise
+        self.configs.prove(staged, place)
         return self.configs.commit(staged)
+
+    def _abandon(self, *steps: Future) -> None:
+        """Wait for the steps beside a failed one; a configuration written meanwhile is removed."""
+        for step in steps:
+            try:
+                done = step.result()
+            except BaseException:
+                continue
+            if isinstance(done, Staged):
+                self.configs.discard(done)
 
     def _remove(self, request: Request, ctx: ServiceContext) -> None:
         """Delete, in the order that leaves a consistent account whichever step fails.

@@ -20,8 +20,10 @@ import hashlib
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from provisioning.transport import Transport
 
@@ -74,10 +76,11 @@ def retain_lines(account: Account) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A configuration written and proven next to its place (``candidate``), not yet at ``final``."""
+    """A configuration written next to its place (``candidate``), not yet at ``final``."""
 
     candidate: str
     final: str
+    values: dict = field(compare=False, repr=False)
 
 
 class RsnapshotConfigs:
@@ -100,30 +103,42 @@ class RsnapshotConfigs:
 
     def install(self, account: Account, place: Layout) -> str:
         """Put the account's configuration in place; StepError 7 if it is not valid."""
-        return self.commit(self.stage(account, place))
+        staged = self.write(account, place)
+        self.prove(staged, place)
+        return self.commit(staged)
 
-    def stage(self, account: Account, place: Layout) -> "Staged":
-        """Write the configuration next to its place, synced and proven (StepError 7); not in use yet.
+    def write(self, account: Account, place: Layout) -> Staged:
+        """Write the configuration, synced, next to its place; not in use yet (StepError 7).
 
-        Then either ``commit`` puts it in place or ``discard`` removes it.
+        This needs nothing of the account's folders, so it can be done while
+        they are made. Then ``prove`` checks it against them, and ``commit``
+        puts it in place, or ``discard`` removes it.
         """
         values = values_for(account, place)
-        text = self.template.render(values)
-        self._check_paths(place)
         final = self.path_for(account.uid)
         folder, name = final.rsplit("/", 1)
-        staged = Staged(f"{folder}/.{name}.new", final)
+        staged = Staged(f"{folder}/.{name}.new", final, values)
+        with self._discarded_on_failure(staged):
+            self.transport.write_file(staged.candidate, self.template.render(values).encode(), mode=0o644)
+        return staged
+
+    def prove(self, staged: Staged, place: Layout) -> None:
+        """StepError 7 (and the candidate removed) unless the written configuration is valid here."""
+        with self._discarded_on_failure(staged):
+            self._check_paths(place)
+            self._prove(staged.candidate, staged.values)
+
+    @contextmanager
+    def _discarded_on_failure(self, staged: Staged) -> Iterator[None]:
         try:
-            self.transport.write_file(staged.candidate, text.encode(), mode=0o644)
-            self._prove(staged.candidate, values)
+            yield
         except OSError as err:
             self.discard(staged)
             raise StepError(Code.CANNOT_CREATE_RSNAPSHOT_CONFIGURATION,
-                            f"cannot write {final}: {err}") from err
+                            f"cannot write {staged.final}: {err}") from err
         except BaseException:
             self.discard(staged)
             raise
-        return staged
 
     def commit(self, staged: "Staged") -> str:
         """Rename the staged file over the account's configuration; its path."""
