@@ -376,10 +376,10 @@ class Daemon:
     def _dispatch(self, event: Event) -> None:
         self._seq += 1
         if isinstance(event, EntryChanged):
-            entry, origin = event.entry, REFRESH if self.in_refresh else CHANGE
-            self.monitor.seen(entry)
-            self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
-                          lambda: self.router.entry_job(entry, origin=origin))
+            origin = REFRESH if self.in_refresh else CHANGE
+            self.monitor.seen(event)
+            self._enqueue(event.uuid or event.dn.lower(), self._seq, event.dn,
+                          lambda: self.router.stream_job(event, origin))
         elif isinstance(event, CookieReached):
             self._cookies.append((self._seq, event.cookie))
             self._advance()

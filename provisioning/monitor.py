@@ -142,10 +142,10 @@ class Monitor:
         self.metrics.directory(False)
         self._status(force=True)
 
-    def seen(self, entry: Any) -> None:
-        """An entry arrived in the stream."""
+    def seen(self, event: Any) -> None:
+        """An entry arrived in the stream (an EntryChanged: its entryCSN is read without decoding it)."""
         self.progress.entries += 1
-        self.metrics.seen(entry.csn)
+        self.metrics.seen(event.csn)
 
     def completed(self, job: "Job", result: "Result") -> None:
         """A job ended (the router has recorded it)."""

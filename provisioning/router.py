@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 
 from provisioning.backend.cookie import by_sid, csn_sid
+from provisioning.backend.ldap import EntryChanged
 from provisioning.backend.store import Known, PendingWrite, Store
 from provisioning.claims import Owners
 from provisioning.clock import Clock
@@ -85,6 +86,13 @@ class Router:
         if self.uses_selfcare(entry):
             return self._selfcare_job(entry, origin == REFRESH)
         return self._ldap_job(entry)
+
+    def stream_job(self, event: EntryChanged, origin: str) -> Job | None:
+        """entry_job for an entry the stream sent; the echo of our own write is known before it is decoded."""
+        if origin == CHANGE and event.csn is not None and event.csn in self._own_writes:
+            log.debug("%s: echo of our own write (%s), nothing to do", event.dn, event.csn)
+            return None
+        return self.entry_job(event.entry, origin=origin)
 
     def uses_selfcare(self, entry: Entry) -> bool:
         if self.modus == "selfcare":

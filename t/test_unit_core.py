@@ -527,3 +527,43 @@ def test_the_lowest_open_event_is_found_past_events_handled_out_of_order():
         events.add(5)                                # events come in order
     events.clear()
     assert events.lowest() == math.inf
+
+
+def test_the_echo_of_our_own_write_is_recognised_without_decoding_the_entry(tmp_path, monkeypatch):
+    from provisioning.backend.ldap import EntryChanged
+    from provisioning.backend.store import Store
+    from provisioning.entry import Entry
+    from provisioning.router import CHANGE, REFRESH, Router
+
+    store = Store(tmp_path / "state.sqlite")
+    store.open()
+    router = Router(modus="selfcare", base="ou=x", store=store, service=None, owners=None, selfcare=None,
+                    ldap_mode=None, removals=None)
+    ours, theirs = "20261128100000.000001Z#000000#001#000000", "20261128100000.000002Z#000000#001#000000"
+    router.note_own_writes([ours])
+    raw = {"uid": [b"3723707"], "entryCSN": [ours.encode()], "sstProvisioningMode": [b"adding"]}
+    event = EntryChanged("uid=3723707,ou=x", raw, "0A1B-C2")
+    assert (event.uuid, event.csn) == ("0a1b-c2", ours)      # what the daemon needs for the lane and the metrics
+    decoded = []
+    monkeypatch.setattr(Entry, "from_ldap", classmethod(lambda cls, *a: decoded.append(a) or Entry("x")))
+    assert router.stream_job(event, CHANGE) is None
+    assert decoded == []                                      # the echo was never decoded
+    # Anything else is decoded and judged as before: another CSN, or our own CSN in a refresh
+    # (a directory that lost what came after it).
+    judged = []
+    monkeypatch.setattr(Router, "entry_job", lambda self, entry, origin: judged.append((entry.dn, origin)))
+    router.stream_job(EntryChanged("uid=a,ou=x", {**raw, "entryCSN": [theirs.encode()]}, "u1"), CHANGE)
+    router.stream_job(EntryChanged("uid=b,ou=x", raw, "u2"), REFRESH)
+    assert judged == [("x", CHANGE), ("x", REFRESH)] and len(decoded) == 2
+
+
+def test_a_stream_entry_decodes_as_before():
+    from provisioning.backend.ldap import EntryChanged
+    from provisioning.entry import Entry
+
+    raw = {"uid": [b"3723707"], "entryCSN": [b"20261128100000.000001Z#000000#001#000000"],
+           "cn": ["Zoë".encode(), b"\xff"], "entryUUID": [b"ABC"]}
+    event = EntryChanged("uid=3723707,ou=x", raw, None)
+    assert event.uuid == "abc" and event.entry == Entry.from_ldap("uid=3723707,ou=x", raw)
+    assert event.entry.get("cn") == "Zoë" and event.entry.csn == event.csn
+    assert EntryChanged.of(event.entry).csn == event.csn

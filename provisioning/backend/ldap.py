@@ -327,10 +327,47 @@ class Directory:
 
 # ------------------------------------------------------------ sync stream
 
-@dataclass
 class EntryChanged:
-    """An entry was added or modified (or is sent during a refresh)."""
-    entry: Entry
+    """An entry was added or modified (or is sent during a refresh).
+
+    Kept as the server sent it; ``entry`` is decoded on first use. Two of the
+    three entries a request brings are the echoes of the daemon's own claim
+    and outcome, recognised by their entryCSN alone (Router.stream_job):
+    decoding their thirty-odd attributes was wasted.
+    """
+
+    __slots__ = ("dn", "uuid", "csn", "_raw", "_entry")
+
+    def __init__(self, dn: str, raw: Mapping[str, Sequence[bytes]], uuid: str | None = None) -> None:
+        self.dn = dn
+        self._raw = raw
+        self._entry: Entry | None = None
+        self.uuid: str | None = None
+        csns = raw.get("entryCSN")
+        # Spelled otherwise (OpenLDAP never does): the decoded entry, which ignores case, has it.
+        self.csn: str | None = csns[0].decode("utf-8", "replace") if csns else None
+        if uuid is None:                   # not from the sync state control: from the entry
+            uuid = self.entry.uuid
+        self.uuid = uuid.lower() if uuid else None
+
+    @classmethod
+    def of(cls, entry: Entry) -> "EntryChanged":
+        """The event for an entry already decoded (tests, tools)."""
+        event = cls.__new__(cls)
+        event.dn, event.uuid, event.csn, event._raw, event._entry = entry.dn, entry.uuid, entry.csn, None, entry
+        return event
+
+    @property
+    def entry(self) -> Entry:
+        if self._entry is None:
+            self._entry = Entry.from_ldap(self.dn, self._raw, self.uuid)
+            self._raw = None               # not kept twice while the event waits in its lane
+            if self.csn is None:
+                self.csn = self._entry.csn
+        return self._entry
+
+    def __repr__(self) -> str:
+        return f"EntryChanged({self.dn!r}, csn={self.csn!r})"
 
 
 @dataclass
@@ -385,7 +422,7 @@ class _Consumer(SyncreplConsumer, SimpleLDAPObject):
         return super().result4(*args, **kwargs)
 
     def syncrepl_entry(self, dn, attributes, uuid) -> None:
-        self.events.append(EntryChanged(Entry.from_ldap(dn, attributes, uuid)))
+        self.events.append(EntryChanged(dn, attributes, uuid))
 
     def syncrepl_delete(self, uuids) -> None:
         self.events.append(EntriesDeleted([u.lower() for u in uuids]))
