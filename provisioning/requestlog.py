@@ -5,7 +5,9 @@ A logging.Handler on the root logger that keeps nothing by default. Inside
 logs is formatted (one line each, as in the log) and appended to ``lines``.
 The capture lives in a contextvars.ContextVar: each worker thread has its own
 context, so requests worked at the same time in other threads never mix
-their lines, and a record logged outside any capture costs one lookup.
+their lines, and a record logged outside any capture costs one lookup. A
+helper thread that runs a step of the request in a copy of its context
+(Backup's setquota beside the home) adds to the same lines.
 
 The lines are bounded, because a request may log a lot (a command's output,
 a 100 KB directory value): at most ``max_lines`` lines of at most
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from contextvars import ContextVar
 from typing import Iterator
 
@@ -36,10 +39,15 @@ class Lines(list):
         self.head = head
         self.max_chars = max_chars
         self.omitted = 0
+        self._lock = threading.Lock()      # a request's helper threads add to the same lines
 
     def add(self, line: str) -> None:
         if len(line) > self.max_chars:
             line = f"{line[:self.max_chars]}... ({len(line) - self.max_chars} more characters)"
+        with self._lock:
+            self._add(line)
+
+    def _add(self, line: str) -> None:
         if len(self) < self.max_lines:
             self.append(line)
             return
@@ -83,7 +91,7 @@ class RequestLog(logging.Handler):
             self._current.reset(token)
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: the lines belong to this thread's capture alone.
+        # No handler lock: the lines belong to this request alone (Lines.add locks for its helpers).
         lines = self._current.get()
         if lines is None or not self.filter(record):
             return False

@@ -191,6 +191,8 @@ def test_code_5_is_reported_when_the_quota_fails_as_well(host, directory):
     try:
         dn = directory.add(UID)
         _refused(directory, daemon, dn, 5, r"creating the home failed")
+        daemon.wait_for(rf"WARNING uid={UID},.*: add: setting the quota failed: .* exited 2 as well "
+                        r"\(CANNOT_SET_QUOTA\)")
     finally:
         assert daemon.stop() == 0
     assert not any(host.layout.rsnapshot_dir.iterdir())
@@ -381,6 +383,20 @@ def test_delete_removes_configuration_lifts_quota_and_archives_the_data(host, di
     saved = archived[0] / f"chroot/home/{UID}/incoming/backup.tar"
     assert saved.read_text() == "the customer's data"
     assert (archived[0] / "snapshots").is_dir()              # the snapshots go with it
+
+
+def test_delete_removes_a_configuration_candidate_left_over(host, directory, daemon):
+    """A candidate whose removal failed (past the deadline, the gateway gone) must not outlive the account."""
+    dn = directory.add(UID)
+    directory.wait_mode(dn, "added")
+    left = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
+    left.write_text("a candidate an earlier request could not remove")
+    other = host.layout.rsnapshot_dir / ".rsnapshot.conf.3723708.new"
+    other.write_text("another account's")
+    directory.request(dn, "delete", sstIsActive="FALSE")
+    assert_done(directory.wait_mode(dn, "deleted"), "deleted")
+    assert not left.exists() and not host.rsnapshot_config(UID).exists()
+    assert other.exists()
 
 
 def test_delete_of_an_account_whose_data_is_already_gone_succeeds(host, directory, daemon):

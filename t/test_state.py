@@ -149,6 +149,9 @@ def test_ctrl_c_in_a_terminal_lets_the_command_in_hand_finish(host, directory, t
     daemon = DaemonProcess(host).start()          # its own process group, as a shell's foreground job
     dn = directory.add(UID)
     pause.wait_paused()
+    # The chroot script runs beside setquota: signal once it has started. A command still being
+    # started is in the daemon's group for a moment and would get the signal too (README, Stops).
+    wait_until(host.chroot_calls, "the chroot script to start")
     os.killpg(daemon.proc.pid, signal.SIGINT)      # what Ctrl-C does: the whole foreground group
     pause.release()
     # The daemon stops by itself (it got the signal), after finishing the

@@ -741,3 +741,18 @@ def test_every_return_value_has_a_meaning_for_status_retry_and_mail():
     doc = (Path(__file__).parents[1] / "docs/return-values.md").read_text()
     for code in Code:
         assert f"| {int(code)} | {code.name} |" in doc
+
+
+def test_a_step_no_helper_could_be_started_for_never_runs(monkeypatch):
+    """The executor queues a step before it starts a thread: a failed start must not leave it to run later."""
+    from provisioning_backup_rsnapshot import alongside as module
+    queued, ran = [], []
+
+    class NoThreads:
+        def submit(self, job):
+            queued.append(job)
+            raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(module, "_HELPERS", NoThreads())
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        module.alongside(lambda: ran.append(1))
+    assert queued[0]() is None and ran == []          # the helper that takes it up later does nothing

@@ -168,12 +168,12 @@ class BackupRsnapshot(OperatorHooks):
         def build() -> None:
             home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
                        s.backup_root, ctx.transport)
-        written = self._apply(build, account, place, ctx)
+        written = self._apply(request, build, account, place, ctx)
         log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
                  place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
 
-    def _apply(self, build: Callable[[], None], account: accounts.Account, place: accounts.Layout,
-               ctx: ServiceContext) -> str:
+    def _apply(self, request: Request, build: Callable[[], None], account: accounts.Account,
+               place: accounts.Layout, ctx: ServiceContext) -> str:
         """Home, quota and rsnapshot.conf, the three at once; the configuration's path.
 
         Once the request is judged the account's, the steps need nothing of
@@ -182,10 +182,11 @@ class BackupRsnapshot(OperatorHooks):
         the writing and syncing of the configuration run beside the home's
         creation. The configuration is put in place only when all three
         succeeded. The failure reported is the one the order home, quota,
-        configuration gives: a failed home reports 5 even if the quota
-        failed too. The difference to running them one after the other: when
-        the home fails, the quota the entry asks for may already be set (its
-        retry sets it again). A dry run shows them in that order.
+        configuration gives (a failed home reports 5 even if the quota failed
+        too; the others are logged as warnings), once all three have ended.
+        The difference to running them one after the other: when the home
+        fails, the quota the entry asks for may already be set (its retry
+        sets it again). A dry run shows them in that order.
         """
         s = self.settings
         def quota() -> None:
@@ -194,24 +195,36 @@ class BackupRsnapshot(OperatorHooks):
             build()
             quota()
             return self.configs.install(account, place)
-        setting = alongside(quota)
-        writing = alongside(lambda: self.configs.write(account, place))
+        beside: list[Future] = []
         try:
+            beside.append(alongside(quota))
+            beside.append(alongside(lambda: self.configs.write(account, place)))
             build()
-            setting.result()
-            staged = writing.result()
         except BaseException:
-            self._abandon(setting, writing)     # never left running; the earlier step's failure is raised
+            self._abandon(request, beside)      # never left running; the earlier step's failure is raised
             raise
+        setting, writing = beside
+        try:
+            setting.result()
+        except BaseException:
+            self._abandon(request, [writing])
+            raise
+        staged = writing.result()               # a failed write removed its file itself
         self.configs.prove(staged, place)
         return self.configs.commit(staged)
 
-    def _abandon(self, *steps: Future) -> None:
+    def _abandon(self, request: Request, steps: list[Future]) -> None:
         """Wait for the steps beside a failed one; a configuration written meanwhile is removed."""
         for step in steps:
             try:
                 done = step.result()
-            except BaseException:
+            except StepError as err:
+                log.warning("%s: %s: %s as well (%s)", request.dn, request.verb, err.message, err.code.name)
+                continue
+            except Exception:  # noqa: BLE001 - the failure first in order is the one raised
+                log.exception("%s: %s: unexpected error in a step beside the failed one", request.dn, request.verb)
+                continue
+            except BaseException:   # Interrupted (the stop) or the deadline: the raised failure says enough
                 continue
             if isinstance(done, Staged):
                 self.configs.discard(done)

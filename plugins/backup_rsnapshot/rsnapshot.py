@@ -116,8 +116,7 @@ class RsnapshotConfigs:
         """
         values = values_for(account, place)
         final = self.path_for(account.uid)
-        folder, name = final.rsplit("/", 1)
-        staged = Staged(f"{folder}/.{name}.new", final, values)
+        staged = Staged(self._candidate_for(final), final, values)
         with self._discarded_on_failure(staged):
             self.transport.write_file(staged.candidate, self.template.render(values).encode(), mode=0o644)
         return staged
@@ -155,13 +154,23 @@ class RsnapshotConfigs:
         self._discard(staged.candidate)
 
     def remove(self, uid: str) -> str:
-        """Remove the account's configuration (already gone is fine); StepError 8 on failure."""
+        """Remove the account's configuration (already gone is fine); StepError 8 on failure.
+
+        A candidate left next to it goes too: one whose removal failed (past
+        the request's deadline, the gateway gone) would outlive the account.
+        """
         path = self.path_for(uid)
-        try:
-            self.transport.remove(path)
-        except OSError as err:
-            raise StepError(Code.CANNOT_REMOVE_RSNAPSHOT_CONFIGURATION, f"cannot remove {path}: {err}") from err
+        for each in (path, self._candidate_for(path)):
+            try:
+                self.transport.remove(each)
+            except OSError as err:
+                raise StepError(Code.CANNOT_REMOVE_RSNAPSHOT_CONFIGURATION, f"cannot remove {each}: {err}") from err
         return path
+
+    @staticmethod
+    def _candidate_for(final: str) -> str:
+        folder, name = final.rsplit("/", 1)
+        return f"{folder}/.{name}.new"
 
     def _check_paths(self, place: Layout) -> None:
         # What configtest would say about this account's paths, said here.
@@ -203,4 +212,5 @@ class RsnapshotConfigs:
         try:
             self.transport.remove(path)
         except OSError as err:
-            log.warning("cannot remove the rejected candidate %s: %s", path, err)
+            log.warning("cannot remove the unused candidate %s: %s (the account's next write replaces it, "
+                        "its delete removes it)", path, err)
