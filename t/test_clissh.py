@@ -162,7 +162,7 @@ def test_a_dead_shared_connection_is_replaced(remote, sshd):
     wait_until(lambda: not _masters(folder), "the shared connection to die")
     # The helper that waited on it ends with it (an operation that came in the few
     # milliseconds before its ssh noticed would fail, as one cut by the network does).
-    wait_until(lambda: not any(helper.usable() for helper in remote.helpers._idle), "its helper to end")
+    wait_until(lambda: not any(helper.usable() for helper in remote.helpers.waiting()), "its helper to end")
     before = _logins(sshd)
     assert remote.run(["echo", "again"]).stdout == "again\n"
     assert remote.exists("/")
@@ -195,14 +195,14 @@ def _helper_on_gateway(nonce: str) -> int:
 
 def test_file_operations_reuse_one_helper(remote, tmp_path):
     remote.makedirs(str(tmp_path / "a"))
-    [helper] = remote.helpers._idle
+    [helper] = remote.helpers.waiting()
     on_gateway = _helper_on_gateway(helper.nonce)
     remote.write_file(str(tmp_path / "a" / "f"), b"x" * 300_000)       # more than a pipe holds
     assert remote.read_small(str(tmp_path / "a" / "f"), 5) == "xxxxx"
     with pytest.raises(FileNotFoundError):
         remote.rename(str(tmp_path / "missing"), str(tmp_path / "b"))     # an OSError keeps the helper
     assert remote.exists(str(tmp_path / "a" / "f"))
-    assert remote.helpers._idle == [helper] and _helper_on_gateway(helper.nonce) == on_gateway
+    assert remote.helpers.waiting() == [helper] and _helper_on_gateway(helper.nonce) == on_gateway
 
 
 def test_operations_at_the_same_time_get_a_helper_each(remote, tmp_path):
@@ -221,12 +221,12 @@ def test_operations_at_the_same_time_get_a_helper_each(remote, tmp_path):
         thread.join()
     assert not errors
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}-{i}" for n in range(4) for i in range(5))
-    assert 1 <= len(remote.helpers._idle) <= 4
+    assert 1 <= len(remote.helpers.waiting()) <= 4
 
 
 def test_a_helper_that_stops_answering_fails_its_operation_at_the_deadline(remote, tmp_path):
     assert remote.exists("/")
-    [helper] = remote.helpers._idle
+    [helper] = remote.helpers.waiting()
     on_gateway = _helper_on_gateway(helper.nonce)
     os.kill(on_gateway, signal.SIGSTOP)
     try:
@@ -235,7 +235,7 @@ def test_a_helper_that_stops_answering_fails_its_operation_at_the_deadline(remot
                                                                  r"exists /: no answer in time"):
             remote.exists("/")
         assert time.monotonic() - started < 10
-        assert helper.proc.returncode is not None and remote.helpers._idle == []
+        assert helper.proc.returncode is not None and remote.helpers.waiting() == []
     finally:
         os.kill(on_gateway, signal.SIGCONT)
     remote.write_file(str(tmp_path / "after"), b"ok")                   # a new helper
@@ -244,12 +244,30 @@ def test_a_helper_that_stops_answering_fails_its_operation_at_the_deadline(remot
 
 def test_a_helper_that_died_while_it_waited_is_replaced_before_use(remote, tmp_path):
     assert remote.exists("/")
-    [helper] = remote.helpers._idle
+    [helper] = remote.helpers.waiting()
     os.kill(_helper_on_gateway(helper.nonce), signal.SIGKILL)
     wait_until(lambda: not helper.usable(), "the helper's end to reach this side")
     remote.write_file(str(tmp_path / "f"), b"ok")                       # not failed by the dead one
     assert (tmp_path / "f").read_bytes() == b"ok"
-    assert len(remote.helpers._idle) == 1 and remote.helpers._idle[0] is not helper
+    assert len(remote.helpers.waiting()) == 1 and remote.helpers.waiting()[0] is not helper
+
+
+def test_helpers_idle_for_a_minute_are_ended(remote, tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(remote.helpers, "_clock", lambda: now[0])
+    helpers = [remote.helpers.take(time.monotonic() + 30) for _ in range(3)]   # three operations at once
+    for helper in helpers:
+        remote.helpers.give_back(helper)
+    on_gateway = [_helper_on_gateway(h.nonce) for h in helpers]
+    now[0] += 30
+    assert remote.exists(str(tmp_path))                       # the newest is taken first, the others wait on
+    assert remote.helpers.waiting() == helpers
+    now[0] += 31
+    assert remote.exists(str(tmp_path))                       # given back: the older two have waited 61 s
+    assert remote.helpers.waiting() == helpers[-1:]
+    for pid in on_gateway[:-1]:
+        wait_until(lambda pid=pid: gone(pid), "the idle helper to end on the gateway")
+    assert not gone(on_gateway[-1])
 
 
 def test_a_command_past_its_timeout_is_killed_on_the_gateway_with_its_group(remote, tmp_path):

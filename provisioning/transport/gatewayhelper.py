@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_GREETING = 65536
 # The stderr kept to explain a failure.
 STDERR_KEPT = 4096
+# A helper not used for this long is ended (as ssh's ControlPersist ends the connection).
+IDLE_SECONDS = 60
 
 
 class Broken(Exception):
@@ -180,18 +182,25 @@ def _read(fd: int) -> bytes | None:
 
 
 class HelperPool:
-    """The helpers not in use; a new one is started when none waits."""
+    """The helpers not in use; a new one is started when none waits.
 
-    def __init__(self, start: Callable[[float], Helper]) -> None:
+    The most recently used helper is taken first, so after a burst the ones
+    no longer needed stay at the bottom; one idle longer than IDLE_SECONDS is
+    ended when a helper is given back (each is a python3 process on the
+    gateway, and keeps an ssh session open).
+    """
+
+    def __init__(self, start: Callable[[float], Helper], *, clock: Callable[[], float] = time.monotonic) -> None:
         self._start = start
-        self._idle: list[Helper] = []
+        self._clock = clock
+        self._idle: list[tuple[Helper, float]] = []    # (helper, given back at), oldest first
         self._lock = threading.Lock()
 
     def take(self, deadline: float) -> Helper:
         """A waiting helper that is still usable, or a new one."""
         while True:
             with self._lock:
-                helper = self._idle.pop() if self._idle else None
+                helper = self._idle.pop()[0] if self._idle else None
             if helper is None:
                 return self._start(deadline)
             if helper.usable():
@@ -201,12 +210,25 @@ class HelperPool:
 
     def give_back(self, helper: Helper) -> None:
         """``helper`` answered its request and may take the next."""
+        now = self._clock()
         with self._lock:
-            self._idle.append(helper)
+            self._idle.append((helper, now))
+            stale = 0
+            while stale < len(self._idle) - 1 and now - self._idle[stale][1] > IDLE_SECONDS:
+                stale += 1
+            ended, self._idle = self._idle[:stale], self._idle[stale:]
+        for old, _ in ended:
+            log.debug("gateway helper %s idle for over %d s: ended", old.proc.pid, IDLE_SECONDS)
+            old.close()
+
+    def waiting(self) -> list[Helper]:
+        """The helpers waiting, oldest first."""
+        with self._lock:
+            return [helper for helper, _ in self._idle]
 
     def close(self) -> None:
         """End every waiting helper."""
         with self._lock:
             idle, self._idle = self._idle, []
-        for helper in idle:
+        for helper, _ in idle:
             helper.close()
