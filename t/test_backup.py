@@ -224,41 +224,31 @@ def test_code_6_is_reported_when_the_configuration_fails_as_well(host, directory
     assert not any(host.layout.rsnapshot_dir.iterdir())
 
 
-def test_the_configuration_is_written_while_setquota_runs_and_put_in_place_after_it(host, directory, tmp_path):
-    pause = PauseAt(tmp_path, "setquota")
-    host.set("Backup", SET_QUOTA_CMD=pause.command)
+@pytest.mark.parametrize("paused", ["setquota", "create-chroot"])
+def test_the_configuration_is_written_beside_the_commands_and_put_in_place_after_them(host, directory, tmp_path,
+                                                                                      paused):
+    """setquota, the chroot script and the configuration's write run side by side; the file goes in place last."""
+    if paused == "setquota":
+        pause = PauseAt(tmp_path, paused)
+        host.set("Backup", SET_QUOTA_CMD=pause.command)
+        quota_calls = pause.call_args
+    else:
+        pause = PauseAt(tmp_path, paused, then=str(REPO / "bin/prov-backup-create-home"))
+        host.set("Backup", CREATE_CHROOT_CMD=pause.command)
+        quota_calls = host.quota_calls
     daemon = DaemonProcess(host).start()
     try:
         dn = directory.add(UID)
         pause.wait_paused()
         candidate = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
-        wait_until(candidate.exists, "the configuration written while setquota runs")
-        assert not host.rsnapshot_config(UID).exists()       # not in use before the quota is set
+        wait_until(lambda: quota_calls() and candidate.exists(), f"setquota and the configuration while {paused} runs")
+        assert not host.rsnapshot_config(UID).exists()       # not in use before both commands succeeded
         pause.release()
         assert_done(directory.wait_mode(dn, "added"), "added")
     finally:
         assert daemon.stop() == 0
     assert host.rsnapshot_config(UID).exists() and not candidate.exists()
-    assert [c[:2] for c in pause.call_args()] == [["-u", UID]]
-
-
-def test_quota_and_configuration_are_done_while_the_chroot_script_runs(host, directory, tmp_path):
-    pause = PauseAt(tmp_path, "create-chroot", then=str(REPO / "bin/prov-backup-create-home"))
-    host.set("Backup", CREATE_CHROOT_CMD=pause.command)
-    daemon = DaemonProcess(host).start()
-    try:
-        dn = directory.add(UID)
-        pause.wait_paused()
-        candidate = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
-        wait_until(lambda: host.quota_calls() and candidate.exists(), "setquota and the configuration's write "
-                   "while the chroot script runs")
-        assert not host.rsnapshot_config(UID).exists()       # not in use before the home is there
-        pause.release()
-        assert_done(directory.wait_mode(dn, "added"), "added")
-    finally:
-        assert daemon.stop() == 0
-    assert host.rsnapshot_config(UID).exists() and not candidate.exists()
-    assert [c[:3] for c in host.quota_calls()] == [["-u", UID, "1048576"]]
+    assert [c[:3] for c in quota_calls()] == [["-u", UID, "1048576"]]
 
 
 def test_code_7_a_configuration_rsnapshot_rejects_is_never_left_in_place(host, directory):
