@@ -126,6 +126,7 @@ class Daemon:
         self._lanes: dict[str, deque[tuple[int, str, Callable[[], Job | None]]]] = {}
         self._in_hand = OpenEvents()                # events not yet handled to the end
         self._cookies: deque[tuple[int, str]] = deque()
+        self._forget_at_cookie: list[str] = []   # own writes a refresh judged lost (see _check_cookie)
         self._trouble: str | None = None           # why the loop must reconnect before going on
         self._swept_on: dt.date | None = None
         self._after_refresh: list[Callable[[], None]] = []
@@ -301,8 +302,10 @@ class Daemon:
             log.error("%s: refreshing from scratch", why)
             self.position.reset()
             self.router.adopt = None
-            # Judged by this refresh; they will never come back from this provider.
-            self.router.forget_own_writes(missing)
+            # Judged by this refresh; they will never come back from this provider. Forgotten
+            # with the refresh's first cookie, in the same store transaction: the reset lives
+            # in memory only, and a restart before it must find them missing again.
+            self._forget_at_cookie = missing
         elif self.router.adopt and ahead_of(self.router.adopt, context):
             log.error("COOKIE_FILE: %s: refreshing from scratch, taking nothing as handled before",
                       ahead_of(self.router.adopt, context))
@@ -471,13 +474,15 @@ class Daemon:
         """Take the results of ended jobs into the daemon's state.
 
         The store is written at once when a job ran a hook whose only record
-        is the store (LDAP mode, removals): a crash must not make it run
-        again. Selfcare outcomes are in the directory; their store records
-        and the cookie are written at the end of the round (see step).
+        is the store (LDAP mode, removals) or whose outcome the directory did
+        not take (kept as pending): a crash must not make it run again. Other
+        selfcare outcomes are in the directory; their store records and the
+        cookie are written at the end of the round (see step), which a round
+        cut short by trouble does not reach before the work in hand ended.
         """
         durable = False
         for job, result in self.executor.completed(timeout):
-            durable = durable or result.durable
+            durable = durable or result.durable or result.pending is not None
             self.router.complete(job, result)
             self.monitor.completed(job, result)
             if result.pending is not None:
@@ -512,13 +517,21 @@ class Daemon:
         self._warned.add(topic)
 
     def _advance(self) -> None:
-        """Acknowledge the newest cookie that no unhandled event precedes."""
+        """Acknowledge every cookie that no unhandled event precedes.
+
+        Each, not only the newest: in the persist phase syncprov's cookie
+        names the CSN of its own change only, so a server id whose change
+        came between two others would drop out of the position.
+        """
         low = self._in_hand.lowest()
-        newest = None
+        moved = False
         while self._cookies and self._cookies[0][0] < low:
-            newest = self._cookies.popleft()[1]
-        if newest is not None:
-            self.position.acknowledge(newest)
+            self.position.acknowledge(self._cookies.popleft()[1])
+            moved = True
+        if moved:
+            if self._forget_at_cookie:
+                self.router.forget_own_writes(self._forget_at_cookie)
+                self._forget_at_cookie = []
 
     def _drain(self) -> None:
         """Wait for every job in hand to end and take its result."""

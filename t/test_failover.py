@@ -167,23 +167,51 @@ def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str, *,
                   bind: tuple[str, str] | None = None, echoes: Proxy | None = None) -> DaemonProcess:
     """``echoes``: the daemon reaches the first provider through this proxy, which holds the
     echoes of its claim and outcome back: its cookie then stands before both."""
+    daemon, host, pause, dn = _outcome_on_the_first_only(tmp_path, pair, relay, cut_at, bind=bind, echoes=echoes)
+    pair.first._proc.kill()                               # dies without replicating our outcome
+    pair.first.wait()
+    # Whether the daemon's cookie already covered the outcome or not (its echo had not
+    # come back: the second provider is level with the cookie but lacks the daemon's own
+    # claim and outcome), the second is found behind and refreshed in full, and the
+    # entry comes back at a version this daemon answered. (The second case failed a
+    # fresh-clone run once, before the daemon compared its own writes too.)
+    _written_again_not_redone(daemon, pair, host, pause, dn)
+    assert daemon.stop() == 0
+    return daemon
+
+
+def _outcome_on_the_first_only(tmp_path, pair, relay: Proxy, cut_at: str, *, bind: tuple[str, str] | None = None,
+                               echoes: Proxy | None = None, second: Proxy | None = None,
+                               second_seen: bool = False):
+    """A request on the second, answered by the daemon on the first, which the second never hears of.
+
+    ``second_seen``: first a request on the second is done, so that the
+    daemon's position names the second's server id, as that of any daemon
+    that ran a while does.
+    """
     (tmp_path / "stand-ins").mkdir()
-    pause = PauseAt(tmp_path / "stand-ins", "setquota")
+    pause = PauseAt(tmp_path / "stand-ins", "setquota", when=UID)    # not for the second's first request
     host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
     first = echoes.uri if echoes is not None else pair.first.ldap_uri
-    host.set("Database", SERVER=f"{first} {pair.second.ldap_uri}")
+    host.set("Database", SERVER=f"{first} {second.uri if second is not None else pair.second.ldap_uri}")
     if bind is not None:
         host.set("Database", ADMIN_USER=bind[0], ADMIN_PASSWORD=bind[1])
     host.set("Backup", SET_QUOTA_CMD=pause.command)
     host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
     daemon = DaemonProcess(host).start()
     dn = f"uid={UID},{ACCOUNTS_BASE}"
+    if second_seen:
+        _add(pair.second, "3750003", host)
+        wait_until(lambda: _mode(pair.first, _dn("3750003")) == "added", "the second's first request done")
+        sid = f"#{pair.second.server_id:03x}#"
+        wait_until(lambda: host.layout.cookie.exists() and sid in host.layout.cookie.read_text(),
+                   "the position to name the second's server id")
     if cut_at == "before the claim":
         relay.cut()                                       # the second sees nothing of the first from now on
         if echoes is not None:
             echoes.hold_streams(after=f"uid={UID}".encode())     # the add reaches the daemon, no echo does
-    second = pair.second.connect()
-    second.add_s(dn, ldap.modlist.addModlist(account_attrs(UID, host.layout.backup_root)))
+    conn = pair.second.connect()
+    conn.add_s(dn, ldap.modlist.addModlist(account_attrs(UID, host.layout.backup_root)))
     pause.wait_paused()
     if cut_at == "after the claim":
         wait_until(lambda: _mode(pair.second, dn) == "adding", "the claim to replicate")
@@ -195,19 +223,49 @@ def _lost_outcome(tmp_path, pair, relay: Proxy, cut_at: str, *,
     # The outcome is on the first provider only: the second cannot get it.
     assert _mode(pair.first, dn) == "added"
     assert _mode(pair.second, dn) == ("add" if cut_at == "before the claim" else "adding")
-    pair.first._proc.kill()                               # dies without replicating our outcome
-    pair.first.wait()
-    # Whether the daemon's cookie already covered the outcome or not (its echo had not
-    # come back: the second provider is level with the cookie but lacks the daemon's own
-    # claim and outcome), the second is found behind and refreshed in full, and the
-    # entry comes back at a version this daemon answered. (The second case failed a
-    # fresh-clone run once, before the daemon compared its own writes too.)
+    return daemon, host, pause, dn
+
+
+def _written_again_not_redone(daemon: DaemonProcess, pair, host: Host, pause: PauseAt, dn: str) -> None:
     daemon.wait_for(rf"uid={UID},.*: the directory lost the outcome this daemon wrote", timeout=30)
     wait_until(lambda: _mode(pair.second, dn) == "added", "the outcome on the second provider", 30)
-    assert daemon.stop() == 0
-    assert [c[1] for c in pause.call_args()] == [UID]      # the work was not done again
-    assert [c[2] for c in host.chroot_calls()] == [UID]
-    return daemon
+    assert [c[1] for c in pause.call_args()].count(UID) == 1      # the work was not done again
+    assert [c[2] for c in host.chroot_calls()].count(UID) == 1
+
+
+@pytest.mark.parametrize("cut_at", ["before the claim", "after the claim"])
+def test_a_restart_before_the_refresh_for_lost_writes_ended_refreshes_again(tmp_path, cut_at):
+    """The daemon stops while the full refresh its lost writes called for still runs.
+
+    Its disk then still holds the cookie from before, which the second
+    provider is level with: only the lost writes, still counted as its own,
+    show the next start that the second lacks them. (They were forgotten at
+    once before, and the request stayed unanswered for good: found by review.)
+    """
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.first.port)
+    echoes = Proxy("127.0.0.1", pair.first.port)
+    second = Proxy("127.0.0.1", pair.second.port)
+    pair.relay_first_to_second(relay.uri)
+    pair.start()
+    try:
+        daemon, host, pause, dn = _outcome_on_the_first_only(tmp_path, pair, relay, cut_at, echoes=echoes,
+                                                             second=second, second_seen=True)
+        second.hold_streams()                             # the refresh on the second never ends
+        pair.first._proc.kill()
+        pair.first.wait()
+        daemon.wait_for(r"the provider lacks \d+ write\(s\) of this daemon", timeout=30)
+        assert daemon.stop() == 0                         # writes all it keeps, mid-refresh
+        host.set("Database", SERVER=pair.second.ldap_uri)
+        again = DaemonProcess(host, log_name="again.log").start()
+        _written_again_not_redone(again, pair, host, pause, dn)
+        assert again.count(r"the provider lacks \d+ write\(s\) of this daemon") == 1
+        assert again.stop() == 0
+    finally:
+        second.stop()
+        echoes.stop()
+        relay.stop()
+        pair.stop()
 
 
 def _mode(server, dn: str) -> str | None:

@@ -173,9 +173,14 @@ def test_cookie_csn(cookie, csn):
 class _Position:
     def __init__(self, current: str | None) -> None:
         self.current = current
+        self.acknowledged: list[str] = []
 
     def reset(self) -> None:
         self.current = None
+
+    def acknowledge(self, cookie: str) -> None:
+        self.acknowledged.append(cookie)
+        self.current = cookie
 
 
 class _Router:
@@ -233,11 +238,27 @@ def test_a_provider_without_this_daemons_last_writes_gets_a_full_refresh(caplog)
                             own=(outcome,))
     assert failed_over.position.current is None
     assert f"the provider lacks 1 write(s) of this daemon, the newest {outcome}" in caplog.text
+    # Still counted until the refresh's first cookie: the reset is in memory only, and a restart
+    # before that cookie must find the write missing again.
+    assert failed_over.router.own == [outcome]
+    failed_over._cookies.append((1, f"rid=001,csn={added}"))
+    failed_over._advance()
     assert failed_over.router.own == []                    # judged by that refresh, not counted again
     # A provider that has them (the same one after a cut, or one it replicated to): resumed.
     resumed = _checking("ldap://b/", [outcome], session_server="ldap://a/", current=f"rid=001,csn={added}",
                         own=(outcome,))
     assert resumed.position.current == f"rid=001,csn={added}" and resumed.router.own == [outcome]
+
+
+def test_every_cookie_behind_the_low_water_mark_is_acknowledged_not_only_the_newest():
+    """In the persist phase a cookie names the CSN of its own change only: each one counts."""
+    daemon = _checking("ldap://a/", [NEW], session_server="ldap://a/")
+    cookies = ["rid=001,csn=20260101000000.000001Z#000000#00a#000000",
+               "rid=001,csn=20260101000000.000002Z#000000#00b#000000",
+               "rid=001,csn=20260101000000.000003Z#000000#00a#000000"]
+    daemon._cookies.extend(enumerate(cookies, start=1))
+    daemon._advance()
+    assert daemon.position.acknowledged == cookies
 
 
 def test_the_sync_search_opens_on_the_server_the_cookie_was_checked_on():
@@ -567,3 +588,28 @@ def test_a_stream_entry_decodes_as_before():
     assert event.uuid == "abc" and event.entry == Entry.from_ldap("uid=3723707,ou=x", raw)
     assert event.entry.get("cn") == "Zoë" and event.entry.csn == event.csn
     assert EntryChanged.of(event.entry).csn == event.csn
+
+
+def test_an_outcome_the_directory_did_not_take_is_written_to_the_store_at_once():
+    """Its only record is the store: a kill -9 while the other workers finish must not lose it."""
+    from collections import deque
+
+    from provisioning.backend.store import PendingWrite
+    from provisioning.results import Result
+    from provisioning.workers import Job
+
+    flushes = []
+    job = Job("uuid-1", "uid=a,ou=x", lambda: None)
+    job.key, job.seq = "uuid-1", 1
+    pending = Result(pending=PendingWrite("uid=a,ou=x", {"sstProvisioningMode": ["added"]}, "(x=y)", "write"))
+    completed = [[(job, pending)], [(job, Result())]]
+    daemon = Daemon(directory=None, stream=None, store=None, router=SimpleNamespace(complete=lambda j, r: None),
+                    position=SimpleNamespace(flush=lambda mirror=False: flushes.append(mirror) or True),
+                    executor=SimpleNamespace(completed=lambda timeout: completed.pop(0)),
+                    startup=None, operation=None, base="ou=x")
+    for _ in range(2):
+        daemon._lanes[job.key] = deque()
+        daemon._in_hand.add(1)
+        daemon._collect()
+    assert len(flushes) == 1                               # the pending one at once; a plain outcome waits
+    assert daemon._trouble == "the directory did not take a write"
