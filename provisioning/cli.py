@@ -168,6 +168,11 @@ def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
         return _refuse(problems)
     readiness = detach.Readiness()
     if args.daemon:
+        # What the checks started (CLISSH's gateway helpers and shared connection, the
+        # command guard) holds descriptors that detaching closes; the daemon then opens its
+        # lock and store under the same numbers, which those objects would close later.
+        transport.close()
+        GUARD.close()
         started, readiness = _detach(config, args)
         if readiness is None:
             # The starting command: the daemon's own start-up result. While

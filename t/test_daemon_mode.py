@@ -112,3 +112,21 @@ def test_a_second_instance_is_the_parents_exit_code(host):
         assert running.stop() == 0
     assert result.returncode == 5, result.stdout + result.stderr
     assert "exit code 5 (already running)" in result.stderr
+
+
+def test_a_detached_daemon_over_clissh_keeps_its_lock_and_its_store(host, directory, sshd, detached):
+    """The start-up checks ran gateway helpers and the command guard before detaching closed
+    their descriptors; the daemon's lock and store then got the same numbers, and those
+    objects closed them at the first request (found by review: a second instance started)."""
+    host.set("Service", TRANSPORTAPI="CLISSH")
+    host.set("Gateway", **sshd)
+    result = _start(host)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pid = int(re.search(r"running as process (\d+)", result.stdout).group(1))
+    detached.append(pid)
+    for uid in ("3723707", "3723708"):                 # the second request goes through the store written by the first
+        directory.wait_mode(directory.add(uid), "added")
+    again = _start(host)
+    assert again.returncode == 5, again.stdout + again.stderr
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: _gone(pid), "the daemon to exit")
