@@ -34,6 +34,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._cut = False
         self._hold = threading.Event()
+        self._frozen = threading.Event()
         self._hold_after: bytes | None = None
         self._running = True
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -60,6 +61,10 @@ class Proxy:
         """
         self._hold_after = after
         self._hold.set()
+
+    def freeze(self) -> None:
+        """From now on nothing passes either way, and no connection is closed (a silent firewall)."""
+        self._frozen.set()
 
     def restore(self) -> None:
         with self._lock:
@@ -103,6 +108,8 @@ class Proxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if self._frozen.is_set():
+                        continue
                     stream = stream or (sock is client and SYNC_REQUEST_OID in data)
                     if sock is server and stream and self._hold.is_set():
                         if self._hold_after is None:

@@ -20,6 +20,7 @@ from provisioning.transport import CLISSH, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, Helper
 from provisioning.transport.ssh import HELPER_SOURCE
 
+from faults import Proxy
 from helpers import DaemonProcess, assert_done, gone, processes, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
@@ -168,6 +169,28 @@ def test_a_dead_shared_connection_is_replaced(remote, sshd):
     assert remote.exists("/")
     assert _logins(sshd) == before + 1
     assert len(_masters(folder)) == 1
+
+
+def test_a_connection_that_stops_answering_is_given_up_not_waited_for(sshd, tmp_path, monkeypatch):
+    """A firewall that drops an idle connection silently: the operations fail when ssh's
+    keepalives go unanswered, not each at its own timeout (found by review)."""
+    from provisioning.transport import ssh
+    monkeypatch.setattr(ssh, "ALIVE_INTERVAL", 1)          # 15 s in the daemon
+    proxy = Proxy("127.0.0.1", sshd["PORT"])
+    known = tmp_path / "known_hosts"
+    known.write_text(Path(sshd["KNOWN_HOSTS"]).read_text().replace(f"]:{sshd['PORT']} ", f"]:{proxy.port} "))
+    remote = CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"], port=proxy.port,
+                    known_hosts=str(known), timeout=60)
+    try:
+        assert remote.exists("/")
+        proxy.freeze()
+        with pytest.raises(OSError) as failed:
+            remote.exists("/")
+        assert "no answer in time" not in str(failed.value)    # given up by ssh, not at the timeout
+        assert remote.run(["true"]).returncode == 255       # a new connection cannot get through either
+    finally:
+        remote.close()
+        proxy.stop()
 
 
 def test_a_busy_shared_connection_falls_back_to_a_connection_of_its_own(remote, sshd, tmp_path):

@@ -104,6 +104,14 @@ def _checked(key: str, value: Any) -> str:
     return str(value)
 
 
+# A connection that stops answering (a firewall that dropped it while it sat
+# idle) is given up after ALIVE_INTERVAL * ALIVE_COUNT seconds, and every
+# operation on it fails then, instead of each waiting for its own timeout; a
+# new one that gets no answer (TCP connect and ssh's banner) after as long.
+ALIVE_INTERVAL = 15
+ALIVE_COUNT = 3
+
+
 class CLISSH(Transport):
     """Runs argv lists on ``user@host`` with key authentication, no password, no prompt."""
 
@@ -116,7 +124,10 @@ class CLISSH(Transport):
             raise ValueError(f"[Gateway] PORT: {port!r} is not a port number (1-65535)")
         self.timeout = timeout
         self.stopping = stopping
-        self.ssh = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-p", str(port)]
+        # -T: never a terminal between the daemon and a helper, whatever ssh_config says.
+        self.ssh = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                    "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
+                    "-o", f"ConnectTimeout={ALIVE_INTERVAL * ALIVE_COUNT}", "-p", str(port)]
         if key_file and key_file.lower() != "none":
             self.ssh += ["-i", key_file, "-o", "IdentitiesOnly=yes"]
         if known_hosts:
