@@ -62,6 +62,8 @@ def test_an_unknown_host_key_is_refused(sshd, tmp_path):
 def test_every_option_comes_before_the_destination(remote, sshd):
     assert remote.ssh[-2:] == ["--", sshd["HOST"]]
     assert remote.ssh.count("--") == 1
+    # Given on the command line, they win over any ssh_config: no terminal, no forwarding.
+    assert {"-T", "-a", "-x", "ClearAllForwardings=yes"} <= set(remote.ssh[:remote.ssh.index("--")])
 
 
 def test_a_gateway_without_python3_fails_file_operations_with_the_reason(sshd, tmp_path, monkeypatch):

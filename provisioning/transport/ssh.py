@@ -124,8 +124,9 @@ class CLISSH(Transport):
             raise ValueError(f"[Gateway] PORT: {port!r} is not a port number (1-65535)")
         self.timeout = timeout
         self.stopping = stopping
-        # -T: never a terminal between the daemon and a helper, whatever ssh_config says.
-        self.ssh = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        # Whatever ssh_config says: no terminal between the daemon and a helper (-T), and no
+        # agent, X11 or port forwarding to the gateway.
+        self.ssh = ["ssh", "-T", "-a", "-x", "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                     "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
                     "-o", f"ConnectTimeout={ALIVE_INTERVAL * ALIVE_COUNT}", "-p", str(port)]
         if key_file and key_file.lower() != "none":
