@@ -31,7 +31,7 @@ import pytest
 from provisioning.transport import (
     CLISSH, DryRun, Interrupted, LocalCLI, build, request_deadline, within_deadline,
 )
-from provisioning.transport import nofollow
+from provisioning.transport import base, nofollow
 from provisioning.transport.base import PAST_DEADLINE
 from provisioning import commandguard
 
@@ -527,13 +527,28 @@ def test_interrupted_is_not_an_exception_plugins_catch():
 
 
 @pytest.mark.parametrize("command", ["kill -TERM $$", "kill -KILL $$", "exit 130", "exit 143", "exit 137", "exit 129"])
-def test_a_command_ended_by_a_signal_while_stopping_is_interrupted(make, command):
+def test_a_command_ended_by_a_signal_while_stopping_is_interrupted(make, command, monkeypatch):
+    monkeypatch.setattr(base, "STOP_NOTICE", 0.1)       # how long a signalled command waits for the stop
     stopping = threading.Event()
     transport = make(stopping)
     assert not transport.run(["sh", "-c", command]).ok          # not stopping: a plain result
     stopping.set()
     with pytest.raises(Interrupted, match="because the daemon is stopping"):
         transport.run(["sh", "-c", command])
+
+
+def test_a_stop_noticed_just_after_the_command_ended_still_interrupts_it(make):
+    """systemd's SIGTERM reaches the daemon and its command at once; the worker may see the
+    command end before the main thread has run the daemon's handler (seen in a CI run)."""
+    stopping = threading.Event()
+    transport = make(stopping)
+    noticed = threading.Timer(0.3, stopping.set)          # the handler, a moment late
+    noticed.start()
+    try:
+        with pytest.raises(Interrupted, match="because the daemon is stopping"):
+            transport.run(["sh", "-c", "kill -TERM $$"])
+    finally:
+        noticed.cancel()
 
 
 def test_a_command_that_simply_fails_while_stopping_is_a_result(make):

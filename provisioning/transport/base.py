@@ -24,6 +24,8 @@ PAST_DEADLINE = "the request ran past its deadline"
 
 # Exit codes a shell reports for a child killed by one of these signals (128 + N).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP)
+# How long a command a signal ended waits for the daemon's own stop (see ended_by_the_stop).
+STOP_NOTICE = 1.0
 
 
 class Interrupted(BaseException):
@@ -71,6 +73,19 @@ def time_left(timeout: float) -> float | None:
 def stopped_by_signal(returncode: int) -> bool:
     """Whether ``returncode`` says a signal ended the command (directly or through a shell)."""
     return returncode < 0 or returncode in {128 + int(sig) for sig in STOP_SIGNALS}
+
+
+def ended_by_the_stop(returncode: int | None, stopping: threading.Event | None) -> bool:
+    """Whether a command (``returncode`` None: a gateway helper) ended because the daemon is stopping.
+
+    systemd's default KillMode sends SIGTERM to the daemon and its commands at
+    once, and a worker can see its command end before the main thread has run
+    the daemon's handler: one a signal ended waits up to STOP_NOTICE seconds
+    for the stop to be noticed.
+    """
+    if stopping is None or (returncode is not None and not stopped_by_signal(returncode)):
+        return False
+    return stopping.wait(STOP_NOTICE)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from provisioning.commandguard import GUARD
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
     EXIT_NOT_FOUND, EXIT_TIMEOUT, PAST_DEADLINE, CommandResult, Interrupted, Transport,
-    stopped_by_signal, time_left,
+    ended_by_the_stop, time_left,
 )
 from provisioning.transport.spawn import Child, communicate, kill_group
 
@@ -70,7 +70,7 @@ class LocalCLI(Transport):
         except BaseException:
             kill_group(proc)
             raise
-        if self.stopping is not None and self.stopping.is_set() and stopped_by_signal(proc.returncode):
+        if ended_by_the_stop(proc.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({proc.returncode}) because the daemon is stopping")
         return CommandResult(argv, proc.returncode, out.decode("utf-8", "replace"),
                              err.decode("utf-8", "replace"))

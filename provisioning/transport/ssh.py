@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
-    EXIT_TIMEOUT, PAST_DEADLINE, CommandResult, Interrupted, Transport, stopped_by_signal, time_left,
+    EXIT_TIMEOUT, PAST_DEADLINE, CommandResult, Interrupted, Transport, ended_by_the_stop, time_left,
 )
 from provisioning.transport.gatewayhelper import Broken, Helper, HelperPool
 from provisioning.transport.spawn import REAP_SECONDS
@@ -157,7 +157,7 @@ class CLISSH(Transport):
         except OSError as err:
             return CommandResult(argv, EXIT_SSH_ERROR, stderr=str(err))
         result = CommandResult(argv, value["returncode"], value["stdout"], value["stderr"])
-        if self.stopping is not None and self.stopping.is_set() and stopped_by_signal(result.returncode):
+        if ended_by_the_stop(result.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({result.returncode}) because the daemon is stopping")
         if value["timed_out"]:
             why = " (the request's deadline)" if limit < wanted else ""
@@ -189,7 +189,7 @@ class CLISSH(Transport):
                 helper.kill()            # whatever it was doing, nobody waits for it any more
             if not isinstance(err, Broken):
                 raise
-            if self.stopping is not None and self.stopping.is_set():
+            if ended_by_the_stop(None, self.stopping):
                 raise Interrupted(f"{shown} ended because the daemon is stopping") from None
             raise OSError(f"on the gateway: {shown}: {err}") from None
         self.helpers.give_back(helper)
