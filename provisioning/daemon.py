@@ -524,11 +524,8 @@ class Daemon:
         came between two others would drop out of the position.
         """
         low = self._in_hand.lowest()
-        moved = False
         while self._cookies and self._cookies[0][0] < low:
             self.position.acknowledge(self._cookies.popleft()[1])
-            moved = True
-        if moved:
             if self._forget_at_cookie:
                 self.router.forget_own_writes(self._forget_at_cookie)
                 self._forget_at_cookie = []

@@ -60,11 +60,11 @@ class Router:
 
     # ---------------------------------------------------------------- planning
 
-    def entry_job(self, entry: Entry, *, origin: str = CHANGE) -> Job | None:
+    def entry_job(self, entry: Entry, *, origin: str) -> Job | None:
         """The job for an entry the stream (or a search) delivered; None if nothing is to be done.
 
-        ``origin``: CHANGE, a change as it happened (our own writes come back
-        as echoes); REFRESH, the entry as the directory holds it after a
+        ``origin``: CHANGE, a change as it happened (the echoes of our own
+        writes never get here: see stream_job); REFRESH, the entry as the directory holds it after a
         (re)connect - an older version of what we wrote is then a directory
         that lost it (a provider that died before replicating); SEARCH, as a
         search found it a moment ago - work of ours that ended since makes
@@ -72,11 +72,6 @@ class Router:
         """
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
-        if origin == CHANGE and entry.csn and entry.csn in self._own_writes:
-            # The store already has what the write left (the job's result);
-            # an echo of an earlier write of ours (the claim) must not undo that.
-            log.debug("%s: echo of our own write (%s), nothing to do", entry.dn, entry.csn)
-            return None
         if origin in (SEARCH, CHANGE) and self._older_than_known(entry):
             # Found before our last write to it, or an echo of our claim that came
             # after OWN_WRITES_KEPT newer writes (the stream may lag a burst behind:
@@ -89,8 +84,12 @@ class Router:
 
     def stream_job(self, event: EntryChanged, origin: str) -> Job | None:
         """entry_job for an entry the stream sent; the echo of our own write is known before it is decoded."""
-        if origin == CHANGE and event.csn is not None and event.csn in self._own_writes:
-            log.debug("%s: echo of our own write (%s), nothing to do", event.dn, event.csn)
+        # Decoded first only if the raw values did not show its entryCSN (see EntryChanged).
+        csn = event.csn if event.csn is not None else event.entry.csn
+        if origin == CHANGE and csn and csn in self._own_writes:
+            # The store already has what the write left (the job's result);
+            # an echo of an earlier write of ours (the claim) must not undo that.
+            log.debug("%s: echo of our own write (%s), nothing to do", event.dn, csn)
             return None
         return self.entry_job(event.entry, origin=origin)
 
