@@ -70,6 +70,18 @@ def time_left(timeout: float) -> float | None:
     return min(timeout, left) if left > 0 else None
 
 
+def not_run_past_deadline(argv: list[str], shown: str) -> "CommandResult":
+    """The result of a command the request's deadline left no time for (logged)."""
+    log.warning("not run, %s: %s", PAST_DEADLINE, shown)
+    return CommandResult(argv, EXIT_TIMEOUT, stderr=PAST_DEADLINE)
+
+
+def killed_after(limit: float, wanted: float) -> str:
+    """What a command killed at ``limit`` seconds says (``wanted``: its own timeout)."""
+    why = " (the request's deadline)" if limit < wanted else ""
+    return f"killed after {limit:g} s{why}"
+
+
 def stopped_by_signal(returncode: int) -> bool:
     """Whether ``returncode`` says a signal ended the command (directly or through a shell)."""
     return returncode < 0 or returncode in {128 + int(sig) for sig in STOP_SIGNALS}

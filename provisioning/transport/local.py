@@ -24,8 +24,8 @@ from typing import Mapping, Sequence
 from provisioning.commandguard import GUARD
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
-    EXIT_NOT_FOUND, EXIT_TIMEOUT, PAST_DEADLINE, CommandResult, Interrupted, Transport,
-    ended_by_the_stop, time_left,
+    EXIT_NOT_FOUND, EXIT_TIMEOUT, CommandResult, Interrupted, Transport, ended_by_the_stop, killed_after,
+    not_run_past_deadline, time_left,
 )
 from provisioning.transport.spawn import Child, communicate, kill_group
 
@@ -50,8 +50,7 @@ class LocalCLI(Transport):
         wanted = timeout or self.timeout
         limit = time_left(wanted)
         if limit is None:
-            log.warning("not run, %s: %s", PAST_DEADLINE, shown)
-            return CommandResult(argv, EXIT_TIMEOUT, stderr=PAST_DEADLINE)
+            return not_run_past_deadline(argv, shown)
         env_b = GUARD.environment(env)
         path = _program(argv[0], env_b)
         if path is None:
@@ -65,8 +64,7 @@ class LocalCLI(Transport):
             out, err = communicate(proc, stdin, limit)
         except subprocess.TimeoutExpired:
             kill_group(proc)
-            why = " (the request's deadline)" if limit < wanted else ""
-            return CommandResult(argv, EXIT_TIMEOUT, stderr=f"killed after {limit:g} s{why}")
+            return CommandResult(argv, EXIT_TIMEOUT, stderr=killed_after(limit, wanted))
         except BaseException:
             kill_group(proc)
             raise

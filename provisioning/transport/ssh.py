@@ -41,7 +41,8 @@ from typing import Any, Mapping, Sequence
 
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
-    EXIT_TIMEOUT, PAST_DEADLINE, CommandResult, Interrupted, Transport, ended_by_the_stop, time_left,
+    PAST_DEADLINE, CommandResult, Interrupted, Transport, ended_by_the_stop, killed_after, not_run_past_deadline,
+    time_left,
 )
 from provisioning.transport.gatewayhelper import Broken, Helper, HelperPool
 from provisioning.transport.spawn import REAP_SECONDS
@@ -126,7 +127,8 @@ class CLISSH(Transport):
         self.stopping = stopping
         # Whatever ssh_config says: no terminal between the daemon and a helper (-T), and no
         # agent, X11 or port forwarding to the gateway.
-        self.ssh = ["ssh", "-T", "-a", "-x", "-o", "ClearAllForwardings=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        self.ssh = ["ssh", "-T", "-a", "-x", "-o", "ClearAllForwardings=yes",
+                    "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                     "-o", f"ServerAliveInterval={ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
                     "-o", f"ConnectTimeout={ALIVE_INTERVAL * ALIVE_COUNT}", "-p", str(port)]
         if key_file and key_file.lower() != "none":
@@ -146,8 +148,7 @@ class CLISSH(Transport):
         wanted = timeout or self.timeout
         limit = time_left(wanted)
         if limit is None:
-            log.warning("not run, %s: %s", PAST_DEADLINE, shown)
-            return CommandResult(argv, EXIT_TIMEOUT, stderr=PAST_DEADLINE)
+            return not_run_past_deadline(argv, shown)
         log.debug("run: %s", shown)
         request = {"operation": "run", "args": argv, "env": None if env is None else dict(env),
                    "stdin": stdin is not None, "timeout": limit}
@@ -160,8 +161,7 @@ class CLISSH(Transport):
         if ended_by_the_stop(result.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({result.returncode}) because the daemon is stopping")
         if value["timed_out"]:
-            why = " (the request's deadline)" if limit < wanted else ""
-            result.stderr = f"killed after {limit:g} s{why}"
+            result.stderr = killed_after(limit, wanted)
         return result
 
     def _helper(self, operation: str, *args: str, stdin: bytes | None = None) -> Any:
