@@ -724,3 +724,29 @@ def test_dry_run_lines_of_workers_printing_at_once_stay_whole(capsys):
     lines = capsys.readouterr().out.split("\n")[:-1]
     assert len(lines) == 8000
     assert all(re.fullmatch(r"DRY-RUN: would run: echo worker\d \d+", line) for line in lines)
+
+
+def test_folders_remembered_before_a_fork_are_forgotten_not_closed(scene):
+    """--daemon detaches (fork, then every descriptor closed): a number remembered before may by then
+    name one of the daemon's own files (the store under SQLite), which a later walk closed."""
+    transport = LocalCLI(timeout=30)
+    transport.makedirs(str(scene.root / "7" / "3723707" / "kept"))       # remembers root-only folders
+    with nofollow._trusted_lock:
+        remembered = [held[0] for held in nofollow._trusted.values()]
+    assert remembered
+    pid = os.fork()
+    if pid == 0:                                         # the detached daemon
+        code = 1
+        try:
+            for fd in remembered:
+                os.close(fd)                             # what detaching does
+            mine = {fd: os.open(os.devnull, os.O_RDONLY) for fd in remembered}   # the same numbers, reused
+            os.rename(scene.root / "7" / "3723707", scene.root / "7" / "moved")  # not the folder any more
+            transport.makedirs(str(scene.root / "7" / "3723707" / "again"))
+            code = 0 if all(os.fstat(fd) for fd in mine.values()) else 1
+        except OSError:
+            code = 2                                     # a descriptor of ours was closed under us
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -113,11 +113,23 @@ def _components(path: str) -> list:
 # instead of an open per level).
 _trusted: dict[str, list] = {}         # path -> [descriptor, when its ancestors were checked]
 _trusted_lock = threading.Lock()       # workers walk at the same time
+_trusted_pid = os.getpid()             # the process whose descriptors _trusted holds
+
+
+def _trusted_here() -> None:
+    """Forget, without closing, descriptors remembered before a fork: --daemon's detaching closes
+    them, and their numbers may name the daemon's own files (its store) by now. Closing one would
+    close that file under SQLite. Called with _trusted_lock held."""
+    global _trusted_pid
+    if _trusted_pid != os.getpid():
+        _trusted.clear()
+        _trusted_pid = os.getpid()
 
 
 def _trusted_start(names: list) -> tuple[int, str, int] | None:
     """(descriptor copy, path, how many names it covers) of the deepest known trusted folder."""
     with _trusted_lock:
+        _trusted_here()
         for count in range(len(names), 0, -1):
             path = "/" + "/".join(names[:count])
             held = _trusted.get(path)
@@ -157,6 +169,7 @@ def _still_trusted(held: list, names: list) -> bool:
 
 def _remember_trusted(path: str, fd: int) -> None:
     with _trusted_lock:
+        _trusted_here()
         if path in _trusted:
             return
         if len(_trusted) >= TRUSTED_KEPT:
