@@ -20,10 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import ldap.dn
 from ldap.filter import escape_filter_chars
 
 from provisioning import startup
+from provisioning.backend.dn import below
 from provisioning.backend.ldap import (
     BindRefused, Conflict, Directory, DirectoryError, DirectoryUnavailable, LdapSettings, WriteRefused,
 )
@@ -111,7 +111,7 @@ def _unique(dns: list[str]) -> list[str]:
 
 def retry(directory: Directory, dn: str, base: str, known: dict[int, str]) -> Outcome:
     """Write the failed request on ``dn`` anew, or say why not. DirectoryUnavailable is raised."""
-    if not below(dn, base):
+    if not below(dn, base, strictly=True):
         return Outcome(dn, False, f"not below SERVICE_SUBTREE {base}: not this daemon's entry")
     try:
         entry = directory.read(dn)
@@ -123,21 +123,6 @@ def retry(directory: Directory, dn: str, base: str, known: dict[int, str]) -> Ou
     if why_not:
         return Outcome(dn, False, why_not)
     return write_anew(directory, entry, known)
-
-
-def below(dn: str, base: str) -> bool:
-    """Whether ``dn`` lies strictly below ``base`` (compared as parsed DNs, without case)."""
-    try:
-        parts, base_parts = ldap.dn.str2dn(dn), ldap.dn.str2dn(base)
-    except ldap.DECODING_ERROR:
-        return False
-    if len(parts) <= len(base_parts):
-        return False
-    return _normal(parts[len(parts) - len(base_parts):]) == _normal(base_parts)
-
-
-def _normal(rdns: list) -> list:
-    return [sorted((attr.lower(), value.lower()) for attr, value, _ in rdn) for rdn in rdns]
 
 
 def refusal(entry: Entry, known: dict[int, str]) -> str:
