@@ -5,7 +5,8 @@ work: -c config, -g global config, -r dry-run, -d debug, -t check, -h help.
 Exit codes are listed in provisioning.codes.ExitCode and in the README.
 
 The sub-commands live in modules of their own: ``status``
-(provisioning.status), ``retry`` (provisioning.retry), ``files``
+(provisioning.status), ``retry`` (provisioning.retry), ``deletions``
+(provisioning.deletions), ``files``
 (provisioning.shipped), ``new-plugin`` (provisioning.scaffold); ``--check`` is
 provisioning.checks, ``--daemon`` provisioning.detach and ``--list-plugins``
 provisioning.plugins.listing.
@@ -28,6 +29,7 @@ from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
 from provisioning.backend.store import Store, StoreError
+from provisioning.brake import Brake, BrakeSettings
 from provisioning.claims import Owners
 from provisioning.clock import Clock
 from provisioning.codes import ExitCode
@@ -40,6 +42,7 @@ from provisioning.lock import AlreadyLocked, PidLock
 from provisioning.log import STREAM_FORMAT
 from provisioning.log import install as install_handler
 from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings
+from provisioning.mirror import Mirror
 from provisioning.monitor import Monitor, monitor_from_config
 from provisioning.protocol import Selfcare
 from provisioning.reload import Reloader
@@ -53,7 +56,7 @@ from provisioning.workers import executor
 log = logging.getLogger("provisioning")
 
 SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry", "files": "provisioning.shipped",
-               "new-plugin": "provisioning.scaffold"}
+               "new-plugin": "provisioning.scaffold", "deletions": "provisioning.deletions"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Keep this host in line with the provisioning requests in an OpenLDAP directory. "
                     "Sub-commands: 'provisioning-daemon status -c FILE' (for people and monitoring), "
                     "'provisioning-daemon retry -c FILE DN...|--failed' (write failed requests anew), "
+                    "'provisioning-daemon deletions -c FILE [--approve|--keep DN...|--all]' (removals the "
+                    "deletion brake holds), "
                     "'provisioning-daemon files [--print NAME | --copy NAME TARGET]' (the shipped example "
                     "configuration, template, schema and unit) and "
                     "'provisioning-daemon new-plugin SERVICE/TYPE DIR' (a ready plugin project to start from); "
@@ -257,13 +262,15 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
                     alerts=alerts, request_log=request_log)
     startup_retry, operation = _retries(config)
     monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
+    brake = Brake(BrakeSettings.from_config(config))
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
                   position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
                   store=store, router=router,
                   executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
-                  stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5))
+                  stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
+                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake)
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,

@@ -16,7 +16,8 @@ class ExitCode(IntEnum):
     CONFIG_ERROR = 3        # configuration or plugin set-up refused
     LDAP_UNREACHABLE = 4    # no LDAP server answered within the configured attempts
     ALREADY_RUNNING = 5     # another daemon holds the lock
-    NOT_RETRIED = 6         # retry: at least one request could not be written anew
+    NOT_RETRIED = 6         # retry (deletions): at least one entry named could not be written anew
+                            # (is not held)
 
 
 class ReturnValue(IntEnum):

@@ -28,15 +28,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from provisioning.backend.cookie import Position, ahead_of, missing_writes, unseen_servers
+from provisioning.backend.cookie import Position, ahead_of, missing_writes
+from provisioning.backend.dn import below
 from provisioning.backend.ldap import (
     CookieReached, Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
-    PresentEnd, RefreshDone, RefreshRequired, SyncStream, WriteRefused,
+    PresentEnd, RefreshDone, RefreshRequired, SubtreeMissing, SyncStream, WriteRefused,
 )
-from provisioning.backend.store import Store
+from provisioning.backend.store import APPROVE, Held, Store
+from provisioning.brake import PARKED, Brake, Parked
 from provisioning.clock import Clock
 from provisioning.entry import Entry
 from provisioning.lowwater import OpenEvents
+from provisioning.mirror import Mirror, identity_differences
 from provisioning.monitor import Monitor
 from provisioning.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
 from provisioning.router import CHANGE, REFRESH, SEARCH, Router
@@ -52,7 +55,8 @@ WAITING_REPORT_INTERVAL = 60.0
 # with the process after it (glibc keeps the freed heap): reading a burst of
 # 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
 MAX_WAITING = 1000
-
+# While removals are held, how often the daemon looks whether their entries are back.
+HELD_RECHECK_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,8 @@ class Daemon:
                  router: Router, executor: Inline | Threads, startup: Retry, operation: Retry,
                  base: str, clock: Clock | None = None, poll_interval: float = 0.5,
                  stop_event: threading.Event | None = None, once: bool = False,
-                 monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None) -> None:
+                 monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None,
+                 mirror: Mirror | None = None, brake: Brake | None = None) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -137,6 +142,9 @@ class Daemon:
         self._warned: set[str] = set()            # warnings mailed for trouble that is not over
         self.on_reload = on_reload                 # what SIGHUP does (provisioning.reload)
         self._reload_asked = False
+        self.mirror = mirror                       # what the store must mirror (None: not checked)
+        self.brake = brake or Brake()
+        self._held_checked_at = -math.inf
         self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
         self.monitor.attach(self)
 
@@ -161,9 +169,12 @@ class Daemon:
 
     def start(self) -> None:
         """Open the store's position, connect both connections and open the stream."""
+        self._check_mirror()
         start = self.position.start()
         self.router.adopt = start.adopt
-        self._after_refresh = [self._sweep_claims, self._retry_failed]
+        self.brake.held = {held.uuid for held in self.store.held()}
+        self.store.changed_elsewhere()             # from here on, an operator's decision is noticed
+        self._after_refresh = [self._sweep_claims, self._retry_failed, self._decide_held]
         self._connect(self.startup)
 
     def run(self) -> None:
@@ -214,6 +225,7 @@ class Daemon:
                 if self.stopping or self._trouble:
                     return           # what is left was not acknowledged: it comes again
             self._collect()
+            self._judge_parked()
             self._settle()
             self._flush()
             if not self._trouble:
@@ -257,11 +269,12 @@ class Daemon:
     def _open(self) -> None:
         self.directory.open()
         self._write_pending()
-        every_entry = self._check_cookie()
+        self._check_identity()
+        self._check_cookie()
         self.refresh_full = self.position.full
         # On the server the cookie was checked against: were the stream to land
         # on another one (the first died in between), the check would say nothing.
-        self.stream.open(self.position.cookie, every_entry=every_entry, uri=self.directory.uri)
+        self.stream.open(self.position.cookie, uri=self.directory.uri)
         self._session_server = self.directory.uri
 
     def _write_pending(self) -> None:
@@ -274,15 +287,11 @@ class Daemon:
             self.store.drop_pending(write.dn)
             self.position.flush()
 
-    def _check_cookie(self) -> bool:
-        """Compare the cookie with the provider's contextCSN; whether the refresh must read every entry.
-
-        A cookie the provider cannot continue from means a full refresh (see
-        cookie.ahead_of); changes of a server the cookie does not know mean a
-        refresh not cut by %entryCSN% (see cookie.unseen_servers).
-        """
+    def _check_cookie(self) -> None:
+        """Compare the cookie with the provider's contextCSN: one it cannot continue from (see
+        cookie.ahead_of), or a provider that lacks our own last writes, means a full refresh."""
         if not (self.position.current or self.router.adopt):
-            return False
+            return
         try:
             context = self.directory.context_csns(self.base)
         except DirectoryError as err:
@@ -292,7 +301,7 @@ class Daemon:
                   self.position.current or self.router.adopt)
         if not context:
             self._unverifiable_cookie()
-            return False
+            return
         missing = missing_writes(self.router.own_csns(), context)
         why = ahead_of(self.position.current, context)
         if not why and missing:
@@ -310,12 +319,55 @@ class Daemon:
             log.error("COOKIE_FILE: %s: refreshing from scratch, taking nothing as handled before",
                       ahead_of(self.router.adopt, context))
             self.router.adopt = None
-        unseen = unseen_servers(self.position.current, context) if self.position.current else []
-        if unseen:
-            log.info("the provider has changes of server id(s) %s that the cookie does not cover: this "
-                     "refresh reads every entry (SEARCH_FILTER's %%entryCSN%% would skip the older ones)",
-                     ", ".join(unseen))
-        return bool(unseen)
+
+    # ------------------------------------------------------------- mirror
+
+    def _check_mirror(self) -> None:
+        """At start: does the store mirror SERVICE_SUBTREE and SEARCH_FILTER as configured?"""
+        if self.mirror is None:
+            return
+        recorded = self.store.mirror
+        if recorded is not None:
+            changed = self.mirror.differences(recorded)
+        else:
+            # A store of an earlier version, which never recorded its search: its entries tell.
+            outside = [known.dn for known in self.store.known() if not below(known.dn, self.base)]
+            changed = [f"the store knows {len(outside)} entr(y/ies) outside SERVICE_SUBTREE {self.base}, "
+                       f"e.g. {outside[0]}"] if outside else []
+        if changed:
+            self._fresh_mirror(changed)
+        elif recorded is None or any(key not in recorded for key in self.mirror.as_dict()):
+            self.store.set_mirror({**(recorded or {}), **self.mirror.as_dict()})
+
+    def _check_identity(self) -> None:
+        """At every connect: is this the directory (and the subtree entry) the store's entries came from?"""
+        if self.mirror is None:
+            return
+        now = self.directory.identity(self.base)
+        recorded = self.store.mirror or {}
+        changed = identity_differences(recorded, now)
+        if changed:
+            self._fresh_mirror(changed + [f"(on {self.directory.uri})"])
+            recorded = self.store.mirror or {}
+        known = {"suffix_uuid": now.suffix, "base_uuid": now.base}
+        if any(value and recorded.get(key) != value for key, value in known.items()):
+            self.store.set_mirror({**recorded, **{k: v for k, v in known.items() if v}})
+
+    def _fresh_mirror(self, changed: list[str]) -> None:
+        """The store's entries came from another search: start over without judging one of them removed."""
+        count = self.store.count()
+        text = (f"the store {self.store.path} mirrors another search than this daemon's: {'; '.join(changed)}. "
+                f"Starting a fresh mirror of {self.base}: none of the {count} entr(y/ies) the store knew is "
+                f"taken as removed (no delete hook runs; their data stays on this host, their records are "
+                f"kept in the store's 'retired' table), and the subtree is read from scratch")
+        log.error("%s", text)
+        self._warn_once("mirror", "the daemon started a fresh mirror: SERVICE_SUBTREE, SEARCH_FILTER or the "
+                        "directory changed", text)
+        self.store.start_mirror(self.mirror.as_dict())
+        self.position.forget()
+        self.router.adopt = None
+        self.brake.clear()
+        self.brake.held = set()
 
     def _unverifiable_cookie(self) -> None:
         """The provider's contextCSN cannot be read: the cookie is trusted only where it was made.
@@ -381,6 +433,8 @@ class Daemon:
         if isinstance(event, EntryChanged):
             origin = REFRESH if self.in_refresh else CHANGE
             self.monitor.seen(event)
+            if event.uuid in self.brake.held:
+                self._release_held([event.uuid], "it is in the directory again")
             self._enqueue(event.uuid or event.dn.lower(), self._seq, event.dn,
                           lambda: self.router.stream_job(event, origin))
         elif isinstance(event, CookieReached):
@@ -388,7 +442,7 @@ class Daemon:
             self._advance()
         elif isinstance(event, EntriesDeleted):
             for uuid in event.uuids:
-                self._enqueue(uuid, self._seq, f"entryUUID {uuid}", lambda u=uuid: self.router.removal_job(u))
+                self._removal(uuid, self._seq)
         elif isinstance(event, PresentEnd):
             self._present_end(event)
         elif isinstance(event, RefreshDone):
@@ -422,14 +476,138 @@ class Daemon:
         without a cookie. Each candidate is checked with a search first: an
         entry may only have fallen outside SEARCH_FILTER (%entryCSN%).
         """
+        back = self.brake.held & event.seen
+        if back:
+            self._release_held(sorted(back), "the refresh found it in the directory again")
         if not (event.implicit or self.refresh_full):
             return
         candidates = self.store.uuids() - event.seen
         if not candidates:
             return
-        gone = candidates - self.directory.existing_uuids(self.base, candidates)
+        try:
+            gone = candidates - self.directory.existing_uuids(self.base, candidates)
+        except (DirectoryError, SubtreeMissing) as err:
+            # An incomplete answer is no proof of anything: the next full refresh asks again.
+            log.error("cannot check the %d entr(y/ies) the refresh did not name (%s): none of them is taken "
+                      "as removed", len(candidates), err)
+            return
         for uuid in sorted(gone):
-            self._enqueue(uuid, self._seq, f"entryUUID {uuid}", lambda u=uuid: self.router.removal_job(u))
+            self._removal(uuid, self._seq)
+
+    # ---------------------------------------------------------------- brake
+
+    def _removal(self, uuid: str, seq: int) -> None:
+        """Queue the removal of ``uuid`` (seen at event ``seq``): through the deletion brake when it
+        would call the delete hook."""
+        label = f"entryUUID {uuid}"
+
+        def plan() -> Job | object | None:
+            if not self.router.brakes(uuid):
+                return self.router.removal_job(uuid)
+            self.brake.park(Parked(uuid, seq, label), in_refresh=self.in_refresh)
+            log.debug("%s: removed; waits for the deletion brake's judgement of its batch", label)
+            return PARKED
+        self._enqueue(uuid, seq, label, plan)
+
+    def _judge_parked(self) -> None:
+        """Run or hold the batch of parked removals once it is complete (see provisioning.brake)."""
+        batch = self.brake.due(in_refresh=self.in_refresh)
+        if not batch:
+            return
+        settings = self.brake.settings
+        if self.brake.held or settings.engages(len(batch), self._accounts):
+            self._hold(batch)
+            return
+        for removal in batch:
+            self._begin(removal.uuid, removal.seq, removal.label,
+                        lambda u=removal.uuid: self.router.removal_job(u))
+
+    def _accounts(self) -> int:
+        """How many entries the store knows that belong to this host (for the brake's share)."""
+        return sum(1 for known in self.store.known() if self.router.service.owns(known.entry()))
+
+    def _hold(self, batch: list[Parked]) -> None:
+        new = []
+        for removal in batch:
+            known = self.store.lookup(removal.uuid)
+            if removal.uuid not in self.brake.held and known is not None:
+                self.store.hold(Held(removal.uuid, known.dn, time.time()))
+                self.brake.held.add(removal.uuid)
+                new.append(known.dn)
+            self._resume_lane(removal.uuid, removal.seq)
+        self._flush()
+        if not new:
+            log.debug("%d removal(s) already held by the deletion brake seen again", len(batch))
+            return
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        text = (f"the deletion brake holds {len(new)} removal(s) that would call the delete hook ({shown}); "
+                f"{len(self.brake.held)} held in all. Nothing is deleted until an operator decides: "
+                f"provisioning-daemon deletions -c CONFIG --list, then --approve (delete) or --keep (keep the "
+                f"data, forget the entry). Brake: {self.brake.settings.describe()} this host has in one refresh "
+                f"or within {self.brake.settings.window:g} s, or any while others are held")
+        log.warning("%s", text)
+        alerts = self.router.alerts
+        if alerts is not None:
+            alerts.warning(f"deletion brake: {len(new)} removal(s) held for an operator", text)
+
+    def _resume_lane(self, key: str, seq: int) -> None:
+        """The parked event ``seq`` is handled: the lane goes on with what waits behind it."""
+        nxt = self._next_in_lane(key, seq)
+        if nxt is not None:
+            self._begin(key, *nxt)
+
+    def _release_held(self, uuids: list[str], why: str) -> None:
+        for uuid in uuids:
+            known = self.store.lookup(uuid)
+            log.info("%s: %s: its held removal is dropped", known.dn if known else f"entryUUID {uuid}", why)
+            self.store.release(uuid)
+            self.brake.held.discard(uuid)
+
+    def _decide_held(self) -> None:
+        """Carry out what an operator decided on held removals (provisioning-daemon deletions)."""
+        decisions = self.store.decisions()
+        if not decisions:
+            return
+        held = {h.uuid: h for h in self.store.held()}
+        for uuid in [u for u in decisions if u not in held]:
+            self.store.release(uuid)                # a decision on nothing held (any more): dropped
+        approved = [u for u, d in decisions.items() if u in held and d == APPROVE]
+        try:
+            back = self.directory.existing_uuids(self.base, approved) if approved else set()
+        except (DirectoryError, SubtreeMissing) as err:
+            log.error("cannot check whether the %d approved removal(s) are still gone (%s): tried again "
+                      "later", len(approved), err)
+            return
+        self._release_held(sorted(back), "approved for deletion, but it is in the directory again")
+        for uuid, decision in decisions.items():
+            if uuid not in held or uuid in back:
+                continue
+            if decision == APPROVE:
+                log.info("%s: removal approved by an operator: deleting it", held[uuid].dn)
+                self.store.release(uuid)
+                self.brake.held.discard(uuid)
+                self._seq += 1
+                self._enqueue(uuid, self._seq, held[uuid].dn, lambda u=uuid: self.router.removal_job(u))
+            else:
+                log.warning("%s: removal kept by an operator: the entry is forgotten, its data stays on this "
+                            "host", held[uuid].dn)
+                self.store.forget(uuid)
+                self.brake.held.discard(uuid)
+        self._flush()
+
+    def _recheck_held(self) -> None:
+        """While removals are held: are their entries back (a directory restored with its entryUUIDs)?"""
+        if not self.brake.held or time.monotonic() - self._held_checked_at < HELD_RECHECK_INTERVAL:
+            return
+        self._held_checked_at = time.monotonic()
+        try:
+            back = self.directory.existing_uuids(self.base, self.brake.held)
+        except (DirectoryError, SubtreeMissing) as err:
+            log.debug("cannot check the held removals: %s", err)
+            return
+        if back:
+            self._release_held(sorted(back), "it is in the directory again")
+            self._flush()
 
     # ---------------------------------------------------------------- lanes
 
@@ -452,6 +630,8 @@ class Daemon:
             except Exception:  # noqa: BLE001 - a bug in judging costs this entry, not the daemon
                 log.exception("%s: unexpected error while judging the entry", label)
                 job = None
+            if job is PARKED:
+                return                       # waits for the brake (see _judge_parked)
             if job is not None:
                 job.key, job.seq = key, seq
                 self.executor.submit(job)
@@ -539,6 +719,7 @@ class Daemon:
 
     def _forget_unfinished(self) -> None:
         """After a reconnect the server sends again whatever was not acknowledged."""
+        self.brake.clear()
         self._lanes.clear()
         self._in_hand.clear()
         self._cookies.clear()
@@ -552,6 +733,9 @@ class Daemon:
         if today != self._swept_on:
             self._sweep(DATED_REQUESTS_FILTER, "dated request(s)")
             self._swept_on = today
+        if self.store.changed_elsewhere():
+            self._decide_held()                 # an operator ran provisioning-daemon deletions
+        self._recheck_held()
         for key, watch in self.router.expired_watches(self.clock.utcnow()):
             entry = self.directory.read(watch.dn)
             if entry is not None:

@@ -25,6 +25,7 @@ Names (all prefixed ``provisioning_``):
 - ``directory_writable``: 1 while connected and the directory takes the
   writes, 0 from a lost connection or refused write until reconnected;
 - ``store_writable``: 0 while the state folder refuses the position;
+- ``deletions_held``: removals the deletion brake holds for an operator;
 - ``entries_seen_total``, ``synchronising`` (1 during a refresh) and
   ``info{service,version}``; plus prometheus_client's ``process_*``.
 """
@@ -121,6 +122,8 @@ class Metrics(NoMetrics):
                                     registry=reg)
         self.entries = Counter(p + "entries_seen", "Entries the sync stream delivered", registry=reg)
         self.synchronising = Gauge(p + "synchronising", "1 during a refresh", registry=reg)
+        self.deletions_held = Gauge(p + "deletions_held", "Removals the deletion brake holds for an operator",
+                                    registry=reg)
         info = Gauge(p + "info", "The service this daemon runs", ["service", "version"], registry=reg)
         info.labels(service, version).set(1)
         self.store_writable.set(1)
@@ -148,6 +151,7 @@ class Metrics(NoMetrics):
         self.waiting.set_function(lambda: daemon.waiting)
         self.lag.set_function(self._lag)
         self.synchronising.set_function(lambda: 1 if daemon.in_refresh else 0)
+        self.deletions_held.set_function(lambda: len(daemon.brake.held))
 
     def request(self, verb: str | None, code: int, seconds: float | None) -> None:
         verb = verb if verb in VERBS else "other"

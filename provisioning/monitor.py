@@ -208,7 +208,9 @@ class Monitor:
             return f"stopping: finishing the work in hand; {counts}"
         waiting = self._daemon.waiting if self._daemon is not None else 0
         busy = f", {waiting} in hand" if waiting else ""
-        return f"waiting for changes; {counts} since the start{busy}"
+        held = len(self._daemon.brake.held) if self._daemon is not None else 0
+        brake = f"; {held} removal(s) held by the deletion brake" if held else ""
+        return f"waiting for changes; {counts} since the start{busy}{brake}"
 
 
 def monitor_from_config(config: Any, *, dry_run: bool = False, version: str = "") -> Monitor:

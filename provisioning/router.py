@@ -126,6 +126,14 @@ class Router:
             return None
         return self._job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb), entry)
 
+    def brakes(self, uuid: str) -> bool:
+        """Whether the removal of ``uuid`` would call the delete hook on an entry of this host outside
+        the selfcare protocol: those go through the deletion brake (provisioning.brake)."""
+        known = self.store.lookup(uuid)
+        if known is None or self.uses_selfcare(known.entry()):
+            return False
+        return self.service.owns(known.entry())
+
     def removal_job(self, uuid: str) -> Job | None:
         """The job for an entry the server reports gone by its entryUUID."""
         known = self.store.lookup(uuid)

@@ -84,6 +84,7 @@ class Status:
     meanings: dict[int, str] = field(default_factory=dict)
     plugin: dict[str, str] = field(default_factory=dict)
     ldap_failed: str = ""              # why the directory could not be asked
+    held: int = 0                      # removals the deletion brake holds for an operator
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -172,6 +173,7 @@ def gather(loaded: startup.Loaded) -> Status:
     finally:
         directory.close()
     status.requests += _store_failures(config)
+    status.held = _held_removals(config)
     return status
 
 
@@ -258,19 +260,29 @@ def csn_time(csn: str) -> dt.datetime:
 
 def _store_failures(config: Config) -> list[Request]:
     """Hooks that failed in LDAP mode (the directory does not show those): from the store."""
-    path = config.store_file
+    rows = _store_rows(config.store_file, "SELECT dn, failed FROM entries WHERE failed IS NOT NULL")
+    return [Request(dn, Stage.FAILED, f"{verb} hook failed (LDAP mode)", None) for dn, verb in rows]
+
+
+def _held_removals(config: Config) -> int:
+    """How many removals the deletion brake holds (provisioning-daemon deletions lists them)."""
+    rows = _store_rows(config.store_file, "SELECT count(*) FROM held")
+    return rows[0][0] if rows else 0
+
+
+def _store_rows(path: Path, sql: str) -> list[tuple]:
+    """Rows from the store, read only; none when it is missing, unsafe or unreadable (an earlier version)."""
     try:
         check_private(path)
         if not path.exists():
             return []
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT dn, failed FROM entries WHERE failed IS NOT NULL").fetchall()
+            return db.execute(sql).fetchall()
         finally:
             db.close()
     except (UnsafeFile, sqlite3.Error):
         return []
-    return [Request(dn, Stage.FAILED, f"{verb} hook failed (LDAP mode)", None) for dn, verb in rows]
 
 
 # ------------------------------------------------------------------ judging
@@ -282,6 +294,8 @@ def judge(status: Status, t: Thresholds) -> tuple[State, list[str]]:
         return State.UNKNOWN, [f"cannot ask the directory: {status.ldap_failed}"]
     if not status.daemon.running:
         critical.append("daemon not running")
+    if status.held:
+        critical.append(f"{status.held} removal(s) held by the deletion brake (provisioning-daemon deletions)")
     if status.lag is not None and status.lag.seconds is None:
         warning.append(f"lag unknown ({status.lag.note})")
     elif status.lag is not None:
@@ -315,6 +329,7 @@ def perfdata(status: Status, t: Thresholds) -> str:
         f"failed={len(status.needing_a_person())};{t.warn_failed};{t.crit_failed};0",
         f"dated={len(status.stage(Stage.DATED))};;;0",
         f"oldest={status.oldest_open_age():.0f}s;{t.warn_age:g};{t.crit_age:g};0",
+        f"held={status.held};;1;0",
     ])
 
 
@@ -341,6 +356,9 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
         lines += [f"  {_request_text(r, status)}" for r in found[:LISTED]]
         if len(found) > LISTED:
             lines.append(f"  ... and {len(found) - LISTED} more (--json lists all)")
+    if status.held:
+        lines.append(f"deletion brake: {status.held} removal(s) held for an operator "
+                     f"(provisioning-daemon deletions -c CONFIG --list)")
     if status.plugin:
         lines.append(f"{status.service}: " + ", ".join(f"{k} {v}" for k, v in status.plugin.items()))
     return [escape(line) for line in lines]
@@ -390,6 +408,7 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
         "counts": {stage.value: len(status.stage(stage)) for stage in Stage},
         "requests": {stage.value: listed(stage) for stage in Stage if stage is not Stage.OTHER},
         "oldest_open_seconds": status.oldest_open_age(),
+        "deletions_held": status.held,
         "plugin": status.plugin,
         "thresholds": vars(t),
     }

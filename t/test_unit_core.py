@@ -613,3 +613,46 @@ def test_an_outcome_the_directory_did_not_take_is_written_to_the_store_at_once()
         daemon._collect()
     assert len(flushes) == 1                               # the pending one at once; a plain outcome waits
     assert daemon._trouble == "the directory did not take a write"
+
+
+# ------------------------------------------------------------- deletion brake
+
+def test_the_deletion_brake_engages_above_both_the_count_and_the_share():
+    from provisioning.brake import BrakeSettings
+    brake = BrakeSettings(percent=10, count=5)
+    assert not brake.engages(5, lambda: 10)          # not more than the count, whatever the share
+    assert brake.engages(6, lambda: 10)
+    assert not brake.engages(6, lambda: 60)          # 10 % of 60: not more than the share
+    assert brake.engages(7, lambda: 60)
+    counted = []
+    assert not brake.engages(3, lambda: counted.append(1) or 1)
+    assert counted == []                              # the accounts are not counted when the count decides
+
+
+def test_a_batch_is_judged_after_the_refresh_or_after_its_window():
+    from provisioning.brake import Brake, BrakeSettings, Parked
+    now = [100.0]
+    brake = Brake(BrakeSettings(window=10), clock=lambda: now[0])
+    brake.park(Parked("a", 1, "a"), in_refresh=True)
+    assert brake.due(in_refresh=True) == []
+    assert [p.uuid for p in brake.due(in_refresh=False)] == ["a"]    # the refresh is over
+    brake.park(Parked("b", 2, "b"), in_refresh=False)
+    now[0] = 105.0
+    brake.park(Parked("c", 3, "c"), in_refresh=False)               # the same window
+    assert brake.due(in_refresh=False) == []
+    now[0] = 110.0
+    assert [p.uuid for p in brake.due(in_refresh=False)] == ["b", "c"]
+    assert brake.due(in_refresh=False) == []
+    brake.park(Parked("d", 4, "d"), in_refresh=False)
+    brake.clear()
+    now[0] = 200.0
+    assert brake.due(in_refresh=False) == []                         # a reconnect: the server sends it again
+
+
+def test_dns_are_compared_as_the_directory_compares_them():
+    from provisioning.backend.dn import below, normal_dn
+    assert normal_dn("UID=3723707 , OU=Accounts,dc=X") == "uid=3723707,ou=accounts,dc=x"
+    assert below("uid=1,ou=accounts,dc=x", "OU=Accounts, dc=X")
+    assert not below("ou=accounts,dc=x", "ou=accounts,dc=x", strictly=True)
+    assert not below(r"uid=a,cn=x\,ou=accounts,dc=x", "ou=accounts,dc=x")   # an escaped comma is no separator
+    assert not below("not a dn", "ou=accounts,dc=x")

@@ -163,18 +163,6 @@ def missing_writes(own_csns: list[str], context_csns: list[str]) -> list[str]:
     return [csn for csn in own_csns if csn > theirs.get(csn_sid(csn), "")]
 
 
-def unseen_servers(cookie: str | None, context_csns: list[str]) -> list[str]:
-    """Server ids whose changes the provider has and the cookie names no CSN of.
-
-    SEARCH_FILTER's %entryCSN% is the cookie's oldest CSN: a change such a
-    server made before it would never match (seen when a request made on one
-    provider replicated late, after newer changes of the other, and the
-    daemon then failed over). The refresh must then not cut by CSN.
-    """
-    mine = by_sid(cookie_csns(cookie))
-    return sorted(sid for sid in by_sid(context_csns) if sid not in mine)
-
-
 class CookieFile:
     """COOKIE_FILE: a copy of the position in the original daemon's format."""
 
@@ -261,7 +249,11 @@ class Position:
             self.current = in_store
             return Start(in_store)
         known = in_file or in_store
-        if in_file or in_store:
+        if in_file and not in_store and not self.store.adopts:
+            log.warning("COOKIE_FILE %s holds the position of the store's earlier mirror: ignored, the "
+                        "subtree is read from scratch", self.file.path)
+            known = None
+        elif in_file or in_store:
             log.warning("COOKIE_FILE %s (%s) and the store %s (%s) disagree: a full refresh; entries "
                         "the cookie %s covers count as handled before", self.file.path, in_file or "missing",
                         self.store.path, in_store or "no cookie", known)
@@ -290,6 +282,13 @@ class Position:
     def reset(self) -> None:
         """Forget the position: the next session is a full refresh."""
         self.current = None
+
+    def forget(self) -> None:
+        """Forget the position for good (a fresh mirror): COOKIE_FILE is emptied now, the store's
+        cookie goes at its next flush (see Store.start_mirror)."""
+        self.current = None
+        if self.file.write(""):
+            self._written = None
 
     def flush(self, *, mirror: bool = False) -> bool:
         """Write the store, then the copy in COOKIE_FILE; False while either cannot be written.

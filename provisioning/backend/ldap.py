@@ -22,7 +22,8 @@ from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncreplConsumer
 
 from provisioning.backend.ber import ANSWER_CLASSES, SYNC_CONTROL_CLASSES, PostRead, PostReadAnswer
-from provisioning.backend.cookie import cookie_csn
+from provisioning.backend.cookie import DEFAULT_CSN
+from provisioning.backend.dn import below
 from provisioning.entry import Entry
 from provisioning.log import escape
 from provisioning.secret import Secret
@@ -80,6 +81,14 @@ class Conflict(Exception):
 
 class DirectoryError(Exception):
     """The server refused an operation for a reason that retrying will not fix."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which directory, and which subtree entry in it: entryUUIDs, the same on every replica."""
+
+    suffix: str | None          # the naming context that holds SERVICE_SUBTREE (None: not readable)
+    base: str | None            # SERVICE_SUBTREE's own entry (None: missing or not readable)
 
 
 @dataclass
@@ -313,16 +322,62 @@ class Directory:
         return []
 
     def existing_uuids(self, base: str, uuids: Iterable[str]) -> set[str]:
-        """Which of ``uuids`` still name an entry below ``base``."""
+        """Which of ``uuids`` still name an entry below ``base``.
+
+        Only a complete answer counts: a ``base`` that does not exist
+        (SubtreeMissing), a referral, a size or time limit or any refusal
+        (DirectoryError) raises instead of saying "none of them".
+        """
         wanted = sorted(set(uuids))
         found: set[str] = set()
         for start in range(0, len(wanted), UUID_CHECK_BATCH):
             chunk = wanted[start:start + UUID_CHECK_BATCH]
             terms = "".join(f"(entryUUID={escape_filter_chars(u)})" for u in chunk)
-            for entry in self.search(base, f"(|{terms})", ["entryUUID"]):
+            for entry in self._complete_search(base, f"(|{terms})", ["entryUUID"]):
                 if entry.uuid:
                     found.add(entry.uuid.lower())
         return found
+
+    def _complete_search(self, base: str, filterstr: str, attrs: Sequence[str]) -> list[Entry]:
+        """search(), but a missing base, a referral or a partial answer raises."""
+        with _unavailable_on_network_errors(f"search {base}"):
+            try:
+                results = self.conn.search_ext_s(base, ldap.SCOPE_SUBTREE, filterstr, list(attrs))
+            except ldap.NO_SUCH_OBJECT as err:
+                raise SubtreeMissing(f"{base} does not exist") from err
+            except ldap.LDAPError as err:
+                if isinstance(err, _UNAVAILABLE):
+                    raise
+                raise DirectoryError(f"search {base} {filterstr} refused: {describe(err)}") from err
+        if any(not dn for dn, _ in results):
+            raise DirectoryError(f"search {base} answered with a referral (a continuation reference), "
+                                 "not the entries themselves")
+        return [Entry.from_ldap(dn, attrs) for dn, attrs in results]
+
+    def identity(self, base: str) -> Identity:
+        """The entryUUIDs of the naming context holding ``base`` and of ``base`` itself (None: unreadable)."""
+        try:
+            contexts = self._naming_contexts()
+            suffix = max((c for c in contexts if below(base, c)), key=len, default=None)
+            return Identity(self._uuid(suffix) if suffix else None, self._uuid(base))
+        except DirectoryError as err:
+            log.debug("cannot read the directory's identity: %s", err)
+            return Identity(None, None)
+
+    def _naming_contexts(self) -> list[str]:
+        with _unavailable_on_network_errors("read the root DSE"):
+            try:
+                found = self.conn.search_ext_s("", ldap.SCOPE_BASE, "(objectClass=*)", ["namingContexts"])
+            except ldap.LDAPError as err:
+                if isinstance(err, _UNAVAILABLE):
+                    raise
+                raise DirectoryError(f"read the root DSE: {describe(err)}") from err
+        attrs = found[0][1] if found else {}
+        return [v.decode("utf-8", "replace") for v in attrs.get("namingContexts", [])]
+
+    def _uuid(self, dn: str) -> str | None:
+        entry = self.read(dn, ["entryUUID"])
+        return entry.uuid if entry is not None else None
 
 
 # ------------------------------------------------------------ sync stream
@@ -454,19 +509,25 @@ class SyncStream:
         self._conn: _Consumer | None = None
         self._msgid: int | None = None
 
-    def open(self, cookie: str | None, *, every_entry: bool = False, uri: str | None = None) -> None:
+    def open(self, cookie: str | None, *, uri: str | None = None) -> None:
         """Connect and start the search from ``cookie`` (None or empty: from scratch).
 
-        ``every_entry``: %entryCSN% in SEARCH_FILTER stands for the oldest CSN
-        (see cookie.unseen_servers) instead of the cookie's. ``uri``: that
-        server only (the one the cookie was just checked on), not the first
-        of SERVER that answers.
+        ``uri``: that server only (the one the cookie was just checked on),
+        not the first of SERVER that answers.
+
+        %entryCSN% in SEARCH_FILTER (the original's default filter has it)
+        stands for the original's oldest CSN, so the filter matches every
+        entry it would match without the term. Cut at the cookie's CSN, as the
+        original did, the filter kept the persist phase from ever sending the
+        removal of an entry last changed before the session began (syncprov
+        tests a removed entry against the filter), and a present phase from
+        naming the unchanged entries. What changed since the cookie is the
+        provider's to decide: with a cookie it sends only that anyway.
         """
         self.close()
         settings = replace(self.settings, uris=[uri]) if uri else self.settings
         conn, uri = connect(settings, factory=_Consumer)
-        since = cookie_csn(None if every_entry else cookie)
-        filterstr = self.filter_template.replace("%entryCSN%", since)
+        filterstr = self.filter_template.replace("%entryCSN%", DEFAULT_CSN)
         try:
             with _unavailable_on_network_errors(f"sync search on {uri}"):
                 self._msgid = conn.syncrepl_search(self.base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",

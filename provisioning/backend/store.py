@@ -10,7 +10,14 @@ One SQLite file (WAL) next to COOKIE_FILE ([Database] STORE_FILE) holds
   again after a restart is known as "seen before, unchanged" or "changed";
   in LDAP mode also which hook failed on it, to retry it;
 - writes the directory did not take yet (an outcome, a refusal), written as
-  soon as it takes writes again.
+  soon as it takes writes again;
+- what it mirrors (SERVICE_SUBTREE, SEARCH_FILTER, the directory's
+  identity: see provisioning.mirror), so that removals are judged only
+  against the subtree, filter and directory its entries came from; the
+  records of an earlier mirror are kept as ``retired`` when a fresh one starts;
+- removals the deletion brake holds for an operator (provisioning.brake), and
+  the operator's decisions on them (``approvals``, written by
+  ``provisioning-daemon deletions``, the only table another process writes).
 
 Changes wait in memory (the overlay) until ``flush()`` writes them in one
 transaction. The daemon flushes after every handled entry and every cookie it
@@ -42,7 +49,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (uuid TEXT PRIMARY KEY, dn TEXT NOT NULL, csn TEXT,
                                     attrs TEXT NOT NULL, failed TEXT, answered TEXT);
 CREATE TABLE IF NOT EXISTS pending (dn TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held (uuid TEXT PRIMARY KEY, dn TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (uuid TEXT PRIMARY KEY, decision TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS retired (uuid TEXT NOT NULL, dn TEXT NOT NULL, attrs TEXT NOT NULL,
+                                    mirror TEXT, since REAL NOT NULL);
 """
+# Decisions an operator writes into ``approvals`` (provisioning-daemon deletions).
+APPROVE, KEEP = "approve", "keep"
 _FORGOTTEN = None   # overlay value of an entry removed from the store
 
 
@@ -67,6 +80,15 @@ class Known:
 
     def entry(self) -> Entry:
         return Entry.from_values(self.dn, self.values, self.uuid)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A removal the deletion brake holds until an operator decides (see provisioning.brake)."""
+
+    uuid: str
+    dn: str
+    since: float
 
 
 @dataclass
@@ -95,6 +117,13 @@ class Store:
         self._pending: dict[str, PendingWrite | None] = {}
         self._cookie: str | None = None
         self._own: list[str] | None = None
+        self._held: dict[str, Held | None] = {}
+        self._decided: set[str] = set()            # approvals acted on, removed at the next flush
+        self._mirror: dict | None = None
+        # A fresh mirror was started (start_mirror): what the file holds of the
+        # old one no longer counts, and is moved aside at the next flush.
+        self._fresh = False
+        self._data_version: int | None = None
         self.error: str | None = None              # why the file cannot be written now, if it cannot
 
     # ------------------------------------------------------------- life cycle
@@ -176,18 +205,36 @@ class Store:
     @property
     def cookie(self) -> str | None:
         """The cookie acknowledged last (None when the store has none)."""
-        if self._cookie is not None:
+        if self._cookie is not None or self._fresh:
             return self._cookie
-        row = self._query("SELECT value FROM meta WHERE key='cookie'")
-        return row[0][0] if row else None
+        return self._meta("cookie")
+
+    @property
+    def mirror(self) -> dict | None:
+        """What the store mirrors (provisioning.mirror.Mirror as a dict); None for a store that never said."""
+        if self._mirror is not None:
+            return dict(self._mirror)
+        value = self._meta("mirror")
+        return json.loads(value) if value else None
+
+    @property
+    def adopts(self) -> bool:
+        """Whether a cookie found in COOKIE_FILE alone may count as handled (see cookie.Position.start).
+
+        Not after a fresh mirror, until its first cookie: the file then holds
+        the old mirror's position, which says nothing about the new one.
+        """
+        if self._fresh:
+            return False
+        return self._cookie is not None or self._meta("adopt") != "no"
 
     @property
     def own_writes(self) -> list[str]:
         """The entryCSNs of the newest writes of the daemon, one per server id (see keep_own_writes)."""
         if self._own is not None:
             return list(self._own)
-        row = self._query("SELECT value FROM meta WHERE key='own_writes'")
-        return json.loads(row[0][0]) if row else []
+        value = None if self._fresh else self._meta("own_writes")
+        return json.loads(value) if value else []
 
     def keep_own_writes(self, csns: list[str]) -> None:
         """Keep these (written with the next flush): a restart after a failover compares them too."""
@@ -196,14 +243,14 @@ class Store:
     def lookup(self, uuid: str | None) -> Known | None:
         if not uuid:
             return None
-        if uuid in self._entries:
-            return self._entries[uuid]
+        if uuid in self._entries or self._fresh:
+            return self._entries.get(uuid)
         rows = self._query("SELECT uuid, dn, csn, attrs, failed, answered FROM entries WHERE uuid=?", (uuid,))
         return _known(rows[0]) if rows else None
 
     def uuids(self) -> set[str]:
         """Every entryUUID the store knows."""
-        known = {row[0] for row in self._query("SELECT uuid FROM entries")}
+        known = set() if self._fresh else {row[0] for row in self._query("SELECT uuid FROM entries")}
         for uuid, value in self._entries.items():
             if value is _FORGOTTEN:
                 known.discard(uuid)
@@ -213,7 +260,8 @@ class Store:
 
     def failed(self) -> list[Known]:
         """Entries whose LDAP-mode hook failed, to be tried again."""
-        rows = self._query("SELECT uuid, dn, csn, attrs, failed, answered FROM entries WHERE failed IS NOT NULL")
+        rows = [] if self._fresh else \
+            self._query("SELECT uuid, dn, csn, attrs, failed, answered FROM entries WHERE failed IS NOT NULL")
         found = {row[0]: _known(row) for row in rows}
         for uuid, value in self._entries.items():
             if value is None or value.failed is None:
@@ -235,10 +283,63 @@ class Store:
     def count(self) -> int:
         return len(self.uuids())
 
-    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def known(self) -> list[Known]:
+        """Every entry the store knows (one pass over the file: for rare, whole-store questions)."""
+        rows = [] if self._fresh else self._query("SELECT uuid, dn, csn, attrs, failed, answered FROM entries")
+        found = {row[0]: _known(row) for row in rows}
+        for uuid, value in self._entries.items():
+            if value is _FORGOTTEN:
+                found.pop(uuid, None)
+            else:
+                found[uuid] = value
+        return list(found.values())
+
+    def held(self) -> list[Held]:
+        """The removals the deletion brake holds, oldest first."""
+        rows = [] if self._fresh else self._query("SELECT uuid, dn, since FROM held", table=True)
+        found = {row[0]: Held(*row) for row in rows}
+        for uuid, value in self._held.items():
+            if value is None:
+                found.pop(uuid, None)
+            else:
+                found[uuid] = value
+        return sorted(found.values(), key=lambda h: (h.since, h.dn))
+
+    def decisions(self) -> dict[str, str]:
+        """An operator's decisions on held removals not acted on yet: entryUUID -> APPROVE or KEEP."""
+        if self._fresh:
+            return {}
+        rows = self._query("SELECT uuid, decision FROM approvals", table=True)
+        return {uuid: decision for uuid, decision in rows if uuid not in self._decided}
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another process committed to the file since the last call (cheap: a counter SQLite keeps)."""
+        if self._db is None:
+            return False
+        try:
+            # fetchall: a statement left unfinished would hold a read transaction open.
+            version = self._db.execute("PRAGMA data_version").fetchall()[0][0]
+        except sqlite3.Error:
+            return False
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
+
+    def _meta(self, key: str) -> str | None:
+        row = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return row[0][0] if row else None
+
+    def _query(self, sql: str, args: tuple = (), *, table: bool = False) -> list[tuple]:
+        """Rows of ``sql``; with ``table``, none when its table is missing (a store of an earlier
+        version opened read-only, where CREATE TABLE could not run)."""
         if self._db is None:
             return []
-        return self._db.execute(sql, args).fetchall()
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as err:
+            if table and "no such table" in str(err):
+                return []
+            raise
 
     # ----------------------------------------------------------------- writes
 
@@ -253,6 +354,37 @@ class Store:
 
     def forget(self, uuid: str) -> None:
         self._entries[uuid] = _FORGOTTEN
+        self.release(uuid)
+
+    def hold(self, held: Held) -> None:
+        """Keep this removal for an operator (the entry stays known)."""
+        self._held[held.uuid] = held
+
+    def release(self, uuid: str) -> None:
+        """The removal is no longer held (done, kept by decision, or the entry is back)."""
+        self._held[uuid] = None
+        self._decided.add(uuid)
+
+    def start_mirror(self, mirror: dict) -> None:
+        """Start a fresh mirror: from now on the store knows no entry, no cookie, no held removal.
+
+        What the file holds of the earlier mirror is moved to ``retired`` at
+        the next flush (the data of those accounts is left on the host: no
+        removal is judged against a subtree, filter or directory the
+        entries did not come from). Pending writes are kept: each asserts
+        what it expects of its entry.
+        """
+        self._fresh = True
+        self._mirror = dict(mirror)
+        self._entries.clear()
+        self._held.clear()
+        self._decided.clear()
+        self._cookie = None
+        self._own = None
+
+    def set_mirror(self, mirror: dict) -> None:
+        """Record what the store mirrors (a first start, or a store of an earlier version)."""
+        self._mirror = dict(mirror)
 
     def add_pending(self, write: PendingWrite) -> None:
         self._pending[write.dn] = write
@@ -262,7 +394,8 @@ class Store:
 
     @property
     def dirty(self) -> bool:
-        return bool(self._entries or self._pending or self._cookie is not None or self._own is not None)
+        return bool(self._entries or self._pending or self._cookie is not None or self._own is not None
+                    or self._held or self._decided or self._mirror is not None or self._fresh)
 
     def flush(self) -> bool:
         """Write what waits in memory in one transaction; False if it could not be written."""
@@ -288,6 +421,8 @@ class Store:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self._fresh:
+                self._retire(db)
             for uuid, known in self._entries.items():
                 if known is _FORGOTTEN:
                     db.execute("DELETE FROM entries WHERE uuid=?", (uuid,))
@@ -304,6 +439,11 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('cookie', ?)", (self._cookie,))
             if self._own is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('own_writes', ?)", (json.dumps(self._own),))
+            self._commit_brake(db)
+            if self._mirror is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('mirror', ?)", (json.dumps(self._mirror),))
+            if self._cookie is not None:
+                db.execute("DELETE FROM meta WHERE key='adopt'")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:        # SQLite rolls back by itself when a COMMIT fails (full disk)
@@ -313,6 +453,29 @@ class Store:
         self._pending.clear()
         self._cookie = None
         self._own = None
+        self._held.clear()
+        self._decided.clear()
+        self._mirror = None
+        self._fresh = False
+
+    def _retire(self, db: sqlite3.Connection) -> None:
+        """Move the earlier mirror's records aside (see start_mirror)."""
+        old = db.execute("SELECT value FROM meta WHERE key='mirror'").fetchone()
+        db.execute("INSERT INTO retired SELECT uuid, dn, attrs, ?, ? FROM entries",
+                   (old[0] if old else None, time.time()))
+        for table in ("entries", "held", "approvals"):
+            db.execute(f"DELETE FROM {table}")       # noqa: S608 - a fixed name, not data
+        db.execute("DELETE FROM meta WHERE key IN ('cookie', 'own_writes')")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('adopt', 'no')")
+
+    def _commit_brake(self, db: sqlite3.Connection) -> None:
+        for uuid, held in self._held.items():
+            if held is None:
+                db.execute("DELETE FROM held WHERE uuid=?", (uuid,))
+            else:
+                db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?)", (held.uuid, held.dn, held.since))
+        for uuid in self._decided:
+            db.execute("DELETE FROM approvals WHERE uuid=?", (uuid,))
 
 
 def _known(row: tuple) -> Known:
