@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -254,6 +255,24 @@ def test_what_the_store_knew_is_still_known_while_it_cannot_be_written(host, dir
         filler.unlink()
     else:
         subprocess.run(["mount", "-o", "remount,rw", str(small_state_folder)], check=True)
+    daemon.wait_for(r"the state in \S+ is written again")
+    assert daemon.stop() == 0
+
+
+def test_a_lock_file_a_read_only_folder_cannot_take_still_keeps_a_second_daemon_off(host, directory,
+                                                                                   small_state_folder):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_state_folder)], check=True)
+    daemon = DaemonProcess(host).start()
+    daemon.wait_for(rf"WARNING {re.escape(str(host.layout.cookie))}.lock cannot be created \(Read-only file "
+                    rf"system\): locking its folder instead")
+    assert_done(directory.wait_mode(directory.add(UID), "added"), "added")
+    second = DaemonProcess(host, log_name="second.log").start(wait_ready=False)
+    assert second.wait_exit() == 5
+    subprocess.run(["mount", "-o", "remount,rw", str(small_state_folder)], check=True)
+    # Now it can make the lock file and lock it: the folder's lock still keeps it off.
+    third = DaemonProcess(host, log_name="third.log").start(wait_ready=False)
+    assert third.wait_exit() == 5
+    assert "already running" in third.text()
     daemon.wait_for(r"the state in \S+ is written again")
     assert daemon.stop() == 0
 

@@ -20,7 +20,7 @@ import pytest
 from provisioning.backend.cookie import CookieError, CookieFile
 from provisioning.backend.store import Known, Store, StoreError
 from provisioning.files import UnsafeFile, check_private, open_private, write_atomically
-from provisioning.lock import PidLock
+from provisioning.lock import AlreadyLocked, PidLock
 
 from helpers import DaemonProcess
 
@@ -295,6 +295,24 @@ def test_a_store_a_full_folder_never_let_be_written_is_a_new_store(small, tmpdir
     assert not store.flush()
     (small / "filler").unlink()
     assert store.flush()
+
+
+def test_a_lock_file_that_cannot_be_created_locks_its_folder_and_keeps_others_off(small):
+    path = small / "d.lock"
+    subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+    first = PidLock(path)
+    first.acquire()
+    with pytest.raises(AlreadyLocked, match="cannot be created, and another daemon locks its folder"):
+        PidLock(path).acquire()
+    subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+    with pytest.raises(AlreadyLocked, match="is locked by a daemon that could not create its lock file"):
+        PidLock(path).acquire()                 # it has its file now; the folder's lock keeps it off
+    other_service = PidLock(small / "other.lock")   # a daemon of another service beside it waits too
+    with pytest.raises(AlreadyLocked):
+        other_service.acquire()
+    first.release()
+    with PidLock(path), PidLock(small / "other.lock"):
+        pass                                    # shared folder locks: both run
 
 
 # ----------------------------------------------------- through the daemon
