@@ -354,18 +354,20 @@ def _subtree(conn: SimpleLDAPObject, base: str) -> CheckLine:
 
 def state_lines(config: Config) -> Iterator[CheckLine]:
     """The cookie, store and lock: a safe folder that takes files, and usable files if present."""
-    for key, path in startup.state_files(config):
-        yield _state_file(key, path)
+    files = startup.state_files(config)
+    # A read-only folder that holds state files went read-only under the daemon (a WARN, see _state_file).
+    written = {path.parent for _, path in files if path.exists()}
+    for key, path in files:
+        yield _state_file(key, path, written=path.parent in written)
     explicit = config.service["Service"]["LOG_FILE"]
     if not os.path.exists(SYSLOG_SOCKET) and (explicit or config.log_file.parent.is_dir()):
         yield _log_file(config.log_file)
 
 
-def _state_file(key: str, path: Path) -> CheckLine:
+def _state_file(key: str, path: Path, *, written: bool) -> CheckLine:
     name = key.split("] ", 1)[-1]
-    problem = _writable_folder(path)
-    if problem:
-        return CheckLine.fail(name, problem)
+    if not path.parent.is_dir():
+        return CheckLine.fail(name, f"folder {path.parent} does not exist")
     try:
         check_private(path)
         if key.endswith("COOKIE_FILE"):
@@ -376,8 +378,21 @@ def _state_file(key: str, path: Path) -> CheckLine:
             store.close()
     except (UnsafeFile, CookieError, StoreError) as err:
         return CheckLine.fail(name, str(err))
+    problem = _writable_folder(path)
+    if problem and (written or not _read_only(path.parent)):
+        # A folder that filled up or went read-only under the daemon's state:
+        # the daemon copes (README), so this must not stop a start under ExecStartPre.
+        return CheckLine.warn(name, f"{problem}; the daemon starts all the same, keeps its position in "
+                                    f"memory and writes it once the folder takes it (log and mail say so)")
+    if problem:
+        # Read-only and never written: more likely a mistake (systemd's ReadWritePaths) than a fault.
+        return CheckLine.fail(name, problem)
     state = "exists and is usable" if path.exists() else "will be created"
     return CheckLine.ok(name, f"{path} {state}; folder {path.parent} is writable")
+
+
+def _read_only(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
 
 
 def _log_file(path: Path) -> CheckLine:

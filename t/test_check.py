@@ -295,6 +295,30 @@ def test_a_read_only_state_folder_fails(host):
     assert "does not take files: Read-only file system" in _line(lines, "FAIL COOKIE_FILE: ")
 
 
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_state_folder_that_went_full_or_read_only_is_a_warning_the_daemon_starts(host, directory, tmpdir_env,
+                                                                                   fault):
+    """Issue 18 item 3: the daemon starts on it (its position in memory), so ExecStartPre must not stop it."""
+    state = host.layout.cookie.parent
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(state)], check=True)
+    try:
+        daemon = DaemonProcess(host).start()
+        directory.wait_mode(directory.add("3723707"), "added")
+        assert daemon.stop() == 0
+        if fault == "full":
+            subprocess.run(["dd", "if=/dev/zero", f"of={state / 'filler'}", "bs=4096"], capture_output=True)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        code, lines = _check(host, tmpdir_env)
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
+    assert code == 0, lines
+    for key in ("COOKIE_FILE", "STORE_FILE", "LOCK_FILE"):
+        line = _line(lines, f"WARN {key}: ")
+        assert ("is full" if fault == "full" else "Read-only file system") in line
+        assert "the daemon starts all the same" in line
+
+
 def test_a_plugin_check_that_raises_is_a_fail_line(host):
     class Broken:
         @hookimpl

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.daemon import Retry, with_retries
+from provisioning.backend.cookie import covered
 from provisioning.backend.ldap import DirectoryUnavailable
+from provisioning.daemon import Retry, with_retries
 
 from faults import PauseAt
 from helpers import DaemonProcess, assert_done, wait_until
+from test_mail import Server, free_port
 
 pytestmark = pytest.mark.with_workers
 
@@ -126,16 +129,150 @@ def test_a_full_state_folder_does_not_stop_provisioning_and_nothing_is_lost(host
     assert again.count(r": add done") == 0
 
 
-def test_a_read_only_state_folder_at_start_does_not_crash_loop(host, directory, small_state_folder):
-    first = DaemonProcess(host).start()
-    directory.wait_mode(directory.add(UID), "added")
-    assert first.stop() == 0
-    subprocess.run(["mount", "-o", "remount,ro", str(small_state_folder)], check=True)
-    daemon = DaemonProcess(host, log_name="ro.log").start()
+# ------------------------------------------- state folder full or read-only at start
+
+@pytest.fixture
+def mail_server():
+    server = Server(free_port())
+    yield server
+    server.stop()
+
+
+def _mail_to(host, server: Server) -> None:
+    host.set_global("Mail", SENDTO="ops@example.org", HOST="127.0.0.1", PORT=server.port, SSL="none",
+                    WANTINFOMAIL=0)
+
+
+def _cookie_text(host) -> str | None:
+    path = host.layout.cookie
+    return path.read_text() if path.exists() else None
+
+
+def _leave_state(host, directory, how: str) -> str | None:
+    """A daemon that provisioned UID and stopped, or was killed (SIGKILL), or none; COOKIE_FILE then."""
+    if how == "nothing":
+        return None
+    daemon = DaemonProcess(host, log_name="first.log").start()
+    entry = directory.wait_mode(directory.add(UID), "added")
+    # COOKIE_FILE is written after the store: once it covers the outcome, so does the store.
+    wait_until(lambda: covered(entry["entryCSN"], _cookie_text(host)), "COOKIE_FILE to cover the outcome")
+    wal = Path(f"{_store(host)}-wal")
+    if how == "killed":
+        daemon.kill_all()
+        assert wal.stat().st_size > 0                   # the newest transactions are in the log alone
+    else:
+        assert daemon.stop() == 0
+        assert not wal.exists()
+    return _cookie_text(host)
+
+
+def _fill_with_dd(folder: Path) -> Path:
+    filler = folder / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4096"], capture_output=True, check=False)
+    assert os.statvfs(folder).f_bavail == 0             # dd stopped at ENOSPC
+    return filler
+
+
+def _provisions_and_says_so_once(host, directory, daemon, mail_server, on_disk: str | None) -> str:
     dn = directory.add("3723708")
     assert_done(directory.wait_mode(dn, "added"), "added")
-    daemon.wait_for(r"ERROR .*cannot (open|write) .*sqlite.*; the daemon goes on with its position in memory")
+    daemon.wait_for(r"ERROR .*cannot .*; the daemon goes on with its position in memory and tries again")
+    [mail] = mail_server.wait(1)
+    assert mail.kind == "warning" and "cannot be written" in mail.message["Subject"]
+    assert _cookie_text(host) == on_disk                # the position on disk did not move
+    return dn
+
+
+def _written_again_with_nothing_lost(host, daemon, mail_server, dn: str) -> None:
+    daemon.wait_for(r"the state in \S+ is written again \(it could not be for [\d.]+ s\); nothing was lost")
+    assert daemon.count(r"ERROR .*; the daemon goes on with its position in memory") == 1   # said once
+    assert len(mail_server.received) == 1
+    assert daemon.stop() == 0
+    cookie = _cookie_text(host).strip()
+    with sqlite3.connect(_store(host)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='cookie'").fetchone() == (cookie,)
+        assert db.execute("SELECT count(*) FROM entries WHERE dn=?", (dn,)).fetchone() == (1,)
+    again = DaemonProcess(host, log_name="again.log").start()
+    assert again.stop() == 0
+    assert again.count(r": add done") == 0 and "disagree" not in again.text()
+
+
+@pytest.mark.parametrize("before", ["stopped", "killed", "nothing"])
+def test_a_state_folder_full_at_start_does_not_stop_provisioning(host, directory, small_state_folder,
+                                                                mail_server, before):
+    """Issue 18 item 3: with a store (and a -wal a killed daemon left), or none yet; filled with dd."""
+    _mail_to(host, mail_server)
+    on_disk = _leave_state(host, directory, before)
+    filler = _fill_with_dd(small_state_folder)
+    daemon = DaemonProcess(host, log_name="full.log").start()
+    if before == "killed":
+        assert "disagree" not in daemon.text()          # the log's transactions were read: same cookie
+    dn = _provisions_and_says_so_once(host, directory, daemon, mail_server, on_disk)
+    filler.unlink()
+    _written_again_with_nothing_lost(host, daemon, mail_server, dn)
+
+
+@pytest.mark.parametrize("before", ["stopped", "killed"])
+def test_a_state_folder_read_only_at_start_does_not_stop_provisioning(host, directory, small_state_folder,
+                                                                     mail_server, before):
+    _mail_to(host, mail_server)
+    on_disk = _leave_state(host, directory, before)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_state_folder)], check=True)
+    daemon = DaemonProcess(host, log_name="ro.log").start()
+    if before == "killed":
+        assert "disagree" not in daemon.text()
+    dn = _provisions_and_says_so_once(host, directory, daemon, mail_server, on_disk)
     subprocess.run(["mount", "-o", "remount,rw", str(small_state_folder)], check=True)
+    _written_again_with_nothing_lost(host, daemon, mail_server, dn)
+
+
+LDAP_ONLY = dict(objectClass=["account", "posixAccount", "shadowAccount", "sstBackup", "sstRelationship"],
+                 sstProvisioningMode=None, sstProvisioningState=None, sstProvisioningExecutionDate=None)
+
+
+@pytest.mark.parametrize("fault, before", [("read-only", "stopped"), ("full", "killed")])
+def test_what_the_store_knew_is_still_known_while_it_cannot_be_written(host, directory, small_state_folder,
+                                                                       fault, before):
+    """LDAP mode: a removal named by entryUUID alone is acted on with the entry the store knew before."""
+    host.set("Service", MODUS="LDAP")
+    first = DaemonProcess(host, log_name="first.log").start()
+    known = directory.add(UID, **LDAP_ONLY)
+    first.wait_for(rf"uid={UID},.*: add done in")
+    csn = directory.get(known)["entryCSN"]
+    wait_until(lambda: covered(csn, _cookie_text(host)), "COOKIE_FILE to cover the add")
+    first.kill_all() if before == "killed" else first.stop()
+    if fault == "full":
+        filler = _fill_with_dd(small_state_folder)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(small_state_folder)], check=True)
+    daemon = DaemonProcess(host).start()
+    directory.add("3723708", **LDAP_ONLY)               # something to write: the writes fail
+    daemon.wait_for(r"uid=3723708,.*: add done in")
+    daemon.wait_for(r"ERROR .*; the daemon goes on with its position in memory and tries again")
+    directory.conn.delete_s(known)
+    daemon.wait_for(rf"uid={UID},.*: delete done for the removed entry")
+    if fault == "full":
+        filler.unlink()
+    else:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_state_folder)], check=True)
+    daemon.wait_for(r"the state in \S+ is written again")
+    assert daemon.stop() == 0
+
+
+def test_a_lock_file_a_read_only_folder_cannot_take_still_keeps_a_second_daemon_off(host, directory,
+                                                                                   small_state_folder):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_state_folder)], check=True)
+    daemon = DaemonProcess(host).start()
+    daemon.wait_for(rf"WARNING {re.escape(str(host.layout.cookie))}.lock cannot be created \(Read-only file "
+                    rf"system\): locking its folder instead")
+    assert_done(directory.wait_mode(directory.add(UID), "added"), "added")
+    second = DaemonProcess(host, log_name="second.log").start(wait_ready=False)
+    assert second.wait_exit() == 5
+    subprocess.run(["mount", "-o", "remount,rw", str(small_state_folder)], check=True)
+    # Now it can make the lock file and lock it: the folder's lock still keeps it off.
+    third = DaemonProcess(host, log_name="third.log").start(wait_ready=False)
+    assert third.wait_exit() == 5
+    assert "already running" in third.text()
     daemon.wait_for(r"the state in \S+ is written again")
     assert daemon.stop() == 0
 

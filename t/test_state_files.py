@@ -9,14 +9,18 @@ daemon must refuse with a message naming the path and the problem.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 from provisioning.backend.cookie import CookieError, CookieFile
-from provisioning.backend.store import Store, StoreError
+from provisioning.backend.store import Known, Store, StoreError
 from provisioning.files import UnsafeFile, check_private, open_private, write_atomically
-from provisioning.lock import PidLock
+from provisioning.lock import AlreadyLocked, PidLock
 
 from helpers import DaemonProcess
 
@@ -200,6 +204,115 @@ def test_the_store_is_not_opened_through_a_link(state, victim, suffix):
     with pytest.raises(StoreError, match=rf"store{suffix}: is a symbolic link; refusing to use it"):
         Store(state / "store").open()
     assert victim.read_text() == VICTIM_TEXT
+
+
+# ------------------------------------------- a folder full or read-only at start
+
+@pytest.fixture
+def small(tmp_path):
+    """A state folder on a tmpfs of its own (1 MiB), to fill or make read-only; TMPDIR beside it."""
+    folder = tmp_path / "small"
+    folder.mkdir(mode=0o755)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def tmpdir(tmp_path, monkeypatch):
+    """Where the store's private copy goes (tempfile's folder): checked empty afterwards."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+WRITER = """
+import os, signal, sys
+from provisioning.backend.store import Store
+from provisioning.entry import Entry
+store = Store(sys.argv[1]); store.open()
+store.remember(Entry.from_values("uid=1,ou=x", {"uid": ["1"]}, "uuid-1")); store.set_cookie("rid=001")
+store.flush()
+if sys.argv[2] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)        # the transaction stays in the -wal alone
+store.close()
+"""
+
+
+def _leave_store(path, how: str) -> None:
+    subprocess.run([sys.executable, "-c", WRITER, str(path), how], check=False)
+    assert os.path.exists(f"{path}-wal") == (how == "killed")
+
+
+def _fill(folder) -> None:
+    subprocess.run(["dd", "if=/dev/zero", f"of={folder / 'filler'}", "bs=4096"], capture_output=True)
+    assert os.statvfs(folder).f_bavail == 0
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_a_store_that_cannot_be_written_at_start_is_read_whole_and_written_later(small, tmpdir, fault, how):
+    path = small / "store"
+    _leave_store(path, how)
+    if fault == "full":
+        _fill(small)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+    store = Store(path)
+    store.open()
+    assert store.error and store.cookie == "rid=001" and store.lookup("uuid-1") == Known(
+        "uuid-1", "uid=1,ou=x", None, {"uid": ["1"]})            # with what only the -wal had
+    assert list(tmpdir.iterdir()) == []                         # the private copy is gone already
+    store.set_cookie("rid=002")
+    assert not store.flush()
+    assert store.lookup("uuid-1") is not None                   # a failed retry does not blind the store
+    if fault == "full":
+        (small / "filler").unlink()
+    else:
+        subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+    assert store.flush() and store.error is None
+    store.close()
+    again = Store(path)
+    again.open()
+    assert again.error is None and again.cookie == "rid=002" and again.uuids() == {"uuid-1"}
+    again.close()
+
+
+@pytest.mark.parametrize("content", [b"", None])
+def test_a_store_a_full_folder_never_let_be_written_is_a_new_store(small, tmpdir, content):
+    path = small / "store"
+    if content is None:                 # what SQLite leaves: a header, no table
+        sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").fetchall()
+        assert path.stat().st_size > 0
+    else:
+        path.write_bytes(content)
+    _fill(small)
+    store = Store(path)
+    store.open()
+    assert store.error and store.cookie is None and store.uuids() == set()
+    store.set_cookie("rid=001")
+    assert not store.flush()
+    (small / "filler").unlink()
+    assert store.flush()
+
+
+def test_a_lock_file_that_cannot_be_created_locks_its_folder_and_keeps_others_off(small):
+    path = small / "d.lock"
+    subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+    first = PidLock(path)
+    first.acquire()
+    with pytest.raises(AlreadyLocked, match="cannot be created, and another daemon locks its folder"):
+        PidLock(path).acquire()
+    subprocess.run(["mount", "-o", "remount,rw", str(small)], check=True)
+    with pytest.raises(AlreadyLocked, match="is locked by a daemon that could not create its lock file"):
+        PidLock(path).acquire()                 # it has its file now; the folder's lock keeps it off
+    other_service = PidLock(small / "other.lock")   # a daemon of another service beside it waits too
+    with pytest.raises(AlreadyLocked):
+        other_service.acquire()
+    first.release()
+    with PidLock(path), PidLock(small / "other.lock"):
+        pass                                    # shared folder locks: both run
 
 
 # ----------------------------------------------------- through the daemon

@@ -26,14 +26,18 @@ cookie never runs ahead of it: a crash can only lose a change that was not
 flushed, and the server delivers that one again. When the folder is full or
 read-only, ``flush()`` keeps the overlay and tries again at the next flush
 (cookie.Position says so, once): the daemon goes on with its position in
-memory, and the position on disk never passes work that is not done.
+memory, and the position on disk never passes work that is not done. So it
+does when the folder is full or read-only at start: ``open()`` then reads the
+file as it is, writing nothing next to it (see _open_read_only).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,8 +135,10 @@ class Store:
     def open(self) -> None:
         """Open (or create) the file. StoreError if it is not a usable store.
 
-        A folder that is read-only or full is not an error here: the store
-        then lives in memory until a flush can write it.
+        A folder that is read-only or full is not an error here: the store is
+        then read as it is on disk (see _open_read_only), ``error`` says why
+        it cannot be written, and what changes lives in memory until a flush
+        can write it.
         """
         for suffix in ("", "-wal", "-shm", "-journal"):
             try:
@@ -140,13 +146,13 @@ class Store:
             except UnsafeFile as err:
                 raise StoreError(str(err)) from err
         if self.dry_run:
-            self._db = self._open_read_only()
+            self._db = self._read_only_or_refuse()
             return
         try:
             self._db = self._open_read_write()
         except sqlite3.OperationalError as err:
-            self._db = self._open_read_only()
             self.error = f"cannot open {self.path} for writing: {err}"
+            self._db = self._read_only_or_refuse()
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: not a usable store ({err}); move it away and the "
                              f"daemon rebuilds it from the directory") from err
@@ -173,31 +179,85 @@ class Store:
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             self._check_version(db)
+            # Written at every open, even when it is there: SQLite opens a file
+            # of a read-only folder without a word, and the schema needs no
+            # write when the tables exist. This write shows whether the file
+            # takes writes now (read-only, or full), before the daemon relies on it.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
         except sqlite3.DatabaseError:
             db.close()
             raise
         return db
 
-    def _open_read_only(self) -> sqlite3.Connection | None:
-        if not self.path.exists():
-            return None
-        # With a write-ahead log present a daemon runs (or died) and part of
-        # the store is in the log: read through it. Without one the file is
-        # whole, and immutable creates no -wal/-shm next to it.
-        live = os.path.exists(f"{self.path}-wal")
+    def _read_only_or_refuse(self) -> sqlite3.Connection | None:
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro{'' if live else '&immutable=1'}", uri=True,
-                                 isolation_level=None, check_same_thread=False)
-            self._check_version(db)
-            return db
-        except sqlite3.DatabaseError as err:
+            return self._open_read_only()
+        except (sqlite3.DatabaseError, OSError) as err:
             raise StoreError(f"{self.path}: cannot be read ({err})") from err
+
+    def _open_read_only(self) -> sqlite3.Connection | None:
+        """The store as it is on disk, read without writing next to it; None for a new store.
+
+        Reading a WAL database the usual way writes its -shm file, which a
+        full or read-only folder refuses. Without a write-ahead log (or an
+        empty one) the file is whole and is read as immutable: nothing is
+        written. With one, a dry-run (a daemon may be writing the store)
+        reads through the log as usual; the daemon itself, which holds the
+        lock (nobody writes the store), reads a private copy of file and log,
+        so the log's newest transactions are not lost (immutable alone would
+        ignore them).
+        """
+        if not _has_data(self.path):
+            return None         # created, but nothing written into it yet (a full folder at the first start)
+        if not _has_data(f"{self.path}-wal"):
+            return self._readable(_connect(_uri(self.path, "mode=ro&immutable=1")))
+        if self.dry_run:
+            try:
+                return self._readable(_connect(_uri(self.path, "mode=ro")))
+            except sqlite3.OperationalError as err:
+                log.debug("%s cannot be read through its -wal (%s): reading a copy", self.path, err)
+        return self._readable(self._private_copy())
+
+    def _private_copy(self) -> sqlite3.Connection:
+        """The store and its -wal copied to a private temporary folder, the log folded in, opened immutable.
+
+        The copy is removed at once: the connection keeps the file open, and
+        nothing is left behind, even if the daemon is killed.
+        """
+        folder = tempfile.mkdtemp(prefix="provisioning-store-")
+        try:
+            copy = os.path.join(folder, "store.sqlite")
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(f"{self.path}-wal", f"{copy}-wal")
+            db = _connect(copy)
+            try:
+                mode = db.execute("PRAGMA journal_mode=DELETE").fetchone()[0]   # folds the log into the copy
+            finally:
+                db.close()
+            if mode != "delete":
+                raise sqlite3.OperationalError(f"the copy's write-ahead log could not be folded in ({mode})")
+            return _connect(_uri(copy, "mode=ro&immutable=1"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _readable(self, db: sqlite3.Connection) -> sqlite3.Connection | None:
+        """``db`` if it is a store of this version; None if it has no tables yet (a new store)."""
+        try:
+            if db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] == 0:
+                db.close()
+                return None
+            # Not _check_version: a missing version is written at the next open for writing.
+            row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+            if row is not None and row[0] != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"store version {row[0]}, this daemon knows {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def _check_version(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
-        if row is None:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
+        if row is not None and row[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"store version {row[0]}, this daemon knows {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ reads
@@ -398,8 +458,12 @@ class Store:
                     or self._held or self._decided or self._mirror is not None or self._fresh)
 
     def flush(self) -> bool:
-        """Write what waits in memory in one transaction; False if it could not be written."""
-        if not self.dirty or self.dry_run:
+        """Write what waits in memory in one transaction; False if it could not be written.
+
+        While the file cannot be written (``error``), every flush tries again,
+        with or without changes waiting: True then means the file takes writes again.
+        """
+        if self.dry_run or not (self.dirty or self.error):
             return True
         try:
             if self._db is None or self.error is not None:
@@ -412,10 +476,11 @@ class Store:
         return True
 
     def _reopen(self) -> None:
+        """Open the file for writing; the connection in use is kept for reads until that works."""
+        db = self._open_read_write()
         if self._db is not None:
             self._db.close()
-            self._db = None
-        self._db = self._open_read_write()
+        self._db = db
 
     def _commit(self) -> None:
         db = self._db
@@ -476,6 +541,23 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?)", (held.uuid, held.dn, held.since))
         for uuid in self._decided:
             db.execute("DELETE FROM approvals WHERE uuid=?", (uuid,))
+
+
+def _connect(target: str | Path) -> sqlite3.Connection:
+    return sqlite3.connect(target, uri=str(target).startswith("file:"), isolation_level=None,
+                           check_same_thread=False)
+
+
+def _uri(path: str | Path, query: str) -> str:
+    """A file: URI for SQLite (a ``?`` or ``#`` in the path is escaped, not taken as the query)."""
+    return f"{Path(path).absolute().as_uri()}?{query}"
+
+
+def _has_data(path: str | Path) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _known(row: tuple) -> Known:
