@@ -11,6 +11,7 @@ sides, not hidden behind /tmp's sticky, world-writable folder.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import resource
@@ -392,7 +393,46 @@ def test_more_than_a_pipe_holds_in_every_direction_at_once():
     data = os.urandom(600_000).hex().encode()
     script = "head -c 300000 /dev/zero | tr '\\0' e >&2; cat; head -c 300000 /dev/zero | tr '\\0' o >&2"
     result = LocalCLI(timeout=30).run(["sh", "-c", script], stdin=data)
-    assert result.ok and result.stdout == data.decode() and result.stderr == "e" * 300000 + "o" * 300000
+    kept = nofollow.OUTPUT_KEPT
+    assert result.ok
+    assert (result.stdout, result.stdout_dropped) == (data[-kept:].decode(), len(data) - kept)   # all went through
+    assert (result.stderr, result.stderr_dropped) == ("o" * kept, 600000 - kept)
+
+
+# Prints ``size`` bytes of lines (17 bytes each) on stdout, then on stderr; each stream ends with a line of its own.
+PRINTS_A_LOT = ("yes 'a line of output' | head -c {size}; echo 'the last line out'; "
+                "yes 'a line of errors' | head -c {size} >&2; echo 'the last words' >&2; exit 3")
+_PEAK = textwrap.dedent("""
+    import json, resource, sys
+    from provisioning.transport import LocalCLI
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    cli = LocalCLI(timeout=60)
+    cli.run(["true"])
+    before = peak()
+    result = cli.run(["sh", "-c", sys.argv[1]])
+    print(json.dumps({"before": before, "after": peak(), "said": result.describe()[-120:],
+                      "stdout": [len(result.stdout), result.stdout[-40:], getattr(result, "stdout_dropped", None)],
+                      "stderr": [len(result.stderr), result.stderr[-40:], getattr(result, "stderr_dropped", None)]}))
+""")
+
+
+def test_a_command_printing_hundreds_of_megabytes_keeps_a_bounded_tail(report):
+    # All of it was kept: 300 MB of output took the daemon's peak memory from 38 to 918 MB.
+    size = 17 * 17_600_000                                        # 299 MB, whole lines
+    done = subprocess.run([sys.executable, "-c", _PEAK, PRINTS_A_LOT.format(size=size)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(done.stdout)
+    mib = 1024 * 1024
+    report("LocalCLI, a command printing 2 x 300 MB", peak_before_mib=seen["before"] // mib,
+           peak_after_mib=seen["after"] // mib)
+    assert seen["after"] - seen["before"] < 16 * mib, seen
+    kept = nofollow.OUTPUT_KEPT
+    assert seen["stdout"] == [kept, "tput\na line of output\nthe last line out\n", size + 18 - kept]
+    assert seen["stderr"] == [kept, " errors\na line of errors\nthe last words\n", size + 15 - kept]
+    assert seen["said"].endswith(f"exited 3: the last words ({size + 15 - kept} earlier bytes of stderr dropped)")
 
 
 def test_a_command_that_ends_but_leaves_its_output_open_is_killed_at_the_timeout(tmp_path):

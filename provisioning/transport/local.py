@@ -70,8 +70,7 @@ class LocalCLI(Transport):
             raise
         if ended_by_the_stop(proc.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({proc.returncode}) because the daemon is stopping")
-        return CommandResult(argv, proc.returncode, out.decode("utf-8", "replace"),
-                             err.decode("utf-8", "replace"))
+        return CommandResult(argv, proc.returncode, out.text(), err.text(), out.dropped, err.dropped)
 
     def exists(self, path: str) -> bool:
         return nofollow.exists(path)

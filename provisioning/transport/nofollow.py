@@ -601,6 +601,39 @@ def _unlink_if_there(name: str, folder: int) -> None:
         pass
 
 
+# ------------------------------------------------------- commands' output
+
+# What is kept of a command's stdout, and of its stderr: their end, for the log.
+OUTPUT_KEPT = 64 * 1024
+
+
+class Tail:
+    """The last ``size`` bytes of a stream, and how many came before them (``dropped``).
+
+    A command may print without end (a loop, a verbose rsync): keeping all
+    of it took the daemon from 38 MB to 918 MB for 300 MB of output, and a
+    helper on the gateway as far again. What explains a failure is at the
+    end; the rest is read and dropped, so the command never blocks on a
+    full pipe. Here, not in spawn, because the gateway gets this file alone.
+    """
+
+    def __init__(self, size: int = OUTPUT_KEPT) -> None:
+        self.size = size
+        self.kept = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.kept += chunk
+        excess = len(self.kept) - self.size
+        if excess > 0:
+            del self.kept[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        """What was kept, as text (a character cut at the start of the tail reads as U+FFFD)."""
+        return self.kept.decode("utf-8", "replace")
+
+
 # ------------------------------------------------------- the remote helper
 
 def _owner(text: str) -> tuple | None:
