@@ -18,10 +18,12 @@ import pytest
 from provisioning import config as cfgmod
 from provisioning.transport import CLISSH, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, Helper
+from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning.transport.ssh import HELPER_SOURCE
 
 from faults import Proxy
 from helpers import DaemonProcess, assert_done, gone, processes, wait_until
+from test_transport import PRINTS_A_LOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 
@@ -302,6 +304,31 @@ def test_a_command_past_its_timeout_is_killed_on_the_gateway_with_its_group(remo
     assert result.returncode == 124 and "killed after 1 s" in result.stderr
     shell, background = map(int, pids.read_text().split())
     wait_until(lambda: gone(shell) and gone(background), "the command's group to be killed")
+
+
+def test_a_command_printing_a_lot_keeps_the_helper_on_the_gateway_small(remote, report):
+    # The helper kept all of it, and then sent it whole: 100 MB each took it past 600 MB.
+    size = 17 * 5_900_000                                         # 100 MB, whole lines
+    assert remote.run(["true"]).ok
+    [helper] = remote.helpers.waiting()
+    [pid] = [p.pid for p in processes() if p.argv[-2:] == [b"serve", helper.nonce.encode()] and p.comm != "ssh"]
+    before = _peak_memory(pid)
+    result = remote.run(["sh", "-c", PRINTS_A_LOT.format(size=size)])
+    after = _peak_memory(pid)
+    assert remote.helpers.waiting() == [helper]                  # the same helper ran it
+    report("CLISSH, a command printing 2 x 100 MB: the gateway helper's peak memory",
+           before_mib=before >> 20, after_mib=after >> 20)
+    assert after - before < 16 << 20
+    kept = OUTPUT_KEPT
+    assert (len(result.stdout), result.stdout_dropped) == (kept, size + 18 - kept)
+    assert (len(result.stderr), result.stderr_dropped) == (kept, size + 15 - kept)
+    assert result.describe().endswith(f"exited 3: the last words ({size + 15 - kept} earlier bytes of stderr dropped)")
+
+
+def _peak_memory(pid: int) -> int:
+    """The peak resident memory of process ``pid`` so far, in bytes (VmHWM)."""
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
 
 
 def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path):

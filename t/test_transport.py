@@ -387,12 +387,12 @@ def test_results_exit_codes_and_stdin(transport):
     assert transport.run(["cat"]).stdout == ""                  # no stdin: /dev/null, no hang
 
 
-def test_more_than_a_pipe_holds_in_every_direction_at_once():
+def test_more_than_a_pipe_holds_in_every_direction_at_once(transport):
     # stdin, stdout and stderr each far beyond a pipe's 64 KiB: nothing may wait on
     # the other side (the command writes stderr before it has read all of stdin).
     data = os.urandom(600_000).hex().encode()
     script = "head -c 300000 /dev/zero | tr '\\0' e >&2; cat; head -c 300000 /dev/zero | tr '\\0' o >&2"
-    result = LocalCLI(timeout=30).run(["sh", "-c", script], stdin=data)
+    result = transport.run(["sh", "-c", script], stdin=data)
     kept = nofollow.OUTPUT_KEPT
     assert result.ok
     assert (result.stdout, result.stdout_dropped) == (data[-kept:].decode(), len(data) - kept)   # all went through

@@ -680,41 +680,110 @@ def answer(request: dict, data: bytes = b"") -> dict:
 
 
 def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float) -> dict:
-    """Run ``argv`` (no shell) in a session of its own; {"returncode", "stdout", "stderr", "timed_out"}.
+    """Run ``argv`` (no shell) in a session of its own.
 
-    At ``timeout`` seconds the command is killed with its process group
-    (returncode 124). So is it when the daemon goes away meanwhile: the end
-    of this helper's input (see _kill_when_abandoned). A program that cannot
-    be started is 127 (not found) or 126, as a shell says.
+    Returns {"returncode", "timed_out", "stdout", "stdout_dropped", "stderr",
+    "stderr_dropped"}: the tail of each stream and how many bytes before it
+    were dropped (see Tail). At ``timeout`` seconds the command is killed
+    with its process group (returncode 124). So is it when the daemon goes
+    away meanwhile: the end of this helper's input (see
+    _kill_when_abandoned). A program that cannot be started is 127 (not
+    found) or 126, as a shell says.
     """
     try:
         proc = subprocess.Popen(argv, env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:
-        return {"returncode": 127 if err.errno == errno.ENOENT else 126, "stdout": "",
-                "stderr": "%s: %s" % (argv[0], err.strerror), "timed_out": False}
+        return {"returncode": 127 if err.errno == errno.ENOENT else 126, "timed_out": False,
+                "stdout": "", "stdout_dropped": 0, "stderr": "%s: %s" % (argv[0], err.strerror),
+                "stderr_dropped": 0}
     stop_r, stop_w = os.pipe()
     watcher = threading.Thread(target=_kill_when_abandoned, args=(proc, stop_r), daemon=True)
     watcher.start()
+    out, err = Tail(), Tail()
     timed_out = False
     try:
-        out, err = proc.communicate(data, timeout=timeout)
+        _exchange(proc, data, out, err, time.monotonic() + timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
         try:
-            out, err = proc.communicate(timeout=5)
+            _exchange(proc, None, out, err, time.monotonic() + 5)
         except subprocess.TimeoutExpired:       # a process that left the group holds the output
-            out, err = b"", b""
             proc.wait()
     finally:
         os.write(stop_w, b"x")
         watcher.join()
         os.close(stop_r)
         os.close(stop_w)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     return {"returncode": 124 if timed_out else proc.returncode, "timed_out": timed_out,
-            "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
+            "stdout": out.text(), "stdout_dropped": out.dropped,
+            "stderr": err.text(), "stderr_dropped": err.dropped}
+
+
+def _exchange(proc, data: bytes | None, out: Tail, err: Tail, deadline: float) -> None:
+    """Send ``data``, read stdout into ``out`` and stderr into ``err`` to their end, and collect
+    the command; subprocess.TimeoutExpired at ``deadline`` (the command is left running).
+
+    Popen.communicate would keep all of the output. A stream already read to
+    its end (closed) is skipped, so this can be called again after a kill.
+    """
+    reading = {pipe.fileno(): (pipe, tail) for pipe, tail in ((proc.stdout, out), (proc.stderr, err))
+               if not pipe.closed}
+    waiting = select.poll()
+    for fd in reading:
+        waiting.register(fd, select.POLLIN)
+    unsent = _start_sending(proc, data, waiting)
+    while reading or unsent:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        for fd, _ in waiting.poll(left * 1000 + 1):
+            if fd in reading:
+                _read_into(fd, reading, waiting)
+            else:
+                unsent = _send(proc, unsent, waiting)
+    proc.wait(max(deadline - time.monotonic(), 0))
+
+
+def _start_sending(proc, data: bytes | None, waiting) -> memoryview:
+    """What is left to send to the command's stdin (closed at once when there is nothing)."""
+    if proc.stdin is None or proc.stdin.closed:
+        return memoryview(b"")
+    if not data:
+        proc.stdin.close()
+        return memoryview(b"")
+    os.set_blocking(proc.stdin.fileno(), False)
+    waiting.register(proc.stdin.fileno(), select.POLLOUT)
+    return memoryview(data)
+
+
+def _send(proc, unsent: memoryview, waiting) -> memoryview:
+    try:
+        unsent = unsent[os.write(proc.stdin.fileno(), unsent[:65536]):]
+    except BlockingIOError:
+        return unsent
+    except BrokenPipeError:          # the command does not read it all: as Popen.communicate, not an error
+        unsent = unsent[:0]
+    if not unsent:
+        waiting.unregister(proc.stdin.fileno())
+        proc.stdin.close()
+    return unsent
+
+
+def _read_into(fd: int, reading: dict, waiting) -> None:
+    pipe, tail = reading[fd]
+    chunk = os.read(fd, 65536)
+    if chunk:
+        tail.add(chunk)
+        return
+    waiting.unregister(fd)
+    del reading[fd]
+    pipe.close()
 
 
 def _kill_when_abandoned(proc, stop: int) -> None:

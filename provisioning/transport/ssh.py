@@ -157,7 +157,8 @@ class CLISSH(Transport):
             value = self._ask(request, stdin or b"", time.monotonic() + limit + REAP_SECONDS, shown)
         except OSError as err:
             return CommandResult(argv, EXIT_SSH_ERROR, stderr=str(err))
-        result = CommandResult(argv, value["returncode"], value["stdout"], value["stderr"])
+        result = CommandResult(argv, value["returncode"], value["stdout"], value["stderr"],
+                               value["stdout_dropped"], value["stderr_dropped"])
         if ended_by_the_stop(result.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({result.returncode}) because the daemon is stopping")
         if value["timed_out"]:
