@@ -7,6 +7,7 @@ transports share are tested once for both in t/test_transport.py.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -22,8 +23,8 @@ from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning.transport.ssh import HELPER_SOURCE
 
 from faults import Proxy
-from helpers import DaemonProcess, assert_done, gone, processes, wait_until
-from test_transport import PRINTS_A_LOT
+from helpers import DaemonProcess, assert_done, gone, process, processes, wait_until
+from test_transport import LEAVES_THE_GROUP, LEFTOVER, PRINTS_A_LOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 
@@ -342,6 +343,25 @@ def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_pat
     os.kill(ssh, signal.SIGKILL)
     running.join(30)
     wait_until(lambda: gone(shell) and gone(background), "the abandoned command to be killed")
+
+
+@pytest.mark.parametrize("how", sorted(LEAVES_THE_GROUP))
+def test_what_left_the_group_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path, how):
+    pidfile = tmp_path / "leftover"
+    starts = LEAVES_THE_GROUP[how].format(leftover=shlex.quote(LEFTOVER.format(pidfile=pidfile)))
+    running = threading.Thread(target=lambda: remote.run(["sh", "-c", f"{starts}\nsleep 60"]))
+    running.start()
+    wait_until(lambda: pidfile.exists(), "the command to start what leaves its group")
+    leftover = int(pidfile.read_text())
+    try:
+        [ssh] = [p.pid for p in processes() if p.ppid == os.getpid() and b"serve" in b" ".join(p.argv)]
+        os.kill(ssh, signal.SIGKILL)                             # what the command guard does when the daemon dies
+        running.join(30)
+        wait_until(lambda: gone(leftover), f"the leftover {leftover} ({how}) to be killed on the gateway")
+    finally:
+        found = process(leftover)
+        if found is not None and found.comm == "sleep" and found.state != "Z":
+            os.kill(leftover, signal.SIGKILL)            # the test's own sleep, left by the fault
 
 
 def test_a_command_gets_its_environment_and_stdin_and_no_shell(remote, tmp_path):

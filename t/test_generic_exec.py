@@ -16,7 +16,7 @@ from pathlib import Path
 import ldap.dn
 import pytest
 
-from provisioning.commandguard import VARIABLE as GUARD_VARIABLE
+from provisioning.commandguard import COMMAND_VARIABLE, VARIABLE as GUARD_VARIABLE
 
 from provisioning.entry import Entry
 from provisioning.testing import DaemonProcess, assert_done
@@ -50,11 +50,13 @@ def _recorder(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _calls(log: Path) -> list[dict]:
-    """The recorded calls; the command guard's token (in a local command's environment) taken out."""
+    """The recorded calls; the command guard's token (in a local command's environment) and the
+    command's own marker (in every command's) taken out."""
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for call in calls:
         token = call["env"].pop(GUARD_VARIABLE, None)
         assert token is None or token.count("-") == 1
+        assert call["env"].pop(COMMAND_VARIABLE).count("-") == 2
     return calls
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -32,11 +33,11 @@ import pytest
 from provisioning.transport import (
     CLISSH, DryRun, Interrupted, LocalCLI, build, request_deadline, within_deadline,
 )
-from provisioning.transport import base, nofollow
+from provisioning.transport import base, nofollow, spawn
 from provisioning.transport.base import PAST_DEADLINE
 from provisioning import commandguard
 
-from helpers import gone, processes, wait_until
+from helpers import gone, process, processes, wait_until
 
 CUSTOMER = (1234, 1234)
 
@@ -490,6 +491,38 @@ def test_a_timeout_kills_what_the_command_started(tmp_path):
     assert result.returncode == 124
     grandchild = int(pidfile.read_text())
     wait_until(lambda: gone(grandchild), f"the grandchild {grandchild} to die with its group")
+
+
+# A process that leaves the command's process group, then sleeps; it writes its pid to {pidfile} first.
+LEFTOVER = "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 40"
+LEAVES_THE_GROUP = {
+    # the command's child makes a session of its own (its parent is still the command)
+    "setsid": "setsid sh -c {leftover} &",
+    # a daemon's double fork: a subshell starts it and exits, so its parent is init (or a
+    # subreaper), and it makes a session of its own
+    "double fork": "(setsid sh -c {leftover} &)",
+}
+
+
+@pytest.mark.parametrize("how", sorted(LEAVES_THE_GROUP))
+def test_a_timeout_leaves_nothing_behind_that_left_the_group(make, tmp_path, how):
+    # Killing the command's process group missed these: the leftover ran on next to the
+    # retry (and, holding the output, made the timeout wait REAP_SECONDS for it).
+    pidfile = tmp_path / "leftover"
+    starts = LEAVES_THE_GROUP[how].format(leftover=shlex.quote(LEFTOVER.format(pidfile=pidfile)))
+    waits = f"until [ -e {pidfile} ]; do sleep 0.01; done"        # then blocks past the timeout
+    started = time.monotonic()
+    result = make().run(["sh", "-c", f"{starts}\n{waits}; echo waiting; sleep 40"], timeout=2)
+    took = time.monotonic() - started
+    leftover = int(pidfile.read_text())
+    try:
+        assert result.returncode == 124, result.describe()
+        wait_until(lambda: gone(leftover), f"the leftover {leftover} ({how}) to be killed at the timeout")
+        assert took < 2 + spawn.REAP_SECONDS, "nothing should hold the output after the timeout"
+    finally:
+        found = process(leftover)
+        if found is not None and found.comm == "sleep" and found.state != "Z":
+            os.kill(leftover, signal.SIGKILL)            # the test's own sleep, left by the fault
 
 
 def _killed_with_the_daemon(tmp_path, command: str, names: list[str]) -> None:

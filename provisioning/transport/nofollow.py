@@ -48,6 +48,7 @@ after another over one ssh session (see serve).
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import posixpath
@@ -634,6 +635,66 @@ class Tail:
         return self.kept.decode("utf-8", "replace")
 
 
+# ------------------------------------------------------- what a command leaves behind
+
+# Every command the helper runs carries COMMAND_VARIABLE=<a marker of its own>
+# in its environment, and so does everything it starts: the environment is
+# inherited, whether a process stays in the command's process group or not
+# (setsid, a daemon's double fork). At a timeout, or when the daemon goes away,
+# the processes carrying it are killed with the group. The same as
+# provisioning.commandguard does for LocalCLI; a copy, because the gateway
+# gets this file alone.
+COMMAND_VARIABLE = "PROVISIONING_COMMAND"
+# New processes can appear while they are killed (a command forking): scan again.
+KILL_ROUNDS = 5
+_RANDOM = os.urandom(6).hex()
+_commands = itertools.count(1)
+
+
+def _command_marker() -> str:
+    """A value of COMMAND_VARIABLE no other command on this host carries."""
+    return "%d-%s-%d" % (os.getpid(), _RANDOM, next(_commands))
+
+
+def _marked(wanted: bytes) -> list:
+    """Pids of the other processes whose initial environment holds ``wanted`` (NUL-framed)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                environ = f.read()
+        except OSError:                 # gone meanwhile, or not ours to read (nor to kill)
+            continue
+        if wanted in b"\0" + environ + b"\0":
+            found.append(int(name))
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    """SIGKILL every process carrying COMMAND_VARIABLE=``marker``, scanning until none is left."""
+    wanted = ("\0%s=%s\0" % (COMMAND_VARIABLE, marker)).encode()
+    for _ in range(KILL_ROUNDS):
+        pids = _marked(wanted)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_command(proc, marker: str) -> None:
+    """SIGKILL the command's process group, then what left it but carries its ``marker``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    _kill_marked(marker)
+
+
 # ------------------------------------------------------- the remote helper
 
 def _owner(text: str) -> tuple | None:
@@ -685,11 +746,14 @@ def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float
     Returns {"returncode", "timed_out", "stdout", "stdout_dropped", "stderr",
     "stderr_dropped"}: the tail of each stream and how many bytes before it
     were dropped (see Tail). At ``timeout`` seconds the command is killed
-    with its process group (returncode 124). So is it when the daemon goes
-    away meanwhile: the end of this helper's input (see
-    _kill_when_abandoned). A program that cannot be started is 127 (not
-    found) or 126, as a shell says.
+    with its process group and whatever carries its marker, in the group or
+    not (returncode 124). So is it when the daemon goes away meanwhile: the
+    end of this helper's input (see _kill_when_abandoned). A program that
+    cannot be started is 127 (not found) or 126, as a shell says.
     """
+    marker = _command_marker()
+    env = dict(os.environ if env is None else env)
+    env[COMMAND_VARIABLE] = marker
     try:
         proc = subprocess.Popen(argv, env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
@@ -699,7 +763,7 @@ def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float
                 "stdout": "", "stdout_dropped": 0, "stderr": "%s: %s" % (argv[0], err.strerror),
                 "stderr_dropped": 0}
     stop_r, stop_w = os.pipe()
-    watcher = threading.Thread(target=_kill_when_abandoned, args=(proc, stop_r), daemon=True)
+    watcher = threading.Thread(target=_kill_when_abandoned, args=(proc, marker, stop_r), daemon=True)
     watcher.start()
     out, err = Tail(), Tail()
     timed_out = False
@@ -707,7 +771,7 @@ def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float
         _exchange(proc, data, out, err, time.monotonic() + timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        _kill_command(proc, marker)
         try:
             _exchange(proc, None, out, err, time.monotonic() + 5)
         except subprocess.TimeoutExpired:       # a process that left the group holds the output
@@ -786,18 +850,11 @@ def _read_into(fd: int, reading: dict, waiting) -> None:
     pipe.close()
 
 
-def _kill_when_abandoned(proc, stop: int) -> None:
-    """Kill the command's group if this helper's input ends (or says anything) before ``stop``."""
+def _kill_when_abandoned(proc, marker: str, stop: int) -> None:
+    """Kill the command (see _kill_command) if this helper's input ends (or says anything) before ``stop``."""
     readable, _, _ = select.select([0, stop], [], [])
     if 0 in readable and stop not in readable:
-        _kill_group(proc)
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
+        _kill_command(proc, marker)
 
 
 def serve(nonce: str) -> int:

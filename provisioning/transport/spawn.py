@@ -29,6 +29,7 @@ import subprocess
 import time
 from typing import Mapping
 
+from provisioning.commandguard import COMMAND_VARIABLE, kill_marked
 from provisioning.transport.nofollow import Tail
 
 # How long to wait for the output of a command group that was killed.
@@ -125,18 +126,22 @@ def communicate(child: Child, data: bytes | None, limit: float) -> tuple[Tail, T
     return out, err
 
 
-def kill_group(child: Child) -> None:
-    """SIGKILL the command's whole process group, then collect it.
+def kill_group(child: Child, marker: str) -> None:
+    """SIGKILL the command's whole process group and every process carrying its ``marker``, then collect it.
 
     The group id is the command's pid, held while the command is unreaped,
-    so the signal cannot reach a stranger. Output still held open by a
-    process that left the group is abandoned after REAP_SECONDS.
+    so the signal cannot reach a stranger. The marker (commandguard's
+    COMMAND_VARIABLE) finds what left the group: a child that called setsid,
+    a daemon's double fork. Output still held open by a process that
+    escaped both (it replaced its environment, and left the group) is
+    abandoned after REAP_SECONDS.
     """
     if child.returncode is None:
         try:
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    kill_marked(marker, COMMAND_VARIABLE)
     child.close_input()
     try:
         communicate(child, None, REAP_SECONDS)
