@@ -613,9 +613,10 @@ class Tail:
 
     A command may print without end (a loop, a verbose rsync): keeping all
     of it took the daemon from 38 MB to 918 MB for 300 MB of output, and a
-    helper on the gateway as far again. What explains a failure is at the
-    end; the rest is read and dropped, so the command never blocks on a
-    full pipe. Here, not in spawn, because the gateway gets this file alone.
+    helper on the gateway from 13 MiB to 799 MiB for 2 x 100 MB. What
+    explains a failure is at the end; the rest is read and dropped, so the
+    command never blocks on a full pipe. Here, not in spawn, because the
+    gateway gets this file alone.
     """
 
     def __init__(self, size: int = OUTPUT_KEPT) -> None:
