@@ -11,9 +11,16 @@ resumed at the next start. Then it exits.
 This replaces ``setpriv --pdeathsig KILL`` in front of every command: that
 cost about 1 ms of CPU and 1.5 ms of latency per command, and reached only
 the command itself, not its children.
+
+Each command also carries ``PROVISIONING_COMMAND=<marker>``, a value of its
+own (command_marker): when it times out, the same scan finds what it
+started that left its process group (setsid, a daemon's double fork), see
+spawn.kill_group. The environment is inherited, so both variables reach
+every descendant, unless one replaces its environment before exec.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -27,6 +34,9 @@ log = logging.getLogger(__name__)
 
 VARIABLE = "PROVISIONING_GUARD"
 _VARIABLE_B = VARIABLE.encode()
+# The command's own marker (nofollow.COMMAND_VARIABLE on the gateway).
+COMMAND_VARIABLE = "PROVISIONING_COMMAND"
+_COMMAND_VARIABLE_B = COMMAND_VARIABLE.encode()
 # New processes can appear while the guard kills (a command forking): scan again.
 ROUNDS = 5
 
@@ -40,12 +50,14 @@ class CommandGuard:
         self._lock = threading.Lock()
         self._owner = -1
 
-    def environment(self, env: Mapping[str, str] | None) -> dict[bytes, bytes]:
+    def environment(self, env: Mapping[str, str] | None, command: str | None = None) -> dict[bytes, bytes]:
         """``env`` (or this process's environment) with the token, encoded; starts the guard if needed.
 
-        Bytes, because Popen encodes every str key and value again for each
-        command: copying os.environ (decoding ~40 variables) and encoding it
-        back cost as much CPU as the rest of starting a command.
+        ``command``: the command's marker (see command_marker), added as
+        COMMAND_VARIABLE. Bytes, because Popen encodes every str key and
+        value again for each command: copying os.environ (decoding ~40
+        variables) and encoding it back cost as much CPU as the rest of
+        starting a command.
         """
         self._ensure_running()
         if env is None:
@@ -53,6 +65,8 @@ class CommandGuard:
         else:
             marked = {os.fsencode(key): os.fsencode(value) for key, value in env.items()}
         marked[_VARIABLE_B] = self.token.encode()
+        if command is not None:
+            marked[_COMMAND_VARIABLE_B] = command.encode()
         return marked
 
     def start(self) -> None:
@@ -97,11 +111,18 @@ def _environb() -> dict[bytes, bytes]:
 
 # One guard per process, shared by all its transports.
 GUARD = CommandGuard()
+_COMMANDS = itertools.count(1)
+_RANDOM = secrets.token_hex(6)
 
 
-def marked(token: str) -> list[int]:
-    """Pids of the processes whose initial environment carries ``token``."""
-    wanted = f"\0{VARIABLE}={token}\0".encode()
+def command_marker() -> str:
+    """A value of COMMAND_VARIABLE that no other command on this host carries."""
+    return f"{os.getpid()}-{_RANDOM}-{next(_COMMANDS)}"
+
+
+def marked(token: str, variable: str = VARIABLE) -> list[int]:
+    """Pids of the processes whose initial environment carries ``variable=token``."""
+    wanted = f"\0{variable}={token}\0".encode()
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -116,11 +137,11 @@ def marked(token: str) -> list[int]:
     return found
 
 
-def kill_marked(token: str) -> int:
-    """SIGKILL every process carrying ``token``, scanning until none is left; how many were killed."""
+def kill_marked(token: str, variable: str = VARIABLE) -> int:
+    """SIGKILL every process carrying ``variable=token``, scanning until none is left; how many were killed."""
     killed: set[int] = set()
     for _ in range(ROUNDS):
-        pids = [pid for pid in marked(token) if pid != os.getpid()]
+        pids = [pid for pid in marked(token, variable) if pid != os.getpid()]
         if not pids:
             break
         for pid in pids:

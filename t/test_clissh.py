@@ -7,6 +7,7 @@ transports share are tested once for both in t/test_transport.py.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -18,10 +19,12 @@ import pytest
 from provisioning import config as cfgmod
 from provisioning.transport import CLISSH, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, Helper
+from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning.transport.ssh import HELPER_SOURCE
 
 from faults import Proxy
-from helpers import DaemonProcess, assert_done, gone, processes, wait_until
+from helpers import DaemonProcess, assert_done, gone, process, processes, wait_until
+from test_transport import LEAVES_THE_GROUP, LEFTOVER, PRINTS_A_LOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 
@@ -304,6 +307,31 @@ def test_a_command_past_its_timeout_is_killed_on_the_gateway_with_its_group(remo
     wait_until(lambda: gone(shell) and gone(background), "the command's group to be killed")
 
 
+def test_a_command_printing_a_lot_keeps_the_helper_on_the_gateway_small(remote, report):
+    # The helper kept all of it, and then sent it whole: 100 MB each took it past 600 MB.
+    size = 17 * 5_900_000                                         # 100 MB, whole lines
+    assert remote.run(["true"]).ok
+    [helper] = remote.helpers.waiting()
+    [pid] = [p.pid for p in processes() if p.argv[-2:] == [b"serve", helper.nonce.encode()] and p.comm != "ssh"]
+    before = _peak_memory(pid)
+    result = remote.run(["sh", "-c", PRINTS_A_LOT.format(size=size)])
+    after = _peak_memory(pid)
+    assert remote.helpers.waiting() == [helper]                  # the same helper ran it
+    report("CLISSH, a command printing 2 x 100 MB: the gateway helper's peak memory",
+           before_mib=before >> 20, after_mib=after >> 20)
+    assert after - before < 16 << 20
+    kept = OUTPUT_KEPT
+    assert (len(result.stdout), result.stdout_dropped) == (kept, size + 18 - kept)
+    assert (len(result.stderr), result.stderr_dropped) == (kept, size + 15 - kept)
+    assert result.describe().endswith(f"exited 3: the last words ({size + 15 - kept} earlier bytes of stderr dropped)")
+
+
+def _peak_memory(pid: int) -> int:
+    """The peak resident memory of process ``pid`` so far, in bytes (VmHWM)."""
+    [line] = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) * 1024
+
+
 def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path):
     pids = tmp_path / "pids"
     running = threading.Thread(target=lambda: remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait']))
@@ -315,6 +343,25 @@ def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_pat
     os.kill(ssh, signal.SIGKILL)
     running.join(30)
     wait_until(lambda: gone(shell) and gone(background), "the abandoned command to be killed")
+
+
+@pytest.mark.parametrize("how", sorted(LEAVES_THE_GROUP))
+def test_what_left_the_group_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path, how):
+    pidfile = tmp_path / "leftover"
+    starts = LEAVES_THE_GROUP[how].format(leftover=shlex.quote(LEFTOVER.format(pidfile=pidfile)))
+    running = threading.Thread(target=lambda: remote.run(["sh", "-c", f"{starts}\nsleep 60"]))
+    running.start()
+    wait_until(lambda: pidfile.exists(), "the command to start what leaves its group")
+    leftover = int(pidfile.read_text())
+    try:
+        [ssh] = [p.pid for p in processes() if p.ppid == os.getpid() and b"serve" in b" ".join(p.argv)]
+        os.kill(ssh, signal.SIGKILL)                             # what the command guard does when the daemon dies
+        running.join(30)
+        wait_until(lambda: gone(leftover), f"the leftover {leftover} ({how}) to be killed on the gateway")
+    finally:
+        found = process(leftover)
+        if found is not None and found.comm == "sleep" and found.state != "Z":
+            os.kill(leftover, signal.SIGKILL)            # the test's own sleep, left by the fault
 
 
 def test_a_command_gets_its_environment_and_stdin_and_no_shell(remote, tmp_path):

@@ -16,14 +16,17 @@ from pathlib import Path
 import ldap.dn
 import pytest
 
-from provisioning.commandguard import VARIABLE as GUARD_VARIABLE
+from provisioning.commandguard import COMMAND_VARIABLE, VARIABLE as GUARD_VARIABLE
 
 from provisioning.entry import Entry
 from provisioning.testing import DaemonProcess, assert_done
 from provisioning.transport import CLISSH, DryRun, LocalCLI
+from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning_generic_exec.codes import Code, return_value
 from provisioning_generic_exec.request import dn_for_environment, environment, stdin_json
 
+# What a command whose description ends in " loud" writes to stderr first: more than is kept.
+LOUD = 200_000
 RECORDER = """#!/usr/bin/python3 -I
 # Generic/Exec stand-in: records argv, environment and stdin, then does what the entry's description says.
 import json, os, signal, sys, time
@@ -32,6 +35,8 @@ with open(%(log)r, "a") as log:
     log.write(json.dumps(got) + "\\n")
 request = json.loads(got["stdin"])
 say = (request["attributes"].get("description") or ["exit 0"])[0]
+if say.endswith(" loud"):
+    sys.stderr.write("x" * %(loud)d + "\\n")
 sys.stderr.write("a first line\\n%%s: done with %%s\\n" %% (os.environ["PROVISIONING_VERB"], say))
 if say == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
@@ -44,17 +49,19 @@ sys.exit(int(say.split()[1]))
 def _recorder(folder: Path, name: str) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     command, log = folder / name, folder / f"{name}.calls"
-    command.write_text(RECORDER % {"log": str(log)})
+    command.write_text(RECORDER % {"log": str(log), "loud": LOUD})
     command.chmod(0o755)
     return command, log
 
 
 def _calls(log: Path) -> list[dict]:
-    """The recorded calls; the command guard's token (in a local command's environment) taken out."""
+    """The recorded calls; the command guard's token (in a local command's environment) and the
+    command's own marker (in every command's) taken out."""
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for call in calls:
         token = call["env"].pop(GUARD_VARIABLE, None)
         assert token is None or token.count("-") == 1
+        assert call["env"].pop(COMMAND_VARIABLE).count("-") == 2
     return calls
 
 
@@ -119,6 +126,17 @@ def test_the_exit_code_is_the_return_value_within_the_plugins_range(
     shown = "-9" if description == "kill" else description.split()[1]
     daemon.wait_for(rf"ERROR {dn}: add: ADD_CMD \S+ exited {shown} in ")
     daemon.wait_for(rf"{dn}: add failed with return value {int(value)}")
+
+
+def test_the_log_quotes_the_end_of_a_long_stderr_and_says_how_much_came_before(
+        provisioning_daemon, provisioning_entries, commands):
+    daemon = provisioning_daemon("Generic/Exec", _sections(commands))
+    dn = provisioning_entries.add("loud", description="exit 5 loud")
+    provisioning_entries.wait_return_value(dn, 5)
+    said = "add: done with exit 5 loud"
+    dropped = LOUD + 1 + len("a first line\n") + len(said) + 1 - OUTPUT_KEPT
+    daemon.wait_for(rf"ERROR {dn}: add: ADD_CMD \S+ exited 5 in .* s; it said: {said} "
+                    rf"\({dropped} earlier bytes of stderr dropped\)$")
 
 
 def test_a_command_running_past_timeout_is_killed_and_the_daemon_goes_on(

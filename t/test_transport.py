@@ -11,9 +11,11 @@ sides, not hidden behind /tmp's sticky, world-writable folder.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -31,11 +33,11 @@ import pytest
 from provisioning.transport import (
     CLISSH, DryRun, Interrupted, LocalCLI, build, request_deadline, within_deadline,
 )
-from provisioning.transport import base, nofollow
+from provisioning.transport import base, nofollow, spawn
 from provisioning.transport.base import PAST_DEADLINE
 from provisioning import commandguard
 
-from helpers import gone, processes, wait_until
+from helpers import gone, process, processes, wait_until
 
 CUSTOMER = (1234, 1234)
 
@@ -386,13 +388,52 @@ def test_results_exit_codes_and_stdin(transport):
     assert transport.run(["cat"]).stdout == ""                  # no stdin: /dev/null, no hang
 
 
-def test_more_than_a_pipe_holds_in_every_direction_at_once():
+def test_more_than_a_pipe_holds_in_every_direction_at_once(transport):
     # stdin, stdout and stderr each far beyond a pipe's 64 KiB: nothing may wait on
     # the other side (the command writes stderr before it has read all of stdin).
     data = os.urandom(600_000).hex().encode()
     script = "head -c 300000 /dev/zero | tr '\\0' e >&2; cat; head -c 300000 /dev/zero | tr '\\0' o >&2"
-    result = LocalCLI(timeout=30).run(["sh", "-c", script], stdin=data)
-    assert result.ok and result.stdout == data.decode() and result.stderr == "e" * 300000 + "o" * 300000
+    result = transport.run(["sh", "-c", script], stdin=data)
+    kept = nofollow.OUTPUT_KEPT
+    assert result.ok
+    assert (result.stdout, result.stdout_dropped) == (data[-kept:].decode(), len(data) - kept)   # all went through
+    assert (result.stderr, result.stderr_dropped) == ("o" * kept, 600000 - kept)
+
+
+# Prints ``size`` bytes of lines (17 bytes each) on stdout, then on stderr; each stream ends with a line of its own.
+PRINTS_A_LOT = ("yes 'a line of output' | head -c {size}; echo 'the last line out'; "
+                "yes 'a line of errors' | head -c {size} >&2; echo 'the last words' >&2; exit 3")
+_PEAK = textwrap.dedent("""
+    import json, resource, sys
+    from provisioning.transport import LocalCLI
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    cli = LocalCLI(timeout=60)
+    cli.run(["true"])
+    before = peak()
+    result = cli.run(["sh", "-c", sys.argv[1]])
+    print(json.dumps({"before": before, "after": peak(), "said": result.describe()[-120:],
+                      "stdout": [len(result.stdout), result.stdout[-40:], getattr(result, "stdout_dropped", None)],
+                      "stderr": [len(result.stderr), result.stderr[-40:], getattr(result, "stderr_dropped", None)]}))
+""")
+
+
+def test_a_command_printing_hundreds_of_megabytes_keeps_a_bounded_tail(report):
+    # All of it was kept: 300 MB of output took the daemon's peak memory from 38 to 918 MB.
+    size = 17 * 17_600_000                                        # 299 MB, whole lines
+    done = subprocess.run([sys.executable, "-c", _PEAK, PRINTS_A_LOT.format(size=size)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(done.stdout)
+    mib = 1024 * 1024
+    report("LocalCLI, a command printing 2 x 300 MB", peak_before_mib=seen["before"] // mib,
+           peak_after_mib=seen["after"] // mib)
+    assert seen["after"] - seen["before"] < 16 * mib, seen
+    kept = nofollow.OUTPUT_KEPT
+    assert seen["stdout"] == [kept, "tput\na line of output\nthe last line out\n", size + 18 - kept]
+    assert seen["stderr"] == [kept, " errors\na line of errors\nthe last words\n", size + 15 - kept]
+    assert seen["said"].endswith(f"exited 3: the last words ({size + 15 - kept} earlier bytes of stderr dropped)")
 
 
 def test_a_command_that_ends_but_leaves_its_output_open_is_killed_at_the_timeout(tmp_path):
@@ -450,6 +491,38 @@ def test_a_timeout_kills_what_the_command_started(tmp_path):
     assert result.returncode == 124
     grandchild = int(pidfile.read_text())
     wait_until(lambda: gone(grandchild), f"the grandchild {grandchild} to die with its group")
+
+
+# A process that leaves the command's process group, then sleeps; it writes its pid to {pidfile} first.
+LEFTOVER = "echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; exec sleep 40"
+LEAVES_THE_GROUP = {
+    # the command's child makes a session of its own (its parent is still the command)
+    "setsid": "setsid sh -c {leftover} &",
+    # a daemon's double fork: a subshell starts it and exits, so its parent is init (or a
+    # subreaper), and it makes a session of its own
+    "double fork": "(setsid sh -c {leftover} &)",
+}
+
+
+@pytest.mark.parametrize("how", sorted(LEAVES_THE_GROUP))
+def test_a_timeout_leaves_nothing_behind_that_left_the_group(make, tmp_path, how):
+    # Killing the command's process group missed these: the leftover ran on next to the
+    # retry (and, holding the output, made the timeout wait REAP_SECONDS for it).
+    pidfile = tmp_path / "leftover"
+    starts = LEAVES_THE_GROUP[how].format(leftover=shlex.quote(LEFTOVER.format(pidfile=pidfile)))
+    waits = f"until [ -e {pidfile} ]; do sleep 0.01; done"        # then blocks past the timeout
+    started = time.monotonic()
+    result = make().run(["sh", "-c", f"{starts}\n{waits}; echo waiting; sleep 40"], timeout=2)
+    took = time.monotonic() - started
+    leftover = int(pidfile.read_text())
+    try:
+        assert result.returncode == 124, result.describe()
+        wait_until(lambda: gone(leftover), f"the leftover {leftover} ({how}) to be killed at the timeout")
+        assert took < 2 + spawn.REAP_SECONDS, "nothing should hold the output after the timeout"
+    finally:
+        found = process(leftover)
+        if found is not None and found.comm == "sleep" and found.state != "Z":
+            os.kill(leftover, signal.SIGKILL)            # the test's own sleep, left by the fault
 
 
 def _killed_with_the_daemon(tmp_path, command: str, names: list[str]) -> None:

@@ -4,7 +4,8 @@ Each request runs the command its type names in [Exec] through
 ``ctx.transport`` (so --dry-run and TRANSPORTAPI = CLISSH hold), with the
 request on stdin and its environment built by provisioning_generic_exec.request.
 The command's exit code becomes the return value (codes.return_value), and
-its last stderr line goes to the log.
+its last stderr line goes to the log (with how many bytes of stderr before
+the transport's 64 KiB tail were dropped, if any).
 """
 from __future__ import annotations
 
@@ -128,6 +129,8 @@ class GenericExec:
             return Code.SUCCESS
         code = return_value(result.returncode)
         said = _last_line(result.stderr)
+        if said and result.stderr_dropped:       # only the end of stderr is kept (transport.CommandResult)
+            said += f" ({result.stderr_dropped} earlier bytes of stderr dropped)"
         outcome = f"{key} {command} exited {result.returncode} in {took:.3f} s"
         if code != result.returncode:
             outcome += f" (return value {int(code)}, {Code(code).name})"

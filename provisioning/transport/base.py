@@ -102,22 +102,32 @@ def ended_by_the_stop(returncode: int | None, stopping: threading.Event | None) 
 
 @dataclass
 class CommandResult:
-    """How a command ended. Commands never raise: failures are results."""
+    """How a command ended. Commands never raise: failures are results.
+
+    ``stdout`` and ``stderr`` are the end of each (the last
+    nofollow.OUTPUT_KEPT bytes); ``stdout_dropped`` and ``stderr_dropped``
+    count the bytes before it that were read and not kept.
+    """
 
     argv: list[str]
     returncode: int
     stdout: str = ""
     stderr: str = ""
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
 
     def describe(self) -> str:
-        """One line for the log: the command, its exit code and its last words."""
-        said = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        """One line for the log: the command, its exit code and its last words (and what was dropped before)."""
+        stream, text, dropped = (("stderr", self.stderr, self.stderr_dropped) if self.stderr.strip() else
+                                 ("stdout", self.stdout, self.stdout_dropped))
+        said = text.strip().splitlines()
         tail = f": {said[-1]}" if said else ""
-        return f"{shlex.join(self.argv)} exited {self.returncode}{tail}"
+        cut = f" ({dropped} earlier bytes of {stream} dropped)" if dropped else ""
+        return f"{shlex.join(self.argv)} exited {self.returncode}{tail}{cut}"
 
 
 class Transport(ABC):

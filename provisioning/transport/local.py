@@ -2,7 +2,9 @@
 
 Commands run as argv lists (never a shell), each in a session and process
 group of its own: a terminal's Ctrl-C (sent to the foreground group) reaches
-the daemon only, and a timeout kills the command with everything it started.
+the daemon only, and a timeout kills the command with everything it started,
+in its group or not (found by the marker in its environment, see
+provisioning.commandguard).
 A command also dies with the daemon, with what it started in the
 background: provisioning.commandguard kills it when the daemon ends, even by
 SIGKILL, so it does not keep racing the request resumed at the next start.
@@ -21,7 +23,7 @@ import subprocess
 import threading
 from typing import Mapping, Sequence
 
-from provisioning.commandguard import GUARD
+from provisioning.commandguard import GUARD, command_marker
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
     EXIT_NOT_FOUND, EXIT_TIMEOUT, CommandResult, Interrupted, Transport, ended_by_the_stop, killed_after,
@@ -51,7 +53,8 @@ class LocalCLI(Transport):
         limit = time_left(wanted)
         if limit is None:
             return not_run_past_deadline(argv, shown)
-        env_b = GUARD.environment(env)
+        marker = command_marker()
+        env_b = GUARD.environment(env, command=marker)
         path = _program(argv[0], env_b)
         if path is None:
             return CommandResult(argv, EXIT_NOT_FOUND, stderr=f"{argv[0]}: {_why_not_runnable(argv[0])}")
@@ -63,15 +66,14 @@ class LocalCLI(Transport):
         try:
             out, err = communicate(proc, stdin, limit)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
+            kill_group(proc, marker)
             return CommandResult(argv, EXIT_TIMEOUT, stderr=killed_after(limit, wanted))
         except BaseException:
-            kill_group(proc)
+            kill_group(proc, marker)
             raise
         if ended_by_the_stop(proc.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({proc.returncode}) because the daemon is stopping")
-        return CommandResult(argv, proc.returncode, out.decode("utf-8", "replace"),
-                             err.decode("utf-8", "replace"))
+        return CommandResult(argv, proc.returncode, out.text(), err.text(), out.dropped, err.dropped)
 
     def exists(self, path: str) -> bool:
         return nofollow.exists(path)

@@ -48,6 +48,7 @@ after another over one ssh session (see serve).
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import posixpath
@@ -614,6 +615,100 @@ def _unlink_if_there(name: str, folder: int) -> None:
         pass
 
 
+# ------------------------------------------------------- commands' output
+
+# What is kept of a command's stdout, and of its stderr: their end, for the log.
+OUTPUT_KEPT = 64 * 1024
+
+
+class Tail:
+    """The last ``size`` bytes of a stream, and how many came before them (``dropped``).
+
+    A command may print without end (a loop, a verbose rsync): keeping all
+    of it took the daemon from 38 MB to 918 MB for 300 MB of output, and a
+    helper on the gateway from 13 MiB to 799 MiB for 2 x 100 MB. What
+    explains a failure is at the end; the rest is read and dropped, so the
+    command never blocks on a full pipe. Here, not in spawn, because the
+    gateway gets this file alone.
+    """
+
+    def __init__(self, size: int = OUTPUT_KEPT) -> None:
+        self.size = size
+        self.kept = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.kept += chunk
+        excess = len(self.kept) - self.size
+        if excess > 0:
+            del self.kept[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        """What was kept, as text (a character cut at the start of the tail reads as U+FFFD)."""
+        return self.kept.decode("utf-8", "replace")
+
+
+# ------------------------------------------------------- what a command leaves behind
+
+# Every command the helper runs carries COMMAND_VARIABLE=<a marker of its own>
+# in its environment, and so does everything it starts: the environment is
+# inherited, whether a process stays in the command's process group or not
+# (setsid, a daemon's double fork). At a timeout, or when the daemon goes away,
+# the processes carrying it are killed with the group. The same as
+# provisioning.commandguard does for LocalCLI; a copy, because the gateway
+# gets this file alone.
+COMMAND_VARIABLE = "PROVISIONING_COMMAND"
+# New processes can appear while they are killed (a command forking): scan again.
+KILL_ROUNDS = 5
+_RANDOM = os.urandom(6).hex()
+_commands = itertools.count(1)
+
+
+def _command_marker() -> str:
+    """A value of COMMAND_VARIABLE no other command on this host carries."""
+    return "%d-%s-%d" % (os.getpid(), _RANDOM, next(_commands))
+
+
+def _marked(wanted: bytes) -> list:
+    """Pids of the other processes whose initial environment holds ``wanted`` (NUL-framed)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as f:
+                environ = f.read()
+        except OSError:                 # gone meanwhile, or not ours to read (nor to kill)
+            continue
+        if wanted in b"\0" + environ + b"\0":
+            found.append(int(name))
+    return found
+
+
+def _kill_marked(marker: str) -> None:
+    """SIGKILL every process carrying COMMAND_VARIABLE=``marker``, scanning until none is left."""
+    wanted = ("\0%s=%s\0" % (COMMAND_VARIABLE, marker)).encode()
+    for _ in range(KILL_ROUNDS):
+        pids = _marked(wanted)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_command(proc, marker: str) -> None:
+    """SIGKILL the command's process group, then what left it but carries its ``marker``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    _kill_marked(marker)
+
+
 # ------------------------------------------------------- the remote helper
 
 def _owner(text: str) -> tuple | None:
@@ -660,55 +755,120 @@ def answer(request: dict, data: bytes = b"") -> dict:
 
 
 def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float) -> dict:
-    """Run ``argv`` (no shell) in a session of its own; {"returncode", "stdout", "stderr", "timed_out"}.
+    """Run ``argv`` (no shell) in a session of its own.
 
-    At ``timeout`` seconds the command is killed with its process group
-    (returncode 124). So is it when the daemon goes away meanwhile: the end
-    of this helper's input (see _kill_when_abandoned). A program that cannot
-    be started is 127 (not found) or 126, as a shell says.
+    Returns {"returncode", "timed_out", "stdout", "stdout_dropped", "stderr",
+    "stderr_dropped"}: the tail of each stream and how many bytes before it
+    were dropped (see Tail). At ``timeout`` seconds the command is killed
+    with its process group and whatever carries its marker, in the group or
+    not (returncode 124). So is it when the daemon goes away meanwhile: the
+    end of this helper's input (see _kill_when_abandoned). A program that
+    cannot be started is 127 (not found) or 126, as a shell says.
     """
+    marker = _command_marker()
+    env = dict(os.environ if env is None else env)
+    env[COMMAND_VARIABLE] = marker
     try:
         proc = subprocess.Popen(argv, env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as err:
-        return {"returncode": 127 if err.errno == errno.ENOENT else 126, "stdout": "",
-                "stderr": "%s: %s" % (argv[0], err.strerror), "timed_out": False}
+        return {"returncode": 127 if err.errno == errno.ENOENT else 126, "timed_out": False,
+                "stdout": "", "stdout_dropped": 0, "stderr": "%s: %s" % (argv[0], err.strerror),
+                "stderr_dropped": 0}
     stop_r, stop_w = os.pipe()
-    watcher = threading.Thread(target=_kill_when_abandoned, args=(proc, stop_r), daemon=True)
+    watcher = threading.Thread(target=_kill_when_abandoned, args=(proc, marker, stop_r), daemon=True)
     watcher.start()
+    out, err = Tail(), Tail()
     timed_out = False
     try:
-        out, err = proc.communicate(data, timeout=timeout)
+        _exchange(proc, data, out, err, time.monotonic() + timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        _kill_command(proc, marker)
         try:
-            out, err = proc.communicate(timeout=5)
+            _exchange(proc, None, out, err, time.monotonic() + 5)
         except subprocess.TimeoutExpired:       # a process that left the group holds the output
-            out, err = b"", b""
             proc.wait()
     finally:
         os.write(stop_w, b"x")
         watcher.join()
         os.close(stop_r)
         os.close(stop_w)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     return {"returncode": 124 if timed_out else proc.returncode, "timed_out": timed_out,
-            "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
+            "stdout": out.text(), "stdout_dropped": out.dropped,
+            "stderr": err.text(), "stderr_dropped": err.dropped}
 
 
-def _kill_when_abandoned(proc, stop: int) -> None:
-    """Kill the command's group if this helper's input ends (or says anything) before ``stop``."""
+def _exchange(proc, data: bytes | None, out: Tail, err: Tail, deadline: float) -> None:
+    """Send ``data``, read stdout into ``out`` and stderr into ``err`` to their end, and collect
+    the command; subprocess.TimeoutExpired at ``deadline`` (the command is left running).
+
+    Popen.communicate would keep all of the output. A stream already read to
+    its end (closed) is skipped, so this can be called again after a kill.
+    """
+    reading = {pipe.fileno(): (pipe, tail) for pipe, tail in ((proc.stdout, out), (proc.stderr, err))
+               if not pipe.closed}
+    waiting = select.poll()
+    for fd in reading:
+        waiting.register(fd, select.POLLIN)
+    unsent = _start_sending(proc, data, waiting)
+    while reading or unsent:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        for fd, _ in waiting.poll(left * 1000 + 1):
+            if fd in reading:
+                _read_into(fd, reading, waiting)
+            else:
+                unsent = _send(proc, unsent, waiting)
+    proc.wait(max(deadline - time.monotonic(), 0))
+
+
+def _start_sending(proc, data: bytes | None, waiting) -> memoryview:
+    """What is left to send to the command's stdin (closed at once when there is nothing)."""
+    if proc.stdin is None or proc.stdin.closed:
+        return memoryview(b"")
+    if not data:
+        proc.stdin.close()
+        return memoryview(b"")
+    os.set_blocking(proc.stdin.fileno(), False)
+    waiting.register(proc.stdin.fileno(), select.POLLOUT)
+    return memoryview(data)
+
+
+def _send(proc, unsent: memoryview, waiting) -> memoryview:
+    try:
+        unsent = unsent[os.write(proc.stdin.fileno(), unsent[:65536]):]
+    except BlockingIOError:
+        return unsent
+    except BrokenPipeError:          # the command does not read it all: as Popen.communicate, not an error
+        unsent = unsent[:0]
+    if not unsent:
+        waiting.unregister(proc.stdin.fileno())
+        proc.stdin.close()
+    return unsent
+
+
+def _read_into(fd: int, reading: dict, waiting) -> None:
+    pipe, tail = reading[fd]
+    chunk = os.read(fd, 65536)
+    if chunk:
+        tail.add(chunk)
+        return
+    waiting.unregister(fd)
+    del reading[fd]
+    pipe.close()
+
+
+def _kill_when_abandoned(proc, marker: str, stop: int) -> None:
+    """Kill the command (see _kill_command) if this helper's input ends (or says anything) before ``stop``."""
     readable, _, _ = select.select([0, stop], [], [])
     if 0 in readable and stop not in readable:
-        _kill_group(proc)
-
-
-def _kill_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass
+        _kill_command(proc, marker)
 
 
 def serve(nonce: str) -> int:

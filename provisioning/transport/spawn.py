@@ -15,6 +15,8 @@ for about 0.13 ms. What Popen did for us is done here on purpose:
   they cannot be reset here; every program linked with glibc installs its
   own handlers for them, and no command of ours uses them.
 - A session of its own (setsid), as Popen's start_new_session.
+- Output: only the last nofollow.OUTPUT_KEPT bytes of stdout and of stderr
+  are kept (nofollow.Tail); the rest is read and dropped.
 
 Waiting needs pidfd_open (Linux 5.3 and later).
 """
@@ -26,6 +28,9 @@ import signal
 import subprocess
 import time
 from typing import Mapping
+
+from provisioning.commandguard import COMMAND_VARIABLE, kill_marked
+from provisioning.transport.nofollow import Tail
 
 # How long to wait for the output of a command group that was killed.
 REAP_SECONDS = 5.0
@@ -81,15 +86,16 @@ class Child:
                 setattr(self, name, None)
 
 
-def communicate(child: Child, data: bytes | None, limit: float) -> tuple[bytes, bytes]:
+def communicate(child: Child, data: bytes | None, limit: float) -> tuple[Tail, Tail]:
     """Send ``data``, read stdout and stderr to their end and collect the command, within ``limit`` s.
 
-    Raises subprocess.TimeoutExpired when ``limit`` passes first (the
-    command is left running: see kill_group). Waits on a pidfd, so the
-    command's end wakes it, not a polling sleep.
+    Returns the tails of stdout and stderr. Raises subprocess.TimeoutExpired
+    when ``limit`` passes first (the command is left running: see
+    kill_group). Waits on a pidfd, so the command's end wakes it, not a
+    polling sleep.
     """
     deadline = time.monotonic() + limit
-    output: dict[int, list[bytes]] = {child.stdout: [], child.stderr: []}
+    output = {child.stdout: Tail(), child.stderr: Tail()}
     pidfd = os.pidfd_open(child.pid)
     waiting = select.poll()
     open_fds = {pidfd, *output}
@@ -107,7 +113,7 @@ def communicate(child: Child, data: bytes | None, limit: float) -> tuple[bytes, 
                 elif fd in output:
                     chunk = os.read(fd, 65536)
                     if chunk:
-                        output[fd].append(chunk)
+                        output[fd].add(chunk)
                     else:
                         _done_with(fd, waiting, open_fds)
                 else:
@@ -115,23 +121,27 @@ def communicate(child: Child, data: bytes | None, limit: float) -> tuple[bytes, 
     finally:
         os.close(pidfd)
     child.wait()                     # it has ended: no waiting
-    out, err = b"".join(output[child.stdout]), b"".join(output[child.stderr])
+    out, err = output[child.stdout], output[child.stderr]
     child.close_output()
     return out, err
 
 
-def kill_group(child: Child) -> None:
-    """SIGKILL the command's whole process group, then collect it.
+def kill_group(child: Child, marker: str) -> None:
+    """SIGKILL the command's whole process group and every process carrying its ``marker``, then collect it.
 
     The group id is the command's pid, held while the command is unreaped,
-    so the signal cannot reach a stranger. Output still held open by a
-    process that left the group is abandoned after REAP_SECONDS.
+    so the signal cannot reach a stranger. The marker (commandguard's
+    COMMAND_VARIABLE) finds what left the group: a child that called setsid,
+    a daemon's double fork. Output still held open by a process that
+    escaped both (it replaced its environment, and left the group) is
+    abandoned after REAP_SECONDS.
     """
     if child.returncode is None:
         try:
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    kill_marked(marker, COMMAND_VARIABLE)
     child.close_input()
     try:
         communicate(child, None, REAP_SECONDS)

@@ -12,8 +12,9 @@ newer) on the login user's PATH.
   no value is ever read as shell syntax. Their environment travels in the
   request, never on a command line. Each runs in a session of its own on
   the gateway; at COMMAND_TIMEOUT or the request's deadline the helper kills
-  its process group, and so it does when the daemon goes away (the
-  helper's input ends).
+  its process group and every process carrying its PROVISIONING_COMMAND
+  marker, and so it does when the daemon goes away (the helper's input
+  ends). Only the last 64 KiB of its stdout and of its stderr come back.
 - ssh: every option comes before ``--`` and the destination, and HOST,
   USER, DSA_FILE and KNOWN_HOSTS are checked when the transport is made, so
   no configuration value can be read by ssh as an option. All sessions
@@ -157,7 +158,8 @@ class CLISSH(Transport):
             value = self._ask(request, stdin or b"", time.monotonic() + limit + REAP_SECONDS, shown)
         except OSError as err:
             return CommandResult(argv, EXIT_SSH_ERROR, stderr=str(err))
-        result = CommandResult(argv, value["returncode"], value["stdout"], value["stderr"])
+        result = CommandResult(argv, value["returncode"], value["stdout"], value["stderr"],
+                               value["stdout_dropped"], value["stderr_dropped"])
         if ended_by_the_stop(result.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({result.returncode}) because the daemon is stopping")
         if value["timed_out"]:
