@@ -10,6 +10,7 @@ from pathlib import Path
 import ldap
 import pytest
 
+from provisioning.config import Config
 from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
 from provisioning.transport import Interrupted, LocalCLI, within_deadline
@@ -24,6 +25,7 @@ from provisioning_backup_rsnapshot.ownership import Verdict, judge
 from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.quota import blocks, quota_argv, set_quota
 from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
+from provisioning_backup_rsnapshot.settings import Settings, problems as settings_problems
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "etc/Provisioning/Backup/rsnapshot.account.template"
 RSNAPSHOT = "/usr/bin/rsnapshot"
@@ -280,6 +282,45 @@ def test_confine_rejects_account_directory_inside_archive(root):
     archive = root / "archive"
     place = Layout(f"{archive}/3723707/chroot", "/home/3723707", f"{archive}/3723707")
     assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+
+# ------------------------------------------------------------------ settings
+
+def backup_problems(tmp_path: Path, root: str, archive: str = "") -> tuple[Settings, list[str]]:
+    """[Backup] with BACKUP_ROOT ``root`` as configobj hands it over; the start-up problems."""
+    section = {"RSNAPSHOT_CONFIG_FILE": f"{tmp_path}/rsnapshot-%uid%.conf", "SET_QUOTA_CMD": "/bin/true",
+               "CREATE_CHROOT_CMD": "/bin/true", "MOUNTPOINT": "/", "RSNAPSHOT_TEMPLATE": str(TEMPLATE),
+               "RSNAPSHOT_CMD": "/bin/true", "CONFIGTEST": "cached", "BACKUP_ROOT": root,
+               "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000}
+    config = Config(tmp_path / "Backup.conf", None, {"Backup": section}, {})
+    settings = Settings.from_config(config)
+    return settings, settings_problems(settings, config, LocalCLI())
+
+@pytest.mark.parametrize("root", ["/", "/.", "//.", "/./", "//", "///", "/usr/..", "/var/backup/../.."])
+def test_backup_root_spelling_slash_is_refused(tmp_path, root):
+    settings, found = backup_problems(tmp_path, root)
+    assert settings.backup_root == "/" and settings.archive_dir == "/archive"
+    assert any(line.endswith("BACKUP_ROOT: must not be /") for line in found), found
+
+@pytest.mark.parametrize("root, system", [("/var", "/var/cache"), ("/var/./", "/var/cache"),
+                                          ("//usr", "/usr"), ("/etc/ldap/..", "/etc"),
+                                          ("/var/backup/../lib", "/var/lib")])
+def test_backup_root_that_is_or_holds_a_system_folder_is_refused(tmp_path, root, system):
+    _, found = backup_problems(tmp_path, root)
+    assert any(line.endswith(f"BACKUP_ROOT: must not be or hold the system folder {system}")
+               for line in found), found
+
+def test_backup_root_that_resolves_to_slash_is_refused(tmp_path):
+    (tmp_path / "backup").symlink_to("/")
+    _, found = backup_problems(tmp_path, f"{tmp_path}/backup")
+    assert any(line.endswith("BACKUP_ROOT: must not be / (it resolves to /)") for line in found), found
+
+def test_backup_root_and_archive_are_used_in_their_normal_spelling(tmp_path):
+    (tmp_path / "backup").mkdir()
+    settings, found = backup_problems(tmp_path, f"/{tmp_path}/./backup//", f"{tmp_path}/backup/./old/")
+    assert found == []
+    assert (settings.backup_root, settings.archive_dir) == (f"{tmp_path}/backup", f"{tmp_path}/backup/old")
+    assert pattern_directory("3723707", settings.backup_root) == f"{tmp_path}/backup/7/707/723/3723707"
 
 
 # ------------------------------------------------------------------ rsnapshot
