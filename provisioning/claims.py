@@ -19,7 +19,10 @@ The rule for taking such a claim over (resuming it):
   claim is older than CLAIM_LEASE. The lease is longer than any request may
   take: the core stops starting commands for a request once its lease is
   nearly over (see ``Deadline``), so a live owner has finished or given up
-  before anyone else takes over.
+  before anyone else takes over;
+- a claim value that does not parse, or whose stamp lies more than a lease
+  after the write that carries it (``claim: x 1 99991231T235959Z``, which the
+  portal can write): no daemon made it, it is foreign and taken as expired.
 
 A claim's age is measured on the directory's clock, never on the claimant's
 or the judge's wall clock: it is the directory's time now (``DirectoryTime``,
@@ -49,6 +52,8 @@ PREFIX = "claim: "
 # Commands of a request stop being started this long before its lease ends,
 # so the outcome can still be written in time.
 LEASE_MARGIN = 0.1
+# Process ids a claim may name (Linux's pid_max is at most 2**22; os.kill takes a C int).
+MAX_PID = 2**31 - 1
 # Claims judged without a time of their own (see Owners._since), remembered this many.
 FIRST_SEEN_KEPT = 10_000
 
@@ -68,19 +73,32 @@ class Claim:
 
 
 def parse(values: list[str]) -> Claim | None:
-    """The claim among the values of sstProvisioningExecutionTime, if there is one."""
+    """The claim among the values of sstProvisioningExecutionTime, if one of them is a well-formed claim."""
     for value in values:
-        if not value.startswith(PREFIX):
-            continue
-        parts = value[len(PREFIX):].split()
-        if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit():
-            continue
-        try:
-            at = dt.datetime.strptime(parts[2], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-        except ValueError:
-            continue
-        return Claim(parts[0], int(parts[1]), at, value)
+        claim = _parse_one(value)
+        if claim is not None:
+            return claim
     return None
+
+
+def unreadable(values: list[str]) -> str | None:
+    """The first value that says it is a claim but is no well-formed one."""
+    return next((v for v in values if v.startswith(PREFIX) and _parse_one(v) is None), None)
+
+
+def _parse_one(value: str) -> Claim | None:
+    if not value.startswith(PREFIX):
+        return None
+    parts = value[len(PREFIX):].split()
+    # Ten digits at most before int(): a value of thousands of digits is refused by int() itself.
+    pid = parts[1] if len(parts) == 3 and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 10 else ""
+    if not pid or not 0 < int(pid) <= MAX_PID:
+        return None
+    try:
+        at = dt.datetime.strptime(parts[2], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+    return Claim(parts[0], int(pid), at, value)
 
 
 def claim_values(entry: Entry) -> list[str]:
@@ -136,12 +154,20 @@ class Owners:
     def judge(self, entry: Entry) -> Judgement:
         """Whose is the claim on ``entry`` (claimed, no return value), and may we take it?"""
         written = self.saw(entry)
-        claim = parse(entry.values(ATTRIBUTE))
+        values = entry.values(ATTRIBUTE)
+        claim = parse(values)
         if claim is None:
+            bad = unreadable(values)
+            if bad is not None:
+                return Judgement(Owner.GONE, f"claimed by {bad[:80]!r}, which is no claim a daemon writes: "
+                                             "foreign, taken as expired")
             return self._lease(self._since(entry, written), "claimed without an owner (by an older daemon)")
         if claim.token in self._mine:
             return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
         who = f"claimed by {claim.host} process {claim.pid} at {utc_stamp(claim.at)}"
+        if claim.at - (written or self.directory.now()) > self.lease:
+            return Judgement(Owner.GONE, f"{who}, more than a lease after the directory wrote it: "
+                                         "foreign, taken as expired")
         if claim.host == self.host and claim.pid == self.pid:
             # Ours, but not in hand: the answer to the claim was lost with the
             # connection (or this is an earlier daemon that had our pid).

@@ -369,6 +369,30 @@ def test_future_request_is_postponed_before_other_checks(mode, active):
     assert (d.verdict, d.verb, d.due) == (P, mode, dt.date(2026, 3, 16))
 
 
+@pytest.mark.parametrize("claim", ["claim: x 1 99991231T235959Z",        # the portal can write this
+                                   "claim: x 1 20260315T110000Z",        # two hours after its write
+                                   "claim: x 1", "claim: ", "claim: x 1 tomorrow", "claim: x -1 20260315T085900Z",
+                                   "claim: x 0 20260315T085900Z", "claim: here 99999999999999999999 20260315T085900Z",
+                                   "claim: x ١ 20260315T085900Z", "claim: x 1 20260315T085900Z extra",
+                                   f"claim: x {'9' * 5000} 20260315T085900Z"], ids=lambda claim: claim[:40])
+def test_a_claim_no_daemon_wrote_is_foreign_and_expired_without_a_traceback(claim):
+    """A forged or broken claim is taken over at once: no traceback, no entry stuck behind it."""
+    judge = Owners(3600, Now(), host="here", pid=1)            # the real pid check: os.kill
+    claimed = entry(mode="adding", state="0", date="0", claim=claim,
+                    entryCSN="20260315085900.000000Z#000000#000#000000")
+    judgement = judge.judge(claimed)
+    assert judgement.owner is Owner.GONE and "foreign, taken as expired" in judgement.why, judgement
+    assert decide(claimed, TODAY, judge).verdict is RES
+
+
+def test_a_claim_stamped_a_little_ahead_of_its_write_is_aged_by_the_directory():
+    # An older daemon stamps with its own clock, which may run a little fast: not forged.
+    judge = owners(lease=3600)
+    claimed = entry(mode="adding", state="0", date="0", claim="claim: there 7 20260315T093000Z",
+                    entryCSN="20260315085900.000000Z#000000#000#000000")
+    assert judge.judge(claimed).owner is Owner.LIVE
+
+
 @pytest.mark.parametrize("claimant_wall, judge_wall", [(0, 2), (-2, 0)])   # hours off the directory's clock
 def test_two_daemons_whose_clocks_differ_by_more_than_the_lease_wait_out_each_others_claims(claimant_wall,
                                                                                              judge_wall):
