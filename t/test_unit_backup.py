@@ -630,14 +630,45 @@ def test_an_unmarked_directory_is_adopted_only_with_its_owners_incoming(tmp_path
     assert build(account, place, root, script(tmp_path, "exit 1")) is Verdict.ADOPT
     assert Path(place.marker).read_text() == UUID + "\n"
 
-def test_an_add_cut_short_before_its_marker_is_finished_by_the_entry(tmp_path, root):
-    """A crash between the account directory and its marker: only root's folders, no incoming/."""
+@pytest.mark.parametrize("holds", ["root's folders only", "snapshots"])
+def test_an_unmarked_folder_without_incoming_is_refused_whatever_it_holds(tmp_path, root, holds):
+    """Issue 18: judged on the few paths surveyed (all root's), it was finished as this entry's.
+
+    What snapshots/ holds was never looked at: nothing shows whose the folder is, so it is refused.
+    """
     account = local_account()
     place = layout(account, str(root))
-    os.makedirs(place.jail + "/home")                     # root's, as build() makes them
-    assert build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) is Verdict.RECLAIM
-    assert Path(place.marker).read_text() == UUID + "\n"
-    assert os.path.isdir(place.incoming)
+    os.makedirs(place.jail + "/home")                     # root's folders, no incoming/, no marker
+    if holds == "snapshots":
+        os.makedirs(place.snapshot_root + "daily.0/incoming")
+        Path(place.snapshot_root + "daily.0/incoming/backup.tar").write_text("someone's data")
+    before = sorted(str(p) for p in root.rglob("*"))
+    assert code_of(build, account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) == 13
+    assert sorted(str(p) for p in root.rglob("*")) == before and not (tmp_path / "argv").exists()
+
+
+class CrashBeforeRename(LocalCLI):
+    """The daemon dies just before the new account directory is moved into place."""
+
+    def rename(self, src: str, dst: str) -> None:
+        raise OSError("killed")
+
+
+def test_a_new_account_directory_is_never_there_without_its_marker(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    nodes = look(place, root)
+    with pytest.raises(StepError):
+        homes.build(account, place, UUID, judge(account, UUID, place, nodes, LocalCLI()), nodes,
+                    script(tmp_path, 'mkdir -p "$1$2"'), str(root), CrashBeforeRename())
+    assert not os.path.exists(place.directory)            # not there unmarked
+    staging = Path(place.directory).parent / f".3723707.new-{UUID}"
+    assert os.listdir(staging) == [".entryUUID"]
+    # The next attempt takes the staging folder up again.
+    assert build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) is Verdict.NEW
+    assert Path(place.marker).read_text() == UUID + "\n" and os.path.isdir(place.incoming)
+    assert not staging.exists()
+    assert stat.S_IMODE(os.stat(place.directory).st_mode) == 0o755 and os.stat(place.directory).st_uid == 0
 
 
 def test_a_folder_of_a_customers_is_never_reclaimed(tmp_path, root):
