@@ -8,6 +8,7 @@ environment, stdin) as one JSON line each, and exit as the entry's
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -184,6 +185,19 @@ def test_attributes_that_are_no_attribute_names_stop_the_start(provisioning_serv
     result = subprocess.run([sys.executable, "-m", "provisioning", "-c", str(files.config), "-g",
                              str(files.global_config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 3 and "[Exec] ATTRIBUTES: '(cn=*)' is not an attribute name" in result.stderr
+
+
+def test_the_command_environment_is_exactly_what_the_readme_lists(provisioning_daemon, provisioning_entries,
+                                                                   commands):
+    """Issue 18: the README said "exactly" four variables; a local command got a fifth."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    bullet = text.split("- **environment**: ", 1)[1].split("\n- **", 1)[0]
+    listed = set(re.findall(r"`([A-Z_]+)(?:=[^`]*)?`", bullet))
+    provisioning_daemon("Generic/Exec", _sections(commands))
+    dn = provisioning_entries.add("heidi", description="exit 0")
+    assert_done(provisioning_entries.wait_mode(dn, "added"), "added")
+    [line] = commands["add"][1].read_text().splitlines()
+    assert set(json.loads(line)["env"]) == listed, bullet
 
 
 # ---------------------------------------------------------------- hostile entries
