@@ -73,6 +73,7 @@ def mark(place: Layout, uuid: str, verdict: Verdict, dn: str, transport: Transpo
 
 
 def write_marker(path: str, uuid: str, transport: Transport) -> None:
+    """Write the owner marker ``path`` (root's 0600) naming ``uuid``; StepError 5 if it cannot be."""
     try:
         transport.write_file(path, f"{uuid}\n".encode(), mode=0o600)
     except OSError as err:
