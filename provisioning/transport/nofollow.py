@@ -541,6 +541,7 @@ def _empty(top: int, path: str) -> None:
         # per level: [name in its parent, (device, inode), names still to remove]
         levels = [["", (info.st_dev, info.st_ino), os.listdir(fd)]]
         while True:
+            _check_given_up(path)        # a large tree the daemon gave up on stops here
             if levels[-1][2]:
                 fd = _replace(fd, _remove_entry(fd, levels, path))
                 continue
@@ -761,8 +762,8 @@ def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float
     "stderr_dropped"}: the tail of each stream and how many bytes before it
     were dropped (see Tail). At ``timeout`` seconds the command is killed
     with its process group and whatever carries its marker, in the group or
-    not (returncode 124). So is it when the daemon goes away meanwhile: the
-    end of this helper's input (see _kill_when_abandoned). A program that
+    not (returncode 124). So is it when the daemon gives up on it or goes
+    away meanwhile (see serve and _give_up). A program that
     cannot be started is 127 (not found) or 126, as a shell says.
     """
     marker = _command_marker()
@@ -865,34 +866,137 @@ def _read_into(fd: int, reading: dict, waiting) -> None:
 
 
 def _kill_when_abandoned(proc, marker: str, stop: int) -> None:
-    """Kill the command (see _kill_command) if this helper's input ends (or says anything) before ``stop``."""
-    readable, _, _ = select.select([0, stop], [], [])
-    if 0 in readable and stop not in readable:
+    """Kill the command (see _kill_command) if the daemon gives up on it (see _give_up) before ``stop``."""
+    watched = [stop] + ([_given_up_pipe[0]] if _given_up_pipe else [])
+    readable, _, _ = select.select(watched, [], [])
+    if stop not in readable:
         _kill_command(proc, marker)
+
+
+# While an operation runs, the helper says it is still at work this often: the
+# daemon tells a slow operation from a dead connection by it, in seconds.
+HEARTBEAT = 1.0
+# How long an operation the daemon gave up on gets to stop before the helper exits anyway.
+STOP_WAIT = 5.0
+# The helper's exit status when the daemon gave up on the operation in hand.
+EXIT_GIVEN_UP = 3
+
+# Set when the daemon gave up on the operation in hand or went away (its input
+# ended, or it spoke while the operation ran): long operations stop at their
+# next step, a command is killed with everything it started.
+_given_up = threading.Event()
+_given_up_pipe = None                  # (read, write): the same, for select(); made by serve()
+
+
+def _give_up() -> None:
+    _given_up.set()
+    if _given_up_pipe is not None:
+        os.write(_given_up_pipe[1], b"x")
+
+
+def _check_given_up(path: str) -> None:
+    """OSError(ECANCELED) once the daemon gave up: an operation it no longer waits for stops here."""
+    if _given_up.is_set():
+        raise _error(errno.ECANCELED, "given up by the daemon; stopped", path)
+
+
+class _Input:
+    """The daemon's requests, read from a descriptor without Python's buffering, so that
+    select() on it says whether the daemon spoke (or went away) while an operation ran."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.ended = False
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buffer and self._more():
+            pass
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size and self._more():
+            pass
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def _more(self) -> bool:
+        chunk = os.read(self.fd, 65536)
+        self.buffer += chunk
+        self.ended = not chunk
+        return bool(chunk)
+
+
+def _say(message: dict) -> None:
+    os.write(1, (json.dumps(message) + "\n").encode("utf-8"))
+
+
+def _answer_watched(request: dict, data: bytes, inp: _Input):
+    """The answer to ``request`` (with its number), saying every HEARTBEAT that the work goes on;
+    None when the daemon gave up meanwhile (the operation was told to stop, see _give_up)."""
+    done_r, done_w = os.pipe()
+    box = []
+
+    def work() -> None:
+        try:
+            box.append(answer(request, data))
+        except BaseException as err:       # a bug: raised again in the main thread, which ends
+            box.append(err)
+        finally:
+            os.write(done_w, b"x")
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    number = request.get("id")
+    try:
+        while True:
+            readable, _, _ = select.select([done_r, inp.fd], [], [], HEARTBEAT)
+            if done_r in readable:
+                thread.join()
+                if isinstance(box[0], BaseException):
+                    raise box[0]
+                return dict(box[0], id=number)
+            if readable or inp.buffer:
+                # The daemon went away or gave up (it says nothing while it waits).
+                _give_up()
+                thread.join(STOP_WAIT)
+                return None
+            _say({"id": number, "alive": True})
+    finally:
+        os.close(done_r)
+        os.close(done_w)
 
 
 def serve(nonce: str) -> int:
     """Answer requests on stdin until it ends: the gateway's side of CLISSH.
 
     First prints ``{"ready": NONCE}`` (a login script may have printed before
-    it). Each request is one JSON line, ``{"operation", "args", "size", ...}``,
-    followed by ``size`` bytes of data (a file's, or a command's stdin); each
-    answer is one JSON line. A request that cannot be read ends the helper:
-    the daemon then drops this session and starts another.
+    it). Each request is one JSON line, ``{"id", "operation", "args", "size",
+    ...}``, followed by ``size`` bytes of data (a file's, or a command's
+    stdin). Its answer is one JSON line carrying the same ``id``; while the
+    operation runs, ``{"id", "alive": true}`` every HEARTBEAT seconds. The
+    daemon says nothing while it waits: input during an operation, or its
+    end, means the daemon gave up or went away, and the operation is stopped
+    (a command killed with what it started, a tree's removal at its next
+    entry) and the helper exits EXIT_GIVEN_UP. A request that cannot be read
+    ends the helper: the daemon then drops this session and starts another.
     """
-    inp, out = sys.stdin.buffer, sys.stdout
-    out.write(json.dumps({"ready": nonce}) + "\n")
-    out.flush()
+    global _given_up_pipe
+    _given_up_pipe = os.pipe()
+    inp = _Input(0)
+    _say({"ready": nonce})
     while True:
-        line = inp.readline()
-        if not line:
+        line = inp.line()
+        if not line and inp.ended:
             return 0
         request = json.loads(line.decode("utf-8"))
-        data = inp.read(request["size"])
+        data = inp.exactly(request["size"])
         if len(data) != request["size"]:
             return 2
-        out.write(json.dumps(answer(request, data)) + "\n")
-        out.flush()
+        reply = _answer_watched(request, data, inp)
+        if reply is None:
+            return EXIT_GIVEN_UP
+        _say(reply)
 
 
 if __name__ == "__main__":
