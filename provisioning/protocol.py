@@ -48,7 +48,7 @@ from provisioning.clock import Clock, utc_stamp
 from provisioning.codes import ReturnValue
 from provisioning.entry import Entry
 from provisioning.results import Result, Watch
-from provisioning.service import Interrupted, Request, Service, within_deadline
+from provisioning.service import Interrupted, Request, Service, Unreachable, within_deadline
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,11 @@ class Selfcare:
         claimed, finished = TRANSITIONS[verb]
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
+        try:
+            self.service.reachable()     # not claimed while the gateway is away: it stays open
+        except Unreachable as err:
+            log.info("%s: %s left open: %s", entry.dn, verb, err)
+            return Result(away=str(err))
         token = self.owners.new_token()
         try:
             fresh, claim = self._claim(entry, claimed, token)
@@ -220,6 +225,10 @@ class Selfcare:
             log.warning("%s: %s interrupted by the stop; it stays %s and is resumed at the next start",
                         entry.dn, verb, claimed)
             return Result(interrupted=True, own_csns=claim.own_csns)
+        except Unreachable as err:
+            log.warning("%s: %s stopped, %s; it stays %s without an outcome and is resumed once the gateway "
+                        "answers", entry.dn, verb, err, claimed)
+            return Result(away=str(err), own_csns=claim.own_csns)
         finally:
             self.owners.release(token)
         would = self.directory.dry_run     # a dry run's log says what would happen
