@@ -270,6 +270,27 @@ class HelperPool:
             log.debug("gateway helper %s ended while it waited (%s): dropped", helper.proc.pid, helper.why())
             self.drop(helper)
 
+    def warm(self, count: int, deadline: float) -> None:
+        """Start up to ``count`` helpers in the background, for the operations about to come (after a
+        reconnect: as many as were at work). Each start costs an interpreter's start-up on the
+        gateway, seconds on a busy one; started side by side, they do not add up for the first
+        requests. One that fails is dropped (the operation that needs it starts its own)."""
+        for _ in range(count):
+            with self._changed:
+                if len(self._live) + self._starting >= self.cap:
+                    return
+                self._starting += 1
+            threading.Thread(target=self._warm_one, args=(deadline,), name="gateway-helper-start",
+                             daemon=True).start()
+
+    def _warm_one(self, deadline: float) -> None:
+        try:
+            helper = self._new(deadline)
+        except (Broken, OSError) as err:
+            log.debug("a gateway helper started ahead failed: %s", err)
+            return
+        self.give_back(helper)
+
     def _new(self, deadline: float) -> Helper:
         try:
             helper = self._start(deadline)
@@ -309,7 +330,7 @@ class HelperPool:
             self._changed.notify()
 
     def cut_all(self) -> int:
-        """Kill every helper at once, idle or at work (the connection they share is dead); how many.
+        """Kill every helper at once, idle or at work (the connection they share is dead); how many were at work.
 
         The threads at work on one see it end and drop it; the idle ones are collected here.
         """
@@ -322,7 +343,7 @@ class HelperPool:
             helper.cut()
         for helper, _ in idle:
             helper.kill()
-        return len(idle) + len(working)
+        return len(working)
 
     def waiting(self) -> list[Helper]:
         """The helpers waiting, oldest first."""

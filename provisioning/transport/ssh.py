@@ -166,6 +166,7 @@ class CLISSH(Transport):
         self.multiplexer = Multiplexer(self.ssh[:-2], host)
         self.helpers = HelperPool(self._start_helper, cap=sessions)
         self._leftovers: list[str] = []           # files to remove once the gateway answers again
+        self._were_working = 0                     # helpers at work when the gateway went away
         self._leftovers_lock = threading.Lock()
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
@@ -256,10 +257,10 @@ class CLISSH(Transport):
         """The gateway is away: end the shared connection and every helper on it at once."""
         if not self.presence.lose(why):
             return                      # another operation found it first
-        ended = self.helpers.cut_all()
+        log.warning("the gateway %s stopped answering (%s): its connection and every helper on it are ended; "
+                    "operations wait until it answers again", self.where, why)
+        self._were_working = self.helpers.cut_all()
         self.multiplexer.drop()
-        log.warning("the gateway %s stopped answering (%s): its connection and the %d other helper(s) on it are "
-                    "ended; operations wait until it answers again", self.where, why, ended)
 
     def reach(self) -> Reach:
         return self.presence.reach()
@@ -267,15 +268,20 @@ class CLISSH(Transport):
     def reconnect(self) -> None:
         """Reach the gateway again after Unreachable: a new connection and a helper that answers.
 
-        Files left to remove while it was away (see discard) are removed
-        then. Unreachable when it still does not answer. Nothing to do while
-        the gateway is taken for up.
+        As many helpers as were at work start side by side (the work cut
+        short comes back at once), and the first to answer proves the
+        gateway back. Files left to remove while it was away (see discard)
+        are removed then, before any request is worked again. Unreachable
+        when it still does not answer. Nothing to do while the gateway is
+        taken for up.
         """
         if self.presence.up:
             return
         deadline = time.monotonic() + START_SECONDS
         helper = None
         try:
+            self.multiplexer.connect(deadline)
+            self.helpers.warm(max(1, self._were_working), deadline)
             helper = self.helpers.take(deadline)
             helper.ask({"operation": "exists", "args": ["/"]}, b"", deadline)
         except (Broken, GaveUp) as err:
@@ -288,7 +294,7 @@ class CLISSH(Transport):
             raise
         self.helpers.give_back(helper)
         away = self.presence.back()
-        log.info("the gateway %s answers again (away for %.1f s)", self.where, away)
+        log.debug("the gateway %s answers again (away for %.1f s)", self.where, away)
         self._remove_leftovers()
 
     def discard(self, path: str) -> None:
@@ -297,8 +303,8 @@ class CLISSH(Transport):
         except Unreachable:
             with self._leftovers_lock:
                 self._leftovers.append(path)
-            log.warning("cannot remove %s now: the gateway %s is out of reach; removed once it answers again",
-                        path, self.where)
+            log.info("cannot remove %s now: the gateway %s is out of reach; removed once it answers again",
+                     path, self.where)
 
     def _remove_leftovers(self) -> None:
         with self._leftovers_lock:
