@@ -56,6 +56,9 @@ WAITING_REPORT_INTERVAL = 60.0
 # with the process after it (glibc keeps the freed heap): reading a burst of
 # 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
 MAX_WAITING = 1000
+# How often the gateway's last answer is written to the store for `status` (and at every change
+# between up and away).
+HOST_RECORD_INTERVAL = 10.0
 # While removals are held, how often the daemon looks whether their entries are back.
 HELD_RECHECK_INTERVAL = 60.0
 
@@ -165,6 +168,8 @@ class Daemon:
         self._trouble: str | None = None           # why the loop must reconnect before going on
         self.transport = transport                 # the plugin's: its host may go away (CLISSH)
         self._host_away = False                    # a job found the transport's host out of reach
+        self._host_record: dict | None = None      # what was last written of it for status
+        self._host_recorded_at = -math.inf
         self._swept_on: dt.date | None = None
         self._after_refresh: list[Callable[[], None]] = []
         self._closed = False
@@ -259,6 +264,7 @@ class Daemon:
             self._collect()
             self._judge_parked()
             self._settle()
+            self._publish_host()
             self._flush()
             if not self._trouble:
                 self._housekeeping()
@@ -438,6 +444,7 @@ class Daemon:
         self.monitor.trouble(self._trouble, host=self._host_away)
         self._drain()
         self._forget_unfinished()
+        self._publish_host()
         self._flush(mirror=True)
         self._trouble = None
         if self.stopping:
@@ -466,6 +473,23 @@ class Daemon:
         self._host_away = False
         self._warned.discard("gateway")
         self.monitor.host_back()
+        self._publish_host()
+        self._flush()
+
+    def _publish_host(self) -> None:
+        """Write the gateway's state for status: at every change between up and away, and its last
+        answer at most every HOST_RECORD_INTERVAL seconds."""
+        reach = self.transport.reach() if self.transport is not None else None
+        if reach is None:
+            return
+        record = {"where": reach.where, "up": reach.up, "since": reach.since, "answered": reach.answered,
+                  "why": reach.why}
+        old = self._host_record
+        due = time.monotonic() - self._host_recorded_at >= HOST_RECORD_INTERVAL
+        if old is not None and old["up"] == reach.up and (old == record or not due):
+            return
+        self._host_record, self._host_recorded_at = record, time.monotonic()
+        self.store.note_gateway({**record, "written": time.time()})
 
     def _reconnect_host(self) -> None:
         if self.transport is not None:
