@@ -12,17 +12,21 @@ rejected candidate configuration was left behind.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
-from pathlib import Path
 
 import ldap
 
 from faults import PauseAt
 from helpers import DaemonProcess, Host, assert_done, wait_until
+from test_mail import free_port
+from test_metrics import scrape, value
 
 UID = "3723707"
 # How long the gateway stays down each time.
@@ -80,6 +84,55 @@ def test_a_request_cut_by_the_gateway_waits_for_it_and_is_resumed_when_it_answer
     assert daemon.count(r"plugin raised") == 0
     assert _leftovers(host) == []
     assert (host.home(UID) / "incoming").is_dir() and host.rsnapshot_config(UID).is_file()
+
+
+def test_status_and_metrics_show_the_gateway_away_and_back(host, directory, gateway_sshd):
+    port = free_port()
+    _over_clissh(host, gateway_sshd)
+    host.set("Service", METRICS_PORT=port)
+    pause = PauseAt(host.layout.root / "bin", "create-home-paused", then=str(host.chroot_cmd))
+    host.set("Backup", CREATE_CHROOT_CMD=pause.command)
+    daemon = DaemonProcess(host).start()
+    try:
+        dn = directory.add(UID)
+        pause.wait_paused()
+        samples = scrape(port)
+        assert value(samples, "provisioning_gateway_up") == 1
+        assert value(samples, "provisioning_gateway_seconds_since_answer") < 5
+        gateway_sshd.kill()
+        daemon.wait_for(r"attempt 1 of 50 to reach the gateway")
+        samples = scrape(port)
+        assert value(samples, "provisioning_gateway_up") == 0
+        assert value(samples, "provisioning_gateway_outages_total") == 1
+        code, found = _status_json(host, "--warn-gateway", "0.5", "--crit-gateway", "600")
+        assert code == 1, found                                      # WARNING: requests wait for it
+        assert found["gateway"]["up"] is False and found["gateway"]["why"]
+        assert re.fullmatch(r"the gateway root@127\.0\.0\.1 port \d+ out of reach, no answer for \d+ s",
+                            found["summary"].split(": ", 1)[1].split("; ")[0]), found["summary"]
+        text = _status_text(host)
+        assert re.search(r"^gateway: root@127\.0\.0\.1 port \d+: out of reach since \d{4}-\d\d-\d\d "
+                         r"\d\d:\d\d:\d\d UTC \(last answer \d+ s ago\): .*; requests wait for it$", text, re.M), text
+        assert re.search(r" gateway_silence=\d+s;60;300;0$", text.splitlines()[0])
+        gateway_sshd.start()
+        assert_done(directory.wait_mode(dn, "added"), "added")
+        assert value(scrape(port), "provisioning_gateway_up") == 1
+        wait_until(lambda: re.search(r"^gateway: root@127\.0\.0\.1 port \d+: answers \(last answer \d+ s ago; "
+                                     r"recorded by the daemon at ", _status_text(host), re.M),
+                   "status to show the gateway back")
+    finally:
+        assert daemon.stop() == 0
+
+
+def _status_json(host: Host, *args: str) -> tuple[int, dict]:
+    result = subprocess.run([sys.executable, "-m", "provisioning", "status", "-c", str(host.config),
+                             "-g", str(host.global_config), "--json", *args], capture_output=True, text=True,
+                            timeout=60)
+    return result.returncode, json.loads(result.stdout)
+
+
+def _status_text(host: Host) -> str:
+    return subprocess.run([sys.executable, "-m", "provisioning", "status", "-c", str(host.config),
+                           "-g", str(host.global_config)], capture_output=True, text=True, timeout=60).stdout
 
 
 def test_a_gateway_away_longer_than_the_attempts_ends_the_daemon_and_the_next_start_resumes(
