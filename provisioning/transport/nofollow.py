@@ -932,39 +932,49 @@ def _say(message: dict) -> None:
     os.write(1, (json.dumps(message) + "\n").encode("utf-8"))
 
 
-def _answer_watched(request: dict, data: bytes, inp: _Input):
-    """The answer to ``request`` (with its number), saying every HEARTBEAT that the work goes on;
-    None when the daemon gave up meanwhile (the operation was told to stop, see _give_up)."""
-    done_r, done_w = os.pipe()
-    box = []
+class _Beat:
+    """While an operation runs (in the main thread), a thread of its own says every HEARTBEAT
+    seconds that the work goes on, and watches the daemon's side: the daemon says nothing while it
+    waits, so input or its end then means it gave up or went away (see _give_up).
 
-    def work() -> None:
-        try:
-            box.append(answer(request, data))
-        except BaseException as err:       # a bug: raised again in the main thread, which ends
-            box.append(err)
-        finally:
-            os.write(done_w, b"x")
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    number = request.get("id")
-    try:
+    It looks every HEARTBEAT / 4 seconds instead of being woken for each operation: waking a
+    thread (or starting one) per operation cost more than most operations (0.3 -> 1.2 ms).
+    """
+
+    def __init__(self, inp: _Input) -> None:
+        self.inp = inp
+        self.lock = threading.Lock()         # one writer of stdout at a time
+        self.number = None                   # the request at work, None between requests
+        self.beaten = 0.0
+        self.given_up_at = None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def start(self, number) -> None:
+        with self.lock:
+            self.number, self.beaten = number, time.monotonic()
+
+    def answer(self, reply: dict) -> None:
+        with self.lock:                      # never a heartbeat after the answer to the same request
+            self.number = None
+            _say(reply)
+
+    def _watch(self) -> None:
         while True:
-            readable, _, _ = select.select([done_r, inp.fd], [], [], HEARTBEAT)
-            if done_r in readable:
-                thread.join()
-                if isinstance(box[0], BaseException):
-                    raise box[0]
-                return dict(box[0], id=number)
-            if readable or inp.buffer:
-                # The daemon went away or gave up (it says nothing while it waits).
-                _give_up()
-                thread.join(STOP_WAIT)
-                return None
-            _say({"id": number, "alive": True})
-    finally:
-        os.close(done_r)
-        os.close(done_w)
+            time.sleep(HEARTBEAT / 4)
+            with self.lock:
+                now = time.monotonic()
+                if self.given_up_at is not None:
+                    if now - self.given_up_at > STOP_WAIT:
+                        os._exit(EXIT_GIVEN_UP)      # an operation that does not stop: the helper does
+                    continue
+                if self.number is None:
+                    continue
+                if self.inp.buffer or select.select([self.inp.fd], [], [], 0)[0]:
+                    self.given_up_at = now
+                    _give_up()
+                elif now - self.beaten >= HEARTBEAT:
+                    _say({"id": self.number, "alive": True})
+                    self.beaten = now
 
 
 def serve(nonce: str) -> int:
@@ -984,6 +994,7 @@ def serve(nonce: str) -> int:
     global _given_up_pipe
     _given_up_pipe = os.pipe()
     inp = _Input(0)
+    beat = _Beat(inp)
     _say({"ready": nonce})
     while True:
         line = inp.line()
@@ -993,10 +1004,11 @@ def serve(nonce: str) -> int:
         data = inp.exactly(request["size"])
         if len(data) != request["size"]:
             return 2
-        reply = _answer_watched(request, data, inp)
-        if reply is None:
+        beat.start(request.get("id"))
+        reply = answer(request, data)
+        if _given_up.is_set():
             return EXIT_GIVEN_UP
-        _say(reply)
+        beat.answer(dict(reply, id=request.get("id")))
 
 
 if __name__ == "__main__":
