@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -469,6 +471,24 @@ def test_the_daemon_provisions_over_clissh(host, directory, sshd, tmp_path):
     # The daemon's shared connection ended with it, and its folder is gone.
     assert list(tmpdir.iterdir()) == []
     assert not _masters(str(tmpdir))
+
+
+def test_the_shared_connection_dies_with_a_daemon_killed_with_sigkill(host, directory, sshd, tmp_path):
+    # Before, the master ssh forked for ControlPersist had set a title over its environment:
+    # the command guard could not find it, and it outlived the daemon by a minute.
+    host.set("Service", TRANSPORTAPI="CLISSH")
+    host.set("Gateway", **sshd)
+    tmpdir = Path(tempfile.mkdtemp(dir="/tmp"))          # short enough for a control socket's path
+    try:
+        daemon = DaemonProcess(host, env={"TMPDIR": str(tmpdir)}).start()
+        assert_done(directory.wait_mode(directory.add("3723707"), "added", timeout=SSH_DEADLINE), "added")
+        [folder] = [str(p) for p in tmpdir.iterdir()]
+        masters = _masters(folder)
+        assert len(masters) == 1
+        daemon.kill()                                   # the daemon alone: its guard outlives it
+        wait_until(lambda: all(gone(pid) for pid in masters), "the guard to end the shared connection", 10)
+    finally:
+        shutil.rmtree(tmpdir)
 
 
 @pytest.mark.parametrize("transportapi", ["LocalCLI", "CLISSH"])

@@ -141,11 +141,14 @@ def test_a_gateway_away_longer_than_the_attempts_ends_the_daemon_and_the_next_st
     host.set_global("Operation Mode", SLEEP=0.2, ATTEMPTS=5)
     pause = PauseAt(host.layout.root / "bin", "create-home-paused", then=str(host.chroot_cmd))
     host.set("Backup", CREATE_CHROOT_CMD=pause.command)
+    candidate = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
     first = DaemonProcess(host).start()
     dns = [directory.add(uid) for uid in (UID, "3723708")]
     pause.wait_paused()
+    wait_until(candidate.exists, "the candidate configuration, written beside the home's command")
     gateway_sshd.kill()
     assert first.proc.wait(60) == 7                 # GATEWAY_UNREACHABLE, as documented
+    assert candidate.exists()                       # the gateway never came back to remove it
     first.wait_for(r"giving up: the gateway root@127\.0\.0\.1 port \d+ did not answer after 5 attempt\(s\)")
     for dn in dns:                                  # claimed without an outcome, or still open
         entry = directory.get(dn)
@@ -160,6 +163,7 @@ def test_a_gateway_away_longer_than_the_attempts_ends_the_daemon_and_the_next_st
         second.wait_for(rf"uid={UID},.*: resuming add: adding without an outcome, claimed by .* which no longer runs")
     finally:
         assert second.stop() == 0
+    assert not candidate.exists()                   # the account's next request took care of it
     assert first.count(r"failed with return value") == second.count(r"failed with return value") == 0
     assert _leftovers(host) == []
 
