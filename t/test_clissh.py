@@ -15,12 +15,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from provisioning import config as cfgmod
 from provisioning.transport import CLISSH, Unreachable, build, within_deadline
-from provisioning.transport.gatewayhelper import Broken, Helper
+from provisioning.transport.gatewayhelper import Broken, GaveUp, Helper, HelperPool
 from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning.transport.ssh import HELPER_SOURCE
 
@@ -646,3 +647,51 @@ def test_a_file_left_to_remove_while_the_gateway_is_away_goes_when_it_is_back(ga
         assert not candidate.exists()
     finally:
         remote.close()
+
+
+class _FakeHelper:
+    """What HelperPool needs of a helper, without ssh."""
+
+    def __init__(self) -> None:
+        self.proc = SimpleNamespace(pid=0)
+        self.cut_count = self.killed = 0
+
+    def usable(self) -> bool:
+        return not (self.cut_count or self.killed)
+
+    def cut(self) -> None:
+        self.cut_count += 1
+
+    def kill(self) -> None:
+        self.killed += 1
+
+    def close(self) -> None:
+        self.killed += 1
+
+    def why(self) -> str:
+        return "fake"
+
+
+def test_the_pool_never_has_more_helpers_than_its_cap_and_an_operation_waits_for_one():
+    started = []
+    pool = HelperPool(lambda deadline: started.append(_FakeHelper()) or started[-1], cap=2)
+    first, second = pool.take(time.monotonic() + 5), pool.take(time.monotonic() + 5)
+    with pytest.raises(GaveUp, match="all 2 gateway sessions"):
+        pool.take(time.monotonic() + 0.2)              # none free by its deadline: no third one
+    waiting, got = _running(lambda: pool.take(time.monotonic() + 10))
+    time.sleep(0.1)
+    assert not got and len(started) == 2
+    pool.give_back(first)
+    waiting.join(5)
+    assert got == [first] and len(started) == 2         # the one given back, not a new one
+
+
+def test_cut_all_ends_the_helpers_at_work_and_the_idle_ones_at_once():
+    pool = HelperPool(lambda deadline: _FakeHelper(), cap=3)
+    working, idle = pool.take(time.monotonic() + 5), pool.take(time.monotonic() + 5)
+    pool.give_back(idle)
+    assert pool.cut_all() == 1                          # one was at work
+    assert working.cut_count == 1 and not working.killed     # its thread collects it
+    assert idle.killed == 1 and pool.waiting() == []
+    pool.give_back(working)                             # its operation ended anyway: never used again
+    assert working.killed and pool.waiting() == []
