@@ -208,13 +208,13 @@ class Selfcare:
     def _work(self, entry: Entry, decision: Decision) -> Result:
         verb = decision.verb
         claimed, finished = TRANSITIONS[verb]
+        try:
+            self.service.reachable()     # not claimed while the gateway is away: it stays as it is
+        except Unreachable as err:
+            log.info("%s: %s waits for the gateway: %s", entry.dn, verb, err)
+            return Result(away=str(err))
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
-        try:
-            self.service.reachable()     # not claimed while the gateway is away: it stays open
-        except Unreachable as err:
-            log.info("%s: %s left open: %s", entry.dn, verb, err)
-            return Result(away=str(err))
         token = self.owners.new_token()
         try:
             fresh, claim = self._claim(entry, claimed, token)
