@@ -268,20 +268,20 @@ class CLISSH(Transport):
     def reconnect(self) -> None:
         """Reach the gateway again after Unreachable: a new connection and a helper that answers.
 
-        As many helpers as were at work start side by side (the work cut
-        short comes back at once), and the first to answer proves the
-        gateway back. Files left to remove while it was away (see discard)
-        are removed then, before any request is worked again. Unreachable
-        when it still does not answer. Nothing to do while the gateway is
-        taken for up.
+        One helper proves the gateway back; then as many as were at work
+        start side by side, while the daemon reconnects to LDAP (the work
+        cut short comes back at once). Started all at once before, they
+        shared the gateway's CPU and the first answered seconds later on a
+        busy one. Files left to remove while it was away (see discard) are
+        removed before any request is worked again. Unreachable when it
+        still does not answer. Nothing to do while the gateway is taken for
+        up.
         """
         if self.presence.up:
             return
         deadline = time.monotonic() + START_SECONDS
         helper = None
         try:
-            self.multiplexer.connect(deadline)
-            self.helpers.warm(max(1, self._were_working), deadline)
             helper = self.helpers.take(deadline)
             helper.ask({"operation": "exists", "args": ["/"]}, b"", deadline)
         except (Broken, GaveUp) as err:
@@ -296,6 +296,7 @@ class CLISSH(Transport):
         away = self.presence.back()
         log.debug("the gateway %s answers again (away for %.1f s)", self.where, away)
         self._remove_leftovers()
+        self.helpers.warm(self._were_working - 1, time.monotonic() + START_SECONDS)
 
     def discard(self, path: str) -> None:
         try:
