@@ -31,12 +31,13 @@ from test_metrics import scrape, value
 UID = "3723707"
 # How long the gateway stays down each time.
 OUTAGE = 2.0
-# What a request may take beyond the outages it lived through: noticing the outage,
-# [Operation Mode] SLEEP (0.2 s here), a new connection and helpers (a Python start-up
-# each on the gateway), reconnecting to LDAP and doing the work again. Measured 3-5 s
-# on this 2-core machine at a load of 9-15 (other test runs beside); before, requests
-# waited 60-122 s on a connection already gone.
-SLACK = 8.0
+# What a request cut by an outage may take beyond the outages it lived through and the
+# slowest request no outage touched (the machine's own pace: seconds on this 2-core machine
+# at a load of 10-15, with other test runs beside): noticing the outage, [Operation Mode]
+# SLEEP (0.2 s here), a new connection and helpers (a Python start-up each on the gateway),
+# reconnecting to LDAP and doing the work again. Before, requests waited 60-122 s on a
+# connection already gone.
+SLACK = 5.0
 
 
 def _over_clissh(host: Host, gateway_sshd, workers: int = 4) -> Host:
@@ -222,14 +223,14 @@ def test_a_burst_rides_out_the_gateway_killed_and_restarted_several_times(host, 
     claims = _times(text, r" add request claimed \(")
     done = _times(text, r" add done in ")
     assert sorted(done) == sorted(directory.dn(uid).lower() for uid in uids + warm)
-    slowest, slowest_dn = 0.0, ""
     for dn, stamps in done.items():
         assert len(stamps) == 1, (dn, stamps)                     # each account's outcome, once
-        took = stamps[0] - claims[dn][0]
-        allowed = _overlap(outages, claims[dn][0], stamps[0]) + SLACK
-        assert took <= allowed, (dn, took, allowed)
-        if took > slowest:
-            slowest, slowest_dn = took, dn
+    took = {dn: done[dn][0] - claims[dn][0] for dn in done}
+    lived = {dn: _overlap(outages, claims[dn][0], done[dn][0]) for dn in done}
+    pace = max(took[dn] for dn in done if not lived[dn])          # the slowest no outage touched
+    for dn in done:
+        assert took[dn] <= lived[dn] + pace + SLACK, (dn, took[dn], lived[dn], pace)
+    slowest = max(took.values())
     for uid in uids:
         entry = directory.get(directory.dn(uid))
         assert entry["sstProvisioningReturnValue"] == "0", entry
@@ -246,7 +247,9 @@ def test_a_burst_rides_out_the_gateway_killed_and_restarted_several_times(host, 
            outages=" ".join(f"{back - killed:.1f}s" for killed, back in outages),
            added=sum(1 for uid in uids if directory.get(directory.dn(uid))["sstProvisioningMode"] == "added"),
            failed=daemon.count(r"failed with return value"), twice=sum(1 for s in done.values() if len(s) > 1),
-           slowest_s=f"{slowest:.1f}", cut_and_resumed=daemon.count(r": resuming add:"),
+           slowest_s=f"{slowest:.1f}", slowest_untouched_s=f"{pace:.1f}",
+           slowest_beyond_outage_s=f"{max(took[dn] - lived[dn] for dn in done):.1f}",
+           cut_and_resumed=daemon.count(r": resuming add:"),
            setquota_again=len(quota) - len(set(quota)),
            noticed=daemon.count(r"stopped answering"))
 
