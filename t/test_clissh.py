@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from provisioning import config as cfgmod
+from provisioning.config import loader as cfgmod
 from provisioning.transport import CLISSH, Unreachable, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, GaveUp, Helper, HelperPool
 from provisioning.transport.nofollow import OUTPUT_KEPT

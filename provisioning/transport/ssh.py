@@ -50,7 +50,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from provisioning.commandguard import GUARD
+from provisioning.transport.commandguard import GUARD
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
     EXIT_TIMEOUT, PAST_DEADLINE, STOP_NOTICE, CommandResult, Interrupted, Reach, Transport, Unreachable,
