@@ -506,8 +506,8 @@ def clissh_floors(remote: CLISSH, host: BackupHost, args, homes: Path) -> dict[s
             took.append(time.perf_counter() - started)
         return statistics.median(took)
     handshake = seconds(lambda: subprocess.run([*remote.ssh, "true"], check=True), 10)
-    shared = [*remote.ssh[:-2], *remote.multiplexer.options(), *remote.ssh[-2:], "true"]
-    subprocess.run(shared, check=True)                    # opens the shared connection
+    remote.multiplexer.connect(time.monotonic() + 30)     # opens the shared connection
+    shared = [*remote.ssh[:-2], *remote.multiplexer.client_options(), *remote.ssh[-2:], "true"]
     session = seconds(lambda: subprocess.run(shared, check=True), 20)
     remote.run(["true"])                                  # starts a helper
     command = seconds(lambda: remote.run(["true"]), 50)

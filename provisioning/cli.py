@@ -38,7 +38,7 @@ from provisioning.base.clock import Clock
 from provisioning.base.codes import ExitCode
 from provisioning.transport.commandguard import GUARD
 from provisioning.config.loader import Config, global_config_candidates, unknown_keys
-from provisioning.engine.daemon import Daemon, Retry
+from provisioning.engine.daemon import Daemon, HostUnreachable, Retry, gateway, with_retries
 from provisioning.base.files import UnsafeFile
 from provisioning.engine.ldapmode import LdapMode
 from provisioning.runtime.lock import AlreadyLocked, PidLock
@@ -53,6 +53,7 @@ from provisioning.engine.removals import Removals
 from provisioning.engine.router import Router
 from provisioning.hooks.service import Service, ServiceContext
 from provisioning.runtime.startup import load_configuration  # noqa: F401 - kept for callers of the old place
+from provisioning.transport import Unreachable
 from provisioning.transport import build as build_transport
 from provisioning.engine.workers import executor
 
@@ -170,7 +171,12 @@ def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
                                 gateway=config.section("Gateway"), dry_run=args.dry_run,
                                 stopping=args.stop_event)
     service = Service(loaded.manager, ServiceContext(config, transport, dry_run=args.dry_run))
-    problems = _host_problems(config) + service.start()
+    try:
+        problems = _host_problems(config) + _start_service(service, _retries(config)[0], args.stop_event)
+    except HostUnreachable as err:
+        log.error("giving up: %s", err)
+        service.stop()
+        return ExitCode.GATEWAY_UNREACHABLE
     if problems:
         service.stop()
         return _refuse(problems)
@@ -213,6 +219,21 @@ def _serve_locked(config: Config, service: Service, args: argparse.Namespace,
     except UnsafeFile as err:   # the lock or the cookie: a link, another user's, writable by others
         log.error("%s", err)
         return ExitCode.CONFIG_ERROR
+
+
+def _start_service(service: Service, retry: Retry, stop: threading.Event) -> list[str]:
+    """The plugin's start-up checks; while the gateway does not answer, tried again with [Global] SLEEP
+    and ATTEMPTS, as LDAP at start. HostUnreachable when it never answered."""
+    transport = service.ctx.transport
+    while True:
+        try:
+            return service.start()
+        except Unreachable as err:
+            log.warning("the plugin's start-up checks cannot run: %s", err)
+        with_retries(transport.reconnect, retry, lambda seconds: not stop.wait(seconds),
+                     gateway(transport.reach()))
+        if stop.is_set():
+            raise HostUnreachable("stopped while waiting for the gateway")
 
 
 def _detach(config: Config, args: argparse.Namespace) -> tuple[int | None, detach.Readiness | None]:
@@ -279,13 +300,15 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
                   executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
                   stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
-                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake)
+                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake,
+                  transport=service.ctx.transport)
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,
           stop_event: threading.Event | None = None, readiness: detach.Readiness | None = None,
           debug: bool = False) -> int:
-    """Run the daemon until a signal stops it, LDAP stays out of reach, or (``once``) the refresh ends."""
+    """Run the daemon until a signal stops it, LDAP or the gateway stays out of reach, or (``once``) the
+    refresh ends."""
     readiness = readiness or detach.Readiness()
     alerts, request_log = _alerts(config, dry_run, debug)
     monitor = monitor_from_config(config, dry_run=dry_run, version=__version__)
@@ -323,6 +346,12 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
         if alerts is not None:
             alerts.warning("the daemon gave up: LDAP out of reach", f"giving up: {err}")
         return ExitCode.LDAP_UNREACHABLE
+    except HostUnreachable as err:
+        log.error("giving up: %s; the requests in hand stay claimed without an outcome (or open) and are "
+                  "resumed at the next start", err)
+        if alerts is not None:
+            alerts.warning("the daemon gave up: the gateway out of reach", f"giving up: {err}")
+        return ExitCode.GATEWAY_UNREACHABLE
     finally:
         daemon.shutdown()
         monitor.close()

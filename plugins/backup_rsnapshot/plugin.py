@@ -163,12 +163,19 @@ class BackupRsnapshot(OperatorHooks):
     def _converge(self, request: Request, ctx: ServiceContext) -> None:
         s = self.settings
         account = accounts.parse(request.entry, s.min_id)
-        place = self._place(account, ctx)
-        verdict, nodes = self._judge(request, account, place, ctx)
-        def build() -> None:
-            home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
-                       s.backup_root, ctx.transport)
-        written = self._apply(request, build, account, place, ctx)
+        try:
+            place = self._place(account, ctx)
+            verdict, nodes = self._judge(request, account, place, ctx)
+            def build() -> None:
+                home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
+                           s.backup_root, ctx.transport)
+            written = self._apply(request, build, account, place, ctx)
+        except StepError:
+            # A failed request leaves no candidate, nor one an earlier attempt left behind while
+            # the gateway was away (a request that succeeds writes it again and puts it in place).
+            if not ctx.dry_run:
+                self.configs.discard_candidate(account.uid)
+            raise
         log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
                  place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
 

@@ -48,7 +48,7 @@ from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
 from provisioning.base.entry import Entry
 from provisioning.engine.results import Result, Watch
-from provisioning.hooks.service import Interrupted, Request, Service, within_deadline
+from provisioning.hooks.service import Interrupted, Request, Service, Unreachable, within_deadline
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,11 @@ class Selfcare:
     def _work(self, entry: Entry, decision: Decision) -> Result:
         verb = decision.verb
         claimed, finished = TRANSITIONS[verb]
+        try:
+            self.service.reachable()     # not claimed while the gateway is away: it stays as it is
+        except Unreachable as err:
+            log.info("%s: %s waits for the gateway: %s", entry.dn, verb, err)
+            return Result(away=str(err))
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
         token = self.owners.new_token()
@@ -220,6 +225,10 @@ class Selfcare:
             log.warning("%s: %s interrupted by the stop; it stays %s and is resumed at the next start",
                         entry.dn, verb, claimed)
             return Result(interrupted=True, own_csns=claim.own_csns)
+        except Unreachable as err:
+            log.warning("%s: %s stopped, %s; it stays %s without an outcome and is resumed once the gateway "
+                        "answers", entry.dn, verb, err, claimed)
+            return Result(away=str(err), own_csns=claim.own_csns)
         finally:
             self.owners.release(token)
         would = self.directory.dry_run     # a dry run's log says what would happen

@@ -32,6 +32,7 @@ class Result:
     pending: PendingWrite | None = None  # a write the directory did not take: keep it
     retry: str | None = None             # not done because the directory is away: resync, then again
     interrupted: bool = False            # a stop cut the work short: resumed at the next start
+    away: str | None = None              # the host (CLISSH's gateway) did not answer: worked again once it does
     watch: Watch | None = None           # someone else's claim to look at again
     verb: str | None = None              # what was done or refused (for alerts)
     code: int | None = None              # its return value: 0 done, else failed or refused

@@ -216,12 +216,12 @@ class Router:
             self.store.remember(known.entry().with_changes(write.changes, csn), answered=known.answered)
 
     def complete(self, job: Job, result: Result) -> None:
-        """Record what a job did; nothing when it did not end (retry, interrupted)."""
+        """Record what a job did; nothing when it did not end (retry, interrupted, away)."""
         self.note_own_writes(result.own_csns)
         if result.pending is not None:
             self.store.add_pending(result.pending)
         self._alert(job, result)
-        if result.retry or result.interrupted:
+        if result.retry or result.interrupted or result.away:
             return
         if result.forget:
             self.store.forget(result.forget)

@@ -16,9 +16,9 @@ from provisioning.base.codes import ReturnValue
 from provisioning.config.loader import Config
 from provisioning.base.entry import Entry
 from provisioning.transport import Transport
-from provisioning.transport.base import Interrupted, within_deadline
+from provisioning.transport.base import Interrupted, Unreachable, within_deadline
 
-__all__ = ["Interrupted", "Request", "Service", "ServiceContext", "within_deadline"]
+__all__ = ["Interrupted", "Request", "Service", "ServiceContext", "Unreachable", "within_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,19 @@ class Service:
             log.exception("plugin failed to describe return value %d", code)
         return "no description"
 
+    def reachable(self) -> None:
+        """Unreachable while the transport knows its host to be away: no request is begun then."""
+        reach = self.ctx.transport.reach()
+        if reach is not None and not reach.up:
+            raise Unreachable(f"the gateway {reach.where} is out of reach: {reach.why}")
+
     def run(self, request: Request) -> int:
-        """Run the hook for ``request.verb``; return its exit code."""
+        """Run the hook for ``request.verb``; return its exit code.
+
+        Unreachable (raised through) when the transport's host does not
+        answer: that is no exit code of the request's.
+        """
+        self.reachable()
         hook = getattr(self.manager.hook, f"provisioning_{request.verb}")
         try:
             code: Any = hook(request=request, ctx=self.ctx)

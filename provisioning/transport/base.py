@@ -37,6 +37,19 @@ class Interrupted(BaseException):
     """
 
 
+class Unreachable(BaseException):
+    """The host the transport works on did not answer: the CLISSH gateway is away.
+
+    Not the request's fault, and nothing the host said about the account: the
+    core keeps the request claimed without an outcome (or leaves it open),
+    waits for the host as it waits for the directory ([Operation Mode] SLEEP
+    and ATTEMPTS), and works it again once the host answers. A BaseException,
+    like Interrupted, so that plugin code catching Exception or OSError does
+    not turn it into a return value. Whether an operation under way when the
+    host went away took effect is unknown: the request is worked again whole.
+    """
+
+
 # When the request being worked on must be done, as a time.monotonic() value
 # (None: no deadline). A ContextVar, so each worker thread has its own.
 request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -98,6 +111,23 @@ def ended_by_the_stop(returncode: int | None, stopping: threading.Event | None) 
     if stopping is None or (returncode is not None and not stopped_by_signal(returncode)):
         return False
     return stopping.wait(STOP_NOTICE)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What a transport knows of whether its host answers (for the log, status, --check, metrics)."""
+
+    where: str                  # the host, as the log names it: root@gateway port 22
+    up: bool                    # False: away (an operation found it out of reach), until it answers again
+    since: float                # time.time() of the last change between up and away
+    answered: float | None      # time.time() of its last answer (None: none yet)
+    why: str = ""               # what showed it away
+
+    def silent_for(self, now: float | None = None) -> float | None:
+        """Seconds since the host last answered (None: it never did)."""
+        if self.answered is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.answered)
 
 
 @dataclass
@@ -201,6 +231,18 @@ class Transport(ABC):
     def close(self) -> None:
         """Let go of what the transport keeps open between operations (CLISSH's connection)."""
 
+    def reach(self) -> "Reach | None":
+        """Whether the host answers, and since when; None for this host (always here)."""
+        return None
+
+    def reconnect(self) -> None:
+        """After Unreachable: reach the host again (Unreachable if it still does not answer)."""
+
+    def discard(self, path: str) -> None:
+        """Remove the file ``path`` (a missing file is fine), and never raise Unreachable: when the
+        host is out of reach, it is removed as soon as it answers again. OSError as ``remove``."""
+        self.remove(path)
+
 
 class DryRun(Transport):
     """Prints what would change and changes nothing; reads still happen."""
@@ -234,6 +276,15 @@ class DryRun(Transport):
 
     def close(self) -> None:
         self.inner.close()
+
+    def reach(self) -> "Reach | None":
+        return self.inner.reach()
+
+    def reconnect(self) -> None:
+        self.inner.reconnect()
+
+    def discard(self, path: str) -> None:
+        self._say(f"remove {path}")
 
     def realpath(self, path: str) -> str:
         return self.inner.realpath(path)
