@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 from provisioning.transport import nofollow
@@ -166,6 +168,17 @@ class CLISSH(Transport):
             result.stderr = killed_after(limit, wanted)
         return result
 
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        """In a helper on the gateway, which is sent each module's source the first time it needs it."""
+        names = [_short(module) for module in modules]
+        shown = f"{shown or names[-1] + '.' + function} (on {self.ssh[-1]})"
+        limit = time_left(self.timeout)
+        if limit is None:
+            raise OSError(errno.ETIME, f"on the gateway: {shown}: not run, {PAST_DEADLINE}")
+        log.debug("gateway: call %s", shown)
+        return self._ask({"operation": "call", "args": [names[-1], function]}, json.dumps(list(args)).encode(),
+                         time.monotonic() + limit, shown, modules=modules)
+
     def _helper(self, operation: str, *args: str, stdin: bytes | None = None) -> Any:
         """Run nofollow's ``operation`` on the gateway; its value, or its OSError raised here."""
         shown = f"python3 nofollow.py {shlex.join([operation, *args])}"
@@ -176,16 +189,19 @@ class CLISSH(Transport):
         return self._ask({"operation": operation, "args": list(args)}, stdin or b"",
                          time.monotonic() + limit, shown)
 
-    def _ask(self, request: dict, data: bytes, deadline: float, shown: str) -> Any:
+    def _ask(self, request: dict, data: bytes, deadline: float, shown: str,
+             modules: Sequence[ModuleType] = ()) -> Any:
         """A helper's answer to ``request``: its value, or its OSError raised here.
 
-        A helper that fails is killed and dropped: OSError naming ``shown``,
-        or Interrupted when the daemon is stopping.
+        ``modules`` are loaded into the helper first, those it does not hold
+        yet. A helper that fails is killed and dropped: OSError naming
+        ``shown``, or Interrupted when the daemon is stopping.
         """
         helper = None
         try:
             helper = self.helpers.take(deadline)
-            answer = helper.ask(request, data, deadline)
+            loading = _load(helper, modules, deadline)
+            answer = loading if loading is not None else helper.ask(request, data, deadline)
         except BaseException as err:
             if helper is not None:
                 helper.kill()            # whatever it was doing, nobody waits for it any more
@@ -243,6 +259,30 @@ class CLISSH(Transport):
 
     def remove_tree(self, path: str) -> None:
         self._helper("remove_tree", path)
+
+
+# Module name -> its source, read once: what Transport.call sends to each helper.
+_SOURCES: dict[str, str] = {}
+
+
+def _short(module: ModuleType) -> str:
+    """The name a module has in the helper: its last part (``jailfs``), as it imports the others."""
+    return module.__name__.rpartition(".")[2]
+
+
+def _load(helper: Helper, modules: Sequence[ModuleType], deadline: float) -> dict | None:
+    """Send ``helper`` the modules it does not hold yet; None, or the answer of a load that failed."""
+    for module in modules:
+        name = _short(module)
+        if name in helper.loaded:
+            continue
+        if name not in _SOURCES:
+            _SOURCES[name] = Path(module.__file__).read_text(encoding="utf-8")
+        answer = helper.ask({"operation": "load", "args": [name]}, _SOURCES[name].encode("utf-8"), deadline)
+        if "value" not in answer:
+            return answer
+        helper.loaded.add(name)
+    return None
 
 
 class Multiplexer:
