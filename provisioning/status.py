@@ -85,6 +85,7 @@ class Status:
     plugin: dict[str, str] = field(default_factory=dict)
     ldap_failed: str = ""              # why the directory could not be asked
     held: int = 0                      # removals the deletion brake holds for an operator
+    warnings: list[str] = field(default_factory=list)   # the plugin's (provisioning_warnings)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -159,6 +160,7 @@ def gather(loaded: startup.Loaded) -> Status:
     status = Status(loaded.plugin, holder(config.lock_file), meanings=meanings(loaded.manager))
     service = _service(loaded)
     status.plugin = _plugin_status(service)
+    status.warnings = service.warnings()
     cookie, note = newest_cookie(config)
     directory = Directory(LdapSettings.from_config(config))
     try:
@@ -304,6 +306,7 @@ def judge(status: Status, t: Thresholds) -> tuple[State, list[str]]:
     _grade(person, t.warn_failed, t.crit_failed, f"{person} failed or refused", warning, critical)
     age = status.oldest_open_age()
     _grade(age, t.warn_age, t.crit_age, f"a request waits for {age:.0f} s", warning, critical)
+    warning += status.warnings
     if critical:
         return State.CRITICAL, critical + warning
     if warning:
@@ -410,6 +413,7 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
         "oldest_open_seconds": status.oldest_open_age(),
         "deletions_held": status.held,
         "plugin": status.plugin,
+        "plugin_warnings": status.warnings,
         "thresholds": vars(t),
     }
 
