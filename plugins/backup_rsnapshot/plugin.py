@@ -26,6 +26,7 @@ from provisioning.hookspecs import hookimpl
 from provisioning.service import Request, ServiceContext
 
 from provisioning_backup_rsnapshot import account as accounts
+from provisioning_backup_rsnapshot import builder as builders
 from provisioning_backup_rsnapshot import home, ownership
 from provisioning_backup_rsnapshot.alongside import alongside
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
@@ -53,6 +54,7 @@ class BackupRsnapshot(OperatorHooks):
         self._locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         self.configs: RsnapshotConfigs | None = None
+        self.builder: builders.Builder | None = None
 
     @hookimpl
     def provisioning_config_spec(self) -> str:
@@ -71,6 +73,8 @@ class BackupRsnapshot(OperatorHooks):
                 return [f"{ctx.config.path}: [Backup] RSNAPSHOT_TEMPLATE: {err}"]
             self.configs = RsnapshotConfigs(template, self.settings.config_file, self.settings.rsnapshot_cmd,
                                             ctx.transport, always_test=self.settings.configtest == "always")
+            self.builder = builders.choose(self.settings, ctx.transport)
+            log.info("%s", self.builder.describe())
         if not ctx.environment:
             log.warning("[Global] ENVIRONMENT is not set: accounts of every host are served here")
         return found
@@ -139,8 +143,10 @@ class BackupRsnapshot(OperatorHooks):
         if sys.version_info < MIN_PYTHON:
             raise StepError(Code.RUNTIME_NOT_SATISFIED,
                             f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed")
-        for key, program in (("SET_QUOTA_CMD", s.set_quota_cmd), ("CREATE_CHROOT_CMD", s.create_chroot_cmd),
-                             ("RSNAPSHOT_CMD", s.rsnapshot_cmd)):
+        programs = [("SET_QUOTA_CMD", s.set_quota_cmd), ("RSNAPSHOT_CMD", s.rsnapshot_cmd)]
+        if s.create_chroot_cmd:             # empty: the shipped builder, nothing to find
+            programs.insert(1, ("CREATE_CHROOT_CMD", s.create_chroot_cmd))
+        for key, program in programs:
             try:
                 present = ctx.transport.exists(program)
             except OSError as err:
@@ -166,7 +172,7 @@ class BackupRsnapshot(OperatorHooks):
         place = self._place(account, ctx)
         verdict, nodes = self._judge(request, account, place, ctx)
         def build() -> None:
-            home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
+            home.build(account, place, request.entry.uuid, verdict, nodes, self.builder,
                        s.backup_root, ctx.transport)
         written = self._apply(request, build, account, place, ctx)
         log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
