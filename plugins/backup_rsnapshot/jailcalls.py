@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import threading
 import time
 
 try:
@@ -162,6 +163,7 @@ def prune(tops: list, in_use: list) -> dict:
 # that detached after opening one must not use (nor close) a descriptor number it lost.
 _stores = {}
 _stores_pid = [os.getpid()]
+_stores_lock = threading.Lock()        # the daemon's workers build jails at the same time
 
 
 def _store(top: str, make: bool = True):
@@ -169,16 +171,17 @@ def _store(top: str, make: bool = True):
 
     FileNotFoundError when there is none and ``make`` is false.
     """
-    if _stores_pid[0] != os.getpid():
-        _stores.clear()
-        _stores_pid[0] = os.getpid()
-    store = _stores.get(top)
-    if store is not None and not _still_there(store):
-        store.close()
-        store = None
-    if store is None:
-        store = _stores[top] = jailimage.Store.open(top, make=make)
-    return store
+    with _stores_lock:
+        if _stores_pid[0] != os.getpid():
+            _stores.clear()
+            _stores_pid[0] = os.getpid()
+        store = _stores.get(top)
+        if store is not None and not _still_there(store):
+            store.close()
+            store = None
+        if store is None:
+            store = _stores[top] = jailimage.Store.open(top, make=make)
+        return store
 
 
 def _still_there(store) -> bool:
