@@ -254,7 +254,7 @@ def test_copied_jails_are_converted_to_links(root):
         os.replace(copy, path)
     with jailimage.Store.open(str(root)) as opened:
         with walk(str(jail)) as folder:
-            assert relink.plan(opened.index(), folder).copied == 11
+            assert relink.plan(relink.index_of(opened), folder).copied == 11
         assert relink_all(root, 1)[0]["moved"] == 11
     assert all(p.lstat().st_nlink == 2 for p in jail.rglob("*") if p.is_file() and "home" not in p.parts
                and p.name not in ("passwd", "group"))

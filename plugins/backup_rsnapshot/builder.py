@@ -27,7 +27,8 @@ from provisioning_backup_rsnapshot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# What Transport.call sends to the gateway's helper, in jailcalls.MODULES' order.
+# What Transport.call sends to the gateway's helper, in the order it loads them (each imports
+# those before it by its last name there).
 MODULES = (jailfs, jailimage, relink, chroot, jailcalls)
 # What the shipped builders' files say, by kind: the console script pip (distlib) writes, the
 # one setuptools writes, and the checkout's bin/ wrapper.

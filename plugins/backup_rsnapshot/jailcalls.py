@@ -34,8 +34,6 @@ except ImportError:             # in the gateway's helper: loaded under their ow
     from chroot import BadArguments, build_jail  # type: ignore[no-redef]
     from jailfs import Refused, walk  # type: ignore[no-redef]
 
-# What the gateway's helper is sent, in the order it loads them (each imports those before it).
-MODULES = ("jailfs", "jailimage", "relink", "chroot", "jailcalls")
 MARKER_NAME = ".entryUUID"      # account.MARKER_NAME: the owner marker (ownership.py)
 JAIL_NAME = "chroot"            # account.JAIL_NAME
 MARKER_MAX = 128
@@ -197,7 +195,7 @@ def _index(top: str):
         store = _store(top, make=False)
     except FileNotFoundError:
         return None
-    return store.index() if store.current() is not None else None
+    return relinking.index_of(store) if store.current() is not None else None
 
 
 def _account_directories(bucket: str):

@@ -176,7 +176,6 @@ class Store:
         self.folder = folder
         self.top = top
         self._manifests = {}            # name -> manifest: an image never changes once made
-        self._index = None              # (what it was made of, relink.Index)
         self._current = None            # (the current file's inode, mtime, size; its record)
 
     @classmethod
@@ -227,7 +226,7 @@ class Store:
     def images(self) -> list:
         """Every finished image, oldest content first, siblings in their order."""
         found = []
-        for name in self._names():
+        for name in self.names():
             manifest = self._manifests.get(name)
             if manifest is None:
                 text = self._read(posixpath.join(name, MANIFEST))
@@ -258,15 +257,8 @@ class Store:
         """The folder ``folder`` (relative, in a jail's terms) of ``image``'s tree, opened."""
         return self.folder.opened(posixpath.join(image.name, TREE, folder))
 
-    def index(self):
-        """relink.Index of this store, made again only when its images or the current content changed."""
-        from_relink = _relink_index()
-        key = (json.dumps(self.current()), tuple(sorted(self._names())))
-        if self._index is None or self._index[0] != key:
-            self._index = (key, from_relink(self))
-        return self._index[1]
-
-    def _names(self) -> list:
+    def names(self) -> list:
+        """The names of the store's images, as listed."""
         return [n for n in os.listdir(self.folder.fd) if not n.startswith(".") and "-" in n]
 
     def _read(self, name: str) -> str | None:
@@ -406,15 +398,6 @@ class Store:
         self.folder.rename(stage, name)
         os.fsync(self.folder.fd)
         return Image(name, manifest)
-
-
-def _relink_index():
-    # relink imports this module: the Index class is looked up when first needed.
-    try:
-        from provisioning_backup_rsnapshot.relink import Index
-    except ImportError:
-        from relink import Index  # type: ignore[no-redef]
-    return Index
 
 
 def _copy_origin(tree: Folder, origin: Origin) -> dict:

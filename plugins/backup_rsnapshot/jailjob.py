@@ -39,13 +39,13 @@ from provisioning.entry import Entry
 from provisioning.transport import Transport
 
 from provisioning_backup_rsnapshot.builder import MODULES
+from provisioning_backup_rsnapshot.jailimage import STORE_NAME
 from provisioning_backup_rsnapshot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BUCKETS = "0123456789"
 STATUS_FILE = "status.json"
-STORE_NAME = ".jail-images"          # jailimage.STORE_NAME
 FULL_PASS_SECONDS = 3600
 STALE_WARNING_SECONDS = 86400
 STOP_SECONDS = 30
@@ -103,7 +103,8 @@ class JailJob:
         self._next_move = 0.0
         self._warned = 0.0
         self._noticed: collections.deque[tuple[str, str, str]] = collections.deque()
-        self._noticed_lock = threading.Lock()
+        self._lock = threading.Lock()        # the queue above, and the figures workers add to (built)
+        self._said: set[str] = set()        # errors of the look, each logged once
         self._dirty = False                 # figures changed since the status file was written
 
     # ------------------------------------------------------------- life cycle
@@ -124,14 +125,14 @@ class JailJob:
     def notice(self, directory: str, jail: str, uuid: str) -> None:
         """An operator's CREATE_CHROOT_CMD made ``jail`` for the entry ``uuid``: moved soon (its
         programs may be copies). The request judged the directory that entry's already."""
-        with self._noticed_lock:
+        with self._lock:
             if len(self._noticed) < NOTICED_MAX:
                 self._noticed.append((directory, jail, uuid))
         self._wake.set()
 
     def built(self, directory: str) -> None:
         """The shipped builder made a jail on the current image: counted until the next pass counts again."""
-        with self._noticed_lock:
+        with self._lock:
             counts = self.figures.buckets.setdefault(posixpath.basename(directory)[-1:],
                                                      dict.fromkeys(Figures.KEYS, 0))
             counts["current"] += 1
@@ -186,7 +187,9 @@ class JailJob:
             if answer.get("absent"):
                 continue
             if "refused" in answer:
-                log.error("jail image of %s: %s", top, answer["refused"])
+                if answer["refused"] not in self._said:     # looked at again every JAIL_CHECK_SECONDS
+                    self._said.add(answer["refused"])
+                    log.error("jail image of %s: %s", top, answer["refused"])
                 continue
             if answer["waiting"]:
                 log.info("jail image of %s: waiting for the programs to settle: %s", top, answer["waiting"])
@@ -292,7 +295,7 @@ class JailJob:
         One whose filesystem has no image yet waits for the next round,
         after the look that makes it.
         """
-        with self._noticed_lock:
+        with self._lock:
             todo, self._noticed = self._noticed, collections.deque()
         later = []
         for directory, jail, uuid in todo:
@@ -316,7 +319,7 @@ class JailJob:
             elif answer["moved"]:
                 log.info("jail %s (made by CREATE_CHROOT_CMD): %d files now from the jail image %s",
                          jail, answer["moved"], answer["image"])
-        with self._noticed_lock:
+        with self._lock:
             self._noticed.extendleft(reversed(later))
 
     def _pace(self) -> bool:

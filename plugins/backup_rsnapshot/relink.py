@@ -21,8 +21,10 @@ jailfs.py and jailimage.py): standard library, Python 3.7+.
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
+import weakref
 
 try:
     from provisioning_backup_rsnapshot.jailfs import Folder, is_same, stage_name
@@ -58,6 +60,18 @@ class Index:
         names = {i.name for i in self.current}
         self.old_paths = sorted({p for i in self.images if i.name not in names for p in i.files} - set(self.paths))
         self.current_names = names
+
+
+_indexes = weakref.WeakKeyDictionary()        # Store -> (what its Index was made of, the Index)
+
+
+def index_of(store: Store) -> Index:
+    """The store's Index, made again only when its images or its current content changed."""
+    key = (json.dumps(store.current()), tuple(sorted(store.names())))
+    known = _indexes.get(store)
+    if known is None or known[0] != key:
+        known = _indexes[store] = (key, Index(store))
+    return known[1]
 
 
 class Plan:
@@ -114,7 +128,7 @@ def move(store: Store, jail: Folder, limit: int, now: float, *, fill: bool = Fal
     ``fill`` (a new jail being built).
     """
     with store.lock():
-        index = store.index()
+        index = index_of(store)
         todo = plan(index, jail)
         if todo.state == CURRENT or todo.state == NONE and not fill:
             return {"state": todo.state, "moved": 0, "removed": 0, "how": {}, "image": None}
