@@ -20,6 +20,7 @@ from provisioning_backup_rsnapshot import jailcalls, jailimage, relink
 from provisioning_backup_rsnapshot.jailfs import walk
 
 from helpers import picture
+from jailtest import tool, upgrade  # noqa: F401 - tool is a fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds jails and chroots into them: needs root")
 FIRST = 3_723_700
@@ -30,24 +31,6 @@ def root(tmp_path) -> Path:
     root = tmp_path / "backup"
     root.mkdir()
     return root
-
-
-@pytest.fixture
-def tool(tmp_path) -> Path:
-    """A program of the test's own (a copy of true) for JAIL_PROGRAMS, to "upgrade" later."""
-    folder = tmp_path / "tools"
-    folder.mkdir()
-    path = folder / "jailtool"
-    shutil.copy2("/usr/bin/true", path)
-    return path
-
-
-def upgrade(tool: Path, to: str = "/usr/bin/false") -> None:
-    """What apt does to a program: a new file renamed over the old one."""
-    new = tool.with_name(tool.name + ".dpkg-new")
-    shutil.copy(to, new)
-    new.chmod(0o755)
-    os.replace(new, tool)
 
 
 def account_dir(root: Path, n: int) -> Path:

@@ -20,7 +20,6 @@ gets these files' source alone (standard library, Python 3.7+).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 
@@ -162,9 +161,7 @@ class Folder:
     def put_file(self, name: str, data: bytes | None = None, *, source: str | None = None,
                  mode: int = 0o644, owner: tuple[int, int] = ROOT) -> None:
         """Replace the entry ``name`` with a file holding ``data`` (or a copy of the host file ``source``)."""
-        temp = self._temp(name)
-        fd = os.open(temp, O_NEW_FILE, 0o600, dir_fd=self.fd)
-        try:
+        def fill(fd: int) -> None:
             if source is not None:
                 with open(source, "rb") as src:
                     _copy_all(src.fileno(), fd)
@@ -172,35 +169,25 @@ class Folder:
                 _write_all(fd, data)
             os.fchown(fd, *owner)
             os.fchmod(fd, mode)
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp, dir_fd=self.fd)
-            raise
-        os.close(fd)
+        temp = self._temp(name)
+        self._new_file(temp, fill)
         self._replace(temp, name)
 
     def put_copy(self, name: str, src: int, mode: int, mtime_ns: int) -> str:
         """Replace ``name`` with a durable copy of the open file ``src`` (root's, ``mode``, mtime
         ``mtime_ns``); the copy's sha256, computed from the bytes written."""
-        temp = self._temp(name)
-        fd = os.open(temp, O_NEW_FILE, 0o600, dir_fd=self.fd)
+        import hashlib     # only images are hashed: the builder run by hand starts faster without
+
         digest = hashlib.sha256()
-        try:
-            while True:
-                chunk = os.read(src, 1 << 20)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                _write_all(fd, chunk)
+
+        def fill(fd: int) -> None:
+            _copy_all(src, fd, digest)
             os.fchown(fd, *ROOT)
             os.fchmod(fd, mode)
             os.utime(fd, ns=(mtime_ns, mtime_ns))
             os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp, dir_fd=self.fd)
-            raise
-        os.close(fd)
+        temp = self._temp(name)
+        self._new_file(temp, fill)
         self._replace(temp, name)
         return digest.hexdigest()
 
@@ -260,22 +247,31 @@ class Folder:
         src = os.open(source, O_READ_FILE, dir_fd=image.fd)
         try:
             info = os.fstat(src)
-            fd = os.open(temp, O_NEW_FILE, 0o600, dir_fd=self.fd)
-            try:
+
+            def fill(fd: int) -> str:
                 how = REFLINK if _reflink(src, fd) else COPY
                 if how == COPY:
                     _copy_all(src, fd)
                 os.fchown(fd, info.st_uid, info.st_gid)
                 os.fchmod(fd, stat.S_IMODE(info.st_mode))
                 os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
-            except BaseException:
-                os.close(fd)
-                os.unlink(temp, dir_fd=self.fd)
-                raise
-            os.close(fd)
-            return how
+                return how
+            return self._new_file(temp, fill)
         finally:
             os.close(src)
+
+    def _new_file(self, temp: str, fill):
+        """Make the file ``temp`` and have ``fill(fd)`` write it; removed again if that fails.
+        What ``fill`` returned."""
+        fd = os.open(temp, O_NEW_FILE, 0o600, dir_fd=self.fd)
+        try:
+            done = fill(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp, dir_fd=self.fd)
+            raise
+        os.close(fd)
+        return done
 
     def _temp(self, name: str) -> str:
         temp = f".{name}.tmp-{os.getpid()}"
@@ -298,12 +294,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _copy_all(src: int, dst: int) -> None:
-    """Copy what is left to read of ``src`` into ``dst``."""
+def _copy_all(src: int, dst: int, digest=None) -> None:
+    """Copy what is left to read of ``src`` into ``dst`` (and into ``digest``, a hashlib object)."""
     while True:
         chunk = os.read(src, 1 << 20)
         if not chunk:
             return
+        if digest is not None:
+            digest.update(chunk)
         _write_all(dst, chunk)
 
 
