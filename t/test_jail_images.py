@@ -355,3 +355,28 @@ def test_each_filesystem_has_its_own_image_and_copies_are_made_where_links_canno
     assert in_jail(root, 3, "/bin/sh", "-c", "echo ok").stdout == "ok\n"
     survey = jailcalls.survey(str(root), "3")["jails"]
     assert [row[4] for row in survey] == ["current"]            # the copies count as the image's
+
+
+def test_a_jail_archived_after_the_survey_is_not_made_again(root, tool):
+    """Delete archives the account directory (a rename): a move that comes after must not recreate it."""
+    build(root, 0, ["sh", str(tool)])
+    upgrade(tool)
+    with jailimage.Store.open(str(root)) as opened:
+        jailimage.look(opened, ["sh", str(tool)], 0, 64000)
+    marker = (account_dir(root, 0) / ".entryUUID")
+    marker.write_text("the-entry\n")
+    assert [row[4] for row in jailcalls.survey(str(root), "0")["jails"]] == ["stale"]
+    account_dir(root, 0).rename(root / "archived")
+    with pytest.raises(FileNotFoundError):
+        jailcalls.relink(str(root), str(account_dir(root, 0)), str(account_dir(root, 0) / "chroot"), 64000,
+                         "the-entry")
+    assert not account_dir(root, 0).exists()
+
+
+def test_the_walk_of_the_job_makes_nothing(root):
+    """The survey and the moves open jails without making what is missing (the builder does make it)."""
+    with pytest.raises(FileNotFoundError):
+        walk(str(root / "7/707/723/3723707/chroot"), make=False)
+    assert list(root.iterdir()) == []
+    assert jailcalls.survey(str(root), "7") == {"jails": [], "without": 0}
+    assert list(root.iterdir()) == []

@@ -98,9 +98,12 @@ def survey(backup_root: str, bucket: str) -> dict:
         jail = posixpath.join(directory, JAIL_NAME)
         if not _is_folder(jail):
             jail = directory
-        device = os.lstat(jail).st_dev
-        if device not in tops:
-            tops[device] = jailimage.top_for(backup_root, jail)
+        try:
+            device = os.lstat(jail).st_dev
+            if device not in tops:
+                tops[device] = jailimage.top_for(backup_root, jail)
+        except FileNotFoundError:
+            continue                    # archived (or deleted) while the bucket was looked at
         top = tops[device]
         if top not in indexes:
             indexes[top] = _index(top)
@@ -112,8 +115,10 @@ def survey(backup_root: str, bucket: str) -> dict:
                 without += 1
             continue
         try:
-            with walk(jail) as folder:
+            with walk(jail, make=False) as folder:
                 plan = relinking.plan(index, folder)
+        except FileNotFoundError:
+            continue
         except (Refused, OSError) as err:
             jails.append([directory, jail, _marker(directory), top, "refused: %s" % err, {}, 0])
             continue
@@ -136,7 +141,7 @@ def relink(backup_root: str, directory: str, jail: str, limit: int, marker: str)
         # No image to move to yet: one is made only for a jail with programs to move.
         return {"state": "nostore" if _holds_programs(jail) else relinking.NONE, "top": top}
     try:
-        with walk(jail) as folder:
+        with walk(jail, make=False) as folder:
             if _marker(directory) != marker:
                 return {"refused": "its owner marker changed since it was looked at"}
             return relinking.move(store, folder, limit, time.time())

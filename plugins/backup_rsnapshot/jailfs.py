@@ -335,8 +335,9 @@ def is_same(mine: os.stat_result, image: os.stat_result) -> bool:
             and mine.st_nlink == 1)
 
 
-def walk(path: str) -> Folder:
-    """Open the folder ``path`` from ``/``, making missing folders (root's, 0755).
+def walk(path: str, *, make: bool = True) -> Folder:
+    """Open the folder ``path`` from ``/``, making missing folders (root's, 0755) unless not ``make``
+    (then FileNotFoundError: the jail job must never bring back an account directory delete archived).
 
     This is the way *to* a jail, which the script does not own: every folder
     on it must be root's, and one that others can write must be sticky (like
@@ -350,7 +351,7 @@ def walk(path: str) -> Folder:
     trusted = _root_only(os.fstat(fd))
     for part in [p for p in path.split("/") if p]:
         try:
-            inner_fd = _open_step(folder, part, trusted)
+            inner_fd = _open_step(folder, part, trusted, make)
         except BaseException:
             folder.close()
             raise
@@ -369,10 +370,12 @@ def walk(path: str) -> Folder:
     return folder
 
 
-def _open_step(folder: Folder, part: str, trusted: bool) -> int:
+def _open_step(folder: Folder, part: str, trusted: bool, make: bool) -> int:
     try:
         return os.open(part, O_DIR, dir_fd=folder.fd)
     except FileNotFoundError:
+        if not make:
+            raise
         try:
             os.mkdir(part, 0o755, dir_fd=folder.fd)
         except FileExistsError:

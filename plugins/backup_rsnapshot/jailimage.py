@@ -181,7 +181,7 @@ class Store:
     @classmethod
     def open(cls, top: str, *, make: bool = True) -> "Store":
         """The store of ``top``, made if absent (FileNotFoundError instead unless ``make``)."""
-        with walk(top) as folder:
+        with walk(top, make=False) as folder:
             if not make and folder.entry(STORE_NAME) is None:
                 raise FileNotFoundError(2, "no jail image store", posixpath.join(top, STORE_NAME))
             return cls(folder.sub(STORE_NAME, 0o700), top)
