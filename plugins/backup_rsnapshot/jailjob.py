@@ -35,7 +35,7 @@ import threading
 import time
 from typing import Callable
 
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 from provisioning.transport import Transport
 
 from provisioning_backup_rsnapshot.builder import MODULES

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from provisioning.backend.store import _known, _uri
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 
 
 class KnownEntries:

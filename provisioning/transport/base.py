@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Iterator, Mapping, Sequence
 
-from provisioning.log import escape
+from provisioning.base.log import escape
 
 log = logging.getLogger(__name__)
 _PRINTING = threading.Lock()
