@@ -38,7 +38,7 @@ from provisioning.base.clock import Clock
 from provisioning.base.codes import ExitCode
 from provisioning.transport.commandguard import GUARD
 from provisioning.config.loader import Config, global_config_candidates, unknown_keys
-from provisioning.engine.daemon import Daemon, HostUnreachable, Retry, gateway, with_retries
+from provisioning.engine.daemon import gateway, with_retries, Daemon, HostUnreachable, Retry
 from provisioning.base.files import UnsafeFile
 from provisioning.engine.ldapmode import LdapMode
 from provisioning.runtime.lock import AlreadyLocked, PidLock
@@ -330,6 +330,8 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     # Now, not at the first command: the guard's Python start-up (about 0.1 s)
     # would otherwise be added to the first request's time.
     GUARD.start()
+    # Here, not in provisioning_start: --check runs that too, and --daemon has detached by now.
+    service.serving()
     log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s%s", config.service_name,
              config.type_name, __version__, os.getpid(), config.service["Service"]["MODUS"],
              " in dry-run mode: no lock, no cookie, nothing changes" if dry_run else "",

@@ -21,6 +21,7 @@ from provisioning_backup_rsnapshot.account import Account, Layout, confine, layo
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot import home as homes
+from provisioning_backup_rsnapshot.builder import Builder
 from provisioning_backup_rsnapshot.ownership import Verdict, judge
 from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.quota import blocks, quota_argv, set_quota
@@ -546,7 +547,7 @@ def look(place: Layout, root: Path) -> dict:
 def build(account: Account, place: Layout, root: Path, cmd: str, uuid: str = UUID) -> Verdict:
     nodes = look(place, root)
     verdict = judge(account, uuid, place, nodes, LocalCLI())
-    homes.build(account, place, uuid, verdict, nodes, cmd, str(root), LocalCLI())
+    homes.build(account, place, uuid, verdict, nodes, Builder(cmd, None, None), str(root), LocalCLI())
     return verdict
 
 def test_survey_reports_kinds_owners_and_absence(tmp_path):
@@ -598,7 +599,7 @@ def test_dry_run_judges_like_a_real_run_and_changes_nothing(tmp_path, root, caps
     fresh = layout(other, str(root))
     nodes = survey(homes.paths(fresh, str(root)), dry)
     homes.build(other, fresh, UUID, judge(other, UUID, fresh, nodes, dry), nodes,
-                script(tmp_path, "exit 1"), str(root), dry)
+                Builder(script(tmp_path, "exit 1"), None, None), str(root), dry)
     assert sorted(str(p) for p in root.rglob("*")) == before
     assert "DRY-RUN: would run: " in capsys.readouterr().out
 

@@ -48,7 +48,7 @@ from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
 from provisioning.base.entry import Entry
 from provisioning.engine.results import Result, Watch
-from provisioning.hooks.service import Interrupted, Request, Service, Unreachable, within_deadline
+from provisioning.hooks.service import within_deadline, Interrupted, Request, Service, Unreachable
 
 log = logging.getLogger(__name__)
 

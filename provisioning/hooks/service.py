@@ -12,6 +12,7 @@ from typing import Any
 
 import pluggy
 
+from provisioning.backend.storeview import KnownEntries
 from provisioning.base.codes import ReturnValue
 from provisioning.config.loader import Config
 from provisioning.base.entry import Entry
@@ -44,6 +45,14 @@ class ServiceContext:
         """[Global] ENVIRONMENT: this host's name in the directory."""
         return self.config.service["Global"]["ENVIRONMENT"]
 
+    def known_entries(self) -> KnownEntries:
+        """The entries the daemon's store knows, read only (by entryUUID), from any thread.
+
+        For background work that must tie something on the host to an entry
+        without a request in hand. Close it when done.
+        """
+        return KnownEntries(self.config.store_file)
+
 
 @dataclass
 class Request:
@@ -70,6 +79,33 @@ class Service:
         for result in self.manager.hook.provisioning_start(ctx=self.ctx):
             problems.extend(result or [])
         return problems
+
+    def serving(self) -> None:
+        """Let the plugins start their background work (see provisioning_serving)."""
+        try:
+            self.manager.hook.provisioning_serving(ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - background work is not worth a dead daemon
+            log.exception("plugin failed to start its background work")
+
+    def warnings(self) -> list[str]:
+        """The plugins' warnings for status; a failing hook is one warning itself."""
+        found: list[str] = []
+        try:
+            for answer in self.manager.hook.provisioning_warnings(ctx=self.ctx):
+                found.extend(str(w) for w in answer or [])
+        except Exception as err:  # noqa: BLE001 - status reports it instead
+            found.append(f"the plugin's warnings hook raised {type(err).__name__}: {err}")
+        return found
+
+    def gauges(self) -> dict[str, tuple[float, str]]:
+        """The plugins' gauges for the metrics; a failing hook is logged and gives none."""
+        found: dict[str, tuple[float, str]] = {}
+        try:
+            for answer in self.manager.hook.provisioning_metrics(ctx=self.ctx):
+                found.update(answer or {})
+        except Exception:  # noqa: BLE001 - a scrape must not fail for it
+            log.exception("plugin failed to give its metrics")
+        return found
 
     def stop(self) -> None:
         try:

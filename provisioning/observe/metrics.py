@@ -31,14 +31,16 @@ Names (all prefixed ``provisioning_``):
   ``gateway_seconds_since_answer`` (since its last answer; NaN before the
   first) and ``gateway_outages_total``;
 - ``entries_seen_total``, ``synchronising`` (1 during a refresh) and
-  ``info{service,version}``; plus prometheus_client's ``process_*``.
+  ``info{service,version}``; plus prometheus_client's ``process_*``;
+- the plugin's own gauges (hook ``provisioning_metrics``), read when scraped.
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from provisioning.backend.cookie import by_sid, cookie_csns, covered, csn_sid
 from provisioning.base.log import escape
@@ -169,6 +171,7 @@ class Metrics(NoMetrics):
         self.lag.set_function(self._lag)
         self.synchronising.set_function(lambda: 1 if daemon.in_refresh else 0)
         self.deletions_held.set_function(lambda: len(daemon.brake.held))
+        self.registry.register(PluginGauges(daemon.router.service.gauges))
         reach = daemon.transport.reach if daemon.transport is not None else (lambda: None)
         if reach() is None:              # this host: nothing to show
             self.registry.unregister(self.gateway_up)
@@ -224,6 +227,25 @@ _UP = Reach("", True, 0.0, None)
 def _silent_for(reach: Reach | None) -> float:
     seconds = reach.silent_for() if reach is not None else None
     return math.nan if seconds is None else seconds
+
+
+class PluginGauges:
+    """The plugin's gauges (Service.gauges), asked for at each scrape; invalid names are left out."""
+
+    NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+    def __init__(self, gauges: Callable[[], dict[str, tuple[float, str]]]) -> None:
+        self.gauges = gauges
+
+    def describe(self) -> list:
+        return []               # names unknown until asked: registering must not call collect()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, (value, text) in sorted(self.gauges().items()):
+            if self.NAME.fullmatch(name):
+                yield GaugeMetricFamily(f"provisioning_{name}", text, value=float(value))
 
 
 def lag_seconds(newest: str | None, cookie: str | None) -> float:

@@ -11,7 +11,8 @@ Three sources, all read only:
   and the plugin's own details (``provisioning_status``);
 - with TRANSPORTAPI = CLISSH, the gateway as the daemon last recorded it in
   the store: answering or out of reach (since when, why), and when it last
-  answered.
+  answered;
+- the plugin's warnings (``provisioning_warnings``).
 
 The lag is the provider's newest contextCSN minus the cookie's CSN (per
 server id), counted only while SERVICE_SUBTREE holds a change the cookie
@@ -108,6 +109,7 @@ class Status:
     ldap_failed: str = ""              # why the directory could not be asked
     held: int = 0                      # removals the deletion brake holds for an operator
     gateway: Gateway | None = None     # TRANSPORTAPI = CLISSH: the daemon's record of its gateway
+    warnings: list[str] = field(default_factory=list)   # the plugin's (provisioning_warnings)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -187,6 +189,7 @@ def gather(loaded: startup.Loaded) -> Status:
     status = Status(loaded.plugin, holder(config.lock_file), meanings=meanings(loaded.manager))
     service = _service(loaded)
     status.plugin = _plugin_status(service)
+    status.warnings = service.warnings()
     cookie, note = newest_cookie(config)
     directory = Directory(LdapSettings.from_config(config))
     try:
@@ -355,6 +358,7 @@ def judge(status: Status, t: Thresholds) -> tuple[State, list[str]]:
         silent = gateway.silent_for(status.now)
         _grade(silent, t.warn_gateway, t.crit_gateway,
                f"the gateway {gateway.where} out of reach, no answer for {silent:.0f} s", warning, critical)
+    warning += status.warnings
     if critical:
         return State.CRITICAL, critical + warning
     if warning:
@@ -476,6 +480,7 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
         "gateway": None if status.gateway is None else {
             **vars(status.gateway), "seconds_since_answer": status.gateway.silent_for(status.now)},
         "plugin": status.plugin,
+        "plugin_warnings": status.warnings,
         "thresholds": vars(t),
     }
 

@@ -11,7 +11,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Iterator, Mapping, Sequence
 
 from provisioning.base.log import escape
 
@@ -183,6 +184,21 @@ class Transport(ABC):
         """
 
     @abstractmethod
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        """``function(*args)`` of the last of ``modules``, run where the files are; its result.
+
+        For host work that would otherwise start a program each time (the
+        jail builder): LocalCLI calls it in this process, CLISSH in its
+        helper on the gateway, which is sent the modules' source once and
+        keeps them. Each module must be self-contained there (standard
+        library, Python 3.7+) and import the ones before it in ``modules``
+        by their last name when its package is missing. Arguments and result
+        are JSON values; an OSError raised there is raised here. It may
+        change the host: a dry run says what it would call (``shown``, or
+        the function's name) and returns None.
+        """
+
+    @abstractmethod
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists; OSError for any error but "does not exist"."""
 
@@ -270,6 +286,10 @@ class DryRun(Transport):
             shown = shlex.join(["env", "-i", *(f"{name}={value}" for name, value in env.items())]) + " " + shown
         self._say(f"run: {shown}")
         return CommandResult(list(argv), 0)
+
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        self._say(f"call {shown or modules[-1].__name__.rpartition('.')[2] + '.' + function}")
+        return None
 
     def exists(self, path: str) -> bool:
         return self.inner.exists(path)

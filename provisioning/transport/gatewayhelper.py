@@ -66,6 +66,7 @@ class Helper:
     def __init__(self, ssh: list[str], remote: list[str], deadline: float, *, silence: float = SILENCE) -> None:
         self.nonce = nonce = secrets.token_hex(8)
         self.silence = silence
+        self.loaded: set[str] = set()           # modules sent for Transport.call (see CLISSH.call)
         self.proc = subprocess.Popen([*ssh, shlex.join([*remote, "serve", nonce])], start_new_session=True,
                                      env=GUARD.environment(None), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -48,6 +49,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 from provisioning.transport.commandguard import GUARD
@@ -193,6 +195,17 @@ class CLISSH(Transport):
             result.stderr = killed_after(limit, wanted)
         return result
 
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        """In a helper on the gateway, which is sent each module's source the first time it needs it."""
+        names = [_short(module) for module in modules]
+        shown = f"{shown or names[-1] + '.' + function} (on {self.ssh[-1]})"
+        limit = time_left(self.timeout)
+        if limit is None:
+            raise OSError(errno.ETIME, f"on the gateway: {shown}: not run, {PAST_DEADLINE}")
+        log.debug("gateway: call %s", shown)
+        return self._ask({"operation": "call", "args": [names[-1], function]}, json.dumps(list(args)).encode(),
+                         time.monotonic() + limit, shown, modules=modules)
+
     def _helper(self, operation: str, *args: str, stdin: bytes | None = None) -> Any:
         """Run nofollow's ``operation`` on the gateway; its value, or its OSError raised here."""
         shown = f"python3 nofollow.py {shlex.join([operation, *args])}"
@@ -203,10 +216,12 @@ class CLISSH(Transport):
         return self._ask({"operation": operation, "args": list(args)}, stdin or b"",
                          time.monotonic() + limit, shown)
 
-    def _ask(self, request: dict, data: bytes, deadline: float, shown: str) -> Any:
+    def _ask(self, request: dict, data: bytes, deadline: float, shown: str,
+             modules: Sequence[ModuleType] = ()) -> Any:
         """A helper's answer to ``request``: its value, or its OSError raised here.
 
-        Unreachable when the gateway does not answer (at once while it is
+        ``modules`` are loaded into the helper first, those it does not hold
+        yet. Unreachable when the gateway does not answer (at once while it is
         known to be away); Interrupted when the daemon is stopping; OSError
         (ETIME) when the operation did not end by ``deadline``: it is given
         up, here and on the gateway.
@@ -215,7 +230,8 @@ class CLISSH(Transport):
         helper = None
         try:
             helper = self.helpers.take(deadline)
-            answer = helper.ask(request, data, deadline)
+            loading = _load(helper, modules, deadline)
+            answer = loading if loading is not None else helper.ask(request, data, deadline)
         except GaveUp as err:
             if helper is not None:
                 self.helpers.drop(helper)  # its session ends: the helper on the gateway stops the operation
@@ -368,6 +384,30 @@ class CLISSH(Transport):
 
     def remove_tree(self, path: str) -> None:
         self._helper("remove_tree", path)
+
+
+# Module name -> its source, read once: what Transport.call sends to each helper.
+_SOURCES: dict[str, str] = {}
+
+
+def _short(module: ModuleType) -> str:
+    """The name a module has in the helper: its last part (``jailfs``), as it imports the others."""
+    return module.__name__.rpartition(".")[2]
+
+
+def _load(helper: Helper, modules: Sequence[ModuleType], deadline: float) -> dict | None:
+    """Send ``helper`` the modules it does not hold yet; None, or the answer of a load that failed."""
+    for module in modules:
+        name = _short(module)
+        if name in helper.loaded:
+            continue
+        if name not in _SOURCES:
+            _SOURCES[name] = Path(module.__file__).read_text(encoding="utf-8")
+        answer = helper.ask({"operation": "load", "args": [name]}, _SOURCES[name].encode("utf-8"), deadline)
+        if "value" not in answer:
+            return answer
+        helper.loaded.add(name)
+    return None
 
 
 class Multiplexer:
