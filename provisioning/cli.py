@@ -26,7 +26,7 @@ from pathlib import Path
 
 from provisioning import __version__
 from provisioning.runtime import detach
-from provisioning.runtime import startup
+from provisioning.runtime import factory, startup
 from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
@@ -51,10 +51,9 @@ from provisioning.engine.protocol import Selfcare
 from provisioning.runtime.reload import Reloader
 from provisioning.engine.removals import Removals
 from provisioning.engine.router import Router
-from provisioning.hooks.service import Service, ServiceContext
+from provisioning.hooks.service import Service
 from provisioning.runtime.startup import load_configuration  # noqa: F401 - kept for callers of the old place
 from provisioning.transport import Unreachable
-from provisioning.transport import build as build_transport
 from provisioning.engine.workers import executor
 
 log = logging.getLogger("provisioning")
@@ -166,13 +165,12 @@ def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
     # Set when a stop is asked for: a command that ends because of it is not
     # the request's failure (the request is resumed at the next start).
     args.stop_event = threading.Event()
-    transport = build_transport(config.service["Service"]["TRANSPORTAPI"],
-                                timeout=config.service["Service"]["COMMAND_TIMEOUT"],
-                                gateway=config.section("Gateway"), dry_run=args.dry_run,
-                                stopping=args.stop_event)
-    service = Service(loaded.manager, ServiceContext(config, transport, dry_run=args.dry_run))
     try:
-        problems = _host_problems(config) + _start_service(service, _retries(config)[0], args.stop_event)
+        service = factory.service(loaded.manager, config, dry_run=args.dry_run, stopping=args.stop_event)
+    except ValueError as err:
+        return _refuse([f"{config.path}: {err}"])
+    try:
+        problems = _host_problems(config) + _start_service(service, config.startup_retry, args.stop_event)
     except HostUnreachable as err:
         log.error("giving up: %s", err)
         service.stop()
@@ -185,7 +183,7 @@ def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
         # What the checks started (CLISSH's gateway helpers and shared connection, the
         # command guard) holds descriptors that detaching closes; the daemon then opens its
         # lock and store under the same numbers, which those objects would close later.
-        transport.close()
+        service.ctx.transport.close()
         GUARD.close()
         started, readiness = _detach(config, args)
         if readiness is None:
@@ -240,8 +238,8 @@ def _detach(config: Config, args: argparse.Namespace) -> tuple[int | None, detac
     """Detach; in the daemon, set logging up again (to LOG_FILE when there is no syslog)."""
     log_fd = None
     if detach.needs_log_file():
-        source = "[Service] LOG_FILE" if config.service["Service"]["LOG_FILE"] else \
-            "the default, COOKIE_FILE.log; set [Service] LOG_FILE to change it"
+        source = "the default, COOKIE_FILE.log; set [Service] LOG_FILE to change it" \
+            if config.log_file == Path(f"{config.database.cookie_file}.log") else "[Service] LOG_FILE"
         try:
             log_fd = detach.open_log_file(config.log_file)
         except OSError as err:
@@ -260,12 +258,6 @@ def _detach(config: Config, args: argparse.Namespace) -> tuple[int | None, detac
     return None, readiness
 
 
-def _retries(config: Config) -> tuple[Retry, Retry]:
-    g = config.global_
-    return (Retry(g["Global"]["ATTEMPTS"], g["Global"]["SLEEP"]),
-            Retry(g["Operation Mode"]["ATTEMPTS"], g["Operation Mode"]["SLEEP"]))
-
-
 def build_daemon(config: Config, service: Service, *, dry_run: bool = False, once: bool = False,
                  clock: Clock | None = None, stop_event: threading.Event | None = None,
                  alerts: Alerts | None = None, request_log: RequestLog | None = None,
@@ -281,26 +273,25 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
         # passed to a hook nor kept in the store.
         settings = dataclasses.replace(settings, attributes=tuple(wanted))
         log.debug("reading these attributes of each entry: %s", ", ".join(wanted))
-    db, svc = config.service["Database"], config.service["Service"]
+    db, svc = config.database, config.daemon
     directory = Directory(settings, dry_run=dry_run)
     store = Store(config.store_file, dry_run=dry_run)
     store.open()
-    owners = Owners(svc["CLAIM_LEASE"], clock, host=svc["NODE_NAME"] or None)
-    router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
+    owners = Owners(svc.claim_lease, clock, host=svc.node_name or None)
+    router = Router(modus=svc.modus, base=db.subtree, store=store, service=service,
                     owners=owners, selfcare=Selfcare(directory, service, owners, clock),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
                     alerts=alerts, request_log=request_log)
-    startup_retry, operation = _retries(config)
-    monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
+    monitor = monitor or Monitor(base=db.subtree)
     brake = Brake(BrakeSettings.from_config(config))
     return Daemon(directory=directory,
-                  stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
-                  position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
+                  stream=SyncStream(settings, db.subtree, db.search_filter),
+                  position=Position(store, CookieFile(db.cookie_file, dry_run=dry_run), db.default_cookie),
                   store=store, router=router,
-                  executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
-                  startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
+                  executor=monitor.executor(executor(svc.workers or os.cpu_count() or 1)),
+                  startup=config.startup_retry, operation=config.operation_retry, base=db.subtree, clock=clock,
                   stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
-                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake,
+                  mirror=Mirror.of(db.subtree, db.search_filter), brake=brake,
                   transport=service.ctx.transport)
 
 
@@ -333,7 +324,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     # Here, not in provisioning_start: --check runs that too, and --daemon has detached by now.
     service.serving()
     log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s%s", config.service_name,
-             config.type_name, __version__, os.getpid(), config.service["Service"]["MODUS"],
+             config.type_name, __version__, os.getpid(), config.daemon.modus,
              " in dry-run mode: no lock, no cookie, nothing changes" if dry_run else "",
              "; stopping after the first refresh (--once)" if once else "")
     try:

@@ -32,14 +32,37 @@ os.environ.setdefault("LDAPNOINIT", "1")
 WORKER_COUNTS = [1, 4]
 
 
+# Fixtures that start a server (slapd, sshd) or need one: a test that uses none of
+# them, and is not marked slow, is in the fast tier (bin/test --quick: -m quick).
+SERVER_FIXTURES = {"slapd", "subtree", "host", "directory", "daemon", "sshd", "gateway_sshd",
+                   "provisioning_slapd", "provisioning_subtree", "provisioning_entries", "provisioning_service",
+                   "provisioning_daemon"}
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "with_workers: run with [Service] WORKERS = 1 and = 4")
+    config.addinivalue_line("markers", "slow: starts a server or a daemon of its own (not in the fast tier)")
+    config.addinivalue_line("markers", "quick: the fast tier: no server, no daemon (set by conftest)")
     if not hasattr(config, "workerinput"):          # the controller (or a run without xdist)
         # Here, not at session start: xdist starts its workers at session start,
         # and they must inherit where to write their fault figures.
         handle, path = tempfile.mkstemp(prefix="provisioning-fault-reports-", suffix=".jsonl")
         os.close(handle)
         os.environ[REPORTS_VARIABLE] = path
+
+
+# Modules whose tests start servers, daemon pairs or builds of their own, without the fixtures above.
+SLOW_MODULES = {"test_acl", "test_checkout_sandbox", "test_deb", "test_failover", "test_gateway_outage", "test_ha",
+                "test_ha_mirror", "test_ha_soak", "test_installed", "test_jail_builder", "test_jail_images",
+                "test_jail_job", "test_outcomes", "test_plugin_guide", "test_reliability", "test_removals",
+                "test_sandbox", "test_scaffold", "test_systemd", "test_testing_plugin"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        slow = item.get_closest_marker("slow") is not None or item.module.__name__ in SLOW_MODULES
+        if not slow and not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.quick)
 
 
 def pytest_generate_tests(metafunc):

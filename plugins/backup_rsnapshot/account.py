@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import ldap.dn
 
-from provisioning.base.entry import Entry
-from provisioning.transport import Transport
+from provisioning.api import Entry, Transport
 
 from provisioning_backup_rsnapshot.codes import Code, StepError
 

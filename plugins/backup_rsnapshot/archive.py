@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot.codes import Code, StepError
 

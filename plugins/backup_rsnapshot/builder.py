@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot import chroot, jailcalls, jailfs, jailimage, relink
 from provisioning_backup_rsnapshot.account import Account, Layout

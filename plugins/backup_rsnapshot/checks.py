@@ -9,9 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from provisioning.base.checkline import CheckLine
-from provisioning.hooks.service import ServiceContext
-from provisioning.transport import Transport
+from provisioning.api import CheckLine, ServiceContext, Transport
 
 from provisioning_backup_rsnapshot import builder as builders
 from provisioning_backup_rsnapshot import jailimage
@@ -36,7 +34,7 @@ def check(ctx: ServiceContext) -> list[CheckLine]:
     check (settings.problems), whose lines --check shows just before these,
     reports it already, and one problem is counted once.
     """
-    settings = Settings.from_config(ctx.config)
+    settings = Settings.of(ctx)
     transport = ctx.transport
     lines = [_program(transport, "SET_QUOTA_CMD", settings.set_quota_cmd), _builder(settings, transport),
              _program(transport, "RSNAPSHOT_CMD", settings.rsnapshot_cmd), _jail_programs(settings, transport)]

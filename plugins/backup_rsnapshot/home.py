@@ -21,7 +21,7 @@ import posixpath
 import re
 from typing import Callable
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot.account import MARKER_NAME, Account, Layout
 from provisioning_backup_rsnapshot.builder import Builder

@@ -35,8 +35,7 @@ import threading
 import time
 from typing import Callable
 
-from provisioning.base.entry import Entry
-from provisioning.transport import Transport
+from provisioning.api import Entry, Transport
 
 from provisioning_backup_rsnapshot.builder import MODULES
 from provisioning_backup_rsnapshot.jailimage import STORE_NAME

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot.jailjob import STALE_WARNING_SECONDS, status_path
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import glob
 import os
 
-from provisioning.base.checkline import CheckLine
-from provisioning.hooks.specs import hookimpl
-from provisioning.hooks.service import ServiceContext
-from provisioning.transport import LocalCLI
+from provisioning.api import CheckLine, ServiceContext, hookimpl
 
 from provisioning_backup_rsnapshot import checks, jailstatus
 from provisioning_backup_rsnapshot.codes import Code
@@ -65,11 +62,10 @@ class OperatorHooks:
     def provisioning_status(self, ctx: ServiceContext) -> dict[str, str]:
         """How many rsnapshot configurations, account directories and archived accounts there are;
         the jails by image (the jail job's figures)."""
-        settings = Settings.from_config(ctx.config)
+        settings = Settings.of(ctx)
         jails = jailstatus.details(jailstatus.read(ctx.transport, settings.backup_root))
-        if ctx.config.service["Service"]["TRANSPORTAPI"] != LocalCLI.__name__:
-            host = ctx.config.service["Gateway"]["HOST"]
-            return {"files": f"on {host} (TRANSPORTAPI CLISSH): not counted", **jails}
+        if ctx.transport.where is not None:
+            return {"files": f"on {ctx.transport.where}: not counted", **jails}
         before, _, after = settings.config_file.partition("%uid%")
         configs = glob.glob(glob.escape(before) + "[0-9]*" + glob.escape(after))
         accounts = [p for p in glob.glob(os.path.join(glob.escape(settings.backup_root), ACCOUNT_GLOB))
@@ -82,7 +78,7 @@ class OperatorHooks:
     @hookimpl
     def provisioning_warnings(self, ctx: ServiceContext) -> list[str]:
         """A jail stale (old image, copied programs) for more than a day."""
-        settings = Settings.from_config(ctx.config)
+        settings = Settings.of(ctx)
         return jailstatus.warnings(jailstatus.read(ctx.transport, settings.backup_root))
 
     @hookimpl

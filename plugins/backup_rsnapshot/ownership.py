@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot.account import Account, Layout
 from provisioning_backup_rsnapshot.codes import Code, StepError

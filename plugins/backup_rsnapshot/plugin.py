@@ -20,10 +20,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from provisioning.base.clock import Clock, utc_stamp
-from provisioning.base.entry import Entry
-from provisioning.hooks.specs import hookimpl
-from provisioning.hooks.service import Request, ServiceContext
+from provisioning.api import Clock, Entry, Request, ServiceContext, hookimpl, utc_stamp
 
 from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import builder as builders
@@ -67,13 +64,13 @@ class BackupRsnapshot(OperatorHooks):
     @hookimpl
     def provisioning_start(self, ctx: ServiceContext) -> list[str]:
         """Check [Backup] and load the rsnapshot template."""
-        self.settings = Settings.from_config(ctx.config)
-        found = problems(self.settings, ctx.config, ctx.transport)
+        self.settings = Settings.of(ctx)
+        found = problems(self.settings, ctx)
         if not found:
             try:
                 template = Template.load(self.settings.template)
             except (OSError, ValueError) as err:
-                return [f"{ctx.config.path}: [Backup] RSNAPSHOT_TEMPLATE: {err}"]
+                return [f"{ctx.config_path}: [Backup] RSNAPSHOT_TEMPLATE: {err}"]
             self.configs = RsnapshotConfigs(template, self.settings.config_file, self.settings.rsnapshot_cmd,
                                             ctx.transport, always_test=self.settings.configtest == "always")
             self.builder = builders.choose(self.settings, ctx.transport)

@@ -1,7 +1,7 @@
 """Disk quota through SET_QUOTA_CMD (setquota)."""
 from __future__ import annotations
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot.codes import Code, StepError
 

@@ -6,9 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioning.config import resources
-from provisioning.config.loader import Config
-from provisioning.transport import Transport
+from provisioning.api import ServiceContext, Transport, etc_path
 
 # Where the package ships this plugin's files (the default rsnapshot template).
 SHIPPED = "Provisioning/Backup"
@@ -41,13 +39,14 @@ class Settings:
     jail_relink_rate: float
 
     @classmethod
-    def from_config(cls, config: Config) -> "Settings":
-        b = config.service["Backup"]
+    def of(cls, ctx: ServiceContext) -> "Settings":
+        """[Backup] of the service configuration the plugin runs with."""
+        b = ctx.section("Backup")
         # Normalised once, here: every rule and every path built from them
         # sees the one spelling ("/./", "//." and "/usr/.." are all "/").
         root = normal_path(b["BACKUP_ROOT"])
         return cls(b["RSNAPSHOT_CONFIG_FILE"], b["SET_QUOTA_CMD"], b["CREATE_CHROOT_CMD"].strip(),
-                   b["MOUNTPOINT"], find_template(b["RSNAPSHOT_TEMPLATE"], config.directory),
+                   b["MOUNTPOINT"], find_template(b["RSNAPSHOT_TEMPLATE"], ctx.config_dir),
                    b["RSNAPSHOT_CMD"], b["CONFIGTEST"], root, b["DELETE_DATA"],
                    normal_path(b["ARCHIVE_DIR"] or posixpath.join(root, "archive")), b["MIN_ID_NUMBER"],
                    b["JAIL_PROGRAMS"].split(), b["JAIL_LINK_LIMIT"], b["JAIL_CHECK_SECONDS"],
@@ -78,15 +77,16 @@ def find_template(name: str, config_dir: Path) -> Path:
     path = Path(name)
     if path.is_absolute():
         return path
-    for folder in (config_dir, resources.etc_path(SHIPPED)):
+    for folder in (config_dir, etc_path(SHIPPED)):
         if (folder / path).is_file():
             return folder / path
     return config_dir / path
 
 
-def problems(settings: Settings, config: Config, transport: Transport) -> list[str]:
+def problems(settings: Settings, ctx: ServiceContext) -> list[str]:
     """Start-up checks of [Backup]: each problem names the file and key."""
-    where = f"{config.path}: [Backup]"
+    where = f"{ctx.config_path}: [Backup]"
+    transport = ctx.transport
     found = []
     name = Path(settings.config_file).name
     if "%uid%" not in name:

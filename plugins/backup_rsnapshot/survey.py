@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provisioning.transport import Transport
+from provisioning.api import Transport
 
 from provisioning_backup_rsnapshot.codes import Code, StepError
 

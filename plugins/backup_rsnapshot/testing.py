@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from provisioning.sandbox.layout import (
-    REPO, SandboxLayout, global_sections, service_sections, write_recorder,
+from provisioning.testing import (
+    REPO, EditableConfigs, Entries, SandboxLayout, encode, global_sections, service_sections, write_recorder,
 )
-from provisioning.testing import EditableConfigs, Entries, encode
 
 __all__ = ["BackupEntries", "BackupHost", "account_attrs", "home_directory"]
 

@@ -14,10 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from provisioning.base.checkline import CheckLine
-from provisioning.config.loader import Config
-from provisioning.hooks.specs import hookimpl
-from provisioning.hooks.service import Request, ServiceContext
+from provisioning.api import CheckLine, Request, ServiceContext, hookimpl
 
 from provisioning_generic_exec.codes import Code, meanings, return_value
 from provisioning_generic_exec.request import environment, stdin_json
@@ -60,8 +57,9 @@ class Settings:
     attributes: list[str]          # ATTRIBUTES, as written
 
     @classmethod
-    def from_config(cls, config: Config) -> "Settings":
-        section = config.service[SECTION]
+    def of(cls, ctx: ServiceContext) -> "Settings":
+        """[Exec] of the service configuration the plugin runs with."""
+        section = ctx.section(SECTION)
         return cls({verb: section[key].strip() for verb, key in KEYS.items()}, section["TIMEOUT"],
                    re.split(r"[\s,]+", section["ATTRIBUTES"].strip()) if section["ATTRIBUTES"].strip() else [])
 
@@ -79,8 +77,8 @@ class GenericExec:
     @hookimpl
     def provisioning_start(self, ctx: ServiceContext) -> list[str]:
         """Each command set is an absolute path that exists; at least one is set; TIMEOUT fits."""
-        self.settings = Settings.from_config(ctx.config)
-        where = f"{ctx.config.path}: [{SECTION}]"
+        self.settings = Settings.of(ctx)
+        where = f"{ctx.config_path}: [{SECTION}]"
         problems = []
         if not any(self.settings.commands.values()):
             problems.append(f"{where} ADD_CMD, MODIFY_CMD, DELETE_CMD: none is set; every request "
@@ -88,7 +86,7 @@ class GenericExec:
         for verb, command in self.settings.commands.items():
             if command:
                 problems += _command_problems(f"{where} {KEYS[verb]}", command, ctx)
-        limit = ctx.config.service["Service"]["COMMAND_TIMEOUT"]
+        limit = ctx.command_timeout
         if self.settings.timeout > limit:
             problems.append(f"{where} TIMEOUT: {self.settings.timeout:g} s is longer than [Service] "
                             f"COMMAND_TIMEOUT ({limit:g} s), which bounds every command")
@@ -101,7 +99,7 @@ class GenericExec:
     @hookimpl
     def provisioning_attributes(self, ctx: ServiceContext) -> list[str]:
         """ATTRIBUTES: what the commands get of an entry (with what the core reads itself)."""
-        settings = self.settings or Settings.from_config(ctx.config)
+        settings = self.settings or Settings.of(ctx)
         return settings.attributes
 
     @hookimpl
@@ -122,13 +120,13 @@ class GenericExec:
     @hookimpl
     def provisioning_check(self, ctx: ServiceContext) -> list[CheckLine]:
         """One line per request type: its command is an executable file, or it is not set."""
-        settings = Settings.from_config(ctx.config)
+        settings = Settings.of(ctx)
         return [_check_line(verb, command, ctx) for verb, command in settings.commands.items()]
 
     @hookimpl
     def provisioning_status(self, ctx: ServiceContext) -> dict[str, str]:
         """The command of each request type (read from the configuration only)."""
-        settings = Settings.from_config(ctx.config)
+        settings = Settings.of(ctx)
         return {KEYS[verb]: command or f"not set: {verb} requests are refused ({int(Code.NO_COMMAND)})"
                 for verb, command in settings.commands.items()}
 
@@ -139,7 +137,7 @@ class GenericExec:
     # ---------------------------------------------------------------- work
 
     def _run(self, request: Request, ctx: ServiceContext) -> int:
-        settings = self.settings or Settings.from_config(ctx.config)
+        settings = self.settings or Settings.of(ctx)
         key, command = KEYS[request.verb], settings.commands[request.verb]
         if not command:
             log.error("%s: %s refused: [%s] %s is not set (return value %d, NO_COMMAND)", request.dn,

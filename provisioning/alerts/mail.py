@@ -378,7 +378,7 @@ def mail_problems(config: Config) -> list[str]:
     """What is wrong in [Mail] beyond the configspec, named as the other configuration errors."""
     label = config.global_path or "built-in Global.conf defaults"
     return [f"{label}: [Mail] {problem}"
-            for problem in MailSettings.from_section(config.global_["Mail"]).problems()]
+            for problem in MailSettings.from_section(config.mail_section()).problems()]
 
 
 def alerts_from_config(config: Config, *, host: str, **tuning: Any) -> Alerts | None:
@@ -390,10 +390,10 @@ def alerts_from_config(config: Config, *, host: str, **tuning: Any) -> Alerts | 
     problems = mail_problems(config)
     if problems:
         raise ConfigError(problems)
-    settings = MailSettings.from_section(config.global_["Mail"])
+    settings = MailSettings.from_section(config.mail_section())
     if not settings.sendto:
         return None
-    return Alerts(settings, host=host, environment=config.service["Global"]["ENVIRONMENT"],
+    return Alerts(settings, host=host, environment=config.environment,
                   service=f"{config.service_name}/{config.type_name}", **tuning)
 
 

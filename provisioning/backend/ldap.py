@@ -107,9 +107,8 @@ class LdapSettings:
 
     @classmethod
     def from_config(cls, config) -> "LdapSettings":
-        db = config.service["Database"]
-        return cls(config.ldap_uris(), db["ADMIN_USER"], db["ADMIN_PASSWORD"],
-                   db["TIMEOUT"], db["CA_FILE"], db["START_TLS"])
+        db = config.database
+        return cls(list(db.servers), db.bind_dn, db.password, db.timeout, db.ca_file, db.start_tls)
 
 
 def describe(err: ldap.LDAPError) -> str:

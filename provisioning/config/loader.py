@@ -15,6 +15,7 @@ import difflib
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,7 +24,7 @@ from configobj import ConfigObj, flatten_errors, get_extra_values
 from validate import ValidateError, Validator
 
 from provisioning.config import inifile
-from provisioning.config import resources
+from provisioning.config import resources, settings
 from provisioning.base.secret import Secret
 from provisioning.transport.ssh import gateway_problem
 
@@ -57,46 +58,79 @@ class Config:
         return self.path.parent
 
     def section(self, name: str) -> dict[str, Any]:
-        """A section of the service configuration as a plain dict."""
+        """A section of the service configuration as a plain dict (a plugin's own, say)."""
         return dict(self.service[name])
+
+    # Each section typed, built once on first use (provisioning.config.settings).
+
+    @cached_property
+    def database(self) -> settings.Database:
+        return settings.database(self.service["Database"])
+
+    @cached_property
+    def daemon(self) -> settings.Daemon:
+        return settings.daemon(self.service["Service"], Path(self.service["Database"]["COOKIE_FILE"]))
+
+    @cached_property
+    def gateway(self) -> settings.Gateway:
+        return settings.gateway(self.service["Gateway"])
+
+    @cached_property
+    def levels(self) -> settings.LogLevels:
+        return settings.levels(self.service, self.global_)
+
+    def mail_section(self) -> dict[str, Any]:
+        """Global.conf's [Mail] as validated (provisioning.alerts types and checks it: MailSettings)."""
+        return dict(self.global_["Mail"])
+
+    @cached_property
+    def startup_retry(self) -> settings.Retry:
+        """Global.conf [Global] SLEEP and ATTEMPTS: reaching LDAP (or the gateway) at start-up."""
+        return settings.retry(self.global_["Global"])
+
+    @cached_property
+    def operation_retry(self) -> settings.Retry:
+        """Global.conf [Operation Mode] SLEEP and ATTEMPTS: after a lost connection."""
+        return settings.retry(self.global_["Operation Mode"])
+
+    @property
+    def environment(self) -> str:
+        """[Global] ENVIRONMENT: this host's name in the directory."""
+        return self.service["Global"]["ENVIRONMENT"]
 
     @property
     def service_name(self) -> str:
-        return self.service["Service"]["SERVICE"]
+        return self.daemon.service
 
     @property
     def type_name(self) -> str:
-        return self.service["Service"]["TYPE"]
+        return self.daemon.type
 
     @property
     def syslog_ident(self) -> str:
-        return self.service["Service"]["SYSLOG"] or f"{self.service_name}-{self.type_name}"
+        return self.daemon.syslog_ident
 
     @property
     def store_file(self) -> Path:
-        explicit = self.service["Database"]["STORE_FILE"]
-        return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".sqlite")
+        return self.database.store_file
 
     @property
     def lock_file(self) -> Path:
-        explicit = self.service["Service"]["LOCK_FILE"]
-        return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".lock")
+        return self.daemon.lock_file
 
     @property
     def log_file(self) -> Path:
         """Where a detached daemon logs without syslog: [Service] LOG_FILE or COOKIE_FILE.log."""
-        explicit = self.service["Service"]["LOG_FILE"]
-        return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".log")
+        return self.daemon.log_file
 
     def log_flag(self, key: str) -> bool:
         """LOG_DEBUG/INFO/WARNING/ERR: the service file wins over Global.conf."""
-        value = self.service["Global"][key]
-        return self.global_["Global"][key] if value is None else value
+        return getattr(self.levels, {"LOG_DEBUG": "debug", "LOG_INFO": "info", "LOG_WARNING": "warning",
+                                     "LOG_ERR": "error"}[key])
 
     def ldap_uris(self) -> list[str]:
         """SERVER as a list of URIs, with PORT filled in where a URI has none."""
-        return [_with_port(uri, self.service["Database"]["PORT"])
-                for uri in self.service["Database"]["SERVER"]]
+        return list(self.database.servers)
 
 
 # --------------------------------------------------------------------- lookup
@@ -395,18 +429,3 @@ def _gateway(value: Any, key: str) -> str:
     if problem:
         raise Invalid(problem)
     return str(value)
-
-
-def _with_port(uri: str, port: int | None) -> str:
-    """Add PORT to an ldap:// or ldaps:// URI that names none."""
-    match = re.match(r"^(ldaps?://)([^/]*)(.*)$", uri, re.IGNORECASE)
-    if not match or port is None:
-        return uri
-    scheme, hostport, rest = match.groups()
-    if hostport.startswith("["):
-        has_port = "]:" in hostport
-    else:
-        has_port = ":" in hostport
-    if has_port or not hostport:
-        return uri
-    return f"{scheme}{hostport}:{port}{rest}"

@@ -42,8 +42,8 @@ class BrakeSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "BrakeSettings":
-        svc = config.service["Service"]
-        return cls(svc["DELETION_BRAKE_PERCENT"], svc["DELETION_BRAKE_COUNT"], svc["DELETION_BRAKE_WINDOW"])
+        brake = config.daemon.brake
+        return cls(brake.percent, brake.count, brake.window)
 
     def engages(self, removals: int, accounts: Callable[[], int]) -> bool:
         """Whether ``removals`` at once are too many (``accounts`` is only counted when it matters)."""

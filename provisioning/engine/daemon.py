@@ -38,6 +38,7 @@ from provisioning.backend.store import APPROVE, Held, Store
 from provisioning.engine.brake import PARKED, Brake, Parked
 from provisioning.base.clock import Clock
 from provisioning.base.entry import Entry
+from provisioning.config.settings import Retry
 from provisioning.engine.lowwater import OpenEvents
 from provisioning.engine.mirror import Mirror, identity_differences
 from provisioning.observe.monitor import Monitor
@@ -61,14 +62,6 @@ MAX_WAITING = 1000
 HOST_RECORD_INTERVAL = 10.0
 # While removals are held, how often the daemon looks whether their entries are back.
 HELD_RECHECK_INTERVAL = 60.0
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often to try reaching LDAP (0: for ever), and how long to wait in between."""
-
-    attempts: int
-    sleep: float
 
 
 @dataclass(frozen=True)
@@ -199,10 +192,30 @@ class Daemon:
         """Ask the loop to reload what it can (SIGHUP); only sets a flag (safe in a signal handler)."""
         self._reload_asked = True
 
+    # ---------------------------------------------- the view observers read (observe.view.LoopView)
+
     @property
     def waiting(self) -> int:
         """Events queued or in hand, not yet finished."""
         return len(self._in_hand)
+
+    @property
+    def acknowledged(self) -> str | None:
+        """The cookie acknowledged last."""
+        return self.position.current
+
+    @property
+    def held_removals(self) -> int:
+        """Removals the deletion brake holds for an operator."""
+        return len(self.brake.held)
+
+    def reach(self) -> Reach | None:
+        """The gateway's state (CLISSH); None for this host."""
+        return self.transport.reach() if self.transport is not None else None
+
+    def gauges(self) -> dict[str, tuple[float, str]]:
+        """The plugin's gauges (provisioning_metrics)."""
+        return self.router.service.gauges()
 
     def start(self) -> None:
         """Open the store's position, connect both connections and open the stream."""

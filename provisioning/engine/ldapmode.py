@@ -52,11 +52,17 @@ class LdapMode:
     def __init__(self, service: Service) -> None:
         self.service = service
 
-    def run(self, entry: Entry, verb: str) -> Result:
+    def run(self, entry: Entry, verb: str, previous: Entry | None = None) -> Result:
         log.info("%s: %s (MODUS LDAP: the entry %s)", entry.dn, verb,
                  "appeared" if verb == "add" else "changed")
         started = time.monotonic()
-        code = self.service.run(Request(verb, entry))
+        request = Request(verb, entry, previous)
+        refused = self.service.validate(request)
+        if refused is not None:
+            log.error("%s: %s refused by the plugin with return value %d (%s); tried again on the next change "
+                      "of the entry or at the next start", entry.dn, verb, refused, self.service.meaning(refused))
+            return Result(remember=entry, failed=verb, verb=verb, code=refused, durable=True)
+        code = self.service.run(request)
         took = time.monotonic() - started
         if code == ReturnValue.SUCCESS:
             log.info("%s: %s %s in %.3f s (nothing is written back in LDAP mode)", entry.dn, verb,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ldap.filter import escape_filter_chars
 
 from provisioning.backend.ldap import (
-    SYNC_ATTRS, Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
+    Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
 )
 from provisioning.backend.store import PendingWrite
 from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
@@ -174,10 +174,14 @@ class Selfcare:
         self.owners = owners
         self.clock = clock or Clock()
 
-    def run(self, entry: Entry, decision: Decision) -> Result:
-        """Act on one decision (anything but IGNORE); runs in a worker."""
+    def run(self, entry: Entry, decision: Decision, previous: Entry | None = None) -> Result:
+        """Act on one decision (anything but IGNORE); runs in a worker.
+
+        ``previous``: the entry as the store knew it before (Request.previous).
+        """
+        if decision.verdict in (Verdict.WORK, Verdict.RESUME):
+            return self._work(entry, decision, previous)
         action = {Verdict.POSTPONE: self._postpone, Verdict.REFUSE: self._refuse,
-                  Verdict.WORK: self._work, Verdict.RESUME: self._work,
                   Verdict.WATCH: self._watch}[decision.verdict]
         return action(entry, decision)
 
@@ -205,8 +209,12 @@ class Selfcare:
         refused.verb, refused.code = decision.verb or "request", decision.code
         return refused
 
-    def _work(self, entry: Entry, decision: Decision) -> Result:
+    def _work(self, entry: Entry, decision: Decision, previous: Entry | None = None) -> Result:
         verb = decision.verb
+        refused = self.service.validate(Request(verb, entry, previous))
+        if refused is not None:
+            why = f"refused by the plugin: {self.service.meaning(refused)}"
+            return self._refuse(entry, Decision(Verdict.REFUSE, why, verb, refused))
         claimed, finished = TRANSITIONS[verb]
         try:
             self.service.reachable()     # not claimed while the gateway is away: it stays as it is
@@ -220,7 +228,7 @@ class Selfcare:
             fresh, claim = self._claim(entry, claimed, token)
             if fresh is None:
                 return claim
-            code, took = self._run_plugin(Request(verb, fresh))
+            code, took = self._run_plugin(Request(verb, fresh, previous))
         except Interrupted:
             log.warning("%s: %s interrupted by the stop; it stays %s and is resumed at the next start",
                         entry.dn, verb, claimed)

@@ -113,7 +113,8 @@ class Router:
             log.debug("%s: belongs to another host, left untouched", entry.dn)
             self.store.remember(entry)
             return None
-        return self._job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision), entry)
+        previous = self._previous(entry)
+        return self._job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision, previous), entry)
 
     def _ldap_job(self, entry: Entry) -> Job | None:
         verb = ldap_verb(entry, self.store.lookup(entry.uuid), self.adopt)
@@ -125,7 +126,8 @@ class Router:
             log.debug("%s: belongs to another host, left untouched", entry.dn)
             self.store.remember(entry)
             return None
-        return self._job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb), entry)
+        previous = self._previous(entry)
+        return self._job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb, previous), entry)
 
     def brakes(self, uuid: str) -> bool:
         """Whether the removal of ``uuid`` would call the delete hook on an entry of this host outside
@@ -158,11 +160,17 @@ class Router:
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
             return self.entry_job(current, origin=SEARCH)
-        return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
+        previous = known.entry()
+        return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb, previous), current)
 
     def _job(self, key: str, dn: str, work, entry: Entry | None = None) -> Job:
         capture = self.request_log.capture if self.request_log is not None and self.alerts is not None else None
         return Job(key, dn, work, entry, capture=capture)
+
+    def _previous(self, entry: Entry) -> Entry | None:
+        """The entry as the store knew it before this version (for the hooks: Request.previous)."""
+        known = self.store.lookup(entry.uuid)
+        return known.entry() if known is not None else None
 
     def _older_than_known(self, entry: Entry) -> bool:
         known = self.store.lookup(entry.uuid)

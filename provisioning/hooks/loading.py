@@ -33,6 +33,7 @@ from pathlib import Path
 import pluggy
 
 from provisioning.hooks import specs as hookspecs
+from provisioning.hooks.specs import API_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,8 @@ def listing() -> list[str]:
     lines = [line for group in shown.values() for line in group]
     if not lines:
         lines.append(f"no plugins installed (entry point group {ENTRY_POINT_GROUP})")
-    return lines + [f"warning: {problem}" for problem in problems]
+    return lines + [f"warning: {problem}" for problem in problems] + \
+        [f"plugin API {API_VERSION} (provisioning.api; a plugin requires one with provisioning.api.require)"]
 
 
 def _package_folder(found: Found) -> Path | None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import pluggy
 
@@ -34,16 +36,39 @@ CORE_ATTRIBUTES = ("objectClass", "sstProvisioningMode", "sstProvisioningState",
 
 @dataclass
 class ServiceContext:
-    """What a plugin gets to do its work: configuration, transport, dry-run flag."""
+    """What a plugin gets to do its work: its configuration section, the transport, the dry-run flag.
+
+    ``config`` is the core's whole configuration: not part of the plugin API
+    (provisioning.api); a plugin reads its own section with :meth:`section`.
+    """
 
     config: Config
     transport: Transport
     dry_run: bool = False
 
+    def section(self, name: str) -> Mapping[str, Any]:
+        """A section of the service configuration, as the plugin's spec validated it (read only)."""
+        return MappingProxyType(self.config.section(name))
+
+    @property
+    def config_path(self) -> Path:
+        """The service configuration's file: name it in a message about one of its keys."""
+        return self.config.path
+
+    @property
+    def config_dir(self) -> Path:
+        """The service configuration's folder: where relative names in it start."""
+        return self.config.directory
+
     @property
     def environment(self) -> str:
         """[Global] ENVIRONMENT: this host's name in the directory."""
-        return self.config.service["Global"]["ENVIRONMENT"]
+        return self.config.environment
+
+    @property
+    def command_timeout(self) -> float:
+        """[Service] COMMAND_TIMEOUT: seconds a command may run (the transport's default)."""
+        return self.config.daemon.command_timeout
 
     def known_entries(self) -> KnownEntries:
         """The entries the daemon's store knows, read only (by entryUUID), from any thread.
@@ -56,10 +81,14 @@ class ServiceContext:
 
 @dataclass
 class Request:
-    """A claimed request: what to do (``verb``) to which entry."""
+    """A request: what to do (``verb``) to which entry, and the entry as the daemon knew it before."""
 
     verb: str       # add, modify or delete
     entry: Entry    # fresh: read back by the claim
+    # The entry as the store knew it when the request came (the version the
+    # daemon last handled), None for an entry it never saw: a modify hook sees
+    # what changed. For a removed entry (delete) the entry itself is the last known.
+    previous: Entry | None = None
 
     @property
     def dn(self) -> str:
@@ -132,6 +161,25 @@ class Service:
         for name in [*CORE_ATTRIBUTES, *(name for names_ in declared for name in names_)]:
             names.setdefault(name.lower(), name)     # attribute names are case-insensitive
         return list(names.values())
+
+    def validate(self, request: Request) -> int | None:
+        """A plugin's refusal of ``request`` before its claim (hook provisioning_validate), or None.
+
+        A hook that raises refuses with 1 (UNDEFINED_ERROR): nothing is claimed for an entry the
+        plugin could not judge. A value outside 1-99 is refused as 1 too, and logged.
+        """
+        try:
+            code = self.manager.hook.provisioning_validate(request=request, ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("%s: plugin raised while validating the %s request", request.dn, request.verb)
+            return ReturnValue.UNDEFINED_ERROR
+        if code is None:
+            return None
+        if isinstance(code, bool) or not isinstance(code, int) or not 1 <= code <= 99:
+            log.error("%s: plugin refused the %s request with %r, which is no return value of a plugin "
+                      "(1-99)", request.dn, request.verb, code)
+            return ReturnValue.UNDEFINED_ERROR
+        return code
 
     def owns(self, entry: Entry) -> bool:
         """False when a plugin says the entry belongs to another host."""

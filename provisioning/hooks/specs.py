@@ -23,8 +23,26 @@ if TYPE_CHECKING:
     from provisioning.hooks.service import Request, ServiceContext
 
 PROJECT = "provisioning"
+# The plugin API's version (provisioning.api): MAJOR.MINOR. A new name or hook
+# raises MINOR; a name or hook removed or changed in meaning raises MAJOR.
+API_VERSION = "1.0"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+def deprecated(why: str) -> DeprecationWarning:
+    """What a hook that is on its way out is marked with: ``@hookspec(warn_on_impl=deprecated("..."))``.
+
+    pluggy then warns, once a plugin implementing the hook is registered,
+    with ``why`` (say what to implement instead and from which API version
+    the hook is gone). No hook is deprecated in API 1.0.
+    """
+    return DeprecationWarning(why)
+
+
+# ----------------------------------------------------------------------
+# Set-up and shutdown: the plugin's configuration, its start-up checks, the attributes it needs,
+# its background work.
 
 
 @hookspec
@@ -77,6 +95,38 @@ def provisioning_attributes(ctx: "ServiceContext") -> list[str] | None:
     """
 
 
+@hookspec
+def provisioning_serving(ctx: "ServiceContext") -> None:
+    """Start the plugin's background work: the daemon now serves requests.
+
+    Called once per daemon, after :func:`provisioning_start`, after
+    ``--daemon`` detached (threads started earlier would not survive it) and
+    before the first request; never for ``--check`` or ``status``. With
+    ``--dry-run`` too (``ctx.dry_run``): background work must then change
+    nothing. Stop what was started in :func:`provisioning_stop`. An
+    exception is logged, never fatal.
+
+    :param ctx: the service context.
+    :return: nothing; a value is ignored.
+    """
+
+
+@hookspec
+def provisioning_stop(ctx: "ServiceContext") -> None:
+    """Release what :func:`provisioning_start` set up; called once at shutdown.
+
+    Also called when start-up fails after :func:`provisioning_start` ran,
+    and after ``--check``. An exception is logged, never fatal.
+
+    :param ctx: the service context.
+    :return: nothing; a value is ignored.
+    """
+
+
+# ----------------------------------------------------------------------
+# Requests: whose an entry is, whether it can be served, and the work (in a worker).
+
+
 @hookspec(firstresult=True)
 def provisioning_owns(entry: "Entry", ctx: "ServiceContext") -> bool | None:
     """Say whether a request entry is this host's to serve.
@@ -89,6 +139,27 @@ def provisioning_owns(entry: "Entry", ctx: "ServiceContext") -> bool | None:
     :param entry: the entry as the sync stream delivered it.
     :param ctx: the service context.
     :return: False to leave the entry to another host, True or None to serve it.
+    """
+
+
+@hookspec(firstresult=True)
+def provisioning_validate(request: "Request", ctx: "ServiceContext") -> int | None:
+    """Refuse a request before it is claimed, when the entry itself cannot be served.
+
+    Called in a worker for a request the core would claim (selfcare: after
+    the core's own checks, before the claim; MODUS LDAP: before the hook),
+    with the entry as the stream delivered it and the one the store knew
+    (``request.previous``). Must not change anything on the host or in LDAP,
+    and be quick: read the entry, perhaps look at the host through
+    ``ctx.transport``. A refusal is written as the request's return value
+    without a claim (selfcare; the portal sees a refused request, judged
+    again when someone writes the entry) or logged as the hook's failure
+    (LDAP mode). Stops at the first non-None result.
+
+    :param request: the request as it would be worked (``verb``, ``entry``,
+        ``previous``).
+    :param ctx: the service context.
+    :return: None to go on; a return value (1-99, the plugin's own) to refuse.
     """
 
 
@@ -160,60 +231,8 @@ def provisioning_delete(request: "Request", ctx: "ServiceContext") -> int | None
     """
 
 
-@hookspec
-def provisioning_serving(ctx: "ServiceContext") -> None:
-    """Start the plugin's background work: the daemon now serves requests.
-
-    Called once per daemon, after :func:`provisioning_start`, after
-    ``--daemon`` detached (threads started earlier would not survive it) and
-    before the first request; never for ``--check`` or ``status``. With
-    ``--dry-run`` too (``ctx.dry_run``): background work must then change
-    nothing. Stop what was started in :func:`provisioning_stop`. An
-    exception is logged, never fatal.
-
-    :param ctx: the service context.
-    :return: nothing; a value is ignored.
-    """
-
-
-@hookspec
-def provisioning_warnings(ctx: "ServiceContext") -> list[str] | None:
-    """Say what needs a person's attention on the service side, for ``status``.
-
-    Called once per ``status`` run, like :func:`provisioning_status` (read
-    only, quick, while the daemon may run). Each warning makes status
-    WARNING (unless something is CRITICAL) and is shown as a reason.
-
-    :param ctx: the service context (a dry-run transport).
-    :return: a list of short sentences (for example ``"3 jails on an old
-        image for more than a day"``); None or an empty list when all is well.
-    """
-
-
-@hookspec
-def provisioning_metrics(ctx: "ServiceContext") -> dict[str, tuple[float, str]] | None:
-    """Contribute gauges to the daemon's Prometheus metrics ([Service] METRICS_PORT).
-
-    Called in the daemon each time the metrics are scraped (from the metrics
-    server's thread): read figures the plugin keeps, do no I/O.
-
-    :param ctx: the service context.
-    :return: ``{name: (value, help)}``; each name is served prefixed with
-        ``provisioning_`` (for example ``{"jails_stale": (3, "Jails on an
-        old image")}``); None when there is nothing to add.
-    """
-
-
-@hookspec
-def provisioning_stop(ctx: "ServiceContext") -> None:
-    """Release what :func:`provisioning_start` set up; called once at shutdown.
-
-    Also called when start-up fails after :func:`provisioning_start` ran,
-    and after ``--check``. An exception is logged, never fatal.
-
-    :param ctx: the service context.
-    :return: nothing; a value is ignored.
-    """
+# ----------------------------------------------------------------------
+# Operators: --check, status, the metrics and the meaning of return values.
 
 
 @hookspec
@@ -257,6 +276,34 @@ def provisioning_status(ctx: "ServiceContext") -> dict[str, str] | None:
 
 
 @hookspec
+def provisioning_warnings(ctx: "ServiceContext") -> list[str] | None:
+    """Say what needs a person's attention on the service side, for ``status``.
+
+    Called once per ``status`` run, like :func:`provisioning_status` (read
+    only, quick, while the daemon may run). Each warning makes status
+    WARNING (unless something is CRITICAL) and is shown as a reason.
+
+    :param ctx: the service context (a dry-run transport).
+    :return: a list of short sentences (for example ``"3 jails on an old
+        image for more than a day"``); None or an empty list when all is well.
+    """
+
+
+@hookspec
+def provisioning_metrics(ctx: "ServiceContext") -> dict[str, tuple[float, str]] | None:
+    """Contribute gauges to the daemon's Prometheus metrics ([Service] METRICS_PORT).
+
+    Called in the daemon each time the metrics are scraped (from the metrics
+    server's thread): read figures the plugin keeps, do no I/O.
+
+    :param ctx: the service context.
+    :return: ``{name: (value, help)}``; each name is served prefixed with
+        ``provisioning_`` (for example ``{"jails_stale": (3, "Jails on an
+        old image")}``); None when there is nothing to add.
+    """
+
+
+@hookspec
 def provisioning_return_values() -> dict[int, str] | None:
     """Name the plugin's return values (sstProvisioningReturnValue) for people.
 
@@ -268,3 +315,7 @@ def provisioning_return_values() -> dict[int, str] | None:
         setquota failed; check quotas on MOUNTPOINT"}``; None when the
         plugin names none.
     """
+
+
+# Every hook's name, by phase (provisioning.api.HOOKS).
+HOOKS = tuple(name for name in list(globals()) if name.startswith("provisioning_"))

@@ -47,7 +47,7 @@ from provisioning.base.log import escape
 from provisioning.transport.base import Reach
 
 if TYPE_CHECKING:
-    from provisioning.engine.daemon import Daemon
+    from provisioning.observe.view import LoopView
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class NoMetrics:
     enabled = False
     port = 0
 
-    def attach(self, daemon: "Daemon") -> None:
+    def attach(self, daemon: "LoopView") -> None:
         pass
 
     def request(self, verb: str | None, code: int, seconds: float | None) -> None:
@@ -148,7 +148,7 @@ class Metrics(NoMetrics):
         self.store_writable.set(1)
         self._store_ok = True
         self.newest_csn: str | None = None
-        self._daemon: "Daemon | None" = None
+        self._daemon: "LoopView | None" = None
         self._server: Any = None
         self.port = 0
 
@@ -164,15 +164,15 @@ class Metrics(NoMetrics):
         self.port = self._server.server_address[1] if self._server is not None else port
         log.info("metrics for Prometheus on http://%s:%d/metrics", escape(_host(address)), self.port)
 
-    def attach(self, daemon: "Daemon") -> None:
+    def attach(self, daemon: "LoopView") -> None:
         """Figures read from the daemon when scraped (from the server's thread: reads only)."""
         self._daemon = daemon
         self.waiting.set_function(lambda: daemon.waiting)
         self.lag.set_function(self._lag)
         self.synchronising.set_function(lambda: 1 if daemon.in_refresh else 0)
-        self.deletions_held.set_function(lambda: len(daemon.brake.held))
-        self.registry.register(PluginGauges(daemon.router.service.gauges))
-        reach = daemon.transport.reach if daemon.transport is not None else (lambda: None)
+        self.deletions_held.set_function(lambda: daemon.held_removals)
+        self.registry.register(PluginGauges(daemon.gauges))
+        reach = daemon.reach
         if reach() is None:              # this host: nothing to show
             self.registry.unregister(self.gateway_up)
             self.registry.unregister(self.gateway_silent)
@@ -211,7 +211,7 @@ class Metrics(NoMetrics):
             self.store_writable.set(1 if writable else 0)
 
     def _lag(self) -> float:
-        cookie = self._daemon.position.current if self._daemon is not None else None
+        cookie = self._daemon.acknowledged if self._daemon is not None else None
         return lag_seconds(self.newest_csn, cookie)
 
     def close(self) -> None:

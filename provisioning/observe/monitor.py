@@ -28,9 +28,7 @@ from provisioning.observe.progress import Progress
 from provisioning.observe.watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from provisioning.engine.daemon import Daemon
-    from provisioning.engine.results import Result
-    from provisioning.engine.workers import Job
+    from provisioning.observe.view import LoopView, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ class Monitor:
         self.done = 0
         self.failed = 0
         self.connections = 0
-        self._daemon: "Daemon | None" = None
+        self._daemon: "LoopView | None" = None
         self._uri = ""
         self._state = "starting"
         self._away_since: dt.datetime | None = None
@@ -73,7 +71,7 @@ class Monitor:
 
     # ----------------------------------------------------------- set-up
 
-    def attach(self, daemon: "Daemon") -> None:
+    def attach(self, daemon: "LoopView") -> None:
         self._daemon = daemon
         self.metrics.attach(daemon)
 
@@ -158,7 +156,7 @@ class Monitor:
         self.progress.entries += 1
         self.metrics.seen(event.csn)
 
-    def completed(self, job: "Job", result: "Result") -> None:
+    def completed(self, job: Any, result: "Outcome") -> None:
         """A job ended (the router has recorded it)."""
         if result.code is None:
             return
@@ -219,7 +217,7 @@ class Monitor:
             return f"stopping: finishing the work in hand; {counts}"
         waiting = self._daemon.waiting if self._daemon is not None else 0
         busy = f", {waiting} in hand" if waiting else ""
-        held = len(self._daemon.brake.held) if self._daemon is not None else 0
+        held = self._daemon.held_removals if self._daemon is not None else 0
         brake = f"; {held} removal(s) held by the deletion brake" if held else ""
         return f"waiting for changes; {counts} since the start{busy}{brake}"
 
@@ -231,26 +229,25 @@ def monitor_from_config(config: Any, *, dry_run: bool = False, version: str = ""
     from provisioning.observe.metrics import Metrics, MetricsError
     from provisioning.observe.notify import watchdog_seconds
 
-    db, svc = config.service["Database"], config.service["Service"]
-    servers = max(1, len(db["SERVER"]))
+    db, svc = config.database, config.daemon
+    servers = max(1, len(db.servers))
     # An attempt to connect: per server a connect, a bind, a search or two and the
     # stream's own connect, bind and search, each bounded by TIMEOUT.
-    bounds = Bounds(connect=6 * db["TIMEOUT"] * servers,
-                    job=svc["CLAIM_LEASE"] + 4 * db["TIMEOUT"])
+    bounds = Bounds(connect=6 * db.timeout * servers, job=svc.claim_lease + 4 * db.timeout)
     notifier = Notifier.from_environment()
     seconds = watchdog_seconds()
     watchdog = Watchdog(seconds, notifier.watchdog) if seconds and notifier.enabled else None
     if watchdog is not None:
         log.debug("systemd watchdog: WATCHDOG=1 every %g s while the main loop moves", watchdog.every)
     metrics = None
-    if svc["METRICS_PORT"] and not dry_run:
+    if svc.metrics_port and not dry_run:
         metrics = Metrics(service=f"{config.service_name}/{config.type_name}", version=version)
         try:
-            metrics.serve(svc["METRICS_ADDRESS"], svc["METRICS_PORT"])
+            metrics.serve(svc.metrics_address, svc.metrics_port)
         except MetricsError as err:
             log.error("[Service] METRICS_PORT: %s; going on without metrics", err)
             metrics = None
-    return Monitor(base=db["SERVICE_SUBTREE"], notifier=notifier, watchdog=watchdog, metrics=metrics,
+    return Monitor(base=db.subtree, notifier=notifier, watchdog=watchdog, metrics=metrics,
                    bounds=bounds)
 
 

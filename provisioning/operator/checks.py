@@ -29,7 +29,8 @@ from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncRequestControl
 from ldapurl import LDAPUrl
 
-from provisioning.runtime import startup
+from provisioning.config.settings import Gateway
+from provisioning.runtime import factory, startup
 from provisioning.backend.cookie import CookieError, CookieFile
 from provisioning.backend.ldap import LdapSettings, _configure, _tls_hint, describe
 from provisioning.backend.store import Store, StoreError
@@ -38,9 +39,8 @@ from provisioning.base.codes import ExitCode
 from provisioning.config.loader import Config, unknown_keys
 from provisioning.base.files import UnsafeFile, check_private
 from provisioning.base.log import SYSLOG_SOCKET
-from provisioning.hooks.service import Service, ServiceContext
+from provisioning.hooks.service import Service
 from provisioning.transport import Transport, Unreachable
-from provisioning.transport import build as build_transport
 
 SYNC_CONTROL = "1.3.6.1.4.1.4203.1.9.1.1"
 # What the gateway's sshd is asked for its MaxSessions (-T: the effective settings; needs root there).
@@ -151,20 +151,18 @@ def plugin_lines(loaded: startup.Loaded) -> list[CheckLine]:
     if not loaded.valid:
         return lines + [CheckLine.warn(f"{loaded.plugin} checks", "not run until the configuration is valid")]
     config = loaded.config
-    svc = config.service["Service"]
     try:
-        transport = build_transport(svc["TRANSPORTAPI"], timeout=svc["COMMAND_TIMEOUT"],
-                                    gateway=config.section("Gateway"), dry_run=False)
+        transport = factory.transport(config)
     except Exception as err:  # noqa: BLE001 - any failure here is what the operator must see
         return lines + [CheckLine.fail(f"{loaded.plugin} transport", str(err))]
-    if svc["TRANSPORTAPI"] == "CLISSH":
-        gateway = gateway_lines(config.section("Gateway"), transport)
+    if transport.where is not None:
+        gateway = gateway_lines(config.gateway, transport)
         lines += gateway
         if any(line.status is Status.FAIL for line in gateway):
             transport.close()
             return lines + [CheckLine.warn(f"{loaded.plugin} checks", "not run: the gateway (above) does not "
                                                                       "answer")]
-    service = Service(loaded.manager, ServiceContext(config, transport))
+    service = factory.service(loaded.manager, config, transport_=transport)
     try:
         lines += _plugin_start(loaded.plugin, service)
         lines += _plugin_checks(loaded.plugin, service)
@@ -174,10 +172,10 @@ def plugin_lines(loaded: startup.Loaded) -> list[CheckLine]:
     return lines
 
 
-def gateway_lines(gateway: dict, transport: Transport) -> list[CheckLine]:
+def gateway_lines(gateway: Gateway, transport: Transport) -> list[CheckLine]:
     """Whether the CLISSH gateway lets us in and its python3 helper answers (one file operation, timed),
     and whether [Gateway] SESSIONS stays below its sshd's MaxSessions."""
-    where = f"{gateway['USER'] + '@' if gateway['USER'] else ''}{gateway['HOST']} port {gateway['PORT']}"
+    where = f"{gateway.user + '@' if gateway.user else ''}{gateway.host} port {gateway.port}"
     started = time.monotonic()
     try:
         transport.exists("/")
@@ -189,7 +187,7 @@ def gateway_lines(gateway: dict, transport: Transport) -> list[CheckLine]:
     took = (time.monotonic() - started) * 1000
     return [CheckLine.ok("gateway", f"{where}: ssh lets us in and the python3 helper answers ({took:.0f} ms "
                                     "with the connection's start)"),
-            sessions_line(gateway["SESSIONS"], transport)]
+            sessions_line(gateway.sessions, transport)]
 
 
 def sessions_line(sessions: int, transport: Transport) -> CheckLine:
@@ -236,7 +234,7 @@ def ldap_lines(config: Config, report: Report) -> list[CheckLine]:
     A server that fails while another passes is a WARN: the daemon fails over.
     """
     settings = LdapSettings.from_config(config)
-    base = config.service["Database"]["SERVICE_SUBTREE"]
+    base = config.database.subtree
     per_server: list[tuple[list[CheckLine], SimpleLDAPObject | None]] = []
     for uri in settings.uris:
         per_server.append(_server(uri, settings, base))
@@ -402,7 +400,7 @@ def state_lines(config: Config) -> Iterator[CheckLine]:
     written = {path.parent for _, path in files if path.exists()}
     for key, path in files:
         yield _state_file(key, path, written=path.parent in written)
-    explicit = config.service["Service"]["LOG_FILE"]
+    explicit = config.log_file != Path(f"{config.database.cookie_file}.log")
     if not os.path.exists(SYSLOG_SOCKET) and (explicit or config.log_file.parent.is_dir()):
         yield _log_file(config.log_file)
 

@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
             print(f"provisioning-daemon retry: {escape(problem)}", file=sys.stderr)
         return ExitCode.CONFIG_ERROR
     config = loaded.config
-    base = config.service["Database"]["SERVICE_SUBTREE"]
+    base = config.database.subtree
     directory = Directory(LdapSettings.from_config(config), dry_run=args.dry_run)
     try:
         directory.open()

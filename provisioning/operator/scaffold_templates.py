@@ -58,9 +58,9 @@ from __future__ import annotations
 
 import logging
 
-from provisioning.base.checkline import CheckLine
-from provisioning.hooks.specs import hookimpl
-from provisioning.hooks.service import Request, ServiceContext
+from provisioning.api import CheckLine, Request, ServiceContext, hookimpl, require
+
+require("1.0")      # the plugin API this plugin is written for (provisioning.api)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class @CLASS@:
     @hookimpl
     def provisioning_start(self, ctx: ServiceContext) -> list[str]:
         """Check the settings and the host; each problem a sentence naming the key."""
-        self.label = ctx.config.service[SECTION]["LABEL"]
+        self.label = ctx.section(SECTION)["LABEL"]
         log.info("%s: started with LABEL %s%s", NAME, self.label, " (dry-run)" if ctx.dry_run else "")
         return []
 
@@ -115,12 +115,12 @@ class @CLASS@:
     @hookimpl
     def provisioning_check(self, ctx: ServiceContext) -> list[CheckLine]:
         """One line per thing checked for provisioning-daemon --check; change nothing."""
-        return [CheckLine.ok(f"{NAME} LABEL", repr(ctx.config.service[SECTION]["LABEL"]))]
+        return [CheckLine.ok(f"{NAME} LABEL", repr(ctx.section(SECTION)["LABEL"]))]
 
     @hookimpl
     def provisioning_status(self, ctx: ServiceContext) -> dict[str, str]:
         """Details for provisioning-daemon status: read only, and quick."""
-        return {"LABEL": ctx.config.service[SECTION]["LABEL"]}
+        return {"LABEL": ctx.section(SECTION)["LABEL"]}
 
     @hookimpl
     def provisioning_return_values(self) -> dict[int, str]:

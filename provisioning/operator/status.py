@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioning.runtime import startup
+from provisioning.runtime import factory, startup
 from provisioning.backend.cookie import CookieError, CookieFile, by_sid, cookie_csns, covered, csn_sid
 from provisioning.backend.ldap import BindRefused, Directory, DirectoryError, DirectoryUnavailable, LdapSettings
 from provisioning.config.loader import Config
@@ -46,9 +46,8 @@ from provisioning.operator.lockholder import Holder, holder
 from provisioning.base.log import escape
 from provisioning.engine.requests import OPEN_FILTER, Request, Stage, classify
 from provisioning.operator.returnvalues import describe, meanings
-from provisioning.hooks.service import Service, ServiceContext
+from provisioning.hooks.service import Service
 from provisioning.transport import Unreachable
-from provisioning.transport import build as build_transport
 
 # Requests listed per stage in the text output (--json lists all).
 LISTED = 20
@@ -194,7 +193,7 @@ def gather(loaded: startup.Loaded) -> Status:
     directory = Directory(LdapSettings.from_config(config))
     try:
         directory.open()
-        base = config.service["Database"]["SERVICE_SUBTREE"]
+        base = config.database.subtree
         status.lag = lag(directory, base, cookie, note)
         today = dt.datetime.now().date()       # the daemon dates requests by the local day
         status.requests = [classify(e, today) for e in directory.search(base, OPEN_FILTER)
@@ -205,18 +204,15 @@ def gather(loaded: startup.Loaded) -> Status:
         directory.close()
     status.requests += _store_failures(config)
     status.held = _held_removals(config)
-    if config.service["Service"]["TRANSPORTAPI"] == "CLISSH":
+    if service.ctx.transport.where is not None:
         status.gateway = _gateway_record(config)
     return status
 
 
 def _service(loaded: startup.Loaded) -> Service:
     config = loaded.config
-    svc = config.service["Service"]
     # A dry-run transport: the status hook must not change anything.
-    transport = build_transport(svc["TRANSPORTAPI"], timeout=svc["COMMAND_TIMEOUT"],
-                                gateway=config.section("Gateway"), dry_run=True)
-    return Service(loaded.manager, ServiceContext(config, transport, dry_run=True))
+    return factory.service(loaded.manager, config, dry_run=True)
 
 
 def _plugin_status(service: Service) -> dict[str, str]:
@@ -235,7 +231,7 @@ def newest_cookie(config: Config) -> tuple[str | None, str]:
     """The newer of COOKIE_FILE and the store's cookie, and a note when one cannot be read."""
     found, notes = [], []
     try:
-        found.append(CookieFile(config.service["Database"]["COOKIE_FILE"]).read())
+        found.append(CookieFile(config.database.cookie_file).read())
     except CookieError as err:
         notes.append(str(err))
     try:

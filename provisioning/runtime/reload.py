@@ -83,7 +83,7 @@ class Reloader:
         return True
 
     def _mail(self, new: Config) -> None:
-        settings = MailSettings.from_section(new.global_["Mail"])
+        settings = MailSettings.from_section(new.mail_section())
         if self.alerts is None:
             if settings.sendto and not self.dry_run:
                 log.warning("SIGHUP: [Mail] SENDTO is set now; turning mail alerts on needs a restart")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pluggy
 
 from provisioning.hooks import loading as plugins
+from provisioning.runtime import factory
 from provisioning.config.loader import (
     Config, ConfigError, find_global_config, read, read_service_identity,
 )
@@ -91,23 +92,25 @@ def core_checks(config: Config, *, folders: bool = True) -> list[str]:
 
 
 def _lease(config: Config) -> list[str]:
-    service = config.service["Service"]
-    if service["CLAIM_LEASE"] <= service["COMMAND_TIMEOUT"]:
-        return [f"{config.path}: [Service] CLAIM_LEASE: {service['CLAIM_LEASE']:g} s must be longer than "
-                f"COMMAND_TIMEOUT ({service['COMMAND_TIMEOUT']:g} s): another daemon would take over "
+    daemon = config.daemon
+    if daemon.claim_lease <= daemon.command_timeout:
+        return [f"{config.path}: [Service] CLAIM_LEASE: {daemon.claim_lease:g} s must be longer than "
+                f"COMMAND_TIMEOUT ({daemon.command_timeout:g} s): another daemon would take over "
                 f"a request while its command may still run"]
     return []
 
 
 def _gateway(config: Config) -> list[str]:
-    if config.service["Service"]["TRANSPORTAPI"] == "CLISSH" and not config.service["Gateway"]["USER"]:
-        return [f"{config.path}: [Gateway] USER: missing (required with TRANSPORTAPI = CLISSH)"]
+    try:
+        factory.transport(config).close()       # how the transport itself judges [Gateway]
+    except ValueError as err:
+        return [f"{config.path}: {err}"]
     return []
 
 
 def state_files(config: Config) -> list[tuple[str, Path]]:
     """The daemon's own files, with the key that names each."""
-    return [("[Database] COOKIE_FILE", Path(config.service["Database"]["COOKIE_FILE"])),
+    return [("[Database] COOKIE_FILE", config.database.cookie_file),
             ("[Database] STORE_FILE", config.store_file),
             ("[Service] LOCK_FILE", config.lock_file)]
 
@@ -118,7 +121,7 @@ def _state_folders(config: Config) -> list[str]:
 
 
 def _metrics(config: Config) -> list[str]:
-    address = config.service["Service"]["METRICS_ADDRESS"]
+    address = config.daemon.metrics_address
     try:
         ipaddress.ip_address(address)
     except ValueError:
@@ -128,7 +131,7 @@ def _metrics(config: Config) -> list[str]:
 
 
 def _ca_file(config: Config) -> list[str]:
-    ca_file = config.service["Database"]["CA_FILE"]
+    ca_file = config.database.ca_file
     if ca_file and not os.path.isfile(ca_file):
         return [f"{config.path}: [Database] CA_FILE: {ca_file} does not exist"]
     return []

@@ -28,6 +28,7 @@ _WHERE = {
     "files": ("as_user", "picture"),
     "sshd": ("Sshd",),
     "slapd": ("ACCOUNTS_BASE", "BACKUP_BASE", "SERVICES_BASE", "SUFFIX", "Slapd", "make_subtree", "subtree_name"),
+    "sandbox": ("REPO", "SandboxLayout", "global_sections", "service_sections", "write_recorder"),
     "wait": ("DEADLINE", "wait_until"),
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}

@@ -10,29 +10,35 @@ group, within COMMAND_TIMEOUT and the request's deadline (base.within_deadline).
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from provisioning.transport.base import (
     CommandResult, DryRun, Interrupted, Reach, Transport, Unreachable, request_deadline, within_deadline,
 )
 from provisioning.transport.local import LocalCLI
-from provisioning.transport.ssh import CLISSH, SESSIONS
+from provisioning.transport.ssh import CLISSH
 
 __all__ = ["CommandResult", "DryRun", "Interrupted", "Reach", "Transport", "Unreachable", "LocalCLI", "CLISSH",
            "build", "request_deadline", "within_deadline"]
 
 
-def build(name: str, *, timeout: float, gateway: dict, dry_run: bool,
+def build(name: str, *, timeout: float, gateway: Any = None, dry_run: bool = False,
           stopping: threading.Event | None = None) -> Transport:
-    """The transport for TRANSPORTAPI ``name``, wrapped for dry-run when asked.
+    """The transport for TRANSPORTAPI ``name``, wrapped for dry-run when asked: the one place a
+    transport is chosen by its name.
 
-    ``stopping`` is set by the core when the daemon stops: a command a signal
-    ended after that raises Interrupted instead of returning a result.
-    A [Gateway] value ssh could misread raises ValueError naming the key.
+    ``gateway`` is the typed [Gateway] (host, user, key_file, port,
+    known_hosts, sessions), for CLISSH. ``stopping`` is set by the core when
+    the daemon stops: a command a signal ended after that raises Interrupted
+    instead of returning a result. A [Gateway] value ssh could misread, or a
+    USER CLISSH lacks, raises ValueError naming the key.
     """
     if name == "CLISSH":
-        transport: Transport = CLISSH(timeout=timeout, host=gateway["HOST"], user=gateway["USER"],
-                                      key_file=gateway["DSA_FILE"], port=gateway["PORT"],
-                                      known_hosts=gateway["KNOWN_HOSTS"], sessions=gateway.get("SESSIONS", SESSIONS),
+        if not gateway.user:
+            raise ValueError("[Gateway] USER: missing (required with TRANSPORTAPI = CLISSH)")
+        transport: Transport = CLISSH(timeout=timeout, host=gateway.host, user=gateway.user,
+                                      key_file=gateway.key_file, port=gateway.port,
+                                      known_hosts=gateway.known_hosts, sessions=gateway.sessions,
                                       stopping=stopping)
     else:
         transport = LocalCLI(timeout=timeout, stopping=stopping)

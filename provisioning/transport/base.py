@@ -171,6 +171,10 @@ class Transport(ABC):
     """
 
     dry_run = False
+    # Where commands run and files change: None for this host, else the remote
+    # host as people read it ("user@gateway port 22"). What a plugin asks
+    # instead of comparing the transport's class name.
+    where: str | None = None
 
     @abstractmethod
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
@@ -267,6 +271,7 @@ class DryRun(Transport):
 
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
+        self.where = inner.where
 
     def _say(self, what: str) -> None:
         # Printed, not only logged: dry-run output must show even with
