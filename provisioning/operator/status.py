@@ -224,6 +224,8 @@ def _plugin_status(service: Service) -> dict[str, str]:
     try:
         for answer in service.manager.hook.provisioning_status(ctx=service.ctx):
             details.update({str(k): str(v) for k, v in (answer or {}).items()})
+    except Unreachable as err:              # a BaseException: the gateway (CLISSH) is away
+        details["error"] = f"the plugin's details cannot be had: {err}"
     except Exception as err:  # noqa: BLE001 - the plugin's details are not worth failing status for
         details["error"] = f"the plugin's status hook raised {type(err).__name__}: {err}"
     except Unreachable as err:
