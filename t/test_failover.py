@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 
@@ -11,7 +12,10 @@ import ldap
 import ldap.modlist
 import pytest
 
+from provisioning.backend.ldap import Directory as LdapDirectory
+from provisioning.backend.ldap import DirectoryUnavailable, LdapSettings
 from provisioning.ldifload import parse_ldif
+from provisioning.secret import Secret
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, SUFFIX, ProviderPair
 
 from faults import PauseAt, Proxy
@@ -81,6 +85,36 @@ def test_the_daemon_fails_over_to_the_other_provider_in_a_burst(tmp_path, pair, 
     assert modes(pair.second) == Counter({("added", True): BURST})
     report("provider failover in a burst of 500", in_flight=in_flight, lost=0, twice=0, left_claimed=0,
            seconds_to_next_done=round(next_done, 2))
+
+
+def test_a_worker_connects_only_to_the_provider_the_loop_is_on(pair):
+    """A worker's first connection after a reconnect must not land on the other provider.
+
+    There an entry may lag behind the stream's: the claim then failed as "changed
+    meanwhile" and the request was dropped without a trace (found in review).
+    """
+    relay = Proxy("127.0.0.1", pair.first.port)
+    try:
+        first = pair.first
+        directory = LdapDirectory(LdapSettings([relay.uri, pair.second.ldap_uri], first.root_dn,
+                                               Secret(first.root_pw), timeout=5))
+        directory.open()                                  # the loop's connection: through the relay
+        assert directory.uri == relay.uri
+        relay.cut()                                       # the loop's server is away for new connections
+        found: list[object] = []
+
+        def worker() -> None:
+            try:
+                found.append(directory.conn.get_option(ldap.OPT_URI))
+            except DirectoryUnavailable as err:
+                found.append(err)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(30)
+        assert isinstance(found[0], DirectoryUnavailable), f"the worker connected to {found[0]}"
+        directory.close()
+    finally:
+        relay.stop()
 
 
 @pytest.mark.parametrize("cut_at", ["before the claim", "after the claim"])

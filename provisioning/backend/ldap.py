@@ -195,7 +195,7 @@ class Directory:
     Each thread (the main loop, every worker) gets a connection of its own,
     bound once: python-ldap holds a connection's lock while it waits for an
     answer, so workers sharing one would wait for each other's round trips.
-    Workers connect on first use to the server the main loop chose.
+    Workers connect on first use to the server the main loop chose, and only to it.
     """
 
     def __init__(self, settings: LdapSettings, *, dry_run: bool = False) -> None:
@@ -224,10 +224,11 @@ class Directory:
             return conn
         if self.uri is None or not self._conns:
             raise DirectoryUnavailable("not connected")
-        # The server the main loop is on first, so every connection sees the same data.
-        preferred = [self.uri] + [u for u in self.settings.uris if u != self.uri]
+        # The server the main loop is on, and no other: on another one, which may
+        # lag behind, a worker's claim would fail as "changed meanwhile" and drop
+        # the request. When it does not answer, the loop reconnects everything.
         with _unavailable_on_network_errors("connect"):
-            conn, _ = connect(replace(self.settings, uris=preferred))
+            conn, _ = connect(replace(self.settings, uris=[self.uri]))
         with self._lock:
             self._conns[threading.get_ident()] = conn
         return conn
