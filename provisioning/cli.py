@@ -36,6 +36,7 @@ from provisioning.codes import ExitCode
 from provisioning.commandguard import GUARD
 from provisioning.config import Config, global_config_candidates, unknown_keys
 from provisioning.daemon import Daemon, Retry
+from provisioning.failback import Failback
 from provisioning.files import UnsafeFile
 from provisioning.ldapmode import LdapMode
 from provisioning.lock import AlreadyLocked, PidLock
@@ -263,14 +264,17 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     startup_retry, operation = _retries(config)
     monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
     brake = Brake(BrakeSettings.from_config(config))
+    position = Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"])
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
-                  position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
+                  position=position,
                   store=store, router=router,
                   executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
                   stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
-                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake)
+                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake,
+                  failback=Failback(settings, db["SERVICE_SUBTREE"], db["FAILBACK_INTERVAL"],
+                                    lambda: position.current))
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,

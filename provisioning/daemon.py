@@ -38,6 +38,7 @@ from provisioning.backend.store import APPROVE, Held, Store
 from provisioning.brake import PARKED, Brake, Parked
 from provisioning.clock import Clock
 from provisioning.entry import Entry
+from provisioning.failback import Failback
 from provisioning.lowwater import OpenEvents
 from provisioning.mirror import Mirror, identity_differences
 from provisioning.monitor import Monitor
@@ -111,7 +112,8 @@ class Daemon:
                  base: str, clock: Clock | None = None, poll_interval: float = 0.5,
                  stop_event: threading.Event | None = None, once: bool = False,
                  monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None,
-                 mirror: Mirror | None = None, brake: Brake | None = None) -> None:
+                 mirror: Mirror | None = None, brake: Brake | None = None,
+                 failback: Failback | None = None) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -144,6 +146,8 @@ class Daemon:
         self._reload_asked = False
         self.mirror = mirror                       # what the store must mirror (None: not checked)
         self.brake = brake or Brake()
+        self.failback = failback                   # back to an earlier provider of SERVER (None: never)
+        self._failing_back = False
         self._held_checked_at = -math.inf
         self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
         self.monitor.attach(self)
@@ -191,6 +195,8 @@ class Daemon:
             return
         self._closed = True
         self.monitor.stopping()
+        if self.failback is not None:
+            self.failback.close()
         self._drain()
         self._flush(mirror=True)
         self.executor.close()
@@ -202,6 +208,7 @@ class Daemon:
         """One round: the events that arrive within ``timeout``, then housekeeping."""
         self.monitor.beat()
         self._reload_if_asked()
+        self._check_failback()
         if self._trouble:
             self._recover()
             return
@@ -262,6 +269,8 @@ class Daemon:
             raise
         self.in_refresh = True
         self._warned.discard("directory")
+        if self.failback is not None:
+            self.failback.watch(self.directory.uri)
         self.monitor.connected(self.directory.uri, self.refresh_full)
         log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
                  " (full refresh)" if self.refresh_full else "")
@@ -388,12 +397,26 @@ class Daemon:
                     self._session_server or "an earlier run")
         self.position.reset()
 
+    def _check_failback(self) -> None:
+        """Move back to an earlier provider of SERVER that answers again (see provisioning.failback)."""
+        if self._trouble or self.failback is None:
+            return
+        uri = self.failback.due()
+        if uri is not None:
+            self._trouble = f"{uri}, before {self.directory.uri} in SERVER, answers again and has caught up"
+            self._failing_back = True
+
     def _recover(self) -> None:
         """Finish the work in hand, then reconnect and write what is kept."""
-        log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
-        self.monitor.trouble(self._trouble)
-        self._warn_once("directory", "the directory is out of reach or refuses writes",
-                        f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
+        if self._failing_back:
+            # Not trouble: the reconnect finds the first provider of SERVER that answers.
+            log.info("%s; finishing the work in hand, then moving back to it", self._trouble)
+            self._failing_back = False
+        else:
+            log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
+            self.monitor.trouble(self._trouble)
+            self._warn_once("directory", "the directory is out of reach or refuses writes",
+                            f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
         self._drain()
         self._forget_unfinished()
         self._flush(mirror=True)

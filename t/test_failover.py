@@ -375,3 +375,49 @@ def _add(server, uid: str, host: Host) -> None:
         conn.add_s(_dn(uid), ldap.modlist.addModlist(account_attrs(uid, host.layout.backup_root)))
     finally:
         conn.unbind_s()
+
+
+def test_the_daemon_moves_back_to_the_first_provider_once_it_answers_and_has_caught_up(tmp_path):
+    """Fail-back: the daemons of an HA pair claim through the first provider of SERVER whenever it answers.
+
+    The first provider comes back without the changes made on the second
+    while it was away (its replication relay is cut): the daemon waits for it
+    to catch up, then moves back. Before, it stayed on the second for good.
+    """
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.second.port)          # the second's changes reach the first through it
+    pair.relay_second_to_first(relay.uri)
+    pair.start()
+    try:
+        _fail_back(tmp_path, pair, relay)
+    finally:
+        relay.stop()
+        pair.stop()
+
+
+def _fail_back(tmp_path, pair, relay: Proxy) -> None:
+    host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
+    p1, p2 = pair.first.ldap_uri, pair.second.ldap_uri
+    host.set("Database", SERVER=f"{p1} {p2}", FAILBACK_INTERVAL=0.5)
+    host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
+    _wait_replicated(pair)
+    daemon = DaemonProcess(host).start()
+    pair.first.terminate()
+    pair.first.wait()
+    daemon.wait_for(rf"connected to {p2}", timeout=60)
+    relay.cut()
+    _add(pair.second, "3750001", host)                    # done on the second; the first will not have it
+    wait_until(lambda: _mode(pair.second, _dn("3750001")) == "added", "the request done on the second")
+    pair.first.resume()
+    daemon.wait_for(rf"{p1} answers again, but .*: moving back to it once it has caught up", timeout=30)
+    assert daemon.count(rf"connected to {p1}") == 1       # the start only: not back on a provider behind
+    relay.restore()
+    daemon.wait_for(rf"{p1}, before {p2} in SERVER, answers again and has caught up", timeout=30)
+    daemon.wait_for(rf"connected to {p1}", count=2, timeout=30)
+    _add(pair.second, "3750002", host)
+    wait_until(lambda: _mode(pair.first, _dn("3750002")) == "added", "a request done after the fail-back")
+    assert daemon.stop() == 0
+    claimed = _value(pair.first, _dn("3750002"), "entryCSN")
+    assert f"#{pair.first.server_id:03x}#" in claimed      # the outcome was written through the first
+    # The start refreshed in full; moving back did not (the first had caught up).
+    assert daemon.count(rf"connected to {p1}; synchronising \S+ \(full refresh\)") == 1
