@@ -30,6 +30,7 @@ import datetime as dt
 import enum
 import os
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from provisioning.clock import Clock, generalized_time, utc_stamp
@@ -40,6 +41,8 @@ PREFIX = "claim: "
 # Commands of a request stop being started this long before its lease ends,
 # so the outcome can still be written in time.
 LEASE_MARGIN = 0.1
+# How many lost claims are remembered (each comes back within moments, as another daemon's).
+LOST_KEPT = 10_000
 
 
 class Owner(enum.Enum):
@@ -106,6 +109,9 @@ class Owners:
         self.pid = pid or os.getpid()
         self.alive = alive
         self._mine: set[str] = set()
+        # Claims of ours that lost to another daemon's (provisioning.confirm): their
+        # version is about to be replaced, and must not be resumed as "ours, not in hand".
+        self._lost: OrderedDict[str, None] = OrderedDict()
 
     def new_token(self) -> str:
         token = f"{PREFIX}{self.host} {self.pid} {utc_stamp(self.clock.utcnow())}"
@@ -114,6 +120,13 @@ class Owners:
 
     def release(self, token: str) -> None:
         self._mine.discard(token)
+
+    def lose(self, token: str) -> None:
+        """Our claim ``token`` lost to another daemon's: judged as someone else's live claim from now on."""
+        self._mine.discard(token)
+        self._lost[token] = None
+        while len(self._lost) > LOST_KEPT:
+            self._lost.popitem(last=False)
 
     def judge(self, entry: Entry) -> Judgement:
         """Whose is the claim on ``entry`` (claimed, no return value), and may we take it?"""
@@ -125,6 +138,10 @@ class Owners:
         if claim.token in self._mine:
             return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
         who = f"claimed by {claim.host} process {claim.pid} at {utc_stamp(claim.at)}"
+        if claim.token in self._lost:
+            # Another daemon's claim with a later CSN replaces it on every provider
+            # soon; should that daemon die before, the lease lets it be taken over.
+            return self._lease(claim.at, now, f"{who}, this daemon, whose claim lost to another daemon's")
         if claim.host == self.host and claim.pid == self.pid:
             # Ours, but not in hand: the answer to the claim was lost with the
             # connection (or this is an earlier daemon that had our pid).

@@ -28,6 +28,7 @@ from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
+from provisioning.backend.peers import Peers
 from provisioning.backend.store import Store, StoreError
 from provisioning.brake import Brake, BrakeSettings
 from provisioning.claims import Owners
@@ -35,7 +36,9 @@ from provisioning.clock import Clock
 from provisioning.codes import ExitCode
 from provisioning.commandguard import GUARD
 from provisioning.config import Config, global_config_candidates, unknown_keys
+from provisioning.confirm import Confirmer
 from provisioning.daemon import Daemon, Retry
+from provisioning.entrylock import EntryLocks
 from provisioning.failback import Failback
 from provisioning.files import UnsafeFile
 from provisioning.ldapmode import LdapMode
@@ -257,10 +260,14 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     store = Store(config.store_file, dry_run=dry_run)
     store.open()
     owners = Owners(svc["CLAIM_LEASE"], clock, host=svc["NODE_NAME"] or None)
+    stop_event = stop_event or threading.Event()
+    locks = EntryLocks(config.entry_lock_dir, stopping=stop_event, dry_run=dry_run)
+    locks.prepare()
+    confirmer = Confirmer(Peers(settings), svc["CLAIM_CONFIRM_WAIT"], db["SERVICE_SUBTREE"])
     router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
-                    owners=owners, selfcare=Selfcare(directory, service, owners, clock),
+                    owners=owners, selfcare=Selfcare(directory, service, owners, clock, confirmer, locks),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
-                    alerts=alerts, request_log=request_log)
+                    alerts=alerts, request_log=request_log, locks=locks)
     startup_retry, operation = _retries(config)
     monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
     brake = Brake(BrakeSettings.from_config(config))
@@ -287,7 +294,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     try:
         daemon = build_daemon(config, service, dry_run=dry_run, once=once, stop_event=stop_event,
                               alerts=alerts, request_log=request_log, monitor=monitor)
-    except (StoreError, CookieError) as err:
+    except (StoreError, CookieError, UnsafeFile) as err:
         log.error("%s", err)
         print(f"provisioning-daemon: {err}", file=sys.stderr)
         monitor.close()

@@ -202,6 +202,7 @@ class Daemon:
         self.executor.close()
         self.stream.close()
         self.directory.close()
+        self.router.selfcare.close()
         self.store.close()
 
     def step(self, timeout: float | None = None) -> None:

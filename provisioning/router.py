@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import OrderedDict
+from typing import Callable
 
 from provisioning.backend.cookie import by_sid, csn_sid
 from provisioning.backend.ldap import EntryChanged
@@ -17,6 +18,7 @@ from provisioning.backend.store import Known, PendingWrite, Store
 from provisioning.claims import Owners
 from provisioning.clock import Clock
 from provisioning.entry import Entry
+from provisioning.entrylock import EntryLocks
 from provisioning.ldapmode import LdapMode, ldap_verb
 from provisioning.mail import Alerts, RequestLog
 from provisioning.protocol import Selfcare, Verdict, decide, is_selfcare
@@ -40,7 +42,7 @@ class Router:
     def __init__(self, *, modus: str, base: str, store: Store, service: Service, owners: Owners,
                  selfcare: Selfcare, ldap_mode: LdapMode, removals: Removals,
                  clock: Clock | None = None, alerts: Alerts | None = None,
-                 request_log: RequestLog | None = None) -> None:
+                 request_log: RequestLog | None = None, locks: EntryLocks | None = None) -> None:
         self.modus = modus
         self.base = base.lower()
         self.store = store
@@ -52,6 +54,7 @@ class Router:
         self.clock = clock or Clock()
         self.alerts = alerts
         self.request_log = request_log
+        self.locks = locks or EntryLocks(None)      # without: no lock on the host
         self.adopt: str | None = None      # a cookie whose entries count as handled (see cookie.Start)
         self.watching: dict[str, Watch] = {}
         self._own_writes: OrderedDict[str, None] = OrderedDict()
@@ -124,7 +127,8 @@ class Router:
             log.debug("%s: belongs to another host, left untouched", entry.dn)
             self.store.remember(entry)
             return None
-        return self._job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb), entry)
+        key = _key(entry)
+        return self._job(key, entry.dn, self._locked(key, entry.dn, lambda: self.ldap_mode.run(entry, verb)), entry)
 
     def brakes(self, uuid: str) -> bool:
         """Whether the removal of ``uuid`` would call the delete hook on an entry of this host outside
@@ -147,7 +151,8 @@ class Router:
             return None
         selfcare = self.uses_selfcare(known.entry())
         today = self.clock.today()
-        return self._job(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
+        work = self._locked(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
+        return self._job(uuid, known.dn, work)
 
     def retry_job(self, known: Known, current: Entry | None) -> Job | None:
         """The job that tries a failed hook again at start (``current``: the entry now, if it exists)."""
@@ -157,11 +162,18 @@ class Router:
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
             return self.entry_job(current, origin=SEARCH)
-        return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb), current)
+        key = _key(current)
+        work = self._locked(key, current.dn, lambda: self.ldap_mode.run(current, verb))
+        return self._job(key, current.dn, work, current)
 
-    def _job(self, key: str, dn: str, work, entry: Entry | None = None) -> Job:
+    def _job(self, key: str, dn: str, work: Callable[[], Result], entry: Entry | None = None) -> Job:
         capture = self.request_log.capture if self.request_log is not None and self.alerts is not None else None
         return Job(key, dn, work, entry, capture=capture)
+
+    def _locked(self, key: str, dn: str, work: Callable[[], Result]) -> Callable[[], Result]:
+        """``work`` with the entry's lock on this host held (provisioning.entrylock). Selfcare requests
+        take it themselves, after their claim holds (see Selfcare._work)."""
+        return lambda: self.locks.run(key, dn, lambda held: work())
 
     def _older_than_known(self, entry: Entry) -> bool:
         known = self.store.lookup(entry.uuid)
