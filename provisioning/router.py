@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 # How many of our own writes we remember to recognise their echo (they come
 # back within milliseconds; the bound keeps memory flat however long it runs).
 OWN_WRITES_KEPT = 10_000
+# Another daemon claiming through another provider is logged as a warning at most this often.
+RIVAL_REPORT_INTERVAL = 600.0
 # Where an entry comes from (see Router.entry_job).
 CHANGE, REFRESH, SEARCH = "change", "refresh", "search"
 
@@ -59,6 +63,7 @@ class Router:
         self.watching: dict[str, Watch] = {}
         self._own_writes: OrderedDict[str, None] = OrderedDict()
         self._own_newest: dict[str, str] = {}         # server id -> the newest of _own_writes, kept in the store
+        self._rival_said_at = -math.inf
         self.note_own_writes(store.own_writes)         # the last run's, for its first cookie check
 
     # ---------------------------------------------------------------- planning
@@ -106,6 +111,8 @@ class Router:
         if answered is not None:
             return self._job(_key(entry), entry.dn, lambda: self.selfcare.answer_again(entry, answered), entry)
         decision = decide(entry, self.clock.today(), self.owners)
+        if decision.verdict is Verdict.WATCH:
+            self._watched_claim(entry, decision.reason)
         if decision.verdict is Verdict.IGNORE:
             log.debug("%s: %s", entry.dn, decision.reason)
             self.watching.pop(_key(entry), None)
@@ -129,6 +136,26 @@ class Router:
             return None
         key = _key(entry)
         return self._job(key, entry.dn, self._locked(key, entry.dn, lambda: self.ldap_mode.run(entry, verb)), entry)
+
+    def _watched_claim(self, entry: Entry, why: str) -> None:
+        """Another daemon's live claim: made through another provider than ours (its entryCSN's server id)?"""
+        theirs, ours = csn_sid(entry.csn or ""), self.selfcare.claim_sid
+        if theirs and ours and theirs != ours:
+            self._rival(f"{entry.dn}: {why}, through the provider with server id {theirs} (this daemon claims "
+                        f"through server id {ours})")
+
+    def _rival(self, text: str) -> None:
+        """Say that another daemon claims through another provider (in the log at most every
+        RIVAL_REPORT_INTERVAL seconds), and keep it in the store for ``status``."""
+        self.store.note_rival(text, time.time())
+        if time.monotonic() - self._rival_said_at < RIVAL_REPORT_INTERVAL:
+            log.debug("%s", text)
+            return
+        self._rival_said_at = time.monotonic()
+        log.warning("%s. Another daemon claims requests through another provider than this one: the daemons of "
+                    "an HA pair need the same SERVER list, so that their claims meet on one provider. Meanwhile "
+                    "each claim is confirmed on the other providers before its work starts (CLAIM_CONFIRM_WAIT)",
+                    text)
 
     def brakes(self, uuid: str) -> bool:
         """Whether the removal of ``uuid`` would call the delete hook on an entry of this host outside
@@ -228,6 +255,8 @@ class Router:
     def complete(self, job: Job, result: Result) -> None:
         """Record what a job did; nothing when it did not end (retry, interrupted)."""
         self.note_own_writes(result.own_csns)
+        if result.rival is not None:
+            self._rival(result.rival)
         if result.pending is not None:
             self.store.add_pending(result.pending)
         self._alert(job, result)

@@ -8,7 +8,10 @@ Three sources, all read only:
   store, whichever is newer) against the provider's contextCSN;
 - the directory: the requests of SERVICE_SUBTREE that this host serves
   (the plugin's ``provisioning_owns``), by stage (provisioning.requests),
-  and the plugin's own details (``provisioning_status``).
+  and the plugin's own details (``provisioning_status``);
+- the store: LDAP-mode failures, removals the deletion brake holds, and
+  claims of another daemon made through another provider (a WARNING while
+  the last one is less than an hour old: an HA pair with two SERVER lists).
 
 The lag is the provider's newest contextCSN minus the cookie's CSN (per
 server id), counted only while SERVICE_SUBTREE holds a change the cookie
@@ -47,6 +50,9 @@ from provisioning.transport import build as build_transport
 
 # Requests listed per stage in the text output (--json lists all).
 LISTED = 20
+# Another daemon's claim through another provider makes a WARNING for this long (seconds): a pair split
+# for the moments of a fail-back is over by then; one with two SERVER orders never is.
+RIVALS_RECENT = 3600.0
 
 
 class State(enum.IntEnum):
@@ -85,6 +91,7 @@ class Status:
     plugin: dict[str, str] = field(default_factory=dict)
     ldap_failed: str = ""              # why the directory could not be asked
     held: int = 0                      # removals the deletion brake holds for an operator
+    rivals: dict | None = None         # another daemon's claims through another provider (Store.rivals)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -174,6 +181,7 @@ def gather(loaded: startup.Loaded) -> Status:
         directory.close()
     status.requests += _store_failures(config)
     status.held = _held_removals(config)
+    status.rivals = _rivals(config)
     return status
 
 
@@ -270,6 +278,21 @@ def _held_removals(config: Config) -> int:
     return rows[0][0] if rows else 0
 
 
+def _rivals(config: Config) -> dict | None:
+    """The record of another daemon's claims made through another provider (see Router._rival)."""
+    rows = _store_rows(config.store_file, "SELECT value FROM meta WHERE key='rivals'")
+    try:
+        return json.loads(rows[0][0]) if rows else None
+    except ValueError:
+        return None
+
+
+def rival_age(status: Status) -> float | None:
+    """Seconds since another daemon last claimed through another provider (None: never)."""
+    last = (status.rivals or {}).get("last")
+    return None if last is None else status.now.timestamp() - last
+
+
 def _store_rows(path: Path, sql: str) -> list[tuple]:
     """Rows from the store, read only; none when it is missing, unsafe or unreadable (an earlier version)."""
     try:
@@ -300,6 +323,10 @@ def judge(status: Status, t: Thresholds) -> tuple[State, list[str]]:
         warning.append(f"lag unknown ({status.lag.note})")
     elif status.lag is not None:
         _grade(status.lag.seconds, t.warn_lag, t.crit_lag, f"{status.lag.seconds:.0f} s behind", warning, critical)
+    age = rival_age(status)
+    if age is not None and age < RIVALS_RECENT:
+        warning.append(f"another daemon claimed through another provider {age:.0f} s ago (HA pair: same SERVER "
+                       f"list on both)")
     person = len(status.needing_a_person())
     _grade(person, t.warn_failed, t.crit_failed, f"{person} failed or refused", warning, critical)
     age = status.oldest_open_age()
@@ -359,6 +386,11 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
     if status.held:
         lines.append(f"deletion brake: {status.held} removal(s) held for an operator "
                      f"(provisioning-daemon deletions -c CONFIG --list)")
+    if status.rivals:
+        r = status.rivals
+        lines.append(f"claims of another daemon through another provider: {r['count']}, the last at "
+                     f"{dt.datetime.fromtimestamp(r['last'], dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({r['text']}); "
+                     f"the daemons of an HA pair need the same SERVER list")
     if status.plugin:
         lines.append(f"{status.service}: " + ", ".join(f"{k} {v}" for k, v in status.plugin.items()))
     return [escape(line) for line in lines]
@@ -409,6 +441,7 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
         "requests": {stage.value: listed(stage) for stage in Stage if stage is not Stage.OTHER},
         "oldest_open_seconds": status.oldest_open_age(),
         "deletions_held": status.held,
+        "rival_claims": status.rivals,
         "plugin": status.plugin,
         "thresholds": vars(t),
     }

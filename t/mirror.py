@@ -83,13 +83,14 @@ class Portal:
     def __init__(self, host: Host) -> None:
         self.backup_root = host.layout.backup_root
 
-    def add(self, server, uid: str, timeout: float = 5) -> None:
+    def add(self, server, uid: str, timeout: float = 5, **attrs) -> None:
+        """An add request for ``uid`` on ``server`` (``attrs`` replace attributes of account_attrs)."""
         conn = ldap.initialize(server.ldap_uri)
         conn.set_option(ldap.OPT_NETWORK_TIMEOUT, timeout)
         conn.set_option(ldap.OPT_TIMEOUT, timeout)
         try:
             conn.simple_bind_s(server.root_dn, server.root_pw)
-            conn.add_s(dn(uid), ldap.modlist.addModlist(account_attrs(uid, self.backup_root)))
+            conn.add_s(dn(uid), ldap.modlist.addModlist(account_attrs(uid, self.backup_root, **attrs)))
         finally:
             conn.unbind_s()
 

@@ -7,6 +7,11 @@ provider outage and a daemon restart left the pair split across the providers.
 """
 from __future__ import annotations
 
+import datetime as dt
+import re
+import subprocess
+import sys
+
 import pytest
 
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
@@ -138,3 +143,27 @@ def _partitioned(tmp_path, pair: ProviderPair, relays: list[Proxy], report) -> N
     assert worked(host) == {uid: 1 for uid in uids}
     report(f"HA pair in a partition between the providers, {PARTITIONED} requests (WORKERS {Host.default_workers})",
            taken_by_both=PARTITIONED, worked_twice=0, failed=0)
+
+
+def test_a_claim_of_another_daemon_made_through_another_provider_is_reported(tmp_path, pair):
+    """The daemons of an HA pair need the same SERVER list: a daemon that sees another's claim made
+    through another provider says so, in the log and in ``status`` (WARNING)."""
+    host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
+    host.set("Database", SERVER=f"{pair.first.ldap_uri} {pair.second.ldap_uri}")
+    portal = Portal(host)
+    with DaemonProcess(host) as daemon:
+        portal.add(pair.first, "3780001")                 # the daemon's own claim: through the first
+        wait_until(lambda: states(pair.first) == {("added", "0"): 1}, "the first request done")
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        portal.add(pair.second, "3780002", sstProvisioningMode="adding",
+                   sstProvisioningExecutionTime=f"claim: backup-b 4242 {stamp}")
+        ours, theirs = f"{pair.first.server_id:03x}", f"{pair.second.server_id:03x}"
+        daemon.wait_for(rf"uid=3780002,\S+: adding: claimed by backup-b process 4242 at {stamp}; taken over if still "
+                        rf"open at \S+, through the provider with server id {theirs} \(this daemon claims through "
+                        rf"server id {ours}\)\. Another daemon claims requests through another provider")
+        status = subprocess.run([sys.executable, "-m", "provisioning", "status", "-c", str(host.config), "-g",
+                                 str(host.global_config)], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1, status.stdout
+    assert "another daemon claimed through another provider" in status.stdout.splitlines()[0]
+    assert re.search(r"^claims of another daemon through another provider: 1, the last at .*backup-b process 4242",
+                     status.stdout, re.MULTILINE)
