@@ -12,6 +12,7 @@ from collections import Counter
 
 import ldap
 import ldap.modlist
+import pytest
 
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
 
@@ -20,6 +21,7 @@ from helpers import DaemonProcess, Host, account_attrs, wait_until
 # Each request's claim and outcome, as the daemon logs them.
 CLAIMED = re.compile(r"uid=(\d+),\S*: add request claimed \(")
 DONE = re.compile(r"uid=(\d+),\S*: add done in ")
+CONFIRMED = re.compile(r": claim confirmed in ([\d.]+) ms")
 
 
 def dn(uid: str) -> str:
@@ -32,6 +34,16 @@ def exists(conn, entry: str) -> bool:
         return True
     except ldap.NO_SUCH_OBJECT:
         return False
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Two slapd in mirror mode, the base tree on both (import it into a test module to use it)."""
+    providers = ProviderPair(str(tmp_path / "pair"))
+    providers.start()
+    wait_replicated(providers)
+    yield providers
+    providers.stop()
 
 
 def wait_replicated(pair: ProviderPair) -> None:
@@ -104,6 +116,14 @@ def in_hand(daemon: DaemonProcess) -> set[str]:
     """uids this daemon (one run of it, by its log) claimed and had not answered: its work in hand."""
     text = daemon.text()
     return set(CLAIMED.findall(text)) - set(DONE.findall(text))
+
+
+def confirmations(*daemons: DaemonProcess) -> dict[str, float]:
+    """p50 and p95 of the milliseconds the daemons' claims took to be confirmed (their debug log)."""
+    ms = sorted(float(m) for daemon in daemons for m in CONFIRMED.findall(daemon.text()))
+    if not ms:
+        return {}
+    return {"confirm_ms_p50": ms[len(ms) // 2], "confirm_ms_p95": ms[int(len(ms) * 0.95)]}
 
 
 def settle(pair: ProviderPair, count: int, timeout: float) -> tuple[Counter, float]:
