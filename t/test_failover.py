@@ -14,6 +14,7 @@ import pytest
 
 from provisioning.backend.ldap import Directory as LdapDirectory
 from provisioning.backend.ldap import DirectoryUnavailable, LdapSettings
+from provisioning.backend.peers import Peers
 from provisioning.ldifload import parse_ldif
 from provisioning.secret import Secret
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, SUFFIX, ProviderPair
@@ -115,6 +116,26 @@ def test_a_worker_connects_only_to_the_provider_the_loop_is_on(pair):
         directory.close()
     finally:
         relay.stop()
+
+
+def test_a_provider_restarted_since_the_last_look_is_read_anew_not_left_out(pair):
+    """The claim confirmation's connections (backend.peers) outlive a provider's restart: the first read
+    after it must not count the provider as out of reach (its claims would go unconfirmed)."""
+    second = pair.second
+    peers = Peers(LdapSettings([pair.first.ldap_uri, second.ldap_uri], second.root_dn, Secret(second.root_pw),
+                               timeout=5))
+    try:
+        assert peers.context(second.ldap_uri, ACCOUNTS_BASE, time.monotonic() + 5)
+        second.restart()
+        assert peers.context(second.ldap_uri, ACCOUNTS_BASE, time.monotonic() + 5)
+        assert peers.others(pair.first.ldap_uri) == [second.ldap_uri]
+        second.terminate()
+        second.wait()
+        with pytest.raises(DirectoryUnavailable):
+            peers.context(second.ldap_uri, ACCOUNTS_BASE, time.monotonic() + 5)
+        assert peers.others(pair.first.ldap_uri) == []          # left out for a while
+    finally:
+        peers.close()
 
 
 @pytest.mark.parametrize("cut_at", ["before the claim", "after the claim"])

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import ldap
 import ldap.dn
@@ -54,18 +54,39 @@ class Peers:
         Raises DirectoryUnavailable when the provider does not answer by
         ``deadline`` (a time.monotonic() value); it is then left out for a while.
         """
+        cached = (threading.get_ident(), uri) in self._conns
+        try:
+            return self._search(uri, dn, attrs, deadline)
+        except ldap.SERVER_DOWN as err:
+            if not cached:
+                return self._unanswered(uri, err)
+            # The connection of an earlier read, to a provider restarted since: once more, anew.
+            self._drop(uri)
+        try:
+            return self._search(uri, dn, attrs, deadline)
+        except ldap.SERVER_DOWN as err:
+            return self._unanswered(uri, err)
+
+    def _search(self, uri: str, dn: str, attrs: Sequence[str], deadline: float) -> Entry | None:
         try:
             conn = self._conn(uri, deadline)
             wait = max(MIN_WAIT, deadline - time.monotonic())
             found = conn.search_ext_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", list(attrs), timeout=wait)
         except ldap.NO_SUCH_OBJECT:
             return None
+        except ldap.SERVER_DOWN:
+            raise
         except (ldap.LDAPError, DirectoryUnavailable, BindRefused) as err:
-            # Whatever it is (gone, frozen, a refusal), this provider cannot say now.
-            why = describe(err) if isinstance(err, ldap.LDAPError) else str(err)
-            self._away(uri, why)
-            raise DirectoryUnavailable(f"{uri}: {why}") from err
+            self._unanswered(uri, err)
         return Entry.from_ldap(found[0][0], found[0][1]) if found else None
+
+    def _unanswered(self, uri: str, err: Exception) -> NoReturn:
+        """Whatever it is (gone, frozen, a refusal), this provider cannot say now: left out for a while."""
+        why = describe(err) if isinstance(err, ldap.LDAPError) else str(err)
+        self._drop(uri)
+        self._away_until[uri] = time.monotonic() + PEER_RETRY
+        log.debug("provider %s did not answer (%s); not asked for %g s", uri, why, PEER_RETRY)
+        raise DirectoryUnavailable(f"{uri}: {why}") from err
 
     def context(self, uri: str, base: str, deadline: float) -> list[str]:
         """Provider ``uri``'s contextCSN values for the database holding ``base`` ([]: not readable).
@@ -98,14 +119,11 @@ class Peers:
             self._conns[key] = conn
         return conn
 
-    def _away(self, uri: str, why: str) -> None:
-        """Drop this thread's connection (its state after a timeout is unknown); skip ``uri`` for a while."""
+    def _drop(self, uri: str) -> None:
+        """Forget this thread's connection to ``uri`` (its state after an error or a timeout is unknown)."""
         with self._lock:
             conn = self._conns.pop((threading.get_ident(), uri), None)
-            self._away_until[uri] = time.monotonic() + PEER_RETRY
         unbind_quietly(conn)
-        log.debug("provider %s did not answer (%s); not asked for %g s", uri, why, PEER_RETRY)
-
 
 def _upwards(base: str) -> list[str]:
     """``base`` and each entry above it, nearest first."""
