@@ -72,6 +72,7 @@ class Confirmation:
     winner: Entry | None = None                        # LOST: the version that won
     replaced: str | None = None                        # HOLDS: entryCSN of an older rival's version on our provider
     rival: tuple[Claim, str] | None = None             # another daemon's claim seen: the claim, its entryCSN
+    unreadable: bool = False                           # UNSURE because a contextCSN cannot be read (ACL)
 
 
 class Confirmer:
@@ -122,7 +123,7 @@ class Confirmer:
                     for sid, value in by_sid(context or []).items():
                         need[sid] = max(need.get(sid, ""), value)
                 elif not context:
-                    found.behind = [f"{uri} (its contextCSN cannot be read)"]
+                    found.behind, found.unreadable = [f"{uri} (its contextCSN cannot be read)"], True
                     return None
             if not pending:
                 return need

@@ -186,6 +186,7 @@ class Selfcare:
         self.locks = locks or EntryLocks(None)
         # The server id in the entryCSN of our last claim: the provider we claim through.
         self.claim_sid: str | None = None
+        self._said_unreadable = False             # that a provider's contextCSN cannot be read
 
     def close(self) -> None:
         """Close the connections to the other providers (see provisioning.confirm)."""
@@ -323,7 +324,13 @@ class Selfcare:
             log.warning("%s: claim lost to %s (entryCSN %s, newer than ours, %s): backing off, nothing is done on "
                         "this host", fresh.dn, by, found.winner.csn, fresh.csn)
             return Result(own_csns=claim.own_csns, rival=claim.rival), None
-        if found.standing is Standing.UNSURE:
+        if found.standing is Standing.UNSURE and found.unreadable:
+            # Every request would say so: once, then at debug level.
+            (log.debug if self._said_unreadable else log.warning)(
+                "%s: the claim cannot be confirmed, %s: working on it all the same; let the daemon's bind read "
+                "contextCSN on the suffix entry of every provider (README, deployment)", fresh.dn, found.behind[0])
+            self._said_unreadable = True
+        elif found.standing is Standing.UNSURE:
             log.warning("%s: the claim could not be confirmed within %g s, waiting for %s: working on it all the "
                         "same; this host's entry lock keeps two jobs apart", fresh.dn, self.confirmer.wait,
                         ", ".join(found.behind))
