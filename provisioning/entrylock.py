@@ -105,7 +105,7 @@ class EntryLocks:
 
     def __init__(self, folder: str | Path | None, *, stopping: threading.Event | None = None,
                  dry_run: bool = False) -> None:
-        self.folder = Path(folder) if folder is not None else Path()
+        self.folder = Path(folder or ".")
         self.stopping = stopping or threading.Event()
         self.enabled = folder is not None and not dry_run
         self._said: str | None = None
@@ -130,6 +130,11 @@ class EntryLocks:
 
     @contextlib.contextmanager
     def hold(self, key: str, label: str) -> Iterator[Held]:
+        """The lock of entry ``key`` (``label``: its DN, for the log), held until the block ends.
+
+        Waits while another process of the host holds it; Interrupted when the
+        daemon is asked to stop meanwhile (nothing was done yet).
+        """
         fd = self._open(key) if self.enabled else None
         try:
             if fd is not None:

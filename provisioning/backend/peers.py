@@ -125,6 +125,7 @@ class Peers:
             conn = self._conns.pop((threading.get_ident(), uri), None)
         unbind_quietly(conn)
 
+
 def _upwards(base: str) -> list[str]:
     """``base`` and each entry above it, nearest first."""
     parts = ldap.dn.str2dn(base)
