@@ -19,7 +19,18 @@ The rule for taking such a claim over (resuming it):
   claim is older than CLAIM_LEASE. The lease is longer than any request may
   take: the core stops starting commands for a request once its lease is
   nearly over (see ``Deadline``), so a live owner has finished or given up
-  before anyone else takes over.
+  before anyone else takes over;
+- a claim value that does not parse, or whose stamp lies more than a lease
+  after the write that carries it (``claim: x 1 99991231T235959Z``, which the
+  portal can write): no daemon made it, it is foreign and taken as expired.
+
+A claim's age is measured on the directory's clock, never on the claimant's
+or the judge's wall clock: it is the directory's time now (``DirectoryTime``,
+a lower bound from the timestamps this daemon has read) less the time of the
+entry's last change (its entryCSN, or modifyTimestamp), which is no earlier
+than the claim's write. Two daemons whose clocks differ by more than the
+lease therefore still wait out each other's fresh claims. A claim's own stamp
+is written from the same directory time and is only shown to people.
 
 Taking over is itself a claim, asserted on the entry's entryCSN, so of two
 daemons that decide to resume the same entry only one does.
@@ -33,7 +44,7 @@ import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from provisioning.clock import Clock, generalized_time, utc_stamp
+from provisioning.clock import Clock, DirectoryTime, utc_stamp
 from provisioning.entry import Entry
 
 ATTRIBUTE = "sstProvisioningExecutionTime"
@@ -41,6 +52,10 @@ PREFIX = "claim: "
 # Commands of a request stop being started this long before its lease ends,
 # so the outcome can still be written in time.
 LEASE_MARGIN = 0.1
+# Process ids a claim may name (Linux's pid_max is at most 2**22; os.kill takes a C int).
+MAX_PID = 2**31 - 1
+# Claims judged without a time of their own (see Owners._since), remembered this many.
+FIRST_SEEN_KEPT = 10_000
 # How many lost claims are remembered (each comes back within moments, as another daemon's).
 LOST_KEPT = 10_000
 
@@ -60,19 +75,32 @@ class Claim:
 
 
 def parse(values: list[str]) -> Claim | None:
-    """The claim among the values of sstProvisioningExecutionTime, if there is one."""
+    """The claim among the values of sstProvisioningExecutionTime, if one of them is a well-formed claim."""
     for value in values:
-        if not value.startswith(PREFIX):
-            continue
-        parts = value[len(PREFIX):].split()
-        if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit():
-            continue
-        try:
-            at = dt.datetime.strptime(parts[2], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-        except ValueError:
-            continue
-        return Claim(parts[0], int(parts[1]), at, value)
+        claim = _parse_one(value)
+        if claim is not None:
+            return claim
     return None
+
+
+def unreadable(values: list[str]) -> str | None:
+    """The first value that says it is a claim but is no well-formed one."""
+    return next((v for v in values if v.startswith(PREFIX) and _parse_one(v) is None), None)
+
+
+def _parse_one(value: str) -> Claim | None:
+    if not value.startswith(PREFIX):
+        return None
+    parts = value[len(PREFIX):].split()
+    # Ten digits at most before int(): a value of thousands of digits is refused by int() itself.
+    pid = parts[1] if len(parts) == 3 and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 10 else ""
+    if not pid or not 0 < int(pid) <= MAX_PID:
+        return None
+    try:
+        at = dt.datetime.strptime(parts[2], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+    return Claim(parts[0], int(pid), at, value)
 
 
 def claim_values(entry: Entry) -> list[str]:
@@ -104,17 +132,20 @@ class Owners:
                  pid: int | None = None, alive=pid_alive) -> None:
         self.lease = dt.timedelta(seconds=lease)
         self.clock = clock or Clock()
+        self.directory = DirectoryTime(self.clock)
         # IA5String: the host name goes into a directory value and a filter.
         self.host = (host or socket.gethostname()).encode("ascii", "replace").decode().replace(" ", "_")
         self.pid = pid or os.getpid()
         self.alive = alive
         self._mine: set[str] = set()
+        self._first_seen: OrderedDict[str, dt.datetime] = OrderedDict()
         # Claims of ours that lost to another daemon's (provisioning.confirm): their
         # version is about to be replaced, and must not be resumed as "ours, not in hand".
         self._lost: OrderedDict[str, None] = OrderedDict()
 
     def new_token(self) -> str:
-        token = f"{PREFIX}{self.host} {self.pid} {utc_stamp(self.clock.utcnow())}"
+        # The directory's time: a stamp never lies ahead of the write that carries it.
+        token = f"{PREFIX}{self.host} {self.pid} {utc_stamp(self.directory.now())}"
         self._mine.add(token)
         return token
 
@@ -128,32 +159,62 @@ class Owners:
         while len(self._lost) > LOST_KEPT:
             self._lost.popitem(last=False)
 
+    def saw(self, entry: Entry) -> dt.datetime | None:
+        """Note the time of ``entry``'s last change on the directory's clock; that time."""
+        return self.directory.saw_entry(entry.csn, entry.get("modifyTimestamp"))
+
     def judge(self, entry: Entry) -> Judgement:
         """Whose is the claim on ``entry`` (claimed, no return value), and may we take it?"""
-        claim = parse(entry.values(ATTRIBUTE))
-        now = self.clock.utcnow()
+        written = self.saw(entry)
+        values = entry.values(ATTRIBUTE)
+        claim = parse(values)
         if claim is None:
-            since = generalized_time(entry.get("modifyTimestamp")) or now
-            return self._lease(since, now, "claimed without an owner (by an older daemon)")
+            bad = unreadable(values)
+            if bad is not None:
+                return Judgement(Owner.GONE, f"claimed by {bad[:80]!r}, which is no claim a daemon writes: "
+                                             "foreign, taken as expired")
+            return self._lease(self._since(entry, written), "claimed without an owner (by an older daemon)")
         if claim.token in self._mine:
             return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
         who = f"claimed by {claim.host} process {claim.pid} at {utc_stamp(claim.at)}"
+        if claim.at - (written or self.directory.now()) > self.lease:
+            return Judgement(Owner.GONE, f"{who}, more than a lease after the directory wrote it: "
+                                         "foreign, taken as expired")
         if claim.token in self._lost:
             # Another daemon's claim with a later CSN replaces it on every provider
             # soon; should that daemon die before, the lease lets it be taken over.
-            return self._lease(claim.at, now, f"{who}, this daemon, whose claim lost to another daemon's")
+            return self._lease(self._since(entry, written), f"{who}, this daemon, whose claim lost to another daemon's")
         if claim.host == self.host and claim.pid == self.pid:
             # Ours, but not in hand: the answer to the claim was lost with the
             # connection (or this is an earlier daemon that had our pid).
             return Judgement(Owner.GONE, f"{who}, this daemon, which is not working on it")
         if claim.host == self.host and not self.alive(claim.pid):
             return Judgement(Owner.GONE, f"{who}, which no longer runs")
-        return self._lease(claim.at, now, who)
+        return self._lease(self._since(entry, written), who)
 
-    def _lease(self, since: dt.datetime, now: dt.datetime, who: str) -> Judgement:
-        expires = since + self.lease
-        if now >= expires:
-            return Judgement(Owner.GONE, f"{who}; its lease ran out at {utc_stamp(expires)}")
+    def _since(self, entry: Entry, written: dt.datetime | None) -> dt.datetime:
+        """When the claim was made at the latest, on the directory's clock.
+
+        The entry's last change when it shows one (always, as read from the
+        directory); otherwise the directory's time when this daemon first
+        judged this claim, so that it is waited out once, not for ever.
+        """
+        if written is not None:
+            return written
+        key = f"{entry.dn.lower()}\n{' '.join(claim_values(entry))}"
+        if key not in self._first_seen:
+            self._first_seen[key] = self.directory.now()
+            while len(self._first_seen) > FIRST_SEEN_KEPT:
+                self._first_seen.popitem(last=False)
+        return self._first_seen[key]
+
+    def _lease(self, since: dt.datetime, who: str) -> Judgement:
+        age = self.directory.now() - since
+        if age >= self.lease:
+            return Judgement(Owner.GONE, f"{who}; its lease ran out ({age.total_seconds():.0f} s on the "
+                                         f"directory's clock since its write at {utc_stamp(since)})")
+        # When to look again, on the local clock (the daemon's timers run on it).
+        expires = self.clock.utcnow() + (self.lease - age)
         return Judgement(Owner.LIVE, f"{who}; taken over if still open at {utc_stamp(expires)}", expires)
 
     def work_budget(self) -> float:

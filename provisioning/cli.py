@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -255,6 +256,12 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     Raises StoreError or CookieError when the state files cannot be used.
     """
     settings = LdapSettings.from_config(config)
+    wanted = service.attributes()
+    if wanted is not None:
+        # The one place the allow-list applies: what is not read is neither
+        # passed to a hook nor kept in the store.
+        settings = dataclasses.replace(settings, attributes=tuple(wanted))
+        log.debug("reading these attributes of each entry: %s", ", ".join(wanted))
     db, svc = config.service["Database"], config.service["Service"]
     directory = Directory(settings, dry_run=dry_run)
     store = Store(config.store_file, dry_run=dry_run)

@@ -56,6 +56,27 @@ def provisioning_start(ctx: "ServiceContext") -> list[str] | None:
     """
 
 
+@hookspec
+def provisioning_attributes(ctx: "ServiceContext") -> list[str] | None:
+    """Name the attributes of an entry the plugin needs: the daemon reads, passes on and keeps no others.
+
+    Called once at start-up, after :func:`provisioning_start`. The daemon asks
+    the directory for these and for the few the core needs itself (the
+    sstProvisioning* attributes, sstIsActive, objectClass, entryUUID,
+    entryCSN, modifyTimestamp), and for nothing else: ``request.entry`` and
+    the ``entry`` of :func:`provisioning_owns` hold only those, and so does
+    the store, which keeps the last known entry for a delete. A password hash
+    the bind DN can read is thus never read unless a plugin names it. The
+    lists of all plugins are merged. A plugin that declares nothing (None,
+    or no implementation) leaves the choice to the others; when no plugin
+    declares a list, every attribute is read, as before this hook existed.
+
+    :param ctx: the service context (validated configuration, after start).
+    :return: attribute names (``"*"`` stands for every user attribute), or
+        None to declare nothing.
+    """
+
+
 @hookspec(firstresult=True)
 def provisioning_owns(entry: "Entry", ctx: "ServiceContext") -> bool | None:
     """Say whether a request entry is this host's to serve.

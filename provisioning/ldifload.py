@@ -126,12 +126,15 @@ class NoConfiguration(Exception):
     """No configuration was named and none can be taken safely."""
 
 
-def choose_config(explicit: str | None) -> tuple[str, str]:
+def choose_config(explicit: str | None, *, sandbox: bool = False) -> tuple[str, str]:
     """The configuration to use and where that choice came from; NoConfiguration if none.
 
-    -c FILE, else $PROVISIONING_CONFIG, else the sandbox's - but only while
-    that sandbox runs: a configuration left by a sandbox that stopped points
-    at a slapd that is gone (or, worse, at another one on the same port).
+    -c FILE, else $PROVISIONING_CONFIG. Only with ``sandbox`` (--sandbox, which
+    a checkout's bin/loadOpenLDAPsingleLDIF passes) the sandbox's after that,
+    and only while that sandbox runs: a configuration left by a sandbox that
+    stopped points at a slapd that is gone (or, worse, at another one on the
+    same port). The installed command never guesses: on a host where someone
+    runs a checkout's sandbox, it would write production entries into it.
     """
     from provisioning.sandbox.layout import SandboxLayout
 
@@ -140,28 +143,34 @@ def choose_config(explicit: str | None) -> tuple[str, str]:
     from_env = os.environ.get("PROVISIONING_CONFIG")
     if from_env:
         return from_env, "$PROVISIONING_CONFIG"
-    sandbox = SandboxLayout.default()
-    if not sandbox.service_config.is_file():
+    if not sandbox:
         raise NoConfiguration("no service configuration: give -c FILE or set PROVISIONING_CONFIG "
-                              f"(and no sandbox configuration in {sandbox.root})")
-    pid = sandbox.running_pid()
+                              "(a running sandbox's is used only by a checkout's bin/loadOpenLDAPsingleLDIF, "
+                              "or with --sandbox)")
+    sandbox_layout = SandboxLayout.default()
+    if not sandbox_layout.service_config.is_file():
+        raise NoConfiguration("no service configuration: give -c FILE or set PROVISIONING_CONFIG "
+                              f"(and no sandbox configuration in {sandbox_layout.root})")
+    pid = sandbox_layout.running_pid()
     if pid is None:
         raise NoConfiguration(f"no -c FILE and no PROVISIONING_CONFIG, and the sandbox configuration "
-                              f"{sandbox.service_config} is left from a sandbox that no longer runs (no live "
-                              f"process in {sandbox.pid_file}): start bin/sandbox, or give -c FILE")
-    return str(sandbox.service_config), f"the sandbox running as process {pid}"
+                              f"{sandbox_layout.service_config} is left from a sandbox that no longer runs (no "
+                              f"live process in {sandbox_layout.pid_file}): start bin/sandbox, or give -c FILE")
+    return str(sandbox_layout.service_config), f"the sandbox running as process {pid}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loadOpenLDAPsingleLDIF", description=__doc__.splitlines()[0])
     parser.add_argument("ldif", metavar="FILE", help="LDIF file with entries or change records")
     parser.add_argument("-c", "--config",
-                        help="service configuration whose [Database] to use "
-                             "(default: $PROVISIONING_CONFIG, else the running sandbox's)")
+                        help="service configuration whose [Database] to use (default: $PROVISIONING_CONFIG)")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="without -c and $PROVISIONING_CONFIG, use the running sandbox's configuration "
+                             "(what a checkout's bin/loadOpenLDAPsingleLDIF does)")
     parser.add_argument("-g", "--global-config", help="Global.conf (default: as the daemon finds it)")
     args = parser.parse_args(argv)
     try:
-        path, source = choose_config(args.config)
+        path, source = choose_config(args.config, sandbox=args.sandbox)
     except NoConfiguration as err:
         print(f"loadOpenLDAPsingleLDIF: {err}", file=sys.stderr)
         return 2

@@ -78,6 +78,7 @@ class Router:
         search found it a moment ago - work of ours that ended since makes
         it stale, and it is dropped.
         """
+        self.owners.saw(entry)               # the directory's time, by which claims are aged
         if entry.dn.lower() == self.base:
             return None                      # SERVICE_SUBTREE itself is no service entry
         if origin in (SEARCH, CHANGE) and self._older_than_known(entry):
@@ -224,6 +225,7 @@ class Router:
         """Remember the entryCSNs our writes produced, to recognise their echo and to check providers."""
         newer = False
         for csn in csns:
+            self.owners.directory.saw_entry(csn)
             self._own_writes[csn] = None
             if csn > self._own_newest.get(csn_sid(csn), ""):
                 self._own_newest[csn_sid(csn)] = csn

@@ -23,6 +23,12 @@ __all__ = ["Interrupted", "Request", "Service", "ServiceContext", "within_deadli
 log = logging.getLogger(__name__)
 
 VERBS = ("add", "modify", "delete")
+# What the core reads of every entry, whatever the plugin: the selfcare protocol
+# (mode, state, date, return value, the claim), sstIsActive (a delete's
+# condition), objectClass, and what entries are known and aged by.
+CORE_ATTRIBUTES = ("objectClass", "sstProvisioningMode", "sstProvisioningState", "sstProvisioningExecutionDate",
+                   "sstProvisioningReturnValue", "sstProvisioningExecutionTime", "sstIsActive",
+                   "entryUUID", "entryCSN", "modifyTimestamp")
 
 
 @dataclass
@@ -71,6 +77,25 @@ class Service:
         except Exception:  # noqa: BLE001 - shutting down anyway; say why
             log.exception("plugin failed while stopping")
         self.ctx.transport.close()
+
+    def attributes(self) -> list[str] | None:
+        """The attributes the daemon reads of an entry: the core's and those the plugins declare.
+
+        None when no plugin declares any (hook provisioning_attributes): every
+        attribute. A hook that raises gets the core's only: a plugin that
+        cannot say what it needs is not given everything.
+        """
+        try:
+            declared = self.manager.hook.provisioning_attributes(ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("plugin failed to name the attributes it needs; it gets the core's only")
+            declared = [[]]
+        if not declared:
+            return None
+        names: dict[str, str] = {}
+        for name in [*CORE_ATTRIBUTES, *(name for names_ in declared for name in names_)]:
+            names.setdefault(name.lower(), name)     # attribute names are case-insensitive
+        return list(names.values())
 
     def owns(self, entry: Entry) -> bool:
         """False when a plugin says the entry belongs to another host."""

@@ -233,6 +233,23 @@ def test_an_unmarked_account_is_refused_to_an_entry_whose_uidnumber_does_not_own
     assert _state(host) == before
 
 
+@pytest.mark.parametrize("verb", ["add", "delete"])
+def test_an_unmarked_folder_without_incoming_is_neither_finished_nor_deleted(host, directory, daemon, verb):
+    """Issue 18: only the surveyed paths were looked at (root's folders), not what snapshots/ holds."""
+    account = host.account_dir(VICTIM)
+    (account / "chroot/home" / VICTIM).mkdir(parents=True)           # root's; no incoming/, no marker
+    kept = account / "snapshots/daily.0/incoming"
+    kept.mkdir(parents=True)
+    (kept / "backup.tar").write_text("a customer's backed-up data")
+    before = _state(host)
+    request = {"sstProvisioningMode": "delete", "sstIsActive": "FALSE"} if verb == "delete" else {}
+    dn = directory.add(VICTIM, **request)
+    assert request_done(directory, dn)["sstProvisioningReturnValue"] == "13"
+    daemon.wait_for(rf"{verb}: .*{VICTIM} exists without an owner marker and its incoming/ is absent.*"
+                    rf"\(return value 13, NOT_THIS_ENTRYS_ACCOUNT\)")
+    assert _state(host) == before
+
+
 @pytest.mark.parametrize("shape", ["two-uid-values", "dn-names-another"])
 def test_an_entry_that_does_not_name_one_uid_touches_nothing(host, directory, daemon, slapd, shape):
     victim_dn, before = _victim(host, directory)

@@ -15,7 +15,7 @@ from provisioning.hookspecs import hookimpl
 from provisioning.service import Service, ServiceContext
 from provisioning.transport import LocalCLI
 
-from helpers import assert_done, wait_until
+from helpers import Host, assert_done, wait_until
 
 UID = "3723707"
 
@@ -244,3 +244,61 @@ def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host,
     finally:
         gate.open.set()
         daemon.shutdown()
+
+
+class SkewedClock(Clock):
+    """This machine's clock, set ``hours`` off."""
+
+    def __init__(self, hours: float) -> None:
+        self.offset = dt.timedelta(hours=hours)
+
+    def utcnow(self) -> dt.datetime:
+        return super().utcnow() + self.offset
+
+
+def _twin(host, name: str):
+    """A second daemon for the same subtree and backup host (an HA pair), with its own state files."""
+    twin = Host(host.layout.root.parent / name, host.slapd, host.subtree)
+    twin.service = {section: dict(keys) for section, keys in host.service.items()}
+    twin.set("Database", COOKIE_FILE=twin.layout.cookie)
+    twin.global_ = {section: dict(keys) for section, keys in host.global_.items()}
+    twin.write()
+    return twin
+
+
+@pytest.mark.parametrize("claimant_hours, judge_hours", [(0, 2), (-2, 0)], ids=["judge-ahead", "claimant-behind"])
+def test_daemons_whose_clocks_differ_by_more_than_the_lease_leave_each_others_fresh_claims(
+        host, directory, caplog, claimant_hours, judge_hours):
+    """A claim's age is the directory's (entryCSN) time, not the claimant's stamp against the judge's clock."""
+    caplog.set_level(logging.INFO)
+    host.set("Service", NODE_NAME="backup-a", WORKERS=2, COMMAND_TIMEOUT=60, CLAIM_LEASE=600)
+    twin = _twin(host, "twin")
+    twin.set("Service", NODE_NAME="backup-b")
+    gates, daemons = [Gate(), Gate()], []
+    try:
+        for conf, gate, hours in ((host, gates[0], claimant_hours), (twin, gates[1], judge_hours)):
+            config, service = _service(conf, _manager(gate))
+            daemons.append(build_daemon(config, service, clock=SkewedClock(hours)))
+            daemons[-1].start()
+        backup_a, backup_b = daemons
+        for daemon in daemons:
+            _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+        dn = directory.add(UID)
+        _steps_until(backup_a, lambda: dn in gates[0].calls, "backup-a inside the add")
+
+        def judged() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith((f"{dn}: adding: claimed by backup-a", f"{dn}: resuming"))]
+        _steps_until(backup_b, judged, "backup-b's judgement of backup-a's claim")
+        assert "taken over if still open" in judged()[0], judged()
+        for _ in range(10):
+            backup_b.step(timeout=0.02)
+        assert gates[1].calls == {}                   # backup-b left the claim alone
+        gates[0].open.set()
+        _steps_until(backup_a, lambda: directory.get(dn)["sstProvisioningMode"] == "added", "backup-a's outcome")
+        assert gates[0].calls == {dn: 1} and gates[1].calls == {}
+    finally:
+        for gate in gates:
+            gate.open.set()
+        for daemon in daemons:
+            daemon.shutdown()

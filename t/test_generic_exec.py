@@ -8,6 +8,7 @@ environment, stdin) as one JSON line each, and exit as the entry's
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from provisioning.commandguard import COMMAND_VARIABLE, VARIABLE as GUARD_VARIABLE
 
+from provisioning.backend.store import Store
 from provisioning.entry import Entry
 from provisioning.testing import DaemonProcess, assert_done
 from provisioning.transport import CLISSH, DryRun, LocalCLI
@@ -164,6 +166,56 @@ def test_a_request_type_without_command_is_refused_and_nothing_runs(
     shown = subprocess.run([sys.executable, "-m", "provisioning", "status", "-c", str(files.config),
                             "-g", str(files.global_config)], capture_output=True, text=True, timeout=60)
     assert f"{dn}: modifying, return value 90 (NO_COMMAND: [Exec] has no command" in shown.stdout, shown.stdout
+
+
+# ---------------------------------------------------------------- what the command gets, and nothing else
+
+HASH = "{SSHA}c2VjcmV0LWhhc2gtb2YtdGhlLXBhc3N3b3Jk"
+
+
+@pytest.mark.parametrize("attributes, given, withheld", [
+    (None, {"uid", "description", "objectClass"}, {"userPassword", "seeAlso"}),          # the default
+    ("uid, seeAlso", {"uid", "seeAlso"}, {"userPassword", "description"}),
+], ids=["default", "declared"])
+def test_the_command_and_the_store_get_only_the_attributes_declared(
+        provisioning_daemon, provisioning_entries, commands, attributes, given, withheld):
+    """Issue 18: stdin and the store carried every attribute the bind DN can read, password hashes included."""
+    daemon = provisioning_daemon("Generic/Exec", _sections(commands, ATTRIBUTES=attributes))
+    dn = provisioning_entries.add("grace", description="exit 0", seeAlso="cn=elsewhere", userPassword=HASH,
+                                  objectClass=["account", "sstProvisioning", "sstRelationship",
+                                               "simpleSecurityObject"])
+    assert_done(provisioning_entries.wait_mode(dn, "added"), "added")
+    [call] = _calls(commands["add"][1])
+    sent = json.loads(call["stdin"])["attributes"]
+    core = {"sstProvisioningMode", "sstProvisioningState", "sstProvisioningExecutionDate", "sstIsActive",
+            "sstProvisioningExecutionTime", "entryUUID", "entryCSN", "modifyTimestamp"}
+    assert given | core <= set(sent) and not withheld & set(sent), sorted(sent)
+    assert HASH not in call["stdin"]
+    assert daemon.stop() == 0
+    store = Store(Path(f"{daemon.files.service['Database']['COOKIE_FILE']}.sqlite"))
+    store.open()
+    kept = store.lookup(provisioning_entries.entry_uuid(dn))
+    assert kept is not None and not withheld & set(kept.values) and HASH not in json.dumps(kept.values)
+
+
+def test_attributes_that_are_no_attribute_names_stop_the_start(provisioning_service, commands):
+    files = provisioning_service("Generic/Exec", _sections(commands, ATTRIBUTES="uid, (cn=*), mail"))
+    result = subprocess.run([sys.executable, "-m", "provisioning", "-c", str(files.config), "-g",
+                             str(files.global_config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and "[Exec] ATTRIBUTES: '(cn=*)' is not an attribute name" in result.stderr
+
+
+def test_the_command_environment_is_exactly_what_the_readme_lists(provisioning_daemon, provisioning_entries,
+                                                                   commands):
+    """Issue 18: the README said "exactly" four variables; a local command got a fifth."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    bullet = text.split("- **environment**: ", 1)[1].split("\n- **", 1)[0]
+    listed = set(re.findall(r"`([A-Z_]+)(?:=[^`]*)?`", bullet))
+    provisioning_daemon("Generic/Exec", _sections(commands))
+    dn = provisioning_entries.add("heidi", description="exit 0")
+    assert_done(provisioning_entries.wait_mode(dn, "added"), "added")
+    [line] = commands["add"][1].read_text().splitlines()
+    assert set(json.loads(line)["env"]) == listed, bullet
 
 
 # ---------------------------------------------------------------- hostile entries

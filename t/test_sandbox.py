@@ -5,10 +5,11 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from provisioning.sandbox.layout import MARKER, SandboxLayout, SandboxRefused
+from provisioning.sandbox.layout import MARKER, REPO, SandboxLayout, SandboxRefused
 
 from helpers import wait_until
 
@@ -20,13 +21,18 @@ def _sandbox(root, *args: str, **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def _loader(root, *args: str, config_env: str | None = None) -> subprocess.CompletedProcess:
+# The checkout's own wrapper, and the command an installation has (its console script).
+CHECKOUT_LOADER = [str(REPO / "bin/loadOpenLDAPsingleLDIF")]
+INSTALLED_LOADER = [str(Path(sys.executable).parent / "loadOpenLDAPsingleLDIF")]
+
+
+def _loader(root, *args: str, config_env: str | None = None,
+            command: list[str] = CHECKOUT_LOADER) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROVISIONING_SANDBOX": str(root)}
     env.pop("PROVISIONING_CONFIG", None)
     if config_env:
         env["PROVISIONING_CONFIG"] = config_env
-    return subprocess.run([sys.executable, "-m", "provisioning.ldifload", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_a_folder_the_sandbox_did_not_make_is_refused_and_kept(tmp_path):
@@ -102,6 +108,18 @@ def test_the_loader_uses_a_running_sandbox_says_so_and_refuses_a_stale_one(tmp_p
         assert f"loadOpenLDAPsingleLDIF: configuration {layout.service_config} (from the sandbox running as " \
                f"process {proc.pid})" in result.stderr
         assert "add ou=loaded," in result.stdout
+        # The installed command does not take a running sandbox for its directory (issue 18): it
+        # would have written a production account into it.
+        account = tmp_path / "production.ldif"
+        account.write_text(f"dn: ou=production,ou=accounts,ou=backup,ou=services,dc=stoney-cloud,dc=org\n"
+                           f"objectClass: organizationalUnit\nou: production\n")
+        for command in (INSTALLED_LOADER, [sys.executable, "-m", "provisioning.ldifload"]):
+            refused = _loader(root, str(account), command=command)
+            assert refused.returncode == 2, refused.stderr
+            assert "no service configuration: give -c FILE or set PROVISIONING_CONFIG" in refused.stderr
+            assert "add ou=production" not in refused.stdout
+        asked = _loader(root, "--sandbox", str(ldif), command=INSTALLED_LOADER)    # unless asked to
+        assert asked.returncode == 1 and "Already exists" in asked.stderr, asked.stderr
         # A second sandbox in the same folder would pull it away under the first one.
         second = _sandbox(root)
         out, _ = second.communicate(timeout=60)

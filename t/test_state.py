@@ -349,6 +349,19 @@ def test_deleting_written_into_an_active_entry_is_refused_not_done(host, directo
     assert not [c for c in host.quota_calls() if c[2] == "0"]              # the quota was not lifted
 
 
+@pytest.mark.parametrize("forged", ["claim: x 1 99991231T235959Z", "claim: x y z"])
+def test_a_claim_the_portal_forged_is_foreign_and_taken_over_at_once(directory, daemon, forged):
+    """Issue 18: a stamp far ahead raised OverflowError at every judgement, and the entry stayed stuck."""
+    dn = directory.add(UID)
+    directory.wait_mode(dn, "added")
+    directory.modify(dn, sstProvisioningMode="modifying", sstProvisioningState="0",
+                     sstProvisioningReturnValue=None, sstProvisioningExecutionTime=forged)
+    directory.wait_mode(dn, "modified")
+    daemon.wait_for(rf"uid={UID},.*: resuming modify: modifying without an outcome, claimed by .*: "
+                    rf"foreign, taken as expired")
+    assert "Traceback" not in daemon.text()
+
+
 def test_a_claim_without_an_owner_is_resumed_only_after_the_lease_and_re_checked(host, directory):
     host.set("Service", COMMAND_TIMEOUT=1, CLAIM_LEASE=2)
     daemon = DaemonProcess(host).start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import ldap
 import pytest
 
+from provisioning.config import Config
 from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
 from provisioning.transport import Interrupted, LocalCLI, within_deadline
@@ -24,6 +25,7 @@ from provisioning_backup_rsnapshot.ownership import Verdict, judge
 from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.quota import blocks, quota_argv, set_quota
 from provisioning_backup_rsnapshot.rsnapshot import RsnapshotConfigs, Template
+from provisioning_backup_rsnapshot.settings import Settings, problems as settings_problems
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "etc/Provisioning/Backup/rsnapshot.account.template"
 RSNAPSHOT = "/usr/bin/rsnapshot"
@@ -280,6 +282,45 @@ def test_confine_rejects_account_directory_inside_archive(root):
     archive = root / "archive"
     place = Layout(f"{archive}/3723707/chroot", "/home/3723707", f"{archive}/3723707")
     assert confine_code(place, root) == Code.PATH_OUTSIDE_BACKUP_ROOT
+
+
+# ------------------------------------------------------------------ settings
+
+def backup_problems(tmp_path: Path, root: str, archive: str = "") -> tuple[Settings, list[str]]:
+    """[Backup] with BACKUP_ROOT ``root`` as configobj hands it over; the start-up problems."""
+    section = {"RSNAPSHOT_CONFIG_FILE": f"{tmp_path}/rsnapshot-%uid%.conf", "SET_QUOTA_CMD": "/bin/true",
+               "CREATE_CHROOT_CMD": "/bin/true", "MOUNTPOINT": "/", "RSNAPSHOT_TEMPLATE": str(TEMPLATE),
+               "RSNAPSHOT_CMD": "/bin/true", "CONFIGTEST": "cached", "BACKUP_ROOT": root,
+               "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000}
+    config = Config(tmp_path / "Backup.conf", None, {"Backup": section}, {})
+    settings = Settings.from_config(config)
+    return settings, settings_problems(settings, config, LocalCLI())
+
+@pytest.mark.parametrize("root", ["/", "/.", "//.", "/./", "//", "///", "/usr/..", "/var/backup/../.."])
+def test_backup_root_spelling_slash_is_refused(tmp_path, root):
+    settings, found = backup_problems(tmp_path, root)
+    assert settings.backup_root == "/" and settings.archive_dir == "/archive"
+    assert any(line.endswith("BACKUP_ROOT: must not be /") for line in found), found
+
+@pytest.mark.parametrize("root, system", [("/var", "/var/cache"), ("/var/./", "/var/cache"),
+                                          ("//usr", "/usr"), ("/etc/ldap/..", "/etc"),
+                                          ("/var/backup/../lib", "/var/lib")])
+def test_backup_root_that_is_or_holds_a_system_folder_is_refused(tmp_path, root, system):
+    _, found = backup_problems(tmp_path, root)
+    assert any(line.endswith(f"BACKUP_ROOT: must not be or hold the system folder {system}")
+               for line in found), found
+
+def test_backup_root_that_resolves_to_slash_is_refused(tmp_path):
+    (tmp_path / "backup").symlink_to("/")
+    _, found = backup_problems(tmp_path, f"{tmp_path}/backup")
+    assert any(line.endswith("BACKUP_ROOT: must not be / (it resolves to /)") for line in found), found
+
+def test_backup_root_and_archive_are_used_in_their_normal_spelling(tmp_path):
+    (tmp_path / "backup").mkdir()
+    settings, found = backup_problems(tmp_path, f"/{tmp_path}/./backup//", f"{tmp_path}/backup/./old/")
+    assert found == []
+    assert (settings.backup_root, settings.archive_dir) == (f"{tmp_path}/backup", f"{tmp_path}/backup/old")
+    assert pattern_directory("3723707", settings.backup_root) == f"{tmp_path}/backup/7/707/723/3723707"
 
 
 # ------------------------------------------------------------------ rsnapshot
@@ -589,14 +630,45 @@ def test_an_unmarked_directory_is_adopted_only_with_its_owners_incoming(tmp_path
     assert build(account, place, root, script(tmp_path, "exit 1")) is Verdict.ADOPT
     assert Path(place.marker).read_text() == UUID + "\n"
 
-def test_an_add_cut_short_before_its_marker_is_finished_by_the_entry(tmp_path, root):
-    """A crash between the account directory and its marker: only root's folders, no incoming/."""
+@pytest.mark.parametrize("holds", ["root's folders only", "snapshots"])
+def test_an_unmarked_folder_without_incoming_is_refused_whatever_it_holds(tmp_path, root, holds):
+    """Issue 18: judged on the few paths surveyed (all root's), it was finished as this entry's.
+
+    What snapshots/ holds was never looked at: nothing shows whose the folder is, so it is refused.
+    """
     account = local_account()
     place = layout(account, str(root))
-    os.makedirs(place.jail + "/home")                     # root's, as build() makes them
-    assert build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) is Verdict.RECLAIM
-    assert Path(place.marker).read_text() == UUID + "\n"
-    assert os.path.isdir(place.incoming)
+    os.makedirs(place.jail + "/home")                     # root's folders, no incoming/, no marker
+    if holds == "snapshots":
+        os.makedirs(place.snapshot_root + "daily.0/incoming")
+        Path(place.snapshot_root + "daily.0/incoming/backup.tar").write_text("someone's data")
+    before = sorted(str(p) for p in root.rglob("*"))
+    assert code_of(build, account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) == 13
+    assert sorted(str(p) for p in root.rglob("*")) == before and not (tmp_path / "argv").exists()
+
+
+class CrashBeforeRename(LocalCLI):
+    """The daemon dies just before the new account directory is moved into place."""
+
+    def rename(self, src: str, dst: str) -> None:
+        raise OSError("killed")
+
+
+def test_a_new_account_directory_is_never_there_without_its_marker(tmp_path, root):
+    account = local_account()
+    place = layout(account, str(root))
+    nodes = look(place, root)
+    with pytest.raises(StepError):
+        homes.build(account, place, UUID, judge(account, UUID, place, nodes, LocalCLI()), nodes,
+                    script(tmp_path, 'mkdir -p "$1$2"'), str(root), CrashBeforeRename())
+    assert not os.path.exists(place.directory)            # not there unmarked
+    staging = Path(place.directory).parent / f".3723707.new-{UUID}"
+    assert os.listdir(staging) == [".entryUUID"]
+    # The next attempt takes the staging folder up again.
+    assert build(account, place, root, script(tmp_path, 'mkdir -p "$1$2"')) is Verdict.NEW
+    assert Path(place.marker).read_text() == UUID + "\n" and os.path.isdir(place.incoming)
+    assert not staging.exists()
+    assert stat.S_IMODE(os.stat(place.directory).st_mode) == 0o755 and os.stat(place.directory).st_uid == 0
 
 
 def test_a_folder_of_a_customers_is_never_reclaimed(tmp_path, root):

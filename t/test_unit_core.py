@@ -20,7 +20,8 @@ from provisioning.backend.cookie import DEFAULT_CSN, cookie_csn
 from provisioning.backend.ldap import DirectoryError, DirectoryUnavailable, LdapSettings, SyncStream
 from provisioning.daemon import Daemon
 from provisioning.secret import Secret
-from provisioning.claims import Owners
+from provisioning.claims import Owner, Owners
+from provisioning.clock import Clock, generalized_time
 from provisioning.codes import ReturnValue
 from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
@@ -281,14 +282,27 @@ GONE_CLAIM = "claim: here 4242 20260315T080000Z"
 ELSEWHERE = "claim: there 4242 20260315T083000Z"
 
 
-def owners(lease=3600.0):
-    class Now:
-        def utcnow(self):
-            return dt.datetime(2026, 3, 15, 9, 0, tzinfo=dt.timezone.utc)
+class Now(Clock):
+    """The judge's clock: 09:00 on TODAY, and a monotonic one the test moves."""
 
-        def today(self):
-            return TODAY
-    return Owners(lease, Now(), host="here", pid=1, alive=lambda pid: False)
+    def __init__(self, wall: dt.datetime = dt.datetime(2026, 3, 15, 9, 0, tzinfo=dt.timezone.utc)) -> None:
+        self.wall, self.ticks = wall, 0.0
+
+    def utcnow(self):
+        return self.wall
+
+    def today(self):
+        return TODAY
+
+    def monotonic(self):
+        return self.ticks
+
+
+def owners(lease=3600.0, directory_now="20260315090000Z"):
+    """A judge on host "here" whose directory last showed ``directory_now`` (None: it showed nothing yet)."""
+    judge = Owners(lease, Now(), host="here", pid=1, alive=lambda pid: False)
+    judge.directory.saw(generalized_time(directory_now))
+    return judge
 BAD_DATE, UNKNOWN, ACTIVE = (ReturnValue.INVALID_EXECUTION_DATE, ReturnValue.UNKNOWN_MODE,
                              ReturnValue.DELETE_WHILE_ACTIVE)
 
@@ -353,6 +367,75 @@ def test_future_request_is_postponed_before_other_checks(mode, active):
     attrs = {"mode": mode, "state": "0", "date": "20260316", **({"active": active} if active else {})}
     d = decide(entry(**attrs), TODAY, owners())
     assert (d.verdict, d.verb, d.due) == (P, mode, dt.date(2026, 3, 16))
+
+
+@pytest.mark.parametrize("claim", ["claim: x 1 99991231T235959Z",        # the portal can write this
+                                   "claim: x 1 20260315T110000Z",        # two hours after its write
+                                   "claim: x 1", "claim: ", "claim: x 1 tomorrow", "claim: x -1 20260315T085900Z",
+                                   "claim: x 0 20260315T085900Z", "claim: here 99999999999999999999 20260315T085900Z",
+                                   "claim: x ١ 20260315T085900Z", "claim: x 1 20260315T085900Z extra",
+                                   f"claim: x {'9' * 5000} 20260315T085900Z"], ids=lambda claim: claim[:40])
+def test_a_claim_no_daemon_wrote_is_foreign_and_expired_without_a_traceback(claim):
+    """A forged or broken claim is taken over at once: no traceback, no entry stuck behind it."""
+    judge = Owners(3600, Now(), host="here", pid=1)            # the real pid check: os.kill
+    claimed = entry(mode="adding", state="0", date="0", claim=claim,
+                    entryCSN="20260315085900.000000Z#000000#000#000000")
+    judgement = judge.judge(claimed)
+    assert judgement.owner is Owner.GONE and "foreign, taken as expired" in judgement.why, judgement
+    assert decide(claimed, TODAY, judge).verdict is RES
+
+
+def test_a_claim_stamped_a_little_ahead_of_its_write_is_aged_by_the_directory():
+    # An older daemon stamps with its own clock, which may run a little fast: not forged.
+    judge = owners(lease=3600)
+    claimed = entry(mode="adding", state="0", date="0", claim="claim: there 7 20260315T093000Z",
+                    entryCSN="20260315085900.000000Z#000000#000#000000")
+    assert judge.judge(claimed).owner is Owner.LIVE
+
+
+@pytest.mark.parametrize("claimant_wall, judge_wall", [(0, 2), (-2, 0)])   # hours off the directory's clock
+def test_two_daemons_whose_clocks_differ_by_more_than_the_lease_wait_out_each_others_claims(claimant_wall,
+                                                                                             judge_wall):
+    """A claim is aged on the directory's clock (its entryCSN), not by its stamp against the judge's clock."""
+    directory = dt.datetime(2026, 3, 15, 9, 0, tzinfo=dt.timezone.utc)
+    lease = 600
+    a = Owners(lease, Now(directory + dt.timedelta(hours=claimant_wall)), host="backup-a", pid=10)
+    judge_clock = Now(directory + dt.timedelta(hours=judge_wall))
+    b = Owners(lease, judge_clock, host="backup-b", pid=20)
+    token = a.new_token()
+    # The claim reaches the directory a second later; both read the entry as it then is.
+    claimed = entry(mode="adding", state="0", date="0", claim=token,
+                    entryCSN="20260315090001.000000Z#000000#000#000000")
+    assert a.judge(claimed).owner is Owner.MINE
+    judgement = b.judge(claimed)
+    assert judgement.owner is Owner.LIVE, judgement.why
+    # The watch is set on the judge's own clock, a lease from now.
+    assert judgement.expires == judge_clock.utcnow() + dt.timedelta(seconds=lease)
+    judge_clock.ticks += lease - 1
+    assert b.judge(claimed).owner is Owner.LIVE
+    judge_clock.ticks += 1                               # a lease has gone by: a claimant still there gave up
+    assert b.judge(claimed).owner is Owner.GONE
+
+
+def test_a_claim_is_aged_by_the_newest_time_the_directory_showed():
+    """After a restart, a claim older than newer entries is taken over without waiting a lease here."""
+    judge = owners(lease=600, directory_now=None)
+    newer = entry(uid="2", entryCSN="20260315090000.000000Z#000000#000#000000")
+    claimed = entry(mode="adding", state="0", date="0", claim="claim: there 7 20260315T084000Z",
+                    entryCSN="20260315084000.000000Z#000000#000#000000")
+    judge.saw(newer)
+    assert judge.judge(claimed).owner is Owner.GONE
+    # Nothing newer seen: the claim's own write is the directory's latest known time.
+    fresh = owners(lease=600, directory_now=None)
+    assert fresh.judge(claimed).owner is Owner.LIVE
+
+
+def test_a_claim_without_a_time_of_its_own_is_waited_out_once():
+    judge = owners(lease=600)
+    claimed = entry(mode="adding", state="0", date="0", claim="claim: there 7 20260315T085900Z")
+    assert judge.judge(claimed).owner is Owner.LIVE
+    judge.clock.ticks += 600
+    assert judge.judge(claimed).owner is Owner.GONE
 
 
 # -------------------------------------------------------------------- LDIF
@@ -480,7 +563,7 @@ def test_the_daemons_newest_own_writes_outlive_a_restart(tmp_path):
     from provisioning.router import Router
 
     def router(store: Store) -> Router:
-        return Router(modus="selfcare", base="ou=x", store=store, service=None, owners=None, selfcare=None,
+        return Router(modus="selfcare", base="ou=x", store=store, service=None, owners=Owners(60), selfcare=None,
                       ldap_mode=None, removals=None)
     a1, a2, b1 = (f"2026010100000{n}.000000Z#000000#{sid}#000000" for n, sid in ((1, "00a"), (2, "00a"), (3, "00b")))
     store = Store(tmp_path / "state.sqlite")
@@ -558,7 +641,7 @@ def test_the_echo_of_our_own_write_is_recognised_without_decoding_the_entry(tmp_
 
     store = Store(tmp_path / "state.sqlite")
     store.open()
-    router = Router(modus="selfcare", base="ou=x", store=store, service=None, owners=None, selfcare=None,
+    router = Router(modus="selfcare", base="ou=x", store=store, service=None, owners=Owners(60), selfcare=None,
                     ldap_mode=None, removals=None)
     ours, theirs = "20261128100000.000001Z#000000#001#000000", "20261128100000.000002Z#000000#001#000000"
     router.note_own_writes([ours])

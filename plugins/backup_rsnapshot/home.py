@@ -17,17 +17,21 @@ snapshot_root if it is still root's folder.
 from __future__ import annotations
 
 import logging
+import posixpath
+import re
 
 from provisioning.transport import Transport
 
-from provisioning_backup_rsnapshot.account import Account, Layout
+from provisioning_backup_rsnapshot.account import MARKER_NAME, Account, Layout
 from provisioning_backup_rsnapshot.codes import Code, StepError
-from provisioning_backup_rsnapshot.ownership import Verdict, mark
+from provisioning_backup_rsnapshot.ownership import Verdict, mark, write_marker
 from provisioning_backup_rsnapshot.survey import Node, survey
 
 log = logging.getLogger(__name__)
 
 ROOT = (0, 0)
+# entryUUID as slapd writes it (RFC 4122 text): it names the staging folder of a new account.
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def paths(place: Layout, backup_root: str) -> list[str]:
@@ -67,12 +71,13 @@ def check_paths(place: Layout, backup_root: str, nodes: dict[str, Node | None]) 
 def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: dict[str, Node | None],
           create_cmd: str, backup_root: str, transport: Transport) -> None:
     """Create what is missing and settle the layout, for an account judged this entry's."""
-    if verdict in (Verdict.NEW, Verdict.RECLAIM):
+    if verdict is Verdict.NEW:
         # Each missing folder down to the account directory gets its mode here, not from
         # the daemon's umask: one that others could write would refuse every account below it.
-        for folder in place.above(backup_root)[1:] + [place.directory]:
+        for folder in place.above(backup_root)[1:]:
             if nodes[folder] is None:
                 _folder(folder, 0o755, ROOT, transport)
+        _create_directory(place, uuid, transport)
     mark(place, uuid, verdict, account.dn, transport)
     if nodes[place.home_path] is None:
         _create_home(account, place, create_cmd, transport)
@@ -81,6 +86,28 @@ def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: d
         nodes = survey(paths(place, backup_root), transport)
         check_paths(place, backup_root, nodes)
     settle(account, place, nodes, transport)
+
+
+def _create_directory(place: Layout, uuid: str, transport: Transport) -> None:
+    """The account directory, root's 0755, with its owner marker in it from the start.
+
+    It is made under a staging name beside its place, marked, and then moved
+    into place (a rename: there at once or not at all), so no crash leaves
+    an account directory of ours without a marker: ownership.judge refuses
+    any such folder. A crash before the move leaves the staging folder (root's,
+    holding the marker only), which the entry's next attempt takes up again.
+    """
+    if not UUID_TEXT.fullmatch(uuid):
+        raise StepError(Code.NOT_THIS_ENTRYS_ACCOUNT,
+                        f"the entryUUID {uuid!r} is not a UUID: the account directory could not be tied to it")
+    parent, name = posixpath.split(place.directory)
+    staging = f"{parent}/.{name}.new-{uuid}"
+    _folder(staging, 0o755, ROOT, transport)
+    write_marker(f"{staging}/{MARKER_NAME}", uuid, transport)
+    try:
+        transport.rename(staging, place.directory)
+    except OSError as err:
+        raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"cannot move {staging} to {place.directory}: {err}") from err
 
 
 def _create_home(account: Account, place: Layout, create_cmd: str, transport: Transport) -> None:

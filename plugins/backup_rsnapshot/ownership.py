@@ -1,11 +1,16 @@
 """Which entry an account directory belongs to, proven before root touches it.
 
 An account directory is this entry's when its marker ``<directory>/.entryUUID``
-(root's, 0600, written when the plugin creates the directory) holds this
-entry's entryUUID. A directory without a marker was made before markers
+(root's, 0600) holds this entry's entryUUID. The plugin never leaves a
+directory of its own without one: it makes a new account directory under a
+temporary name, writes the marker in it and only then moves it into place
+(``home.build``). A directory without a marker was made before markers
 existed: it is adopted (the marker written) when its ``incoming/`` is a
 folder owned by the entry's uidNumber, which is all an old account can show.
-Anything else is refused with NOT_THIS_ENTRYS_ACCOUNT before any change.
+Anything else is refused with NOT_THIS_ENTRYS_ACCOUNT before any change: a
+folder nobody can prove to be this entry's is neither finished nor deleted
+by it, whatever the few paths looked at show (its ``snapshots/`` may hold
+someone's data).
 """
 from __future__ import annotations
 
@@ -25,7 +30,6 @@ class Verdict(enum.Enum):
     NEW = "new"         # no account directory yet: this entry may create it
     OURS = "ours"       # the marker names this entry
     ADOPT = "adopt"     # no marker; incoming/ belongs to this entry's uidNumber
-    RECLAIM = "reclaim"  # no marker, no incoming/, only root's folders: an add cut short before its marker
 
 
 def judge(account: Account, uuid: str | None, place: Layout, nodes: dict[str, Node | None],
@@ -51,37 +55,26 @@ def judge(account: Account, uuid: str | None, place: Layout, nodes: dict[str, No
     incoming = nodes[place.incoming.rstrip("/")]
     if incoming is not None and incoming.is_dir and incoming.uid == account.uid_number:
         return Verdict.ADOPT
-    if incoming is None and _only_roots(place, nodes):
-        # A customer never had a folder here (incoming/ is theirs alone, and
-        # nothing else is theirs): nothing to protect, so whoever asks first
-        # may finish it. This is what an add interrupted by a crash between
-        # the account directory and its marker leaves.
-        return Verdict.RECLAIM
     seen = incoming.describe() if incoming else "absent"
     raise StepError(Code.NOT_THIS_ENTRYS_ACCOUNT,
                     f"{place.directory} exists without an owner marker and its incoming/ is {seen}, "
-                    f"not a folder of uidNumber {account.uid_number}: nothing shows it is this entry's account")
-
-
-def _only_roots(place: Layout, nodes: dict[str, Node | None]) -> bool:
-    """Everything looked at inside the account directory is root's folder (or absent)."""
-    inside = [node for path, node in nodes.items()
-              if path.startswith(place.directory.rstrip("/") + "/") and path != place.marker]
-    return all(node is None or (node.is_dir and node.uid == 0) for node in inside)
+                    f"not a folder of uidNumber {account.uid_number}: nothing shows it is this entry's "
+                    f"account (if it is, an operator writes the entryUUID {uuid} to {place.marker})")
 
 
 def mark(place: Layout, uuid: str, verdict: Verdict, dn: str, transport: Transport) -> None:
-    """Write the marker for a new or adopted account (OURS has it already)."""
-    if verdict is Verdict.OURS:
+    """Write the marker for an adopted account (NEW got it with its directory, OURS has it already)."""
+    if verdict is not Verdict.ADOPT:
         return
-    if verdict is Verdict.ADOPT:
-        log.warning("%s: %s has no owner marker (made before markers existed); its incoming/ belongs to "
-                    "this entry's uidNumber, so it is adopted as this entry's (entryUUID %s)",
-                    dn, place.directory, uuid)
-    elif verdict is Verdict.RECLAIM:
-        log.warning("%s: %s has no owner marker and nothing of a customer's (an add cut short?): "
-                    "it is finished as this entry's (entryUUID %s)", dn, place.directory, uuid)
+    log.warning("%s: %s has no owner marker (made before markers existed); its incoming/ belongs to "
+                "this entry's uidNumber, so it is adopted as this entry's (entryUUID %s)",
+                dn, place.directory, uuid)
+    write_marker(place.marker, uuid, transport)
+
+
+def write_marker(path: str, uuid: str, transport: Transport) -> None:
+    """Write the owner marker ``path`` (root's 0600) naming ``uuid``; StepError 5 if it cannot be."""
     try:
-        transport.write_file(place.marker, f"{uuid}\n".encode(), mode=0o600)
+        transport.write_file(path, f"{uuid}\n".encode(), mode=0o600)
     except OSError as err:
-        raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"cannot write the owner marker {place.marker}: {err}") from err
+        raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"cannot write the owner marker {path}: {err}") from err

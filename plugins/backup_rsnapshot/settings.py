@@ -1,6 +1,7 @@
 """The [Backup] section as typed settings, with the start-up checks."""
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,12 @@ from provisioning.transport import Transport
 
 # Where the package ships this plugin's files (the default rsnapshot template).
 SHIPPED = "Provisioning/Backup"
+# Folders of the operating system. BACKUP_ROOT may be none of them nor hold one:
+# an account's place or the archive would then sit among the system's files.
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt",
+                  "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/usr/bin",
+                  "/usr/lib", "/usr/local", "/usr/sbin", "/var/cache", "/var/lib", "/var/log",
+                  "/var/spool", "/var/tmp")
 
 
 @dataclass(frozen=True)
@@ -29,11 +36,32 @@ class Settings:
     @classmethod
     def from_config(cls, config: Config) -> "Settings":
         b = config.service["Backup"]
-        root = b["BACKUP_ROOT"].rstrip("/") or "/"
+        # Normalised once, here: every rule and every path built from them
+        # sees the one spelling ("/./", "//." and "/usr/.." are all "/").
+        root = normal_path(b["BACKUP_ROOT"])
         return cls(b["RSNAPSHOT_CONFIG_FILE"], b["SET_QUOTA_CMD"], b["CREATE_CHROOT_CMD"],
                    b["MOUNTPOINT"], find_template(b["RSNAPSHOT_TEMPLATE"], config.directory),
                    b["RSNAPSHOT_CMD"], b["CONFIGTEST"], root, b["DELETE_DATA"],
-                   (b["ARCHIVE_DIR"] or root.rstrip("/") + "/archive").rstrip("/"), b["MIN_ID_NUMBER"])
+                   normal_path(b["ARCHIVE_DIR"] or posixpath.join(root, "archive")), b["MIN_ID_NUMBER"])
+
+
+def normal_path(path: str) -> str:
+    """``path`` without ``.``, ``..``, repeated or trailing slashes (``//`` too).
+
+    posixpath.normpath keeps a leading ``//`` (POSIX leaves its meaning to
+    the system); on Linux it is ``/``, and a rule comparing with "/" must
+    see it so.
+    """
+    normal = posixpath.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("/") else normal
+
+
+def holds_system_folder(root: str) -> str | None:
+    """The system folder ``root`` is or lies above (``/`` for ``/``), or None."""
+    for folder in SYSTEM_FOLDERS:
+        if folder == root or folder.startswith(root.rstrip("/") + "/"):
+            return folder
+    return None
 
 
 def find_template(name: str, config_dir: Path) -> Path:
@@ -68,10 +96,24 @@ def problems(settings: Settings, config: Config, transport: Transport) -> list[s
             continue
         if not present:
             found.append(f"{where} {key}: {kind} {path} does not exist")
-    if settings.backup_root == "/":
-        found.append(f"{where} BACKUP_ROOT: must not be /")
+    found.extend(f"{where} BACKUP_ROOT: {problem}" for problem in _root_problems(settings.backup_root, transport))
     if not settings.archive_dir.startswith("/"):
         found.append(f"{where} ARCHIVE_DIR: {settings.archive_dir} is not an absolute path")
     if not settings.template.is_file():
         found.append(f"{where} RSNAPSHOT_TEMPLATE: {settings.template} does not exist")
     return found
+
+
+def _root_problems(root: str, transport: Transport) -> list[str]:
+    """BACKUP_ROOT as written (normalised), then with links resolved: not /, no system folder."""
+    try:
+        resolved = transport.realpaths([root])[0]
+    except OSError:
+        resolved = root          # the existence check says why
+    for path, how in ((root, ""), (resolved, f" (it resolves to {resolved})")):
+        if path == "/":
+            return [f"must not be /{how}"]
+        system = holds_system_folder(path)
+        if system:
+            return [f"must not be or hold the system folder {system}{how}"]
+    return []

@@ -10,6 +10,7 @@ the transport's 64 KiB tail were dropped, if any).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,12 @@ log = logging.getLogger(__name__)
 NAME = "Generic/Exec"
 SECTION = "Exec"
 KEYS = {"add": "ADD_CMD", "modify": "MODIFY_CMD", "delete": "DELETE_CMD"}
-SPEC = """[Exec]
+# What the commands get of an entry unless ATTRIBUTES says otherwise: who and
+# what it is, never a secret (userPassword and its kind are left out).
+DEFAULT_ATTRIBUTES = ("objectClass, uid, cn, sn, givenName, displayName, mail, description, l, o, ou, host, "
+                      "uidNumber, gidNumber, homeDirectory, loginShell, "
+                      "sstBelongsToResellerUID, sstBelongsToCustomerUID, sstBelongsToPersonUID")
+SPEC = f"""[Exec]
 # The command run for each request type: an absolute path, run with no
 # arguments, the request as one JSON object on stdin, PROVISIONING_VERB and
 # PROVISIONING_DN in its environment. Empty: requests of that type are
@@ -37,18 +43,27 @@ DELETE_CMD = string(default="")
 # Seconds a command may run before it is killed (return value 92); 0 means
 # [Service] COMMAND_TIMEOUT, which it may not exceed.
 TIMEOUT = float(min=0, default=0)
+# The attributes of an entry the commands get (separated by commas or blanks),
+# besides the sstProvisioning* ones, sstIsActive, objectClass, entryUUID,
+# entryCSN and modifyTimestamp. The daemon reads and keeps no others. * stands
+# for every attribute the bind DN can read, password hashes included.
+ATTRIBUTES = string(default="{DEFAULT_ATTRIBUTES}")
 """
+# An attribute description (RFC 4512: a name or an OID, with options such as ;binary), or *.
+ATTRIBUTE = re.compile(r"(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(?:;[A-Za-z0-9-]+)*|\*")
 
 
 @dataclass(frozen=True)
 class Settings:
     commands: dict[str, str]       # verb -> command ("" when not set)
     timeout: float                 # 0: the transport's (COMMAND_TIMEOUT)
+    attributes: list[str]          # ATTRIBUTES, as written
 
     @classmethod
     def from_config(cls, config: Config) -> "Settings":
         section = config.service[SECTION]
-        return cls({verb: section[key].strip() for verb, key in KEYS.items()}, section["TIMEOUT"])
+        return cls({verb: section[key].strip() for verb, key in KEYS.items()}, section["TIMEOUT"],
+                   re.split(r"[\s,]+", section["ATTRIBUTES"].strip()) if section["ATTRIBUTES"].strip() else [])
 
 
 class GenericExec:
@@ -77,7 +92,17 @@ class GenericExec:
         if self.settings.timeout > limit:
             problems.append(f"{where} TIMEOUT: {self.settings.timeout:g} s is longer than [Service] "
                             f"COMMAND_TIMEOUT ({limit:g} s), which bounds every command")
+        bad = [name for name in self.settings.attributes if not ATTRIBUTE.fullmatch(name)]
+        if bad:
+            problems.append(f"{where} ATTRIBUTES: {', '.join(repr(name) for name in bad)} "
+                            f"{'is not an attribute name' if len(bad) == 1 else 'are not attribute names'}")
         return problems
+
+    @hookimpl
+    def provisioning_attributes(self, ctx: ServiceContext) -> list[str]:
+        """ATTRIBUTES: what the commands get of an entry (with what the core reads itself)."""
+        settings = self.settings or Settings.from_config(ctx.config)
+        return settings.attributes
 
     @hookimpl
     def provisioning_add(self, request: Request, ctx: ServiceContext) -> int:

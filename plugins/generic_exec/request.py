@@ -50,5 +50,5 @@ def dn_for_environment(dn: str) -> str:
 
 
 def environment(verb: str, dn: str) -> dict[str, str]:
-    """The command's whole environment."""
+    """The command's whole environment, but for PROVISIONING_GUARD, which LocalCLI adds (see commandguard)."""
     return {"PATH": PATH, "LANG": LANG, "PROVISIONING_VERB": verb, "PROVISIONING_DN": dn_for_environment(dn)}

@@ -102,6 +102,9 @@ class LdapSettings:
     timeout: float = 30.0
     ca_file: str = ""
     start_tls: bool = False
+    # What the daemon reads of an entry (stream, read, search): every attribute
+    # by default, or the allow-list of core and plugin (Service.attributes).
+    attributes: tuple[str, ...] = tuple(SYNC_ATTRS)
 
     @classmethod
     def from_config(cls, config) -> "LdapSettings":
@@ -286,17 +289,21 @@ class Directory:
                 return Entry.from_ldap(dn, control.entry)
         return None
 
-    def read(self, dn: str, attrs: Sequence[str] = SYNC_ATTRS) -> Entry | None:
-        """The entry ``dn`` as it is now, or None if it does not exist."""
+    def read(self, dn: str, attrs: Sequence[str] | None = None) -> Entry | None:
+        """The entry ``dn`` as it is now, or None if it does not exist (``attrs``: settings.attributes)."""
         found = self.search(dn, "(objectClass=*)", attrs, scope=ldap.SCOPE_BASE)
         return found[0] if found else None
 
-    def search(self, base: str, filterstr: str, attrs: Sequence[str] = SYNC_ATTRS,
+    def search(self, base: str, filterstr: str, attrs: Sequence[str] | None = None,
                scope: int = ldap.SCOPE_SUBTREE) -> list[Entry]:
-        """Entries under ``base`` matching ``filterstr`` (an empty list if base is gone)."""
+        """Entries under ``base`` matching ``filterstr`` (an empty list if base is gone).
+
+        ``attrs``: the attributes to read; None: settings.attributes.
+        """
+        wanted = list(self.settings.attributes if attrs is None else attrs)
         with _unavailable_on_network_errors(f"search {base}"):
             try:
-                results = self.conn.search_ext_s(base, scope, filterstr, list(attrs))
+                results = self.conn.search_ext_s(base, scope, filterstr, wanted)
             except ldap.NO_SUCH_OBJECT:
                 return []
             except ldap.LDAPError as err:
@@ -534,7 +541,7 @@ class SyncStream:
             with _unavailable_on_network_errors(f"sync search on {uri}"):
                 self._msgid = conn.syncrepl_search(self.base, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
                                                    cookie=cookie or None, filterstr=filterstr,
-                                                   attrlist=SYNC_ATTRS)
+                                                   attrlist=list(self.settings.attributes))
         except BaseException:
             unbind_quietly(conn)
             raise

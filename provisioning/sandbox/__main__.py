@@ -95,7 +95,8 @@ def _add_demo(layout: SandboxLayout, ready: threading.Event) -> None:
 
 
 def _banner(layout: SandboxLayout, slapd: StoneySlapd) -> None:
-    load = installed_command("loadOpenLDAPsingleLDIF")
+    # With -c: the installed command never falls back to a sandbox's configuration.
+    load = f"{installed_command('loadOpenLDAPsingleLDIF')} -c {layout.service_config}"
     print(f"""
 sandbox: slapd at {slapd.ldap_uri} ({slapd.root_dn}), data under {layout.root}
 sandbox: daemon configuration {layout.service_config}
