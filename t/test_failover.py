@@ -15,8 +15,8 @@ import pytest
 from provisioning.backend.ldap import Directory as LdapDirectory
 from provisioning.backend.ldap import DirectoryUnavailable, LdapSettings
 from provisioning.backend.peers import Peers
-from provisioning.ldifload import parse_ldif
-from provisioning.secret import Secret
+from provisioning.operator.ldifload import parse_ldif
+from provisioning.base.secret import Secret
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, SUFFIX, ProviderPair
 
 from faults import PauseAt, Proxy

@@ -18,8 +18,8 @@ import ldap.dn
 import ldap.modlist
 import pytest
 
-from provisioning.codes import ReturnValue
-from provisioning.log import LevelFlags, OneLineFormatter, escape, setup
+from provisioning.base.codes import ReturnValue
+from provisioning.base.log import LevelFlags, OneLineFormatter, escape, setup
 
 from helpers import DaemonProcess, account_attrs, wait_until
 

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from provisioning.backend.ldap import DirectoryUnavailable
-from provisioning.claims import ATTRIBUTE, Owner, Owners
-from provisioning.confirm import Confirmer, Standing
-from provisioning.entry import Entry
-from provisioning.entrylock import Done, EntryLocks
+from provisioning.engine.claims import ATTRIBUTE, Owner, Owners
+from provisioning.engine.confirm import Confirmer, Standing
+from provisioning.base.entry import Entry
+from provisioning.engine.entrylock import Done, EntryLocks
 from provisioning.transport.base import Interrupted
 
 UUID = "0b9e9a7c-5f4e-103d-8a3a-7d6b6b2f3c11"

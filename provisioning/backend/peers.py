@@ -1,6 +1,6 @@
 """The other providers of SERVER, read one entry at a time within a deadline.
 
-For the confirmation of a claim (provisioning.confirm): what each provider
+For the confirmation of a claim (provisioning.engine.confirm): what each provider
 other than the one the daemon writes to shows of an entry now. A provider
 that does not answer in time is left out for PEER_RETRY seconds, so that a
 frozen one costs one request its wait, not every request. Each thread (each
@@ -22,7 +22,7 @@ from ldap.ldapobject import SimpleLDAPObject
 from provisioning.backend.ldap import (
     BindRefused, DirectoryUnavailable, LdapSettings, connect, describe, unbind_quietly,
 )
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 
 log = logging.getLogger(__name__)
 
