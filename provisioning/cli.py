@@ -31,6 +31,7 @@ from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
+from provisioning.backend.peers import Peers
 from provisioning.backend.store import Store, StoreError
 from provisioning.engine.brake import Brake, BrakeSettings
 from provisioning.engine.claims import Owners
@@ -38,7 +39,10 @@ from provisioning.base.clock import Clock
 from provisioning.base.codes import ExitCode
 from provisioning.transport.commandguard import GUARD
 from provisioning.config.loader import Config, global_config_candidates, unknown_keys
-from provisioning.engine.daemon import gateway, with_retries, Daemon, HostUnreachable, Retry
+from provisioning.engine.daemon import Daemon, HostUnreachable, Retry, gateway, with_retries
+from provisioning.engine.confirm import Confirmer
+from provisioning.engine.entrylock import EntryLocks
+from provisioning.engine.failback import Failback
 from provisioning.base.files import UnsafeFile
 from provisioning.engine.ldapmode import LdapMode
 from provisioning.runtime.lock import AlreadyLocked, PidLock
@@ -286,22 +290,29 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     store = Store(config.store_file, dry_run=dry_run)
     store.open()
     owners = Owners(svc["CLAIM_LEASE"], clock, host=svc["NODE_NAME"] or None)
+    stop_event = stop_event or threading.Event()
+    locks = EntryLocks(config.entry_lock_dir, stopping=stop_event, dry_run=dry_run)
+    locks.prepare()
+    confirmer = Confirmer(Peers(settings), svc["CLAIM_CONFIRM_WAIT"], db["SERVICE_SUBTREE"])
     router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
-                    owners=owners, selfcare=Selfcare(directory, service, owners, clock),
+                    owners=owners, selfcare=Selfcare(directory, service, owners, clock, confirmer, locks),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
-                    alerts=alerts, request_log=request_log)
+                    alerts=alerts, request_log=request_log, locks=locks)
     startup_retry, operation = _retries(config)
     monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
     brake = Brake(BrakeSettings.from_config(config))
+    position = Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"])
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
-                  position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
+                  position=position,
                   store=store, router=router,
                   executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
                   stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
                   mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake,
-                  transport=service.ctx.transport)
+                  transport=service.ctx.transport,
+                  failback=Failback(settings, db["SERVICE_SUBTREE"], db["FAILBACK_INTERVAL"],
+                                    lambda: position.current))
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,
@@ -315,7 +326,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     try:
         daemon = build_daemon(config, service, dry_run=dry_run, once=once, stop_event=stop_event,
                               alerts=alerts, request_log=request_log, monitor=monitor)
-    except (StoreError, CookieError) as err:
+    except (StoreError, CookieError, UnsafeFile) as err:
         log.error("%s", err)
         print(f"provisioning-daemon: {err}", file=sys.stderr)
         monitor.close()

@@ -38,6 +38,7 @@ from provisioning.backend.store import APPROVE, Held, Store
 from provisioning.engine.brake import PARKED, Brake, Parked
 from provisioning.base.clock import Clock
 from provisioning.base.entry import Entry
+from provisioning.engine.failback import Failback
 from provisioning.engine.lowwater import OpenEvents
 from provisioning.engine.mirror import Mirror, identity_differences
 from provisioning.observe.monitor import Monitor
@@ -144,7 +145,7 @@ class Daemon:
                  stop_event: threading.Event | None = None, once: bool = False,
                  monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None,
                  mirror: Mirror | None = None, brake: Brake | None = None,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, failback: Failback | None = None) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -181,6 +182,8 @@ class Daemon:
         self._reload_asked = False
         self.mirror = mirror                       # what the store must mirror (None: not checked)
         self.brake = brake or Brake()
+        self.failback = failback                   # back to an earlier provider of SERVER (None: never)
+        self._failing_back = False
         self._held_checked_at = -math.inf
         self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
         self.monitor.attach(self)
@@ -228,17 +231,21 @@ class Daemon:
             return
         self._closed = True
         self.monitor.stopping()
+        if self.failback is not None:
+            self.failback.close()
         self._drain()
         self._flush(mirror=True)
         self.executor.close()
         self.stream.close()
         self.directory.close()
+        self.router.selfcare.close()
         self.store.close()
 
     def step(self, timeout: float | None = None) -> None:
         """One round: the events that arrive within ``timeout``, then housekeeping."""
         self.monitor.beat()
         self._reload_if_asked()
+        self._check_failback()
         if self._trouble:
             self._recover()
             return
@@ -300,6 +307,8 @@ class Daemon:
             raise
         self.in_refresh = True
         self._warned.discard("directory")
+        if self.failback is not None:
+            self.failback.watch(self.directory.uri)
         self.monitor.connected(self.directory.uri, self.refresh_full)
         log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
                  " (full refresh)" if self.refresh_full else "")
@@ -426,6 +435,15 @@ class Daemon:
                     self._session_server or "an earlier run")
         self.position.reset()
 
+    def _check_failback(self) -> None:
+        """Move back to an earlier provider of SERVER that answers again (see provisioning.engine.failback)."""
+        if self._trouble or self.failback is None:
+            return
+        uri = self.failback.due()
+        if uri is not None:
+            self._trouble = f"{uri}, before {self.directory.uri} in SERVER, answers again and has caught up"
+            self._failing_back = True
+
     def _recover(self) -> None:
         """Finish the work in hand; wait for the gateway if it went away; reconnect and write what is kept.
 
@@ -433,15 +451,21 @@ class Daemon:
         request claimed without an outcome, or left open) comes again from
         the stream, read anew from the acknowledged cookie: a claim of this
         daemon that is not in hand is resumed (provisioning.engine.claims).
+        A fail-back (an earlier provider of SERVER answers again) is no
+        trouble: the reconnect finds the first provider that answers.
         """
-        if self._host_away:
+        if self._failing_back:
+            log.info("%s; finishing the work in hand, then moving back to it", self._trouble)
+            self._failing_back = False
+        elif self._host_away:
             log.warning("%s; new work waits, the work in hand ends, then the daemon waits for the gateway",
                         self._trouble)
+            self.monitor.trouble(self._trouble, host=True)
         else:
             log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
             self._warn_once("directory", "the directory is out of reach or refuses writes",
                             f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
-        self.monitor.trouble(self._trouble, host=self._host_away)
+            self.monitor.trouble(self._trouble, host=False)
         self._drain()
         self._forget_unfinished()
         self._publish_host()
