@@ -26,7 +26,8 @@ from provisioning.codes import ReturnValue
 from provisioning.entry import Entry
 from provisioning.ldifload import parse_ldif
 from provisioning.lock import AlreadyLocked, PidLock
-from provisioning.log import LevelFlags, setup
+from provisioning.log import LevelFlags
+from provisioning.log import setup as log_setup
 from provisioning.lowwater import OpenEvents
 from provisioning.protocol import Verdict, decide, parse_execution_date
 
@@ -502,8 +503,8 @@ def test_level_flags_allows():
 
 
 def test_setup_gates_levels(tmp_path, capsys, restore_logging):
-    setup("Backup-Rsnapshot", LevelFlags(debug=False), to_stdout=True,
-          syslog_socket=str(tmp_path / "no-such-socket"))
+    log_setup("Backup-Rsnapshot", LevelFlags(debug=False), to_stdout=True,
+              syslog_socket=str(tmp_path / "no-such-socket"))
     log = logging.getLogger("provisioning.test")
     log.debug("debug line")
     log.info("info line")
