@@ -122,13 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         from provisioning import checks      # only for -t: it costs every start otherwise
         return checks.main(args)
     loaded = startup.load(Path(args.config), args.global_config)
-    if not loaded.valid:
-        code = _refuse(loaded.problems + _host_problems(loaded.config), logged=False,
+    # Unknown keys stop a start as they fail --check: a misspelt key would take its default.
+    unknown = unknown_keys(loaded.config) if loaded.manager is not None \
+        and "*" not in loaded.config.invalid_sections else []
+    if not loaded.valid or unknown:
+        return _refuse(loaded.problems + _host_problems(loaded.config) + unknown, logged=False,
                        note="; the plugin's own checks run once these are fixed" if loaded.manager else "")
-        if loaded.manager is not None and "*" not in loaded.config.invalid_sections:
-            for warning in unknown_keys(loaded.config):     # often the cause: say them too
-                print(f"provisioning-daemon: warning: {warning}", file=sys.stderr)
-        return code
     startup.configure_logging(loaded.config, debug=args.debug)
     try:
         return _run(loaded, args)
@@ -155,8 +154,6 @@ def _refuse(problems: list[str], *, logged: bool = True, note: str = "") -> int:
 def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
     config = loaded.config
     log.debug("configuration %s, Global.conf %s", config.path, config.global_path or "(none found: built-in defaults)")
-    for warning in unknown_keys(config):
-        log.warning("%s", warning)
     if config.path.stat().st_mode & 0o004:
         log.warning("%s can be read by every user of this host and holds ADMIN_PASSWORD: chmod o-r it",
                     config.path)
