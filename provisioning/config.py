@@ -28,7 +28,8 @@ from provisioning.transport.ssh import gateway_problem
 
 GLOBAL_CONF_NAME = "Global.conf"
 # The host's own, as the original's.
-HOST_GLOBAL_CONF = Path("/etc/Provisioning") / GLOBAL_CONF_NAME
+HOST_CONFIG_DIR = Path("/etc/Provisioning")
+HOST_GLOBAL_CONF = HOST_CONFIG_DIR / GLOBAL_CONF_NAME
 
 
 class ConfigError(Exception):
@@ -119,6 +120,11 @@ def find_global_config(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
     return next((p for p in global_config_candidates() if p.is_file()), None)
+
+
+def host_service_configs() -> list[Path]:
+    """The service configurations below /etc/Provisioning: every *.conf but Global.conf."""
+    return sorted(p for p in HOST_CONFIG_DIR.rglob("*.conf") if p.name != GLOBAL_CONF_NAME and p.is_file())
 
 
 # ------------------------------------------------------------------- loading

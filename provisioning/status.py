@@ -31,7 +31,7 @@ import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from provisioning import startup
 from provisioning.backend.cookie import CookieError, CookieFile, by_sid, cookie_csns, covered, csn_sid
@@ -99,9 +99,18 @@ class Status:
         return max(((self.now - t).total_seconds() for t in times), default=0.0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are UNKNOWN (3), as a monitoring plugin's are: argparse's 2 reads as CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"PROVISIONING UNKNOWN - {escape(message)}")
+        self.print_usage(sys.stderr)
+        self.exit(State.UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     t = Thresholds()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="provisioning-daemon status",
         description="Whether the daemon runs, how far behind the directory it is, and its requests. "
                     "Exit code and first line as a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
@@ -120,7 +129,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"(default {t.warn_age:g})")
     parser.add_argument("--crit-age", type=float, default=t.crit_age, metavar="S",
                         help=f"CRITICAL when one waits this long (default {t.crit_age:g})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    startup.config_path(parser, args)
+    return args
 
 
 def main(argv: list[str]) -> int:

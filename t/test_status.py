@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from provisioning import config, retry, status
 from provisioning.sandbox.slapd import BACKUP_BASE
 
 from helpers import DaemonProcess, wait_until
@@ -217,3 +220,36 @@ def test_status_changes_nothing(host, directory, daemon):
     assert directory.get(directory.dn(UID))["entryCSN"] == entry["entryCSN"]
     assert daemon.proc.poll() is None                   # the lock was only looked at
 
+
+
+def test_a_usage_error_is_unknown_not_critical(host):
+    # argparse's 2 reads as CRITICAL to Icinga; a wrong command line says nothing about the daemon.
+    result = _status(host, "--warn-lag", "soon")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("PROVISIONING UNKNOWN - argument --warn-lag: invalid float value: 'soon'")
+    assert "usage: provisioning-daemon status" in result.stderr
+
+
+def test_without_c_the_hosts_only_configuration_is_used(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(config, "HOST_CONFIG_DIR", tmp_path)
+    with pytest.raises(SystemExit) as none:
+        status.parse_args([])
+    assert none.value.code == 3
+    assert f"PROVISIONING UNKNOWN - -c FILE is needed: there is none below {tmp_path}" in capsys.readouterr().out
+    (tmp_path / "Backup").mkdir()
+    only = tmp_path / "Backup/Rsnapshot.conf"
+    only.write_text("")
+    (tmp_path / "Global.conf").write_text("")                 # shared by every service: not one of them
+    (tmp_path / "Backup/Rsnapshot.conf.template").write_text("")
+    assert status.parse_args([]).config == str(only)
+    assert retry.parse_args(["--failed"]).config == str(only)
+    assert status.parse_args(["-c", "/elsewhere.conf"]).config == "/elsewhere.conf"
+    (tmp_path / "Generic").mkdir()
+    (tmp_path / "Generic/Exec.conf").write_text("")
+    with pytest.raises(SystemExit) as several:
+        status.parse_args([])
+    assert several.value.code == 3
+    assert f"there are 2: {only}, {tmp_path / 'Generic/Exec.conf'} below {tmp_path}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        retry.parse_args(["--failed"])
+    assert usage.value.code == 2
