@@ -51,6 +51,7 @@ from provisioning.removals import Removals
 from provisioning.router import Router
 from provisioning.service import Service, ServiceContext
 from provisioning.startup import load_configuration  # noqa: F401 - kept for callers of the old place
+from provisioning.stdout import quiet_broken_pipe
 from provisioning.transport import build as build_transport
 from provisioning.workers import executor
 
@@ -113,6 +114,16 @@ class _ListPlugins(argparse.Action):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # here, not at exit, where a closed pipe could no longer be answered
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return ExitCode.OUTPUT_CLOSED
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         import importlib

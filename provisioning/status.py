@@ -43,6 +43,7 @@ from provisioning.log import escape
 from provisioning.requests import OPEN_FILTER, Request, Stage, classify
 from provisioning.returnvalues import describe, meanings
 from provisioning.service import Service, ServiceContext
+from provisioning.stdout import quiet_broken_pipe
 from provisioning.transport import build as build_transport
 
 # Requests listed per stage in the text output (--json lists all).
@@ -145,10 +146,19 @@ def main(argv: list[str]) -> int:
     status = gather(loaded)
     state, reasons = judge(status, thresholds)
     if args.json:
-        print(json.dumps(as_json(status, state, reasons, thresholds), indent=2))
+        _say(json.dumps(as_json(status, state, reasons, thresholds), indent=2))
     else:
-        print("\n".join(text(status, state, reasons, thresholds)))
+        _say("\n".join(text(status, state, reasons, thresholds)))
     return state
+
+
+def _say(output: str) -> None:
+    """Print; a reader that stops early (status | head -3) has what it wanted: the exit code still
+    tells the state, and no traceback follows."""
+    try:
+        print(output, flush=True)
+    except BrokenPipeError:
+        quiet_broken_pipe()
 
 
 def _unknown(summary: str, details: list[str], as_json: bool) -> int:
@@ -333,13 +343,17 @@ def _grade(value: float, warn: float, crit: float, what: str, warning: list[str]
 
 def perfdata(status: Status, t: Thresholds) -> str:
     lag_value = "U" if status.lag is None or status.lag.seconds is None else f"{status.lag.seconds:.0f}"
+
+    def known(value: str) -> str:
+        return "U" if status.ldap_failed else value     # U: unknown, in the monitoring-plugin convention
+
     return " ".join([
         f"lag={lag_value}s;{t.warn_lag:g};{t.crit_lag:g};0",
-        f"pending={len(status.stage(Stage.PENDING))};;;0",
-        f"in_progress={len(status.stage(Stage.IN_PROGRESS))};;;0",
-        f"failed={len(status.needing_a_person())};{t.warn_failed};{t.crit_failed};0",
-        f"dated={len(status.stage(Stage.DATED))};;;0",
-        f"oldest={status.oldest_open_age():.0f}s;{t.warn_age:g};{t.crit_age:g};0",
+        f"pending={known(str(len(status.stage(Stage.PENDING))))};;;0",
+        f"in_progress={known(str(len(status.stage(Stage.IN_PROGRESS))))};;;0",
+        f"failed={known(str(len(status.needing_a_person())))};{t.warn_failed};{t.crit_failed};0",
+        f"dated={known(str(len(status.stage(Stage.DATED))))};;;0",
+        f"oldest={known(f'{status.oldest_open_age():.0f}')}s;{t.warn_age:g};{t.crit_age:g};0",
         f"held={status.held};;1;0",
     ])
 
@@ -358,10 +372,16 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
              f"daemon: {status.daemon.describe()}"]
     if status.lag is not None:
         lines.append(f"lag: {_lag_text(status.lag)}")
-    for stage, title in ((Stage.PENDING, "pending"), (Stage.IN_PROGRESS, "in progress"),
-                         (Stage.FAILED, "failed"), (Stage.REFUSED, "refused"), (Stage.DATED, "dated for later")):
+    if status.ldap_failed:
+        # Not "pending: 0": nobody knows. Only what the store holds is known.
+        lines.append(f"requests: unknown, the directory cannot be asked ({status.ldap_failed})")
+        stages: tuple[tuple[Stage, str], ...] = ((Stage.FAILED, "failed hooks (MODUS LDAP, from the store)"),)
+    else:
+        stages = ((Stage.PENDING, "pending"), (Stage.IN_PROGRESS, "in progress"), (Stage.FAILED, "failed"),
+                  (Stage.REFUSED, "refused"), (Stage.DATED, "dated for later"))
+    for stage, title in stages:
         found = status.stage(stage)
-        if not found and stage in (Stage.REFUSED,):
+        if not found and (stage is Stage.REFUSED or status.ldap_failed):
             continue
         lines.append(f"{title}: {len(found)}")
         lines += [f"  {_request_text(r, status)}" for r in found[:LISTED]]
@@ -416,7 +436,8 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
                                           "context_csn": lag_.context_csn, "unseen_entries": lag_.unseen,
                                           "note": lag_.note},
         "ldap_error": status.ldap_failed or None,
-        "counts": {stage.value: len(status.stage(stage)) for stage in Stage},
+        # null while the directory cannot be asked: unknown, not 0.
+        "counts": None if status.ldap_failed else {stage.value: len(status.stage(stage)) for stage in Stage},
         "requests": {stage.value: listed(stage) for stage in Stage if stage is not Stage.OTHER},
         "oldest_open_seconds": status.oldest_open_age(),
         "deletions_held": status.held,

@@ -170,8 +170,30 @@ def test_an_unreachable_directory_is_unknown(host):
     result = _status(host)
     assert result.returncode == 3
     assert result.stdout.startswith("PROVISIONING UNKNOWN - Backup/Rsnapshot: cannot ask the directory: ")
+    # What the directory would say is not known: no "pending: 0", and U in the performance data.
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if re.match(r"(pending|in progress|failed|dated for later): ", line)], lines
+    assert any(line.startswith("requests: unknown, the directory cannot be asked (") for line in lines), lines
+    assert " pending=U;;;0 in_progress=U;;;0 failed=U;1;10;0 dated=U;;;0 oldest=Us;" in lines[0]
     code, data = _json(host)
-    assert code == 3 and data["state"] == "UNKNOWN" and data["ldap_error"]
+    assert code == 3 and data["state"] == "UNKNOWN" and data["ldap_error"] and data["counts"] is None
+
+
+def _with_reader_gone(argv: list[str]) -> subprocess.CompletedProcess:
+    """``argv | head -0``: the reader of stdout has gone before the command writes."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    return subprocess.CompletedProcess(argv, proc.wait(60), "", stderr)
+
+
+def test_a_reader_that_goes_away_leaves_the_state_and_no_traceback(host):
+    host.set("Database", SERVER="ldap://127.0.0.1:1", TIMEOUT=1)
+    result = _with_reader_gone([sys.executable, "-m", "provisioning", "status", "-c", str(host.config),
+                                "-g", str(host.global_config)])
+    assert result.returncode == 3 and result.stderr == "", result.stderr        # UNKNOWN, as it found
+    listing = _with_reader_gone([sys.executable, "-m", "provisioning", "files"])
+    assert listing.returncode == 141 and listing.stderr == "", listing.stderr
 
 
 def test_an_invalid_configuration_is_unknown(host):
