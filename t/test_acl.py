@@ -195,8 +195,21 @@ def test_the_daemon_does_its_work_with_the_service_account(service_host, provide
     assert "INSUFFICIENT" not in daemon.text().upper()
 
 
-def test_without_the_readmes_limits_line_a_refresh_would_fail(provider):
+def test_without_the_readmes_limits_line_a_refresh_would_fail(provider, tmp_path):
     """The olcLimits line is needed: the size limit of 3 stops a search of the subtree without it."""
+    # More entries than the limit, whichever tests ran before on this provider (pytest-xdist may
+    # run this one first, in a process of its own).
+    portal = Directory(provider, ACCOUNTS_BASE, tmp_path)
+    added = [portal.add(uid, sstProvisioningMode="added", sstProvisioningState="20260101T000000Z")
+             for uid in ("3729911", "3729912", "3729913", "3729914")]
+    try:
+        _refresh_needs_the_limits_line(provider)
+    finally:
+        for dn in added:
+            portal.conn.delete_s(dn)
+
+
+def _refresh_needs_the_limits_line(provider) -> None:
     limits = [(ldap.MOD_DELETE, "olcLimits", None)]
     root = provider.connect()
     saved = root.search_s("olcDatabase={1}mdb,cn=config", ldap.SCOPE_BASE, attrlist=["olcLimits"])[0][1]["olcLimits"]
