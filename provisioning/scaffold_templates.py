@@ -150,7 +150,8 @@ ENVIRONMENT =
 BACKEND = LDAP
 SERVER = ldaps://ldap.example.org
 PORT = 636
-ADMIN_USER = cn=Manager,dc=stoney-cloud,dc=org
+# A service account of the daemon's own, not the rootDN (see the deployment docs of provisioning).
+ADMIN_USER = cn=prov-@SECTION_LOWER@,ou=services,dc=stoney-cloud,dc=org
 ADMIN_PASSWORD = change-me
 SERVICE_SUBTREE = ou=accounts,ou=@SECTION_LOWER@,ou=services,dc=stoney-cloud,dc=org
 COOKIE_FILE = /var/lib/provisioning/@SERVICE@-@TYPE@.cookie
