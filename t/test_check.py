@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -410,3 +411,40 @@ def test_a_detail_of_several_lines_is_printed_as_one():
     # A command's stderr (ssh's, say) often has several lines; --check promises one per check.
     assert str(CheckLine.fail("gateway", "No host key is known\nHost key verification failed.\n")) == \
         "FAIL gateway: No host key is known / Host key verification failed."
+
+
+def _in_a_terminal(argv: list[str]) -> str:
+    """What a person at a terminal sees of ``argv`` (stdout and stderr on one pseudo-terminal)."""
+    import pty
+    main, child = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=child, stderr=child)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:                   # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    proc.wait(60)
+    return seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.mark.skipif(os.path.exists("/dev/log"), reason="this host has /dev/log: the records go to syslog")
+def test_at_a_terminal_check_shows_its_lines_and_problems_only(host, directory):
+    """Friction 6: no "syslog socket ... not available" warning first, no plugin INFO or LOG_DEBUG
+    record between the check lines; -d shows them."""
+    host.set("Global", LOG_DEBUG=1)
+    argv = [sys.executable, "-m", "provisioning", "-c", str(host.config), "-g", str(host.global_config), "-t"]
+    seen = _in_a_terminal(argv).splitlines()
+    assert seen and all(re.match(r"(OK|WARN|FAIL) |check (passed|failed)", line) for line in seen), seen
+    debug = _in_a_terminal(argv + ["-d"])
+    assert "DEBUG syslog socket /dev/log is not available: logging to stderr instead" in debug
+    assert debug.count("syslog socket") == 1
+    # Where no one watches (stderr into a file or a pipe) it stays a warning, said once.
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert piped.stderr.count("WARNING syslog socket /dev/log is not available: logging to stderr instead") == 1
+    assert all(re.match(r"(OK|WARN|FAIL) |check (passed|failed)", line) for line in piped.stdout.splitlines())

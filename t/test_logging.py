@@ -92,7 +92,9 @@ def test_syslog_gets_directory_values_escaped_and_tracebacks_on_the_same_line(sy
 # ---------------------------------------------------------- stdout / stderr
 
 @pytest.mark.parametrize("to_stdout", [True, False])
-def test_every_handler_setup_installs_writes_one_line_per_record(tmp_path, capsys, restore_logging, to_stdout):
+def test_every_handler_setup_installs_writes_one_line_per_record(tmp_path, capsys, restore_logging, to_stdout,
+                                                                 monkeypatch):
+    monkeypatch.setattr("provisioning.log._said_no_syslog", False)     # said once per process
     log_setup("Backup-Rsnapshot", LevelFlags(debug=True), to_stdout=to_stdout,
               syslog_socket=str(tmp_path / "no-such-socket"))
     handlers = logging.getLogger().handlers
