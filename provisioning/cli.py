@@ -307,7 +307,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     daemon.on_reload = Reloader(config, debug=debug, alerts=alerts, dry_run=dry_run)
     # The handlers only set flags; the main loop stops, or reloads (SIGHUP).
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: daemon.request_stop())
+        signal.signal(signum, lambda number, _: daemon.request_stop(signal.Signals(number).name))
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     monitor.start()
     # Now, not at the first command: the guard's Python start-up (about 0.1 s)
