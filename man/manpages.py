@@ -6,7 +6,7 @@
 - provisioning-daemon(8): the argparse parsers of the command and of each
   sub-command (options, help texts, usage), and the exit codes with the
   comments provisioning/codes.py gives them;
-- provisioning.conf(5): the configspecs (provisioning/configspec/*.spec and the
+- provisioning.conf(5): the configspecs (provisioning/config/specs/*.spec and the
   spec of each plugin in the checkout's plugins/), every key with its type,
   default and the comment above it;
 - prov-backup-create-chroot(8), createBackupAccountLDIF(1),
@@ -122,7 +122,7 @@ def captured(build: Callable[[], object]) -> argparse.ArgumentParser:
 
 def _checkout_plugins() -> None:
     """Make the checkout's plugin packages importable under their names (as the daemon does)."""
-    from provisioning import plugins
+    from provisioning.hooks import loading as plugins
 
     for found in plugins.in_folders()[0]:
         plugins.load(*found.name.split("/"))
@@ -130,7 +130,13 @@ def _checkout_plugins() -> None:
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """provisioning-daemon's parser ("") and each sub-command's, by name; then the other commands'."""
-    from provisioning import cli, deletions, ldifload, retry, scaffold, shipped, status
+    from provisioning import cli
+    from provisioning.operator import deletions
+    from provisioning.operator import ldifload
+    from provisioning.operator import retry
+    from provisioning.operator import scaffold
+    from provisioning.operator import shipped
+    from provisioning.operator import status
 
     _checkout_plugins()
     from provisioning_backup_rsnapshot import account_ldif
@@ -150,8 +156,8 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 def _general(text: str) -> str:
     """Paths that depend on where the page is made (a virtualenv, a checkout) said generally."""
-    from provisioning import resources
-    from provisioning.config import global_config_candidates
+    from provisioning.config import resources
+    from provisioning.config.loader import global_config_candidates
 
     installation, host, package = (str(p) for p in global_config_candidates())
     text = text.replace(installation, "PREFIX/etc/Provisioning/Global.conf (PREFIX: the Python "
@@ -195,7 +201,7 @@ def options(parser: argparse.ArgumentParser) -> list[str]:
 
 def exit_codes() -> list[tuple[int, str, str]]:
     """(value, NAME, the comment after it in provisioning/codes.py) of every ExitCode."""
-    from provisioning import codes
+    from provisioning.base import codes
 
     found: list[list] = []
     source = inspect.getsource(codes.ExitCode)
@@ -302,7 +308,7 @@ def spec_page(sections: list[Section]) -> list[str]:
 
 def plugin_specs() -> list[tuple[str, str]]:
     """(SERVICE/TYPE, configspec text) of each plugin in the checkout's plugins/."""
-    from provisioning import plugins
+    from provisioning.hooks import loading as plugins
 
     specs = []
     for found in sorted(plugins.in_folders()[0], key=lambda f: f.name):
@@ -369,7 +375,7 @@ def daemon_page() -> str:
 
 
 def conf_page() -> str:
-    from provisioning import resources
+    from provisioning.config import resources
 
     out = header("provisioning.conf", 5, "configuration files of provisioning-daemon")
     out += [".SH SYNOPSIS", bold("/etc/Provisioning/SERVICE/TYPE.conf"), ".br",
@@ -428,7 +434,7 @@ def chroot_page() -> str:
 
 def pages() -> dict[str, str]:
     """File name in man/ -> its text."""
-    from provisioning import ldifload
+    from provisioning.operator import ldifload
 
     _checkout_plugins()
     from provisioning_backup_rsnapshot import account_ldif

@@ -2,13 +2,13 @@
 
 Options keep the original daemon's short letters so existing init scripts
 work: -c config, -g global config, -r dry-run, -d debug, -t check, -h help.
-Exit codes are listed in provisioning.codes.ExitCode and in the README.
+Exit codes are listed in provisioning.base.codes.ExitCode and in the README.
 
 The sub-commands live in modules of their own: ``status``
-(provisioning.status), ``retry`` (provisioning.retry), ``deletions``
-(provisioning.deletions), ``files``
-(provisioning.shipped), ``new-plugin`` (provisioning.scaffold); ``--check`` is
-provisioning.checks, ``--daemon`` provisioning.detach and ``--list-plugins``
+(provisioning.operator.status), ``retry`` (provisioning.operator.retry), ``deletions``
+(provisioning.operator.deletions), ``files``
+(provisioning.operator.shipped), ``new-plugin`` (provisioning.operator.scaffold); ``--check`` is
+provisioning.operator.checks, ``--daemon`` provisioning.runtime.detach and ``--list-plugins``
 provisioning.plugins.listing.
 """
 from __future__ import annotations
@@ -24,41 +24,43 @@ import sys
 import threading
 from pathlib import Path
 
-from provisioning import __version__, detach, startup
+from provisioning import __version__
+from provisioning.runtime import detach
+from provisioning.runtime import startup
 from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
 from provisioning.backend.store import Store, StoreError
-from provisioning.brake import Brake, BrakeSettings
-from provisioning.claims import Owners
-from provisioning.clock import Clock
-from provisioning.codes import ExitCode
-from provisioning.commandguard import GUARD
-from provisioning.config import Config, global_config_candidates, unknown_keys
-from provisioning.daemon import Daemon, Retry
-from provisioning.files import UnsafeFile
-from provisioning.ldapmode import LdapMode
-from provisioning.lock import AlreadyLocked, PidLock
-from provisioning.log import STREAM_FORMAT
-from provisioning.log import install as install_handler
-from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings
-from provisioning.mirror import Mirror
-from provisioning.monitor import Monitor, monitor_from_config
-from provisioning.protocol import Selfcare
-from provisioning.reload import Reloader
-from provisioning.removals import Removals
-from provisioning.router import Router
-from provisioning.service import Service, ServiceContext
-from provisioning.startup import load_configuration  # noqa: F401 - kept for callers of the old place
-from provisioning.stdout import quiet_broken_pipe
+from provisioning.engine.brake import Brake, BrakeSettings
+from provisioning.engine.claims import Owners
+from provisioning.base.clock import Clock
+from provisioning.base.codes import ExitCode
+from provisioning.transport.commandguard import GUARD
+from provisioning.config.loader import Config, global_config_candidates, unknown_keys
+from provisioning.engine.daemon import Daemon, Retry
+from provisioning.base.files import UnsafeFile
+from provisioning.engine.ldapmode import LdapMode
+from provisioning.runtime.lock import AlreadyLocked, PidLock
+from provisioning.base.log import STREAM_FORMAT
+from provisioning.base.log import install as install_handler
+from provisioning.alerts.mail import Alerts, RequestLog, alerts_from_config, describe_settings
+from provisioning.engine.mirror import Mirror
+from provisioning.observe.monitor import Monitor, monitor_from_config
+from provisioning.engine.protocol import Selfcare
+from provisioning.runtime.reload import Reloader
+from provisioning.engine.removals import Removals
+from provisioning.engine.router import Router
+from provisioning.hooks.service import Service, ServiceContext
+from provisioning.runtime.startup import load_configuration  # noqa: F401 - kept for callers of the old place
+from provisioning.base.stdout import quiet_broken_pipe
 from provisioning.transport import build as build_transport
-from provisioning.workers import executor
+from provisioning.engine.workers import executor
 
 log = logging.getLogger("provisioning")
 
-SUBCOMMANDS = {"status": "provisioning.status", "retry": "provisioning.retry", "files": "provisioning.shipped",
-               "new-plugin": "provisioning.scaffold", "deletions": "provisioning.deletions"}
+SUBCOMMANDS = {"status": "provisioning.operator.status", "retry": "provisioning.operator.retry", "files": "provisioning.operator.shipped",
+               "new-plugin": "provisioning.operator.scaffold", "deletions": "provisioning.operator.deletions"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
@@ -108,7 +110,7 @@ class _ListPlugins(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        from provisioning.plugins import listing
+        from provisioning.hooks.loading import listing
         print("\n".join(listing()))
         parser.exit(0)
 
@@ -130,7 +132,7 @@ def _main(argv: list[str] | None) -> int:
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     if args.check:
-        from provisioning import checks      # only for -t: it costs every start otherwise
+        from provisioning.operator import checks  # only for -t: it costs every start otherwise
         return checks.main(args)
     loaded = startup.load(Path(args.config), args.global_config)
     # Unknown keys stop a start as they fail --check: a misspelt key would take its default.

@@ -17,7 +17,7 @@ import ldap
 import ldap.modlist
 import pytest
 
-from provisioning.clock import Clock, utc_stamp
+from provisioning.base.clock import Clock, utc_stamp
 
 from helpers import DaemonProcess, account_attrs, as_user, assert_done, picture, wait_until
 

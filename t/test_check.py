@@ -12,12 +12,12 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from provisioning import hookspecs
-from provisioning.checkline import CheckLine, Status
-from provisioning.checks import _plugin_checks
-from provisioning.hookspecs import hookimpl
-from provisioning.service import Service, ServiceContext
-from provisioning.startup import load_configuration
+from provisioning.hooks import specs as hookspecs
+from provisioning.base.checkline import CheckLine, Status
+from provisioning.operator.checks import _plugin_checks
+from provisioning.hooks.specs import hookimpl
+from provisioning.hooks.service import Service, ServiceContext
+from provisioning.runtime.startup import load_configuration
 from provisioning.transport import LocalCLI
 
 from helpers import DaemonProcess

@@ -180,7 +180,7 @@ def test_a_world_readable_configuration_is_warned_about(host):
 
 
 def test_the_shipped_template_has_production_defaults_and_the_wikis_keys(host, tmp_path):
-    from provisioning.config import load
+    from provisioning.config.loader import load
 
     template = (REPO / "etc/Provisioning/Backup/Rsnapshot.conf.template").read_text()
     for key in ("LOG_DEBUG", "LOG_INFO", "LOG_WARNING", "LOG_ERR", "ENVIRONMENT", "BACKEND", "SERVER", "PORT",

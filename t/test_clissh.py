@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import config as cfgmod
+from provisioning.config import loader as cfgmod
 from provisioning.transport import CLISSH, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, Helper
 from provisioning.transport.nofollow import OUTPUT_KEPT

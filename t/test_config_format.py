@@ -13,8 +13,8 @@ import sys
 import ldap.modlist
 import pytest
 
-from provisioning import config as cfgmod
-from provisioning.secret import Secret
+from provisioning.config import loader as cfgmod
+from provisioning.base.secret import Secret
 
 SERVICE = """[Database]
 BACKEND = LDAP

@@ -7,12 +7,12 @@ import logging
 import pluggy
 import pytest
 
-from provisioning import hookspecs
+from provisioning.hooks import specs as hookspecs
 from provisioning.cli import build_daemon, load_configuration
-from provisioning.clock import Clock
-from provisioning.codes import ReturnValue
-from provisioning.hookspecs import hookimpl
-from provisioning.service import Service, ServiceContext
+from provisioning.base.clock import Clock
+from provisioning.base.codes import ReturnValue
+from provisioning.hooks.specs import hookimpl
+from provisioning.hooks.service import Service, ServiceContext
 from provisioning.transport import LocalCLI
 
 from helpers import Host, assert_done, wait_until
@@ -216,7 +216,8 @@ def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host,
     outcome, long after the list of our own writes forgot them (here at
     once); they are recognised as older than what the store knows.
     """
-    from provisioning import daemon as daemon_module, router as router_module
+    from provisioning.engine import daemon as daemon_module
+    from provisioning.engine import router as router_module
     from provisioning.backend.ldap import POLL_BATCH
     monkeypatch.setattr(daemon_module, "MAX_WAITING", 20)
     monkeypatch.setattr(router_module, "OWN_WRITES_KEPT", 1)

@@ -11,7 +11,7 @@ import ldap
 import ldap.modlist
 import pytest
 
-from provisioning.ldifload import parse_ldif
+from provisioning.operator.ldifload import parse_ldif
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, SUFFIX, ProviderPair
 
 from faults import PauseAt, Proxy

@@ -17,10 +17,10 @@ from pathlib import Path
 import ldap.dn
 import pytest
 
-from provisioning.commandguard import COMMAND_VARIABLE, VARIABLE as GUARD_VARIABLE
+from provisioning.transport.commandguard import COMMAND_VARIABLE, VARIABLE as GUARD_VARIABLE
 
 from provisioning.backend.store import Store
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 from provisioning.testing import DaemonProcess, assert_done
 from provisioning.transport import CLISSH, DryRun, LocalCLI
 from provisioning.transport.nofollow import OUTPUT_KEPT

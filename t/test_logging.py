@@ -18,9 +18,9 @@ import ldap.dn
 import ldap.modlist
 import pytest
 
-from provisioning.codes import ReturnValue
-from provisioning.log import LevelFlags, OneLineFormatter, escape
-from provisioning.log import setup as log_setup
+from provisioning.base.codes import ReturnValue
+from provisioning.base.log import LevelFlags, OneLineFormatter, escape
+from provisioning.base.log import setup as log_setup
 
 from helpers import DaemonProcess, account_attrs, wait_until
 
@@ -94,7 +94,7 @@ def test_syslog_gets_directory_values_escaped_and_tracebacks_on_the_same_line(sy
 @pytest.mark.parametrize("to_stdout", [True, False])
 def test_every_handler_setup_installs_writes_one_line_per_record(tmp_path, capsys, restore_logging, to_stdout,
                                                                  monkeypatch):
-    monkeypatch.setattr("provisioning.log._said_no_syslog", False)     # said once per process
+    monkeypatch.setattr("provisioning.base.log._said_no_syslog", False)     # said once per process
     log_setup("Backup-Rsnapshot", LevelFlags(debug=True), to_stdout=to_stdout,
               syslog_socket=str(tmp_path / "no-such-socket"))
     handlers = logging.getLogger().handlers

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.detach import SYSLOG_SOCKET
-from provisioning.log import _syslog_handler
+from provisioning.runtime.detach import SYSLOG_SOCKET
+from provisioning.base.log import _syslog_handler
 
 from helpers import wait_until
 

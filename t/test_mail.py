@@ -24,12 +24,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from provisioning import config as cfgmod
-from provisioning.config import ConfigError
-from provisioning.log import STREAM_FORMAT, LevelFlags, install
-from provisioning.mail import Alerts, RequestLog, alerts_from_config, describe_settings, mail_problems
-from provisioning.mailer import MailSettings
-from provisioning.secret import Secret
+from provisioning.config import loader as cfgmod
+from provisioning.config.loader import ConfigError
+from provisioning.base.log import STREAM_FORMAT, LevelFlags, install
+from provisioning.alerts.mail import Alerts, RequestLog, alerts_from_config, describe_settings, mail_problems
+from provisioning.alerts.mailer import MailSettings
+from provisioning.base.secret import Secret
 
 from helpers import wait_until
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import cli, resources
-from provisioning.codes import ExitCode
+from provisioning import cli
+from provisioning.config import resources
+from provisioning.base.codes import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 MAN = REPO / "man"

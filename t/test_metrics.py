@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioning.metrics import lag_seconds
+from provisioning.observe.metrics import lag_seconds
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
 
 from helpers import DaemonProcess, Directory, Host, wait_until

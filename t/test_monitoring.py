@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from provisioning.metrics import Metrics
+from provisioning.observe.metrics import Metrics
 
 MONITORING = Path(__file__).resolve().parents[1] / "etc/monitoring"
 DASHBOARD = MONITORING / "provisioning-dashboard.json"

@@ -19,7 +19,7 @@ import pytest
 
 from provisioning.backend.ldap import Directory as LdapDirectory
 from provisioning.backend.ldap import DirectoryError, LdapSettings, SubtreeMissing
-from provisioning.secret import Secret
+from provisioning.base.secret import Secret
 from provisioning.testing import BACKUP_BASE, make_subtree
 
 from helpers import DaemonProcess, Directory

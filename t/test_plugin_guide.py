@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import hookspecs
+from provisioning.hooks import specs as hookspecs
 from provisioning.testing import DaemonProcess, assert_done, database_keys, edit_ini
 
 from plugin_env import PluginEnv

@@ -7,7 +7,7 @@ import re
 import ldap
 import ldap.modlist
 
-from provisioning.progress import Progress
+from provisioning.observe.progress import Progress
 
 from helpers import DaemonProcess, account_attrs
 
@@ -81,7 +81,7 @@ class FakeClock:
 def test_progress_lines_are_spaced_and_counted(caplog):
     clock = FakeClock()
     progress = Progress("ou=accounts,dc=x\nforged", interval=5, clock=clock)
-    caplog.set_level("INFO", logger="provisioning.progress")
+    caplog.set_level("INFO", logger="provisioning.observe.progress")
     progress.start(full=False)
     for _ in range(40):
         progress.entries += 1

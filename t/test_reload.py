@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.detach import log_to_file, open_log_file
-from provisioning.log import LevelFlags, reopen, set_levels
+from provisioning.runtime.detach import log_to_file, open_log_file
+from provisioning.base.log import LevelFlags, reopen, set_levels
 
 from helpers import DaemonProcess, Host, wait_until
 from test_mail import Server, free_port

@@ -8,9 +8,9 @@ import sys
 import ldap
 
 from provisioning.backend.ldap import Directory, LdapSettings
-from provisioning.retry import write_anew
-from provisioning.returnvalues import meanings
-from provisioning.startup import load_configuration
+from provisioning.operator.retry import write_anew
+from provisioning.operator.returnvalues import meanings
+from provisioning.runtime.startup import load_configuration
 
 from helpers import assert_done
 

@@ -113,7 +113,7 @@ def test_the_loader_uses_a_running_sandbox_says_so_and_refuses_a_stale_one(tmp_p
         account = tmp_path / "production.ldif"
         account.write_text(f"dn: ou=production,ou=accounts,ou=backup,ou=services,dc=stoney-cloud,dc=org\n"
                            f"objectClass: organizationalUnit\nou: production\n")
-        for command in (INSTALLED_LOADER, [sys.executable, "-m", "provisioning.ldifload"]):
+        for command in (INSTALLED_LOADER, [sys.executable, "-m", "provisioning.operator.ldifload"]):
             refused = _loader(root, str(account), command=command)
             assert refused.returncode == 2, refused.stderr
             assert "no service configuration: give -c FILE or set PROVISIONING_CONFIG" in refused.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import plugins
+from provisioning.hooks import loading as plugins
 from provisioning.testing import DaemonProcess, assert_done
 
 from plugin_env import PluginEnv

@@ -17,10 +17,10 @@ import sys
 import ldap
 import pytest
 
-from provisioning import config as cfgmod
+from provisioning.config import loader as cfgmod
 from provisioning.backend.ldap import LdapSettings
 from provisioning.sandbox.slapd import BACKUP_BASE, StoneySlapd
-from provisioning.secret import MASK, Secret
+from provisioning.base.secret import MASK, Secret
 from provisioning.transport import DryRun, LocalCLI
 
 from helpers import DaemonProcess, Directory, Host, assert_done

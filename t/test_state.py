@@ -12,7 +12,7 @@ import pytest
 
 from provisioning.backend.cookie import covered
 from provisioning.backend.ldap import DirectoryUnavailable
-from provisioning.daemon import Retry, with_retries
+from provisioning.engine.daemon import Retry, with_retries
 
 from faults import PauseAt
 from helpers import DaemonProcess, assert_done, wait_until
@@ -379,7 +379,7 @@ def test_a_claim_without_an_owner_is_resumed_only_after_the_lease_and_re_checked
 
 def test_waiting_for_ldap_for_ever_says_so_once_a_minute(monkeypatch, caplog):
     now = [0.0]
-    monkeypatch.setattr("provisioning.daemon.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("provisioning.engine.daemon.time.monotonic", lambda: now[0])
     attempts = []
 
     def action():

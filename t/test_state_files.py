@@ -19,8 +19,8 @@ import pytest
 
 from provisioning.backend.cookie import CookieError, CookieFile
 from provisioning.backend.store import Known, Store, StoreError
-from provisioning.files import UnsafeFile, check_private, open_private, write_atomically
-from provisioning.lock import AlreadyLocked, PidLock
+from provisioning.base.files import UnsafeFile, check_private, open_private, write_atomically
+from provisioning.runtime.lock import AlreadyLocked, PidLock
 
 from helpers import DaemonProcess
 
@@ -230,7 +230,7 @@ def tmpdir(tmp_path, monkeypatch):
 WRITER = """
 import os, signal, sys
 from provisioning.backend.store import Store
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 store = Store(sys.argv[1]); store.open()
 store.remember(Entry.from_values("uid=1,ou=x", {"uid": ["1"]}, "uuid-1")); store.set_cookie("rid=001")
 store.flush()

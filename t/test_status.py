@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from provisioning import config, retry, status
+from provisioning.config import loader as config
+from provisioning.operator import retry
+from provisioning.operator import status
 from provisioning.sandbox.slapd import BACKUP_BASE
 
 from helpers import DaemonProcess, wait_until

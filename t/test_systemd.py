@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.notify import Notifier, status_field, watchdog_seconds
+from provisioning.observe.notify import Notifier, status_field, watchdog_seconds
 from provisioning.sandbox.layout import REPO, write_recorder
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, StoneySlapd
-from provisioning.watchdog import Watchdog
+from provisioning.observe.watchdog import Watchdog
 
 from helpers import DaemonProcess, Directory, Host, assert_done, wait_until
 

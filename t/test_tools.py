@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from provisioning.ldifload import parse_ldif
+from provisioning.operator.ldifload import parse_ldif
 from provisioning.sandbox.layout import write_recorder
 
 from helpers import DaemonProcess, STAMP, wait_until
@@ -44,7 +44,7 @@ def test_the_four_ldifs_reproduce_the_wikis_table(host, directory):
         for step, (ldif, working, done) in enumerate([("01_add", "adding", "added"),
                                                       ("02_modify", "modifying", "modified"),
                                                       ("03_delete", "deleting", "deleted")], 1):
-            _tool("provisioning.ldifload", *load, str(data / f"{ldif}_{UID}.ldif"))
+            _tool("provisioning.operator.ldifload", *load, str(data / f"{ldif}_{UID}.ldif"))
             # Step 1 of the wiki: the daemon claimed the request and works on it.
             entry = directory.wait_mode(dn, working)
             assert (entry["sstProvisioningState"], entry["sstProvisioningExecutionDate"]) == ("0", "0")
@@ -65,7 +65,7 @@ def test_the_four_ldifs_reproduce_the_wikis_table(host, directory):
             if step == 3:
                 assert entry["sstIsActive"] == "FALSE"
                 assert not host.rsnapshot_config(UID).exists() and not host.account_dir(UID).exists()
-        _tool("provisioning.ldifload", *load, str(data / f"04_remove_{UID}.ldif"))
+        _tool("provisioning.operator.ldifload", *load, str(data / f"04_remove_{UID}.ldif"))
         assert directory.get(dn) is None
         daemon.wait_for(r"uid=3724300,.*: removed after its delete request was done; nothing to do")
     finally:
@@ -78,7 +78,7 @@ def test_the_four_ldifs_reproduce_the_wikis_table(host, directory):
 def test_the_loader_reads_the_password_from_the_configuration_not_argv(host, directory):
     ldif = host.layout.root / "one.ldif"
     ldif.write_text(f"dn: ou=loaded,{host.subtree}\nobjectClass: organizationalUnit\nou: loaded\n")
-    result = _tool("provisioning.ldifload", "-c", str(host.config), str(ldif))
+    result = _tool("provisioning.operator.ldifload", "-c", str(host.config), str(ldif))
     assert f"add ou=loaded,{host.subtree}: done" in result.stdout
     assert directory.conn.search_s(f"ou=loaded,{host.subtree}", 0)
 
@@ -86,7 +86,7 @@ def test_the_loader_reads_the_password_from_the_configuration_not_argv(host, dir
 def test_the_loader_reports_a_refused_record(host):
     ldif = host.layout.root / "bad.ldif"
     ldif.write_text(f"dn: ou=bad,{host.subtree}\nobjectClass: organizationalUnit\nou: bad\nnoSuchAttribute: x\n")
-    result = subprocess.run([sys.executable, "-m", "provisioning.ldifload", "-c", str(host.config), str(ldif)],
+    result = subprocess.run([sys.executable, "-m", "provisioning.operator.ldifload", "-c", str(host.config), str(ldif)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "bad.ldif" in result.stderr and "noSuchAttribute" in result.stderr

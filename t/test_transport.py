@@ -35,7 +35,7 @@ from provisioning.transport import (
 )
 from provisioning.transport import base, nofollow, spawn
 from provisioning.transport.base import PAST_DEADLINE
-from provisioning import commandguard
+from provisioning.transport import commandguard
 
 from helpers import gone, process, processes, wait_until
 

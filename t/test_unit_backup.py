@@ -10,9 +10,9 @@ from pathlib import Path
 import ldap
 import pytest
 
-from provisioning.config import Config
-from provisioning.entry import Entry
-from provisioning.ldifload import parse_ldif
+from provisioning.config.loader import Config
+from provisioning.base.entry import Entry
+from provisioning.operator.ldifload import parse_ldif
 from provisioning.transport import Interrupted, LocalCLI, within_deadline
 from provisioning.transport.base import EXIT_TIMEOUT
 from provisioning_backup_rsnapshot import account_ldif

@@ -15,21 +15,21 @@ from types import SimpleNamespace
 import ldap
 import pytest
 
-from provisioning import config as cfgmod
+from provisioning.config import loader as cfgmod
 from provisioning.backend.cookie import DEFAULT_CSN, cookie_csn
 from provisioning.backend.ldap import DirectoryError, DirectoryUnavailable, LdapSettings, SyncStream
-from provisioning.daemon import Daemon
-from provisioning.secret import Secret
-from provisioning.claims import Owner, Owners
-from provisioning.clock import Clock, generalized_time
-from provisioning.codes import ReturnValue
-from provisioning.entry import Entry
-from provisioning.ldifload import parse_ldif
-from provisioning.lock import AlreadyLocked, PidLock
-from provisioning.log import LevelFlags
-from provisioning.log import setup as log_setup
-from provisioning.lowwater import OpenEvents
-from provisioning.protocol import Verdict, decide, parse_execution_date
+from provisioning.engine.daemon import Daemon
+from provisioning.base.secret import Secret
+from provisioning.engine.claims import Owner, Owners
+from provisioning.base.clock import Clock, generalized_time
+from provisioning.base.codes import ReturnValue
+from provisioning.base.entry import Entry
+from provisioning.operator.ldifload import parse_ldif
+from provisioning.runtime.lock import AlreadyLocked, PidLock
+from provisioning.base.log import LevelFlags
+from provisioning.base.log import setup as log_setup
+from provisioning.engine.lowwater import OpenEvents
+from provisioning.engine.protocol import Verdict, decide, parse_execution_date
 
 # ------------------------------------------------------------------ config
 
@@ -561,7 +561,7 @@ def test_a_position_stored_with_the_providers_sid_is_sent_without_it(tmp_path):
 def test_the_daemons_newest_own_writes_outlive_a_restart(tmp_path):
     """A restart between the outcome and its echo, while failing over, must still find the provider behind."""
     from provisioning.backend.store import Store
-    from provisioning.router import Router
+    from provisioning.engine.router import Router
 
     def router(store: Store) -> Router:
         return Router(modus="selfcare", base="ou=x", store=store, service=None, owners=Owners(60), selfcare=None,
@@ -637,8 +637,8 @@ def test_the_lowest_open_event_is_found_past_events_handled_out_of_order():
 def test_the_echo_of_our_own_write_is_recognised_without_decoding_the_entry(tmp_path, monkeypatch):
     from provisioning.backend.ldap import EntryChanged
     from provisioning.backend.store import Store
-    from provisioning.entry import Entry
-    from provisioning.router import CHANGE, REFRESH, Router
+    from provisioning.base.entry import Entry
+    from provisioning.engine.router import CHANGE, REFRESH, Router
 
     store = Store(tmp_path / "state.sqlite")
     store.open()
@@ -664,7 +664,7 @@ def test_the_echo_of_our_own_write_is_recognised_without_decoding_the_entry(tmp_
 
 def test_a_stream_entry_decodes_as_before():
     from provisioning.backend.ldap import EntryChanged
-    from provisioning.entry import Entry
+    from provisioning.base.entry import Entry
 
     raw = {"uid": [b"3723707"], "entryCSN": [b"20261128100000.000001Z#000000#001#000000"],
            "cn": ["Zoë".encode(), b"\xff"], "entryUUID": [b"ABC"]}
@@ -679,8 +679,8 @@ def test_an_outcome_the_directory_did_not_take_is_written_to_the_store_at_once()
     from collections import deque
 
     from provisioning.backend.store import PendingWrite
-    from provisioning.results import Result
-    from provisioning.workers import Job
+    from provisioning.engine.results import Result
+    from provisioning.engine.workers import Job
 
     flushes = []
     job = Job("uuid-1", "uid=a,ou=x", lambda: None)
@@ -702,7 +702,7 @@ def test_an_outcome_the_directory_did_not_take_is_written_to_the_store_at_once()
 # ------------------------------------------------------------- deletion brake
 
 def test_the_deletion_brake_engages_above_both_the_count_and_the_share():
-    from provisioning.brake import BrakeSettings
+    from provisioning.engine.brake import BrakeSettings
     brake = BrakeSettings(percent=10, count=5)
     assert not brake.engages(5, lambda: 10)          # not more than the count, whatever the share
     assert brake.engages(6, lambda: 10)
@@ -714,7 +714,7 @@ def test_the_deletion_brake_engages_above_both_the_count_and_the_share():
 
 
 def test_a_batch_is_judged_after_the_refresh_or_after_its_window():
-    from provisioning.brake import Brake, BrakeSettings, Parked
+    from provisioning.engine.brake import Brake, BrakeSettings, Parked
     now = [100.0]
     brake = Brake(BrakeSettings(window=10), clock=lambda: now[0])
     brake.park(Parked("a", 1, "a"), in_refresh=True)

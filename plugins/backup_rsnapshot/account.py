@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import ldap.dn
 
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 from provisioning.transport import Transport
 
 from provisioning_backup_rsnapshot.codes import Code, StepError

@@ -9,8 +9,8 @@ from __future__ import annotations
 import posixpath
 import re
 
-from provisioning.checkline import CheckLine
-from provisioning.service import ServiceContext
+from provisioning.base.checkline import CheckLine
+from provisioning.hooks.service import ServiceContext
 from provisioning.transport import Transport
 
 from provisioning_backup_rsnapshot.account import Account, Layout

@@ -8,9 +8,9 @@ from __future__ import annotations
 import glob
 import os
 
-from provisioning.checkline import CheckLine
-from provisioning.hookspecs import hookimpl
-from provisioning.service import ServiceContext
+from provisioning.base.checkline import CheckLine
+from provisioning.hooks.specs import hookimpl
+from provisioning.hooks.service import ServiceContext
 from provisioning.transport import LocalCLI
 
 from provisioning_backup_rsnapshot import checks

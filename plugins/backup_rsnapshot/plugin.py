@@ -20,10 +20,10 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from provisioning.clock import Clock, utc_stamp
-from provisioning.entry import Entry
-from provisioning.hookspecs import hookimpl
-from provisioning.service import Request, ServiceContext
+from provisioning.base.clock import Clock, utc_stamp
+from provisioning.base.entry import Entry
+from provisioning.hooks.specs import hookimpl
+from provisioning.hooks.service import Request, ServiceContext
 
 from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import home, ownership

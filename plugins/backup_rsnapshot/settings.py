@@ -5,8 +5,8 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioning import resources
-from provisioning.config import Config
+from provisioning.config import resources
+from provisioning.config.loader import Config
 from provisioning.transport import Transport
 
 # Where the package ships this plugin's files (the default rsnapshot template).

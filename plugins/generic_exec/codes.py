@@ -1,7 +1,7 @@
 """Generic/Exec's return values: the command's exit code, or one of the plugin's own (90-99).
 
 A plugin's values are 0-99 (the core writes 100 and up for its refusals,
-see provisioning.codes). So the command's exit codes 0-89 are passed on as
+see provisioning.base.codes). So the command's exit codes 0-89 are passed on as
 they are, and everything else becomes one of the plugin's codes, which say
 what happened; the log line names the real exit code.
 """

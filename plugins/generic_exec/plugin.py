@@ -14,10 +14,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from provisioning.checkline import CheckLine
-from provisioning.config import Config
-from provisioning.hookspecs import hookimpl
-from provisioning.service import Request, ServiceContext
+from provisioning.base.checkline import CheckLine
+from provisioning.config.loader import Config
+from provisioning.hooks.specs import hookimpl
+from provisioning.hooks.service import Request, ServiceContext
 
 from provisioning_generic_exec.codes import Code, meanings, return_value
 from provisioning_generic_exec.request import environment, stdin_json

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import unicodedata
 
-from provisioning.entry import Entry
+from provisioning.base.entry import Entry
 
 # The command's PATH: the usual system folders, nothing from the daemon's environment.
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioning.backend.store import Store
-from provisioning.files import UnsafeFile, open_private, write_atomically
+from provisioning.base.files import UnsafeFile, open_private, write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from ldap.syncrepl import SyncreplConsumer
 from provisioning.backend.ber import ANSWER_CLASSES, SYNC_CONTROL_CLASSES, PostRead, PostReadAnswer
 from provisioning.backend.cookie import DEFAULT_CSN
 from provisioning.backend.dn import below
-from provisioning.entry import Entry
-from provisioning.log import escape
-from provisioning.secret import Secret
+from provisioning.base.entry import Entry
+from provisioning.base.log import escape
+from provisioning.base.secret import Secret
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ One SQLite file (WAL) next to COOKIE_FILE ([Database] STORE_FILE) holds
 - writes the directory did not take yet (an outcome, a refusal), written as
   soon as it takes writes again;
 - what it mirrors (SERVICE_SUBTREE, SEARCH_FILTER, the directory's
-  identity: see provisioning.mirror), so that removals are judged only
+  identity: see provisioning.engine.mirror), so that removals are judged only
   against the subtree, filter and directory its entries came from; the
   records of an earlier mirror are kept as ``retired`` when a fresh one starts;
-- removals the deletion brake holds for an operator (provisioning.brake), and
+- removals the deletion brake holds for an operator (provisioning.engine.brake), and
   the operator's decisions on them (``approvals``, written by
   ``provisioning-daemon deletions``, the only table another process writes).
 
@@ -42,8 +42,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from provisioning.entry import Entry
-from provisioning.files import UnsafeFile, check_private
+from provisioning.base.entry import Entry
+from provisioning.base.files import UnsafeFile, check_private
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Known:
 
 @dataclass(frozen=True)
 class Held:
-    """A removal the deletion brake holds until an operator decides (see provisioning.brake)."""
+    """A removal the deletion brake holds until an operator decides (see provisioning.engine.brake)."""
 
     uuid: str
     dn: str
@@ -271,7 +271,7 @@ class Store:
 
     @property
     def mirror(self) -> dict | None:
-        """What the store mirrors (provisioning.mirror.Mirror as a dict); None for a store that never said."""
+        """What the store mirrors (provisioning.engine.mirror.Mirror as a dict); None for a store that never said."""
         if self._mirror is not None:
             return dict(self._mirror)
         value = self._meta("mirror")

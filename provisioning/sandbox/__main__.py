@@ -86,7 +86,7 @@ def _write_demo_ldifs(layout: SandboxLayout) -> None:
 
 
 def _add_demo(layout: SandboxLayout, ready: threading.Event) -> None:
-    from provisioning.ldifload import main as load
+    from provisioning.operator.ldifload import main as load
 
     if ready.wait(timeout=60):
         time.sleep(0.2)

@@ -13,7 +13,7 @@ import ldap
 import ldap.modlist
 from slapdtest import SlapdObject
 
-from provisioning import resources
+from provisioning.config import resources
 
 SUFFIX = "dc=stoney-cloud,dc=org"
 BACKUP_BASE = f"ou=backup,ou=services,{SUFFIX}"

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
-from provisioning.log import escape
+from provisioning.base.log import escape
 
 log = logging.getLogger(__name__)
 _PRINTING = threading.Lock()

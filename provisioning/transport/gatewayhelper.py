@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from provisioning.commandguard import GUARD
+from provisioning.transport.commandguard import GUARD
 from provisioning.transport.spawn import REAP_SECONDS
 
 log = logging.getLogger(__name__)

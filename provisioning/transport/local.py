@@ -4,9 +4,9 @@ Commands run as argv lists (never a shell), each in a session and process
 group of its own: a terminal's Ctrl-C (sent to the foreground group) reaches
 the daemon only, and a timeout kills the command with everything it started,
 in its group or not (found by the marker in its environment, see
-provisioning.commandguard).
+provisioning.transport.commandguard).
 A command also dies with the daemon, with what it started in the
-background: provisioning.commandguard kills it when the daemon ends, even by
+background: provisioning.transport.commandguard kills it when the daemon ends, even by
 SIGKILL, so it does not keep racing the request resumed at the next start.
 
 File operations are those of provisioning.transport.nofollow: they never go
@@ -23,7 +23,7 @@ import subprocess
 import threading
 from typing import Mapping, Sequence
 
-from provisioning.commandguard import GUARD, command_marker
+from provisioning.transport.commandguard import GUARD, command_marker
 from provisioning.transport import nofollow
 from provisioning.transport.base import (
     EXIT_NOT_FOUND, EXIT_TIMEOUT, CommandResult, Interrupted, Transport, ended_by_the_stop, killed_after,

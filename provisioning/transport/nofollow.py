@@ -656,7 +656,7 @@ class Tail:
 # inherited, whether a process stays in the command's process group or not
 # (setsid, a daemon's double fork). At a timeout, or when the daemon goes away,
 # the processes carrying it are killed with the group. The same as
-# provisioning.commandguard does for LocalCLI; a copy, because the gateway
+# provisioning.transport.commandguard does for LocalCLI; a copy, because the gateway
 # gets this file alone.
 COMMAND_VARIABLE = "PROVISIONING_COMMAND"
 # New processes can appear while they are killed (a command forking): scan again.

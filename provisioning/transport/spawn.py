@@ -29,7 +29,7 @@ import subprocess
 import time
 from typing import Mapping
 
-from provisioning.commandguard import COMMAND_VARIABLE, kill_marked
+from provisioning.transport.commandguard import COMMAND_VARIABLE, kill_marked
 from provisioning.transport.nofollow import Tail
 
 # How long to wait for the output of a command group that was killed.

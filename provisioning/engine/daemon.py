@@ -1,0 +1,782 @@
+"""The main loop: read the sync stream, hand entries to workers, keep the cookie.
+
+``step()`` does one round and is what tests drive; ``run()`` repeats it until
+``request_stop()`` (called from a signal handler, which does nothing else).
+
+Order and acknowledgement. Every event gets a sequence number. Jobs of one
+entry run one after another (a lane per entry); jobs of different entries may
+run at the same time ([Service] WORKERS). A cookie the server sends covers
+the events before it; it is acknowledged only when every one of them has been
+handled and its outcome written (the low-water mark), so a crash at any
+moment loses nothing and redoes nothing that finished.
+
+When the directory goes away, or refuses writes, the loop stops taking new
+work, lets the work in hand finish (outcomes it cannot write are kept in the
+store), reconnects, writes the kept outcomes first, and only then reads the
+stream again - from the acknowledged cookie, so whatever was not finished
+comes again. A stop lets the work in hand finish the same way.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import select
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from provisioning.backend.cookie import Position, ahead_of, missing_writes
+from provisioning.backend.dn import below
+from provisioning.backend.ldap import (
+    CookieReached, Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
+    PresentEnd, RefreshDone, RefreshRequired, SubtreeMissing, SyncStream, WriteRefused,
+)
+from provisioning.backend.store import APPROVE, Held, Store
+from provisioning.engine.brake import PARKED, Brake, Parked
+from provisioning.base.clock import Clock
+from provisioning.base.entry import Entry
+from provisioning.engine.lowwater import OpenEvents
+from provisioning.engine.mirror import Mirror, identity_differences
+from provisioning.observe.monitor import Monitor
+from provisioning.engine.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
+from provisioning.engine.router import CHANGE, REFRESH, SEARCH, Router
+from provisioning.engine.workers import Inline, Job, Threads
+
+log = logging.getLogger(__name__)
+
+# While LDAP is out of reach, say so at most this often.
+WAITING_REPORT_INTERVAL = 60.0
+
+# Events in hand (queued for the workers or worked) beyond which the stream is
+# not read until some end. Each costs ~14 KiB, and what a burst took stayed
+# with the process after it (glibc keeps the freed heap): reading a burst of
+# 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
+MAX_WAITING = 1000
+# While removals are held, how often the daemon looks whether their entries are back.
+HELD_RECHECK_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often to try reaching LDAP (0: for ever), and how long to wait in between."""
+
+    attempts: int
+    sleep: float
+
+
+def with_retries(action: Callable[[], None], retry: Retry,
+                 sleep: Callable[[float], bool] | None = None) -> None:
+    """Call ``action`` until it does not raise DirectoryUnavailable or WriteRefused.
+
+    At most ``retry.attempts`` times (0: until it works or a stop comes).
+    ``sleep`` waits between attempts and returns False to give up early (a
+    stop was requested). The first failure is logged, then at most once a
+    minute that it is still failing, and once when it works again. Raises
+    DirectoryUnavailable when every attempt failed.
+    """
+    sleep = sleep or (lambda seconds: time.sleep(seconds) or True)
+    started = time.monotonic()
+    said_at = -math.inf
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            action()
+        except (DirectoryUnavailable, WriteRefused) as err:
+            if retry.attempts and attempt >= retry.attempts:
+                log.warning("attempt %d of %d to reach LDAP failed: %s", attempt, retry.attempts, err)
+                raise DirectoryUnavailable(f"no LDAP server answered after {retry.attempts} attempt(s)") from err
+            if time.monotonic() - said_at >= WAITING_REPORT_INTERVAL:
+                said_at = time.monotonic()
+                of = f" of {retry.attempts}" if retry.attempts else ""
+                log.warning("attempt %d%s to reach LDAP failed: %s; trying again every %g s%s", attempt, of,
+                            err, retry.sleep, "" if attempt == 1 else
+                            f" (waiting for %.0f s)" % (time.monotonic() - started))
+            if not sleep(retry.sleep):
+                raise DirectoryUnavailable("stopped while waiting for LDAP") from err
+            continue
+        if attempt > 1:
+            log.warning("LDAP answers again after %d attempts in %.1f s", attempt, time.monotonic() - started)
+        return
+
+
+class Daemon:
+    """One service daemon: a sync stream, a write connection, a router, workers."""
+
+    def __init__(self, *, directory: Directory, stream: SyncStream, position: Position, store: Store,
+                 router: Router, executor: Inline | Threads, startup: Retry, operation: Retry,
+                 base: str, clock: Clock | None = None, poll_interval: float = 0.5,
+                 stop_event: threading.Event | None = None, once: bool = False,
+                 monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None,
+                 mirror: Mirror | None = None, brake: Brake | None = None) -> None:
+        self.directory = directory
+        self.stream = stream
+        self.position = position
+        self.store = store
+        self.router = router
+        self.executor = executor
+        self.startup = startup
+        self.operation = operation
+        self.base = base
+        self.clock = clock or Clock()
+        self.poll_interval = poll_interval
+        self.stop_event = stop_event or threading.Event()
+        self.once = once                           # stop after the first refresh (--once)
+        self.in_refresh = True
+        self.refresh_full = False
+        self._seq = 0
+        self._lanes: dict[str, deque[tuple[int, str, Callable[[], Job | None]]]] = {}
+        self._in_hand = OpenEvents()                # events not yet handled to the end
+        self._cookies: deque[tuple[int, str]] = deque()
+        self._forget_at_cookie: list[str] = []   # own writes a refresh judged lost (see _check_cookie)
+        self._trouble: str | None = None           # why the loop must reconnect before going on
+        self._swept_on: dt.date | None = None
+        self._after_refresh: list[Callable[[], None]] = []
+        self._closed = False
+        self._session_server: str | None = None   # the server of the last sync session in this run
+        self._settle_at: int | None = None         # the refresh ended at this event; its work may not have
+        self._stop_when_idle = False               # --once: stop when nothing is in hand any more
+        self._warned: set[str] = set()            # warnings mailed for trouble that is not over
+        self.on_reload = on_reload                 # what SIGHUP does (provisioning.runtime.reload)
+        self._reload_asked = False
+        self._stop_signal: str | None = None       # the signal that asked for the stop, said by the loop
+        self._synchronised = False                 # the first refresh is done (its line said "initial")
+        self.mirror = mirror                       # what the store must mirror (None: not checked)
+        self.brake = brake or Brake()
+        self._held_checked_at = -math.inf
+        self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
+        self.monitor.attach(self)
+
+    # ---------------------------------------------------------------- control
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def request_stop(self, signal_name: str | None = None) -> None:
+        """Ask the loop to stop after the work in hand (safe in a signal handler: no I/O here;
+        the loop says which signal it was)."""
+        if signal_name and self._stop_signal is None:
+            self._stop_signal = signal_name
+        self.stop_event.set()
+
+    def request_reload(self) -> None:
+        """Ask the loop to reload what it can (SIGHUP); only sets a flag (safe in a signal handler)."""
+        self._reload_asked = True
+
+    @property
+    def waiting(self) -> int:
+        """Events queued or in hand, not yet finished."""
+        return len(self._in_hand)
+
+    def start(self) -> None:
+        """Open the store's position, connect both connections and open the stream."""
+        self._check_mirror()
+        start = self.position.start()
+        self.router.adopt = start.adopt
+        self.brake.held = {held.uuid for held in self.store.held()}
+        self.store.changed_elsewhere()             # from here on, an operator's decision is noticed
+        self._after_refresh = [self._sweep_claims, self._retry_failed, self._decide_held]
+        self._connect(self.startup)
+
+    def run(self) -> None:
+        """Step until asked to stop, then finish the work in hand and disconnect."""
+        try:
+            while not self.stopping:
+                self.step()
+            if self._stop_signal:
+                log.info("%s received: stopping after the work in hand", self._stop_signal)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Finish the work in hand, write the position, close everything (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.monitor.stopping()
+        self._drain()
+        self._flush(mirror=True)
+        self.executor.close()
+        self.stream.close()
+        self.directory.close()
+        self.store.close()
+
+    def step(self, timeout: float | None = None) -> None:
+        """One round: the events that arrive within ``timeout``, then housekeeping."""
+        self.monitor.beat()
+        self._reload_if_asked()
+        if self._trouble:
+            self._recover()
+            return
+        try:
+            wait = self.poll_interval if timeout is None else timeout
+            if self.executor.busy and self.waiting >= MAX_WAITING:
+                # Enough in hand: the rest of a burst waits in the socket and at the
+                # server, so the daemon's memory stays flat however large the burst.
+                events = []
+                self._collect(wait)
+            elif self.executor.busy:
+                # Workers are busy: wait for whichever comes first, an event or an ended job.
+                events = self.stream.poll(0.0)
+                if not events and self._await(wait):
+                    events = self.stream.poll(0.0)
+            else:
+                events = self.stream.poll(wait)
+            for event in events:
+                self._dispatch(event)
+                self._collect()
+                if self.stopping or self._trouble:
+                    return           # what is left was not acknowledged: it comes again
+            self._collect()
+            self._judge_parked()
+            self._settle()
+            self._flush()
+            if not self._trouble:
+                self._housekeeping()
+        except DirectoryUnavailable as err:
+            if self.stopping:
+                return               # a stop signal interrupts a blocking read: not a lost server
+            self._trouble = f"lost the LDAP connection: {err}"
+        except RefreshRequired as err:
+            log.warning("the server cannot resume from our cookie (%s): full refresh", err)
+            self.position.reset()
+            self._trouble = "full refresh"
+
+    def _await(self, timeout: float) -> bool:
+        """Wait until the stream has data or a worker ended a job; True for the stream."""
+        fds = [fd for fd in (self.stream.fileno(), self.executor.wake_fd) if fd is not None]
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return False
+        return self.stream.fileno() in ready
+
+    # ------------------------------------------------------------ connection
+
+    def _connect(self, retry: Retry) -> None:
+        self.stream.close()
+        self.directory.close()
+        self.monitor.connecting()
+        try:
+            with_retries(self._open, retry, self._sleep)
+        except DirectoryUnavailable:
+            if self.stopping:
+                return
+            raise
+        self.in_refresh = True
+        self._warned.discard("directory")
+        self.monitor.connected(self.directory.uri, self.refresh_full)
+        log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
+                 " (full refresh)" if self.refresh_full else "")
+
+    def _open(self) -> None:
+        self.directory.open()
+        self._write_pending()
+        self._check_identity()
+        self._check_cookie()
+        self.refresh_full = self.position.full
+        # On the server the cookie was checked against: were the stream to land
+        # on another one (the first died in between), the check would say nothing.
+        self.stream.open(self.position.cookie, uri=self.directory.uri)
+        self._session_server = self.directory.uri
+
+    def _write_pending(self) -> None:
+        """Write the outcomes the directory did not take before; raise if it still does not."""
+        for write in self.store.pending():
+            self.monitor.beat()
+            csns = write_pending(self.directory, write)
+            self.router.note_own_writes(csns)
+            self.router.written(write, csns[0] if csns else None)
+            self.store.drop_pending(write.dn)
+            self.position.flush()
+
+    def _check_cookie(self) -> None:
+        """Compare the cookie with the provider's contextCSN: one it cannot continue from (see
+        cookie.ahead_of), or a provider that lacks our own last writes, means a full refresh."""
+        if not (self.position.current or self.router.adopt):
+            return
+        try:
+            context = self.directory.context_csns(self.base)
+        except DirectoryError as err:
+            log.debug("cannot read the provider's contextCSN: %s", err)
+            context = []
+        log.debug("provider contextCSN %s; cookie %s", " ".join(context) or "(none readable)",
+                  self.position.current or self.router.adopt)
+        if not context:
+            self._unverifiable_cookie()
+            return
+        missing = missing_writes(self.router.own_csns(), context)
+        why = ahead_of(self.position.current, context)
+        if not why and missing:
+            why = (f"the provider lacks {len(missing)} write(s) of this daemon, the newest {max(missing)} (a claim "
+                   "or an outcome the provider it went to did not replicate)")
+        if why:
+            log.error("%s: refreshing from scratch", why)
+            self.position.reset()
+            self.router.adopt = None
+            # Judged by this refresh; they will never come back from this provider. Forgotten
+            # with the refresh's first cookie, in the same store transaction: the reset lives
+            # in memory only, and a restart before it must find them missing again.
+            self._forget_at_cookie = missing
+        elif self.router.adopt and ahead_of(self.router.adopt, context):
+            log.error("COOKIE_FILE: %s: refreshing from scratch, taking nothing as handled before",
+                      ahead_of(self.router.adopt, context))
+            self.router.adopt = None
+
+    # ------------------------------------------------------------- mirror
+
+    def _check_mirror(self) -> None:
+        """At start: does the store mirror SERVICE_SUBTREE and SEARCH_FILTER as configured?"""
+        if self.mirror is None:
+            return
+        recorded = self.store.mirror
+        if recorded is not None:
+            changed = self.mirror.differences(recorded)
+        else:
+            # A store of an earlier version, which never recorded its search: its entries tell.
+            outside = [known.dn for known in self.store.known() if not below(known.dn, self.base)]
+            changed = [f"the store knows {len(outside)} entr(y/ies) outside SERVICE_SUBTREE {self.base}, "
+                       f"e.g. {outside[0]}"] if outside else []
+        if changed:
+            self._fresh_mirror(changed)
+        elif recorded is None or any(key not in recorded for key in self.mirror.as_dict()):
+            self.store.set_mirror({**(recorded or {}), **self.mirror.as_dict()})
+
+    def _check_identity(self) -> None:
+        """At every connect: is this the directory (and the subtree entry) the store's entries came from?"""
+        if self.mirror is None:
+            return
+        now = self.directory.identity(self.base)
+        recorded = self.store.mirror or {}
+        changed = identity_differences(recorded, now)
+        if changed:
+            self._fresh_mirror(changed + [f"(on {self.directory.uri})"])
+            recorded = self.store.mirror or {}
+        known = {"suffix_uuid": now.suffix, "base_uuid": now.base}
+        if any(value and recorded.get(key) != value for key, value in known.items()):
+            self.store.set_mirror({**recorded, **{k: v for k, v in known.items() if v}})
+
+    def _fresh_mirror(self, changed: list[str]) -> None:
+        """The store's entries came from another search: start over without judging one of them removed."""
+        count = self.store.count()
+        text = (f"the store {self.store.path} mirrors another search than this daemon's: {'; '.join(changed)}. "
+                f"Starting a fresh mirror of {self.base}: none of the {count} entr(y/ies) the store knew is "
+                f"taken as removed (no delete hook runs; their data stays on this host, their records are "
+                f"kept in the store's 'retired' table), and the subtree is read from scratch")
+        log.error("%s", text)
+        self._warn_once("mirror", "the daemon started a fresh mirror: SERVICE_SUBTREE, SEARCH_FILTER or the "
+                        "directory changed", text)
+        self.store.start_mirror(self.mirror.as_dict())
+        self.position.forget()
+        self.router.adopt = None
+        self.brake.clear()
+        self.brake.held = set()
+
+    def _unverifiable_cookie(self) -> None:
+        """The provider's contextCSN cannot be read: the cookie is trusted only where it was made.
+
+        On the server of the session before (in this run) the cookie is that
+        server's own position. On any other (a failover, or a start after an
+        earlier run) nothing shows whether the provider has every change the
+        cookie covers: an outcome the dead provider never replicated would
+        never come back. A full refresh, judged against the store, redoes
+        nothing and finds it. (A COOKIE_FILE to adopt, from an upgrade, is
+        kept: without the store, dropping it would redo every account.)
+        """
+        if not self.position.current or self.directory.uri == self._session_server:
+            return
+        log.warning("the contextCSN of %s cannot be read (ACL?), so the cookie (from %s) cannot be checked "
+                    "against it: refreshing from scratch; let the daemon's bind read contextCSN on the "
+                    "suffix entry (README, deployment)", self.directory.uri,
+                    self._session_server or "an earlier run")
+        self.position.reset()
+
+    def _recover(self) -> None:
+        """Finish the work in hand, then reconnect and write what is kept."""
+        log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
+        self.monitor.trouble(self._trouble)
+        self._warn_once("directory", "the directory is out of reach or refuses writes",
+                        f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
+        self._drain()
+        self._forget_unfinished()
+        self._flush(mirror=True)
+        self._trouble = None
+        if self.stopping:
+            return
+        if self._sweep_claims not in self._after_refresh:
+            self._after_refresh.append(self._sweep_claims)
+        self._connect(self.operation)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep, waking for a stop request (False if one came); a reload is done meanwhile."""
+        self.monitor.ldap_away(seconds)
+        until = time.monotonic() + seconds
+        while not self.stop_event.wait(min(1.0, max(0.0, until - time.monotonic()))):
+            self._reload_if_asked()
+            if time.monotonic() >= until:
+                return True
+        return False
+
+    def _reload_if_asked(self) -> None:
+        if not self._reload_asked:
+            return
+        self._reload_asked = False
+        if self.on_reload is None:
+            log.warning("SIGHUP: nothing to reload in this daemon")
+            return
+        try:
+            self.on_reload()
+        except Exception:  # noqa: BLE001 - a reload that goes wrong keeps the settings in use
+            log.exception("SIGHUP: the reload failed; the settings in use are kept")
+
+    # --------------------------------------------------------------- events
+
+    def _dispatch(self, event: Event) -> None:
+        self._seq += 1
+        if isinstance(event, EntryChanged):
+            origin = REFRESH if self.in_refresh else CHANGE
+            self.monitor.seen(event)
+            if event.uuid in self.brake.held:
+                self._release_held([event.uuid], "it is in the directory again")
+            self._enqueue(event.uuid or event.dn.lower(), self._seq, event.dn,
+                          lambda: self.router.stream_job(event, origin))
+        elif isinstance(event, CookieReached):
+            self._cookies.append((self._seq, event.cookie))
+            self._advance()
+        elif isinstance(event, EntriesDeleted):
+            for uuid in event.uuids:
+                self._removal(uuid, self._seq)
+        elif isinstance(event, PresentEnd):
+            self._present_end(event)
+        elif isinstance(event, RefreshDone):
+            self._refresh_done()
+
+    def _refresh_done(self) -> None:
+        self.in_refresh = False
+        self.router.adopt = None
+        self._settle_at = self._seq            # said done in _settle, once its work has ended
+        todo, self._after_refresh = self._after_refresh, []
+        for sweep in todo:
+            sweep()
+
+    def _settle(self) -> None:
+        """Once the work the refresh brought has ended (workers may still run it at RefreshDone)."""
+        if self._settle_at is not None and self._in_hand.lowest() > self._settle_at:
+            self._settle_at = None
+            self.monitor.refresh_done()          # the progress totals come first
+            what = "synchronisation of %s done after reconnecting" if self._synchronised \
+                else "initial synchronisation of %s done"
+            log.info(what + ("" if self.once else "; waiting for changes"), self.base)
+            self._synchronised = True
+            if self.once:
+                self._housekeeping()             # requests dated for today too
+                self._stop_when_idle = True
+        if self._stop_when_idle and not self._lanes:
+            log.info("stopping after the first refresh (--once)")
+            self.request_stop()
+
+    def _present_end(self, event: PresentEnd) -> None:
+        """Entries the store knows that the server neither sent nor named present are gone.
+
+        Only when the server says so (present phase) or the session started
+        without a cookie. Each candidate is checked with a search first: an
+        entry may only have fallen outside SEARCH_FILTER (%entryCSN%).
+        """
+        back = self.brake.held & event.seen
+        if back:
+            self._release_held(sorted(back), "the refresh found it in the directory again")
+        if not (event.implicit or self.refresh_full):
+            return
+        candidates = self.store.uuids() - event.seen
+        if not candidates:
+            return
+        try:
+            gone = candidates - self.directory.existing_uuids(self.base, candidates)
+        except (DirectoryError, SubtreeMissing) as err:
+            # An incomplete answer is no proof of anything: the next full refresh asks again.
+            log.error("cannot check the %d entr(y/ies) the refresh did not name (%s): none of them is taken "
+                      "as removed", len(candidates), err)
+            return
+        for uuid in sorted(gone):
+            self._removal(uuid, self._seq)
+
+    # ---------------------------------------------------------------- brake
+
+    def _removal(self, uuid: str, seq: int) -> None:
+        """Queue the removal of ``uuid`` (seen at event ``seq``): through the deletion brake when it
+        would call the delete hook."""
+        label = f"entryUUID {uuid}"
+
+        def plan() -> Job | object | None:
+            if not self.router.brakes(uuid):
+                return self.router.removal_job(uuid)
+            self.brake.park(Parked(uuid, seq, label), in_refresh=self.in_refresh)
+            log.debug("%s: removed; waits for the deletion brake's judgement of its batch", label)
+            return PARKED
+        self._enqueue(uuid, seq, label, plan)
+
+    def _judge_parked(self) -> None:
+        """Run or hold the batch of parked removals once it is complete (see provisioning.engine.brake)."""
+        batch = self.brake.due(in_refresh=self.in_refresh)
+        if not batch:
+            return
+        settings = self.brake.settings
+        if self.brake.held or settings.engages(len(batch), self._accounts):
+            self._hold(batch)
+            return
+        for removal in batch:
+            self._begin(removal.uuid, removal.seq, removal.label,
+                        lambda u=removal.uuid: self.router.removal_job(u))
+
+    def _accounts(self) -> int:
+        """How many entries the store knows that belong to this host (for the brake's share)."""
+        return sum(1 for known in self.store.known() if self.router.service.owns(known.entry()))
+
+    def _hold(self, batch: list[Parked]) -> None:
+        new = []
+        for removal in batch:
+            known = self.store.lookup(removal.uuid)
+            if removal.uuid not in self.brake.held and known is not None:
+                self.store.hold(Held(removal.uuid, known.dn, time.time()))
+                self.brake.held.add(removal.uuid)
+                new.append(known.dn)
+            self._resume_lane(removal.uuid, removal.seq)
+        self._flush()
+        if not new:
+            log.debug("%d removal(s) already held by the deletion brake seen again", len(batch))
+            return
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        text = (f"the deletion brake holds {len(new)} removal(s) that would call the delete hook ({shown}); "
+                f"{len(self.brake.held)} held in all. Nothing is deleted until an operator decides: "
+                f"provisioning-daemon deletions -c CONFIG --list, then --approve (delete) or --keep (keep the "
+                f"data, forget the entry). Brake: {self.brake.settings.describe()} this host has in one refresh "
+                f"or within {self.brake.settings.window:g} s, or any while others are held")
+        log.warning("%s", text)
+        alerts = self.router.alerts
+        if alerts is not None:
+            alerts.warning(f"deletion brake: {len(new)} removal(s) held for an operator", text)
+
+    def _resume_lane(self, key: str, seq: int) -> None:
+        """The parked event ``seq`` is handled: the lane goes on with what waits behind it."""
+        nxt = self._next_in_lane(key, seq)
+        if nxt is not None:
+            self._begin(key, *nxt)
+
+    def _release_held(self, uuids: list[str], why: str) -> None:
+        for uuid in uuids:
+            known = self.store.lookup(uuid)
+            log.info("%s: %s: its held removal is dropped", known.dn if known else f"entryUUID {uuid}", why)
+            self.store.release(uuid)
+            self.brake.held.discard(uuid)
+
+    def _decide_held(self) -> None:
+        """Carry out what an operator decided on held removals (provisioning-daemon deletions)."""
+        decisions = self.store.decisions()
+        if not decisions:
+            return
+        held = {h.uuid: h for h in self.store.held()}
+        for uuid in [u for u in decisions if u not in held]:
+            self.store.release(uuid)                # a decision on nothing held (any more): dropped
+        approved = [u for u, d in decisions.items() if u in held and d == APPROVE]
+        try:
+            back = self.directory.existing_uuids(self.base, approved) if approved else set()
+        except (DirectoryError, SubtreeMissing) as err:
+            log.error("cannot check whether the %d approved removal(s) are still gone (%s): tried again "
+                      "later", len(approved), err)
+            return
+        self._release_held(sorted(back), "approved for deletion, but it is in the directory again")
+        for uuid, decision in decisions.items():
+            if uuid not in held or uuid in back:
+                continue
+            if decision == APPROVE:
+                log.info("%s: removal approved by an operator: deleting it", held[uuid].dn)
+                self.store.release(uuid)
+                self.brake.held.discard(uuid)
+                self._seq += 1
+                self._enqueue(uuid, self._seq, held[uuid].dn, lambda u=uuid: self.router.removal_job(u))
+            else:
+                log.warning("%s: removal kept by an operator: the entry is forgotten, its data stays on this "
+                            "host", held[uuid].dn)
+                self.store.forget(uuid)
+                self.brake.held.discard(uuid)
+        self._flush()
+
+    def _recheck_held(self) -> None:
+        """While removals are held: are their entries back (a directory restored with its entryUUIDs)?"""
+        if not self.brake.held or time.monotonic() - self._held_checked_at < HELD_RECHECK_INTERVAL:
+            return
+        self._held_checked_at = time.monotonic()
+        try:
+            back = self.directory.existing_uuids(self.base, self.brake.held)
+        except (DirectoryError, SubtreeMissing) as err:
+            log.debug("cannot check the held removals: %s", err)
+            return
+        if back:
+            self._release_held(sorted(back), "it is in the directory again")
+            self._flush()
+
+    # ---------------------------------------------------------------- lanes
+
+    def _enqueue(self, key: str, seq: int, label: str, plan: Callable[[], Job | None]) -> None:
+        """Queue work for ``key`` behind what is in hand for it, or start it now."""
+        self._in_hand.add(seq)
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append((seq, label, plan))
+            return
+        self._lanes[key] = deque()
+        self._begin(key, seq, label, plan)
+
+    def _begin(self, key: str, seq: int, label: str, plan: Callable[[], Job | None]) -> None:
+        while True:
+            try:
+                job = plan()
+            except (DirectoryUnavailable, WriteRefused):
+                raise
+            except Exception:  # noqa: BLE001 - a bug in judging costs this entry, not the daemon
+                log.exception("%s: unexpected error while judging the entry", label)
+                job = None
+            if job is PARKED:
+                return                       # waits for the brake (see _judge_parked)
+            if job is not None:
+                job.key, job.seq = key, seq
+                self.executor.submit(job)
+                return
+            nxt = self._next_in_lane(key, seq)
+            if nxt is None:
+                return
+            seq, label, plan = nxt
+
+    def _next_in_lane(self, key: str, seq: int) -> tuple[int, str, Callable[[], Job | None]] | None:
+        """Mark ``seq`` handled; the next queued work of the lane, or None (lane closed)."""
+        self._in_hand.done(seq)
+        lane = self._lanes[key]
+        if lane:
+            return lane.popleft()
+        del self._lanes[key]
+        return None
+
+    def _collect(self, timeout: float = 0) -> None:
+        """Take the results of ended jobs into the daemon's state.
+
+        The store is written at once when a job ran a hook whose only record
+        is the store (LDAP mode, removals) or whose outcome the directory did
+        not take (kept as pending): a crash must not make it run again. Other
+        selfcare outcomes are in the directory; their store records and the
+        cookie are written at the end of the round (see step), which a round
+        cut short by trouble does not reach before the work in hand ended.
+        """
+        durable = False
+        for job, result in self.executor.completed(timeout):
+            durable = durable or result.durable or result.pending is not None
+            self.router.complete(job, result)
+            self.monitor.completed(job, result)
+            if result.pending is not None:
+                self._trouble = self._trouble or "the directory did not take a write"
+            if result.retry:
+                self._trouble = self._trouble or f"the directory is not taking writes: {result.retry}"
+            if result.retry or result.interrupted:
+                continue             # not handled: the cookie must not pass it
+            nxt = self._next_in_lane(job.key, job.seq)
+            if nxt is not None and not (self._trouble or self.stopping):
+                self._begin(job.key, *nxt)
+        self._advance()
+        if durable:
+            self._flush()
+
+    def _flush(self, *, mirror: bool = False) -> None:
+        """Write the position; when the store's folder is full or read-only, say so once."""
+        ok = self.position.flush(mirror=mirror)
+        self.monitor.store_writable(ok)
+        if ok:
+            self._warned.discard("store")
+        else:
+            self._warn_once("store", f"{self.store.path} cannot be written",
+                            "The daemon goes on with its position in memory and tries again; the position "
+                            "on disk stays before any work that is not done.")
+
+    def _warn_once(self, topic: str, subject: str, text: str) -> None:
+        """Mail a warning once per episode of trouble (the log has the details)."""
+        alerts = self.router.alerts
+        if alerts is not None and topic not in self._warned:
+            alerts.warning(subject, text)
+        self._warned.add(topic)
+
+    def _advance(self) -> None:
+        """Acknowledge every cookie that no unhandled event precedes.
+
+        Each, not only the newest: in the persist phase syncprov's cookie
+        names the CSN of its own change only, so a server id whose change
+        came between two others would drop out of the position.
+        """
+        low = self._in_hand.lowest()
+        while self._cookies and self._cookies[0][0] < low:
+            self.position.acknowledge(self._cookies.popleft()[1])
+            if self._forget_at_cookie:
+                self.router.forget_own_writes(self._forget_at_cookie)
+                self._forget_at_cookie = []
+
+    def _drain(self) -> None:
+        """Wait for every job in hand to end and take its result."""
+        while self.executor.busy:
+            self.monitor.beat()
+            self._collect(1.0)
+        self._collect()
+
+    def _forget_unfinished(self) -> None:
+        """After a reconnect the server sends again whatever was not acknowledged."""
+        self.brake.clear()
+        self._lanes.clear()
+        self._in_hand.clear()
+        self._cookies.clear()
+
+    # ----------------------------------------------------------- housekeeping
+
+    def _housekeeping(self) -> None:
+        if self.in_refresh:
+            return
+        today = self.clock.today()
+        if today != self._swept_on:
+            self._sweep(DATED_REQUESTS_FILTER, "dated request(s)")
+            self._swept_on = today
+        if self.store.changed_elsewhere():
+            self._decide_held()                 # an operator ran provisioning-daemon deletions
+        self._recheck_held()
+        for key, watch in self.router.expired_watches(self.clock.utcnow()):
+            entry = self.directory.read(watch.dn)
+            if entry is not None:
+                self._new_work(entry)
+
+    def _sweep_claims(self) -> None:
+        self._sweep(CLAIMED_FILTER, "claimed request(s) without an outcome")
+
+    def _sweep(self, filterstr: str, what: str) -> None:
+        """Judge entries a search finds: claims and dated requests the stream will not bring again."""
+        try:
+            entries = self.directory.search(self.base, filterstr)
+        except DirectoryError as err:
+            log.error("cannot look for %s: %s", what, err)
+            return
+        log.debug("%d %s below %s", len(entries), what, self.base)
+        for entry in entries:
+            self._new_work(entry)
+
+    def _retry_failed(self) -> None:
+        """At start: hooks that failed before (LDAP mode, removals) are tried again once."""
+        for known in self.store.failed():
+            current = self.directory.read(known.dn)
+            if current is not None and current.uuid != known.uuid:
+                current = None               # another entry took the DN: ours is gone
+            self._seq += 1
+            self._enqueue(known.uuid, self._seq, known.dn, lambda k=known, c=current: self.router.retry_job(k, c))
+
+    def _new_work(self, entry: Entry) -> None:
+        """Work for an entry a search found (as it is now)."""
+        self._seq += 1
+        self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
+                      lambda: self.router.entry_job(entry, origin=SEARCH))
+

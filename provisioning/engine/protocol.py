@@ -1,0 +1,374 @@
+"""The selfcare state protocol: which entries are requests, and their transitions.
+
+A request is sstProvisioningMode add|modify|delete with sstProvisioningState 0
+and sstProvisioningExecutionDate 0 or a day that has come; delete also needs
+sstIsActive FALSE. The core, not the plugin, owns every transition:
+
+1. claim:  mode -> adding|modifying|deleting, old return value removed, and
+   the claimant recorded (provisioning.engine.claims). The write asserts (RFC 4528)
+   that the entry is still exactly as judged (its entryCSN), so two daemons
+   never both take one request, and a request that changed meanwhile is
+   judged again from its newer version.
+2. work:   the plugin's add/modify/delete hook, with the entry the claim read back.
+3. done:   mode -> added|modified|deleted, state -> UTC YYYYMMDDThhmmssZ,
+   return value -> 0, in one modify; on failure the return value (mode stays
+   claimed, state stays 0) and the error is logged.
+
+The outcome write asserts that the claim is still ours, or that the entry is
+still the very version we judged (our claim was lost with a provider that
+died before replicating it). An outcome the directory does not take now
+(connection lost, server read-only) is kept (``Result.pending``) and written
+when it does; "done" is logged only once it is written.
+
+A claimed entry without a return value is resumed only as provisioning.engine.claims
+allows, and only after passing every check a new request passes: writing
+``deleting`` straight into an active entry gets it refused, not deleted.
+
+A request refused before its claim (unknown mode, bad date, delete of an
+active entry) gets its return value and is judged again only when someone
+writes the entry.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+from ldap.filter import escape_filter_chars
+
+from provisioning.backend.ldap import (
+    SYNC_ATTRS, Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
+)
+from provisioning.backend.store import PendingWrite
+from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
+from provisioning.engine.claims import Owner, Owners, claim_values
+from provisioning.base.clock import Clock, utc_stamp
+from provisioning.base.codes import ReturnValue
+from provisioning.base.entry import Entry
+from provisioning.engine.results import Result, Watch
+from provisioning.hooks.service import Interrupted, Request, Service, within_deadline
+
+log = logging.getLogger(__name__)
+
+MODE = "sstProvisioningMode"
+STATE = "sstProvisioningState"
+DATE = "sstProvisioningExecutionDate"
+RETURN = "sstProvisioningReturnValue"
+ACTIVE = "sstIsActive"
+SELFCARE_ATTRIBUTES = (MODE, STATE, DATE)
+
+# verb -> (claimed mode, finished mode)
+TRANSITIONS = {"add": ("adding", "added"), "modify": ("modifying", "modified"),
+               "delete": ("deleting", "deleted")}
+CLAIMED = {claimed: verb for verb, (claimed, _) in TRANSITIONS.items()}
+FINISHED = {done for _, done in TRANSITIONS.values()}
+
+_OPEN_MODES = "".join(f"({MODE}={m})" for m in list(TRANSITIONS) + list(CLAIMED))
+# Requests dated for a later day that nobody will touch again: looked for at
+# start-up and whenever the local date changes. An entry with a return value
+# was already judged (refused or failed) for this request.
+DATED_REQUESTS_FILTER = f"(&({STATE}=0)(|{_OPEN_MODES})(!({DATE}=0))(!({RETURN}=*)))"
+# Claims without an outcome: interrupted work, or work in hand elsewhere.
+# Looked for at start-up and after every reconnect, since a claim made
+# before the cookie's position is not delivered again.
+CLAIMED_FILTER = (f"(&({STATE}=0)(|{''.join(f'({MODE}={m})' for m in CLAIMED)})"
+                  f"(!({RETURN}=*)))")
+
+
+class Verdict(enum.Enum):
+    IGNORE = "ignore"       # not a request, or one that is not ours to touch now
+    POSTPONE = "postpone"   # dated for a later day
+    REFUSE = "refuse"       # a request we must answer with a return value
+    WORK = "work"           # an open request: claim it and do it
+    RESUME = "resume"       # claimed earlier, no outcome, claimant gone: take it over
+    WATCH = "watch"         # claimed by someone who may still be working: look again later
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str = ""
+    verb: str | None = None
+    code: int | None = None
+    due: dt.date | None = None
+    expires: dt.datetime | None = None
+
+
+def parse_execution_date(raw: str | None) -> dt.date | None:
+    """None for ``0`` (now); the date for ``YYYYMMDD``; ValueError otherwise."""
+    text = (raw or "").strip()
+    if text == "0":
+        return None
+    if len(text) != 8 or not text.isascii() or not text.isdigit():
+        raise ValueError(f'sstProvisioningExecutionDate "{raw}" is neither 0 nor a date YYYYMMDD')
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        raise ValueError(f'sstProvisioningExecutionDate "{raw}" is not a valid date') from None
+
+
+def is_selfcare(entry: Entry) -> bool:
+    """Whether the entry carries the three attributes of the selfcare protocol."""
+    return all(entry.get(name) is not None for name in SELFCARE_ATTRIBUTES)
+
+
+def decide(entry: Entry, today: dt.date, owners: Owners) -> Decision:
+    """What the selfcare protocol says about ``entry`` today. No side effects."""
+    mode, state = entry.get(MODE), entry.get(STATE)
+    if mode is None or state is None:
+        return Decision(Verdict.IGNORE, "not a provisioning entry")
+    if state.strip() != "0":
+        return Decision(Verdict.IGNORE, f"done ({MODE}: {mode}, {STATE}: {state})")
+    verb = mode.strip().lower()
+    if verb in CLAIMED:
+        return _claimed(entry, CLAIMED[verb], today, owners)
+    if verb in FINISHED:
+        return Decision(Verdict.IGNORE, f"{MODE} is {mode} but {STATE} is 0")
+    if verb not in TRANSITIONS:
+        return Decision(Verdict.REFUSE, f'unknown {MODE} "{mode}" (expected add, modify or delete)',
+                        code=ReturnValue.UNKNOWN_MODE)
+    return check_request(entry, verb, today)
+
+
+def check_request(entry: Entry, verb: str, today: dt.date) -> Decision:
+    """The checks every request passes before any work: date, and delete only when inactive."""
+    try:
+        due = parse_execution_date(entry.get(DATE))
+    except ValueError as err:
+        return Decision(Verdict.REFUSE, str(err), verb, ReturnValue.INVALID_EXECUTION_DATE)
+    if due is not None and due > today:
+        return Decision(Verdict.POSTPONE, f"{verb} requested for {due:%Y%m%d}", verb, due=due)
+    if verb == "delete" and (entry.get(ACTIVE) or "").strip().upper() != "FALSE":
+        return Decision(Verdict.REFUSE, f"delete requested while {ACTIVE} is "
+                        f"{entry.get(ACTIVE) or 'not set'}; set {ACTIVE}: FALSE with the request",
+                        verb, ReturnValue.DELETE_WHILE_ACTIVE)
+    return Decision(Verdict.WORK, f"{verb} requested", verb)
+
+
+def _claimed(entry: Entry, verb: str, today: dt.date, owners: Owners) -> Decision:
+    mode = entry.get(MODE)
+    if entry.get(RETURN) is not None:
+        return Decision(Verdict.IGNORE, f"failed earlier ({mode}, {RETURN}: {entry.get(RETURN)})")
+    judgement = owners.judge(entry)
+    if judgement.owner is Owner.MINE:
+        return Decision(Verdict.IGNORE, f"in progress ({mode}), {judgement.why}")
+    if judgement.owner is Owner.LIVE:
+        return Decision(Verdict.WATCH, f"{mode}: {judgement.why}", verb, expires=judgement.expires)
+    # The claimant is gone. Whoever wrote the claim, the request passes every
+    # check of a new one before anything is done for it.
+    checked = check_request(entry, verb, today)
+    if checked.verdict is not Verdict.WORK:
+        return checked
+    return Decision(Verdict.RESUME, f"{mode} without an outcome, {judgement.why}", verb)
+
+
+class Selfcare:
+    """Carries out decisions: the writes of the protocol and the plugin's work between them."""
+
+    def __init__(self, directory: Directory, service: Service, owners: Owners,
+                 clock: Clock | None = None) -> None:
+        self.directory = directory
+        self.service = service
+        self.owners = owners
+        self.clock = clock or Clock()
+
+    def run(self, entry: Entry, decision: Decision) -> Result:
+        """Act on one decision (anything but IGNORE); runs in a worker."""
+        action = {Verdict.POSTPONE: self._postpone, Verdict.REFUSE: self._refuse,
+                  Verdict.WORK: self._work, Verdict.RESUME: self._work,
+                  Verdict.WATCH: self._watch}[decision.verdict]
+        return action(entry, decision)
+
+    # ------------------------------------------------------------ transitions
+
+    def _watch(self, entry: Entry, decision: Decision) -> Result:
+        log.info("%s: %s", entry.dn, decision.reason)
+        return Result(watch=Watch(entry.dn, decision.expires))
+
+    def _postpone(self, entry: Entry, decision: Decision) -> Result:
+        log.info("%s: %s; left until that day", entry.dn, decision.reason)
+        if entry.get(RETURN) is None:
+            return Result()
+        # The value belongs to an earlier attempt. Removing it shows the
+        # portal an open request, and lets the dated-request search find
+        # the entry on its day (it skips entries that carry a value).
+        return self._write(entry, {RETURN: None}, _unchanged(entry), "remove the old return value")
+
+    def _refuse(self, entry: Entry, decision: Decision) -> Result:
+        log.error("%s: request %s with return value %d: %s", entry.dn,
+                  "would be refused" if self.directory.dry_run else "refused", decision.code, decision.reason)
+        if entry.get(RETURN) == str(decision.code):
+            return Result()
+        refused = self._write(entry, {RETURN: [str(decision.code)]}, _unchanged(entry), "write the refusal")
+        refused.verb, refused.code = decision.verb or "request", decision.code
+        return refused
+
+    def _work(self, entry: Entry, decision: Decision) -> Result:
+        verb = decision.verb
+        claimed, finished = TRANSITIONS[verb]
+        if decision.verdict is Verdict.RESUME:
+            log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
+        token = self.owners.new_token()
+        try:
+            fresh, claim = self._claim(entry, claimed, token)
+            if fresh is None:
+                return claim
+            code, took = self._run_plugin(Request(verb, fresh))
+        except Interrupted:
+            log.warning("%s: %s interrupted by the stop; it stays %s and is resumed at the next start",
+                        entry.dn, verb, claimed)
+            return Result(interrupted=True, own_csns=claim.own_csns)
+        finally:
+            self.owners.release(token)
+        would = self.directory.dry_run     # a dry run's log says what would happen
+        if code == ReturnValue.SUCCESS:
+            changes = {MODE: [finished], STATE: [utc_stamp(self.clock.utcnow())], RETURN: ["0"]}
+            done = (f"{verb} {'would be done' if would else 'done'} in {took:.3f} s ({MODE}: {finished}, "
+                    f"{STATE}: {changes[STATE][0]}, {RETURN}: 0)")
+        else:
+            changes = {MODE: [claimed], RETURN: [str(code)]}
+            done = (f"{verb} {'would fail' if would else 'failed'} with return value {code} after {took:.3f} s; "
+                    f"{MODE} stays {claimed}")
+        # Still our claim, or (the claim was lost with a provider that died
+        # before replicating it) still the very version we judged.
+        expect = (f"(|(&({MODE}={claimed})({CLAIM_ATTRIBUTE}={escape_filter_chars(token)}))"
+                  f"{_unchanged(entry)})")
+        outcome = self._write(fresh, changes, expect, f"write the outcome of {verb}", done=done,
+                              failed=code != ReturnValue.SUCCESS)
+        outcome.own_csns = claim.own_csns + outcome.own_csns
+        outcome.verb, outcome.code = verb, code
+        outcome.answered = {"judged": entry.csn, "claim": fresh.csn, "claimed": claimed, "token": token,
+                            "changes": changes, "done": done, "failed": code != ReturnValue.SUCCESS}
+        if outcome.pending is not None:
+            outcome.remember = fresh
+        return outcome
+
+    def answer_again(self, entry: Entry, answered: dict) -> Result:
+        """Write again the outcome of a request this daemon worked, which the directory lost.
+
+        A provider that died before replicating our claim's outcome leaves
+        the request as it was before (or claimed by us): the work is done,
+        only its outcome is written, asserted as the first time.
+        """
+        log.warning("%s: the directory lost the outcome this daemon wrote for this request (a provider "
+                    "that did not replicate it?); writing it again without redoing the work", entry.dn)
+        expect = (f"(|(&({MODE}={answered['claimed']})({CLAIM_ATTRIBUTE}={escape_filter_chars(answered['token'])}))"
+                  f"(entryCSN={escape_filter_chars(answered['judged'] or '')}))")
+        result = self._write(entry, answered["changes"], expect, "write the outcome again",
+                             done=answered["done"], failed=answered["failed"])
+        result.answered = answered
+        return result
+
+    def _run_plugin(self, request: Request) -> tuple[int, float]:
+        started = time.monotonic()
+        with within_deadline(self.owners.work_budget()):
+            code = self.service.run(request)
+        return code, time.monotonic() - started
+
+    def _claim(self, entry: Entry, claimed: str, token: str) -> tuple[Entry | None, Result]:
+        """Claim the request: the fresh entry (None if not claimed) and what to report.
+
+        The assertion makes the entry exactly the version judged when the
+        claim is taken, so the fresh entry is that version with the claim's
+        changes: only the new entryCSN is read back (reading back the whole
+        entry cost more than the rest of the claim).
+        """
+        expect = f"(&{_unchanged(entry)}({STATE}=0))"
+        old = claim_values(entry)
+        try:
+            after = self.directory.modify(entry.dn, {MODE: [claimed], RETURN: None},
+                                          delete={CLAIM_ATTRIBUTE: old} if old else None,
+                                          add={CLAIM_ATTRIBUTE: [token]}, expect=expect, read_back=["entryCSN"])
+        except Conflict as err:
+            log.info("%s: not claimed: %s", entry.dn, err)
+            return None, Result()
+        except (DirectoryUnavailable, WriteRefused) as err:
+            log.warning("%s: cannot claim the request now (%s); it is taken up again once the "
+                        "directory takes writes", entry.dn, err)
+            return None, Result(retry=str(err))
+        except DirectoryError as err:
+            log.error("%s: cannot claim the request: %s", entry.dn, err)
+            return None, Result()
+        claims = [v for v in entry.values(CLAIM_ATTRIBUTE) if v not in old] + [token]
+        csn = after.csn if after is not None else None
+        fresh = entry.with_changes({MODE: [claimed], RETURN: None, CLAIM_ATTRIBUTE: claims}, csn)
+        log.info("%s: %s request %s (%s: %s -> %s)", entry.dn, CLAIMED[claimed],
+                 "would be claimed" if self.directory.dry_run else "claimed", MODE, entry.get(MODE), claimed)
+        return fresh, Result(own_csns=[csn] if csn else [])
+
+    def _write(self, entry: Entry, changes: dict, expect: str, what: str, *,
+               done: str | None = None, failed: bool = False) -> Result:
+        """One protocol write; kept as pending when the directory does not take it now.
+
+        Result.remember is the entry as the write leaves it, so the store
+        knows the outcome even before its echo arrives.
+        """
+        try:
+            after = self.directory.modify(entry.dn, changes, expect=expect, read_back=["entryCSN"])
+        except Conflict as err:
+            if err.gone:
+                # Removed while we worked: what we did is what the store must
+                # know when the removal arrives (a delete done, or still open).
+                log.warning("%s: did not %s: %s%s", entry.dn, what, err, f" [{done}]" if done else "")
+                return Result(remember=entry.with_changes(changes))
+            log.warning("%s: did not %s: %s", entry.dn, what, err)
+            return Result()
+        except (DirectoryUnavailable, WriteRefused) as err:
+            pending = PendingWrite(entry.dn, changes, expect, what, uuid=entry.uuid, done=done or "",
+                                   failed=failed)
+            log.warning("%s: cannot %s now (%s); kept and written once the directory takes writes",
+                        entry.dn, what, err)
+            return Result(pending=pending)
+        except DirectoryError as err:
+            log.error("%s: cannot %s: %s", entry.dn, what, err)
+            return Result()
+        if done:
+            (log.error if failed else log.info)("%s: %s", entry.dn, done)
+        csn = after.csn if after is not None else None
+        return Result(remember=entry.with_changes(changes, csn), own_csns=[csn] if csn else [])
+
+
+def write_pending(directory: Directory, write: PendingWrite) -> list[str]:
+    """Write a kept write; return the entryCSNs it produced ([] if it no longer applies).
+
+    Raises DirectoryUnavailable or WriteRefused when the directory still does
+    not take it.
+    """
+    try:
+        after = directory.modify(write.dn, write.changes, add=write.add or None, expect=write.expect,
+                                 read_back=["entryCSN"])
+    except Conflict as err:
+        if _already_written(directory, write):
+            log.info("%s: %s: it was written before the connection broke (its answer was lost)%s",
+                     write.dn, write.what, f"; {write.done}" if write.done else "")
+        else:
+            log.warning("%s: kept write dropped, the entry changed meanwhile (%s): %s; its newer "
+                        "version is judged", write.dn, write.what, err)
+        return []
+    except DirectoryError as err:
+        log.error("%s: kept write dropped (%s): %s", write.dn, write.what, err)
+        return []
+    waited = time.time() - write.since
+    if write.done:
+        (log.error if write.failed else log.info)("%s: %s (written after %.1f s of waiting for the "
+                                                  "directory)", write.dn, write.done, waited)
+    else:
+        log.info("%s: %s: written after %.1f s of waiting for the directory", write.dn, write.what, waited)
+    return [after.csn] if after is not None and after.csn else []
+
+
+def _already_written(directory: Directory, write: PendingWrite) -> bool:
+    """Whether the entry already holds what ``write`` was to write."""
+    entry = directory.read(write.dn)
+    if entry is None:
+        return False
+    return all(entry.values(name) == (values or []) for name, values in write.changes.items())
+
+
+def _unchanged(entry: Entry) -> str:
+    """An assertion that the entry is still the version we judged."""
+    if entry.csn:
+        return f"(entryCSN={escape_filter_chars(entry.csn)})"
+    return f"({MODE}={escape_filter_chars(entry.get(MODE) or '')})"

@@ -1,0 +1,136 @@
+"""The selected service plugin behind one small facade that isolates its failures.
+
+pluggy does not isolate plugins: an exception in a hook aborts the call. Here
+every exception from a request hook becomes that request's failure (return
+value 1, UNDEFINED_ERROR, with the traceback in the log), never a dead daemon.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from provisioning.base.codes import ReturnValue
+from provisioning.config.loader import Config
+from provisioning.base.entry import Entry
+from provisioning.transport import Transport
+from provisioning.transport.base import Interrupted, within_deadline
+
+__all__ = ["Interrupted", "Request", "Service", "ServiceContext", "within_deadline"]
+
+log = logging.getLogger(__name__)
+
+VERBS = ("add", "modify", "delete")
+# What the core reads of every entry, whatever the plugin: the selfcare protocol
+# (mode, state, date, return value, the claim), sstIsActive (a delete's
+# condition), objectClass, and what entries are known and aged by.
+CORE_ATTRIBUTES = ("objectClass", "sstProvisioningMode", "sstProvisioningState", "sstProvisioningExecutionDate",
+                   "sstProvisioningReturnValue", "sstProvisioningExecutionTime", "sstIsActive",
+                   "entryUUID", "entryCSN", "modifyTimestamp")
+
+
+@dataclass
+class ServiceContext:
+    """What a plugin gets to do its work: configuration, transport, dry-run flag."""
+
+    config: Config
+    transport: Transport
+    dry_run: bool = False
+
+    @property
+    def environment(self) -> str:
+        """[Global] ENVIRONMENT: this host's name in the directory."""
+        return self.config.service["Global"]["ENVIRONMENT"]
+
+
+@dataclass
+class Request:
+    """A claimed request: what to do (``verb``) to which entry."""
+
+    verb: str       # add, modify or delete
+    entry: Entry    # fresh: read back by the claim
+
+    @property
+    def dn(self) -> str:
+        return self.entry.dn
+
+
+class Service:
+    """Calls the plugin's hooks; a plugin's exception is the request's failure."""
+
+    def __init__(self, manager: pluggy.PluginManager, ctx: ServiceContext) -> None:
+        self.manager = manager
+        self.ctx = ctx
+
+    def start(self) -> list[str]:
+        """Run the plugins' start-up checks; return every problem found."""
+        problems: list[str] = []
+        for result in self.manager.hook.provisioning_start(ctx=self.ctx):
+            problems.extend(result or [])
+        return problems
+
+    def stop(self) -> None:
+        try:
+            self.manager.hook.provisioning_stop(ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - shutting down anyway; say why
+            log.exception("plugin failed while stopping")
+        self.ctx.transport.close()
+
+    def attributes(self) -> list[str] | None:
+        """The attributes the daemon reads of an entry: the core's and those the plugins declare.
+
+        None when no plugin declares any (hook provisioning_attributes): every
+        attribute. A hook that raises gets the core's only: a plugin that
+        cannot say what it needs is not given everything.
+        """
+        try:
+            declared = self.manager.hook.provisioning_attributes(ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("plugin failed to name the attributes it needs; it gets the core's only")
+            declared = [[]]
+        if not declared:
+            return None
+        names: dict[str, str] = {}
+        for name in [*CORE_ATTRIBUTES, *(name for names_ in declared for name in names_)]:
+            names.setdefault(name.lower(), name)     # attribute names are case-insensitive
+        return list(names.values())
+
+    def owns(self, entry: Entry) -> bool:
+        """False when a plugin says the entry belongs to another host."""
+        try:
+            answer = self.manager.hook.provisioning_owns(entry=entry, ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - a broken check must not take the entry
+            log.exception("%s: plugin failed to decide whether the entry is ours; leaving it", entry.dn)
+            return False
+        return answer is not False
+
+    def meaning(self, code: int) -> str:
+        """What a return value means: the core's own, or the plugin's (hook provisioning_return_values)."""
+        try:
+            return f"{ReturnValue(code).name}"
+        except ValueError:
+            pass
+        hook = getattr(self.manager.hook, "provisioning_return_values", None)
+        try:
+            for table in (hook() if hook is not None else []):
+                if table and code in table:
+                    return table[code]
+        except Exception:  # noqa: BLE001 - a broken table must not cost the alert
+            log.exception("plugin failed to describe return value %d", code)
+        return "no description"
+
+    def run(self, request: Request) -> int:
+        """Run the hook for ``request.verb``; return its exit code."""
+        hook = getattr(self.manager.hook, f"provisioning_{request.verb}")
+        try:
+            code: Any = hook(request=request, ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - see module docstring
+            log.exception("%s: plugin raised during %s", request.dn, request.verb)
+            return ReturnValue.UNDEFINED_ERROR
+        if isinstance(code, bool) or not isinstance(code, int):
+            log.error("%s: plugin returned %r from %s instead of an exit code",
+                      request.dn, code, request.verb)
+            return ReturnValue.UNDEFINED_ERROR
+        return code
