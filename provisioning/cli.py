@@ -9,7 +9,7 @@ The sub-commands live in modules of their own: ``status``
 (provisioning.operator.deletions), ``files``
 (provisioning.operator.shipped), ``new-plugin`` (provisioning.operator.scaffold); ``--check`` is
 provisioning.operator.checks, ``--daemon`` provisioning.runtime.detach and ``--list-plugins``
-provisioning.plugins.listing.
+provisioning.hooks.loading.listing.
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def test_the_command_guard_runs_before_the_first_request(host, daemon):
 
 def _guard_of(pid: int) -> int | None:
     """The pid of the command guard whose token names the daemon ``pid``."""
-    return next((p.pid for p in processes() if b"provisioning.transport.commandguard" in p.argv
+    return next((p.pid for p in processes() if any(b"provisioning.transport.commandguard" in a for a in p.argv)
                  and any(a.startswith(f"{pid}-".encode()) for a in p.argv)), None)
 
 

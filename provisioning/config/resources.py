@@ -18,7 +18,9 @@ from pathlib import Path
 
 # The shipped configuration tree, relative to the package: etc/Provisioning/...
 ETC = "etc"
-CONFIGSPEC = "configspec"
+CONFIGSPEC = "config/specs"
+# The package these files ship with (this module lives in one of its subpackages).
+PACKAGE = "provisioning"
 
 
 class ResourceMissing(Exception):
@@ -27,7 +29,7 @@ class ResourceMissing(Exception):
 
 def package_root() -> Path:
     """The folder of the imported provisioning package."""
-    root = importlib.resources.files(__package__)
+    root = importlib.resources.files(PACKAGE)
     if not isinstance(root, Path):
         # A zipped installation: the daemon hands these paths to other
         # programs (rsnapshot, slapd), which need real files.
@@ -67,4 +69,4 @@ def shipped_files() -> list[str]:
 
 def configspec_text(name: str) -> str:
     """The text of a configspec of the core (``service.spec``, ``global.spec``)."""
-    return importlib.resources.files(__package__).joinpath(CONFIGSPEC, name).read_text(encoding="utf-8")
+    return importlib.resources.files(PACKAGE).joinpath(CONFIGSPEC, name).read_text(encoding="utf-8")

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "provisioning.plugins"
 # The module attribute by which a folder in a checkout's plugins/ names its plugin.
 FOLDER_ATTRIBUTE = "PROVISIONING_ENTRY_POINT"
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]      # provisioning/hooks/loading.py
 
 
 class PluginError(Exception):

@@ -37,6 +37,8 @@ _VARIABLE_B = VARIABLE.encode()
 # The command's own marker (nofollow.COMMAND_VARIABLE on the gateway).
 COMMAND_VARIABLE = "PROVISIONING_COMMAND"
 _COMMAND_VARIABLE_B = COMMAND_VARIABLE.encode()
+# What the guard process runs (python -c).
+_GUARD_MAIN = f"import sys; from {__name__} import main; sys.exit(main(sys.argv))"
 # New processes can appear while the guard kills (a command forking): scan again.
 ROUNDS = 5
 
@@ -84,7 +86,8 @@ class CommandGuard:
             # A session of its own: a terminal's Ctrl-C or a signal to the
             # daemon's group must not end the guard before the daemon's commands.
             self.token = f"{os.getpid()}-{secrets.token_hex(8)}"
-            self._proc = subprocess.Popen([sys.executable, "-m", __name__, self.token],
+            # Not "-m": the transport package imports this module before runpy would run it.
+            self._proc = subprocess.Popen([sys.executable, "-c", _GUARD_MAIN, self.token],
                                           stdin=subprocess.PIPE, start_new_session=True)
             self._owner = os.getpid()
 
