@@ -18,7 +18,14 @@ stand-in. Every figure is printed next to its floor, measured in the same run:
 5. the daemon's own CPU per account, without its commands' children;
 6. TRANSPORTAPI = CLISSH against an sshd on loopback (as root, when sshd is
    installed): latency and a burst, against the two host commands run over
-   ssh; one file operation against one ssh session and one ssh handshake.
+   ssh; one file operation against one ssh session and one ssh handshake;
+7. the real builder (as root): the shipped prov-backup-create-chroot as the
+   daemon runs it (CREATE_CHROOT_CMD left out: in its process, the programs
+   linked from the jail image), next to the stand-in of sections 1-5:
+   latency, a burst, the CPU per account of everything (daemon with the
+   builder, setquota); and the builder alone, as it runs now and as the
+   program it was (one Python start and 8.5 MB of copies per account):
+   CPU and disk per jail, measured in this run.
 
 Figures from a shared machine are noisy: compare the ratios of one run.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -341,12 +349,14 @@ def default_scratch() -> str | None:
 
 def _run(args, scratch: Path) -> dict:
     results: dict = {"workers": args.workers, "burst": args.burst, "big_burst": args.big_burst,
-                     "scratch": str(scratch)}
+                     "real_burst": args.real_burst, "scratch": str(scratch)}
     server = StoneySlapd(rundir=str(scratch / "slapd"))
     server.start()
     try:
         if not args.only_clissh:
             run_local(args, server, scratch, results)
+        if args.real:
+            results["real"] = run_real(args, server, scratch)
         if args.clissh:
             results["clissh"] = run_clissh(args, server, scratch)
     finally:
@@ -443,6 +453,116 @@ def run_local(args, server, scratch: Path, results: dict) -> None:
     w.unbind_s()
 
 
+# --------------------------------------------------------- the real builder
+
+def builder_alone(root: Path, linked: int, copied: int) -> dict[str, float]:
+    """CPU and disk per jail of the shipped builder: as the daemon runs it, and as the program it was.
+
+    As the daemon runs it: jailcalls.build in this process, the programs
+    hard links to the jail image (the first jail, which makes the image,
+    is left out). As it was: the console script started once per account,
+    copying the programs (CREATE_CHROOT_CMD naming a script of one's own
+    still gets that, until the jail job links the copies).
+    """
+    from provisioning_backup_rsnapshot import jailcalls
+
+    backup = root / "backup"
+    backup.mkdir(parents=True)
+    images = {"backup_root": str(backup), "programs": ["sh", "rsync"], "limit": 64000}
+
+    def argv(n: int) -> list[str]:
+        uid = str(4_000_000 + n)
+        return [str(backup / uid[-1] / uid[-3:] / uid[1:4] / uid / "chroot"), f"/home/{uid}", uid, uid, uid]
+    jailcalls.build("chroot", argv(0), images)
+    started = time.process_time()
+    for n in range(1, linked + 1):
+        jailcalls.build("chroot", argv(n), images)
+    in_process = (time.process_time() - started) * 1000 / linked
+    linked_disk = disk_per_jail(backup, range(1, linked + 1))
+    script = shutil.which("prov-backup-create-chroot", path=str(Path(sys.executable).parent))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for n in range(linked + 1, linked + 1 + copied):
+        subprocess.run([script, *argv(n)], check=True, env={"PATH": os.defpath})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    as_program = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1000 / copied
+    copied_disk = disk_per_jail(backup, range(linked + 1, linked + 1 + copied))
+    return {"linked_cpu_ms": in_process, "program_cpu_ms": as_program, "linked_disk_kib": linked_disk,
+            "copied_disk_kib": copied_disk, "linked_jails": linked, "copied_jails": copied}
+
+
+def disk_per_jail(backup: Path, numbers) -> float:
+    """KiB of disk per account directory: its own blocks (folders, files), not the image's it links to."""
+    store = backup / ".jail-images"
+    shared = {(i.st_dev, i.st_ino) for i in (f.lstat() for f in store.rglob("*"))} if store.exists() else set()
+    seen, used, count = set(), 0, 0
+    for n in numbers:
+        uid = str(4_000_000 + n)
+        account = backup / uid[-1] / uid[-3:] / uid[1:4] / uid
+        count += 1
+        for path in [account, *account.rglob("*")]:
+            info = path.lstat()
+            key = (info.st_dev, info.st_ino)
+            if key not in seen and key not in shared:
+                seen.add(key)
+                used += info.st_blocks * 512
+    return used / 1024 / count
+
+
+def run_real(args, server, scratch: Path) -> dict:
+    """Section 7: the daemon with the shipped builder, as sections 1 and 2 ran it with the stand-in."""
+    figures = builder_alone(scratch / "builder-alone", args.builder_jails, args.builder_copies)
+    base = make_subtree(server, "real")
+    host = make_host(scratch / "host-real", server, args.workers, base)
+    host.set("Backup", CREATE_CHROOT_CMD="")             # the shipped builder, in the daemon
+    w = watcher(server, base)
+    daemon = Daemon(host, scratch / "daemon-real.log").start()
+    wait_until(lambda: "initial synchronisation" in daemon.log.read_text(), "the daemon with the real builder", 60)
+    conn = server.connect()
+    latencies = []
+    for i in range(args.real_latency):
+        dn = add_account(conn, base, str(6_500_000 + i), host.layout.backup_root)
+        sent = time.perf_counter()
+        w.read_until(lambda dn=dn: dn in w.done_at, 60)
+        latencies.append(w.done_at[dn] - sent)
+    conn.unbind_s()
+    budget = Budget(daemon.proc.pid, server._proc.pid)
+    started = time.perf_counter()
+    conn = server.connect()
+    dns = [add_account(conn, base, str(6_600_000 + i), host.layout.backup_root) for i in range(args.real_burst)]
+    conn.unbind_s()
+    read_until_done(w, dns)
+    figures["burst_per_s"] = len(dns) / (max(w.done_at[dn] for dn in dns) - started)
+    figures["budget_ms_per_account"] = budget.per_account(len(dns))
+    figures["latency_ms"] = {"p50": quantile(latencies, 50) * 1000, "p95": quantile(latencies, 95) * 1000}
+    figures["linked"] = sum(1 for _ in host.layout.backup_root.glob("*/*/*/*/chroot/usr/bin/rsync"))
+    daemon.stop()
+    w.unbind_s()
+    return figures
+
+
+def real_rows(r: dict, real: dict) -> list[tuple[str, str, str, str]]:
+    """Section 7 next to the stand-in's figures of the same run."""
+    standin_p50 = r["latency_ms"]["p50"] if "latency_ms" in r else float("nan")
+    standin_burst = r["bursts_per_s"].get(f"add_{r['burst']}", float("nan")) if "bursts_per_s" in r else float("nan")
+    b = real["budget_ms_per_account"]
+    all_in = b["daemon"] + b["commands"]
+    rows = [
+        ("real builder: latency p50 / p95", f"{real['latency_ms']['p50']:.1f} / {real['latency_ms']['p95']:.1f} ms",
+         f"{standin_p50:.1f} ms", f"{real['latency_ms']['p50'] / standin_p50:.2f}x the stand-in's p50"),
+        (f"real builder: burst of {r['real_burst']} adds", f"{real['burst_per_s']:.1f}/s", f"{standin_burst:.1f}/s",
+         f"{real['burst_per_s'] / standin_burst:.2f} of the stand-in's burst of {r['burst']}"),
+        ("real builder: all-in CPU per account", f"{all_in:.2f} ms", "10 ms",
+         f"{all_in / 10:.2f} (daemon with the builder {b['daemon']:.2f} + setquota {b['commands']:.2f}; "
+         f"slapd {b['slapd']:.2f}, bench {b['bench']:.2f}, idle {b['idle']:.2f})"),
+        ("builder alone: CPU per account", f"{real['linked_cpu_ms']:.2f} ms", f"{real['program_cpu_ms']:.1f} ms",
+         f"{real['linked_cpu_ms'] / real['program_cpu_ms']:.3f} (in the daemon, linked / as a program, copying)"),
+        ("builder alone: disk per jail", f"{real['linked_disk_kib']:.0f} KiB", f"{real['copied_disk_kib']:.0f} KiB",
+         f"{real['linked_disk_kib'] / real['copied_disk_kib']:.4f} (linked, {real['linked_jails']} jails / copied, "
+         f"{real['copied_jails']} jails)"),
+    ]
+    return rows
+
+
 def clissh_problem() -> str:
     """Why the CLISSH part cannot run here ('' if it can)."""
     if os.geteuid() != 0:
@@ -506,8 +626,8 @@ def clissh_floors(remote: CLISSH, host: BackupHost, args, homes: Path) -> dict[s
             took.append(time.perf_counter() - started)
         return statistics.median(took)
     handshake = seconds(lambda: subprocess.run([*remote.ssh, "true"], check=True), 10)
-    shared = [*remote.ssh[:-2], *remote.multiplexer.options(), *remote.ssh[-2:], "true"]
-    subprocess.run(shared, check=True)                    # opens the shared connection
+    remote.multiplexer.connect(time.monotonic() + 30)     # opens the shared connection
+    shared = [*remote.ssh[:-2], *remote.multiplexer.client_options(), *remote.ssh[-2:], "true"]
     session = seconds(lambda: subprocess.run(shared, check=True), 20)
     remote.run(["true"])                                  # starts a helper
     command = seconds(lambda: remote.run(["true"]), 50)
@@ -537,6 +657,7 @@ def clissh_floors(remote: CLISSH, host: BackupHost, args, homes: Path) -> dict[s
 
 def report(r: dict) -> list[tuple[str, str, str, str]]:
     rows = report_local(r) if "floors" in r else []
+    rows += real_rows(r, r["real"]) if "real" in r else []
     return rows + (clissh_rows(r["clissh"], r["workers"]) if "clissh" in r else [])
 
 
@@ -619,18 +740,27 @@ def main() -> int:
     parser.add_argument("--no-clissh", dest="clissh", action="store_false",
                         help="leave out section 6, TRANSPORTAPI = CLISSH on a loopback sshd")
     parser.add_argument("--only-clissh", action="store_true", help="run section 6 alone")
+    parser.add_argument("--no-real", dest="real", action="store_false",
+                        help="leave out section 7, the real builder")
     args = parser.parse_args()
     problem = clissh_problem()
     if args.clissh and problem:
         print(f"bench: section 6 (CLISSH) left out: {problem}", file=sys.stderr)
         args.clissh = False
+    if args.real and os.geteuid() != 0:
+        print("bench: section 7 (the real builder) left out: not root (it builds chroots)", file=sys.stderr)
+        args.real = False
+    if args.only_clissh:
+        args.real = False
     if args.quick:
         args.latency, args.burst, args.big_burst, args.commands, args.rss_accounts = 50, 200, 1000, 200, [2000]
         args.clissh_latency, args.clissh_burst = 10, 50
+        args.real_latency, args.real_burst, args.builder_jails, args.builder_copies = 50, 200, 1000, 20
     else:
         args.latency, args.burst, args.big_burst, args.commands = 200, 1000, 10_000, 1000
         args.rss_accounts = [10_000, 100_000]
         args.clissh_latency, args.clissh_burst = 50, 200
+        args.real_latency, args.real_burst, args.builder_jails, args.builder_copies = 200, 1000, 1000, 100
     results = run(args)
     rows = [("figure", "daemon", "floor", "ratio")] + report(results)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

@@ -31,6 +31,7 @@ from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
+from provisioning.backend.peers import Peers
 from provisioning.backend.store import Store, StoreError
 from provisioning.engine.brake import Brake, BrakeSettings
 from provisioning.engine.claims import Owners
@@ -38,7 +39,10 @@ from provisioning.base.clock import Clock
 from provisioning.base.codes import ExitCode
 from provisioning.transport.commandguard import GUARD
 from provisioning.config.loader import Config, global_config_candidates, unknown_keys
-from provisioning.engine.daemon import Daemon, Retry
+from provisioning.engine.daemon import Daemon, HostUnreachable, Retry, gateway, with_retries
+from provisioning.engine.confirm import Confirmer
+from provisioning.engine.entrylock import EntryLocks
+from provisioning.engine.failback import Failback
 from provisioning.base.files import UnsafeFile
 from provisioning.engine.ldapmode import LdapMode
 from provisioning.runtime.lock import AlreadyLocked, PidLock
@@ -54,6 +58,7 @@ from provisioning.engine.router import Router
 from provisioning.hooks.service import Service, ServiceContext
 from provisioning.runtime.startup import load_configuration  # noqa: F401 - kept for callers of the old place
 from provisioning.base.stdout import quiet_broken_pipe
+from provisioning.transport import Unreachable
 from provisioning.transport import build as build_transport
 from provisioning.engine.workers import executor
 
@@ -178,7 +183,12 @@ def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
                                 gateway=config.section("Gateway"), dry_run=args.dry_run,
                                 stopping=args.stop_event)
     service = Service(loaded.manager, ServiceContext(config, transport, dry_run=args.dry_run))
-    problems = _host_problems(config) + service.start()
+    try:
+        problems = _host_problems(config) + _start_service(service, _retries(config)[0], args.stop_event)
+    except HostUnreachable as err:
+        log.error("giving up: %s", err)
+        service.stop()
+        return ExitCode.GATEWAY_UNREACHABLE
     if problems:
         service.stop()
         return _refuse(problems)
@@ -221,6 +231,21 @@ def _serve_locked(config: Config, service: Service, args: argparse.Namespace,
     except UnsafeFile as err:   # the lock or the cookie: a link, another user's, writable by others
         log.error("%s", err)
         return ExitCode.CONFIG_ERROR
+
+
+def _start_service(service: Service, retry: Retry, stop: threading.Event) -> list[str]:
+    """The plugin's start-up checks; while the gateway does not answer, tried again with [Global] SLEEP
+    and ATTEMPTS, as LDAP at start. HostUnreachable when it never answered."""
+    transport = service.ctx.transport
+    while True:
+        try:
+            return service.start()
+        except Unreachable as err:
+            log.warning("the plugin's start-up checks cannot run: %s", err)
+        with_retries(transport.reconnect, retry, lambda seconds: not stop.wait(seconds),
+                     gateway(transport.reach()))
+        if stop.is_set():
+            raise HostUnreachable("stopped while waiting for the gateway")
 
 
 def _detach(config: Config, args: argparse.Namespace) -> tuple[int | None, detach.Readiness | None]:
@@ -273,34 +298,43 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     store = Store(config.store_file, dry_run=dry_run)
     store.open()
     owners = Owners(svc["CLAIM_LEASE"], clock, host=svc["NODE_NAME"] or None)
+    stop_event = stop_event or threading.Event()
+    locks = EntryLocks(config.entry_lock_dir, stopping=stop_event, dry_run=dry_run)
+    locks.prepare()
+    confirmer = Confirmer(Peers(settings), svc["CLAIM_CONFIRM_WAIT"], db["SERVICE_SUBTREE"])
     router = Router(modus=svc["MODUS"], base=db["SERVICE_SUBTREE"], store=store, service=service,
-                    owners=owners, selfcare=Selfcare(directory, service, owners, clock),
+                    owners=owners, selfcare=Selfcare(directory, service, owners, clock, confirmer, locks),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
-                    alerts=alerts, request_log=request_log)
+                    alerts=alerts, request_log=request_log, locks=locks)
     startup_retry, operation = _retries(config)
     monitor = monitor or Monitor(base=db["SERVICE_SUBTREE"])
     brake = Brake(BrakeSettings.from_config(config))
+    position = Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"])
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]),
-                  position=Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"]),
+                  position=position,
                   store=store, router=router,
                   executor=monitor.executor(executor(svc["WORKERS"] or os.cpu_count() or 1)),
                   startup=startup_retry, operation=operation, base=db["SERVICE_SUBTREE"], clock=clock,
                   stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
-                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake)
+                  mirror=Mirror.of(db["SERVICE_SUBTREE"], db["SEARCH_FILTER"]), brake=brake,
+                  transport=service.ctx.transport,
+                  failback=Failback(settings, db["SERVICE_SUBTREE"], db["FAILBACK_INTERVAL"],
+                                    lambda: position.current))
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,
           stop_event: threading.Event | None = None, readiness: detach.Readiness | None = None,
           debug: bool = False) -> int:
-    """Run the daemon until a signal stops it, LDAP stays out of reach, or (``once``) the refresh ends."""
+    """Run the daemon until a signal stops it, LDAP or the gateway stays out of reach, or (``once``) the
+    refresh ends."""
     readiness = readiness or detach.Readiness()
     alerts, request_log = _alerts(config, dry_run, debug)
     monitor = monitor_from_config(config, dry_run=dry_run, version=__version__)
     try:
         daemon = build_daemon(config, service, dry_run=dry_run, once=once, stop_event=stop_event,
                               alerts=alerts, request_log=request_log, monitor=monitor)
-    except (StoreError, CookieError) as err:
+    except (StoreError, CookieError, UnsafeFile) as err:
         log.error("%s", err)
         print(f"provisioning-daemon: {err}", file=sys.stderr)
         monitor.close()
@@ -315,6 +349,8 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     # Now, not at the first command: the guard's Python start-up (about 0.1 s)
     # would otherwise be added to the first request's time.
     GUARD.start()
+    # Here, not in provisioning_start: --check runs that too, and --daemon has detached by now.
+    service.serving()
     log.info("starting %s/%s provisioning daemon %s (pid %d, MODUS %s)%s%s", config.service_name,
              config.type_name, __version__, os.getpid(), config.service["Service"]["MODUS"],
              " in dry-run mode: no lock, no cookie, nothing changes" if dry_run else "",
@@ -331,6 +367,12 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
         if alerts is not None:
             alerts.warning("the daemon gave up: LDAP out of reach", f"giving up: {err}")
         return ExitCode.LDAP_UNREACHABLE
+    except HostUnreachable as err:
+        log.error("giving up: %s; the requests in hand stay claimed without an outcome (or open) and are "
+                  "resumed at the next start", err)
+        if alerts is not None:
+            alerts.warning("the daemon gave up: the gateway out of reach", f"giving up: {err}")
+        return ExitCode.GATEWAY_UNREACHABLE
     finally:
         daemon.shutdown()
         monitor.close()

@@ -17,7 +17,7 @@ import pytest
 from provisioning.testing import BACKUP_BASE, make_subtree, subtree_name
 
 from helpers import DaemonProcess, Directory, Host
-from gateway import sshd  # noqa: F401 - the session's CLISSH gateway, a fixture
+from gateway import gateway_sshd, sshd  # noqa: F401 - the CLISSH gateways, fixtures
 
 # Loaded by its pytest11 entry point when provisioning is installed; named here
 # too, so that the suite runs from a checkout that is not (a no-op otherwise).

@@ -219,13 +219,45 @@ def test_the_clissh_gateway_gets_a_line_of_its_own(host, sshd, tmp_path):
     host.set("Service", TRANSPORTAPI="CLISSH")
     host.set("Gateway", **sshd)
     _, lines = _check(host)
-    assert _line(lines, "OK   gateway: ") == (f"OK   gateway: root@127.0.0.1 port {sshd['PORT']}: "
-                                              "ssh lets us in and the python3 helper answers")
+    assert _line(lines, "OK   gateway: ").startswith(f"OK   gateway: root@127.0.0.1 port {sshd['PORT']}: "
+                                                     "ssh lets us in and the python3 helper answers (")
     (tmp_path / "known_hosts").write_text("")
     host.set("Gateway", KNOWN_HOSTS=tmp_path / "known_hosts")
     code, lines = _check(host)
+    assert code == 7                                    # as the daemon, which would wait for it, then give up
+    assert re.search(r": out of reach: .*ssh exited 255: Host key verification failed",
+                     _line(lines, "FAIL gateway: root@127.0.0.1 port "))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
+def test_a_gateway_out_of_reach_is_one_line_not_every_program_missing(host, gateway_sshd):
+    # Before: exit 3, and a FAIL line for every program and folder "cannot check ...: exited 255".
+    host.set("Service", TRANSPORTAPI="CLISSH")
+    host.set("Gateway", **gateway_sshd.gateway)
+    gateway_sshd.kill()
+    code, lines = _check(host)
+    assert code == 7, lines
+    assert re.search(r": out of reach: .*ssh exited 255: ssh: connect to host 127\.0\.0\.1 port \d+: Connection "
+                     r"refused$", _line(lines, "FAIL gateway: "))
+    assert _line(lines, "WARN Backup/Rsnapshot checks: ") == ("WARN Backup/Rsnapshot checks: not run: the gateway "
+                                                              "(above) does not answer")
+    assert [line for line in lines if line.startswith("FAIL")] == [_line(lines, "FAIL gateway: ")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
+def test_sessions_are_checked_against_the_gateways_max_sessions(host, sshd):
+    # sshd -T reports the settings of the gateway's /etc/ssh/sshd_config: Debian's, MaxSessions 10.
+    host.set("Service", TRANSPORTAPI="CLISSH")
+    host.set("Gateway", **sshd)
+    _, lines = _check(host)
+    assert _line(lines, "OK   gateway SESSIONS: ") == ("OK   gateway SESSIONS: 8 helpers at most, below the gateway "
+                                                       "sshd's MaxSessions 10")
+    host.set("Gateway", SESSIONS=10)
+    code, lines = _check(host)
     assert code == 3
-    assert "Host key verification failed" in _line(lines, "FAIL gateway: root@127.0.0.1 port ")
+    assert _line(lines, "FAIL gateway SESSIONS: ") == (
+        "FAIL gateway SESSIONS: 10 helpers at most, but the gateway's sshd allows 10 sessions (MaxSessions): "
+        "it would refuse the others; set SESSIONS below 10")
 
 
 def test_a_wrong_password_fails_the_bind_line(host):

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from provisioning.config import loader as cfgmod
-from provisioning.transport import CLISSH, build, within_deadline
-from provisioning.transport.gatewayhelper import Broken, Helper
+from provisioning.transport import CLISSH, Unreachable, build, within_deadline
+from provisioning.transport.gatewayhelper import Broken, GaveUp, Helper, HelperPool
 from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning.transport.ssh import HELPER_SOURCE
 
@@ -58,8 +61,10 @@ def test_exit_codes_and_stdin_pass_through(remote):
 
 def test_an_unknown_host_key_is_refused(sshd, tmp_path):
     (tmp_path / "known_hosts").write_text("")
-    result = gateway(sshd, KNOWN_HOSTS=str(tmp_path / "known_hosts")).run(["true"])
-    assert result.returncode == 255 and "Host key verification failed" in result.stderr
+    remote = gateway(sshd, KNOWN_HOSTS=str(tmp_path / "known_hosts"))
+    with pytest.raises(Unreachable, match="Host key verification failed"):
+        remote.run(["true"])
+    remote.close()
 
 
 def test_every_option_comes_before_the_destination(remote, sshd):
@@ -70,9 +75,12 @@ def test_every_option_comes_before_the_destination(remote, sshd):
 
 
 def test_a_gateway_without_python3_fails_file_operations_with_the_reason(sshd, tmp_path, monkeypatch):
+    # Nothing the gateway said about the path: the request is not failed for it (issue 26).
     monkeypatch.setattr("provisioning.transport.ssh.HELPER_SOURCE", "import sys; sys.exit(5)")
-    with pytest.raises(OSError, match=r"on the gateway: python3 nofollow.py exists /x: exited 5"):
-        gateway(sshd).exists("/x")
+    remote = gateway(sshd)
+    with pytest.raises(Unreachable, match=r"out of reach: python3 nofollow.py exists /x: exited 5"):
+        remote.exists("/x")
+    remote.close()
 
 
 # ----------------------------------------------------------- [Gateway] values
@@ -127,13 +135,19 @@ def test_build_passes_the_gateway_and_stopping_on(sshd):
 
 # ------------------------------------------------------------- one connection
 
-def _logins(sshd) -> int:
+def _logins(sshd: dict) -> int:
     return (Path(sshd["DSA_FILE"]).parent / "sshd.log").read_text().count("Accepted publickey for root")
 
 
 def _masters(folder: str) -> list[int]:
-    """Pids of the ssh processes that serve a control socket in ``folder`` (title "ssh: PATH [mux]")."""
-    return [p.pid for p in processes() if p.argv[:1] and p.argv[0].startswith(f"ssh: {folder}/".encode())]
+    """Pids of the ssh processes that serve a control socket in ``folder`` (ControlMaster=yes on its line)."""
+    return [p.pid for p in processes() if p.comm == "ssh" and b"ControlMaster=yes" in p.argv
+            and any(arg.startswith(f"ControlPath={folder}/".encode()) for arg in p.argv)]
+
+
+def _folder(remote: CLISSH) -> str:
+    """The private folder of the transport's control socket."""
+    return os.path.dirname(remote.multiplexer.socket)
 
 
 def test_operations_share_one_connection(remote, sshd, tmp_path):
@@ -143,7 +157,7 @@ def test_operations_share_one_connection(remote, sshd, tmp_path):
     assert remote.exists(str(tmp_path / "f"))
     assert remote.run(["cat", str(tmp_path / "f")]).stdout == "data"
     assert _logins(sshd) == before + 1
-    folder = remote.multiplexer.options()[3].removeprefix("ControlPath=").removesuffix("/%C")
+    folder = _folder(remote)
     assert os.stat(folder).st_mode & 0o777 == 0o700 and os.stat(folder).st_uid == os.geteuid()
     assert len(_masters(folder)) == 1
 
@@ -151,7 +165,7 @@ def test_operations_share_one_connection(remote, sshd, tmp_path):
 def test_close_ends_the_connection_and_removes_its_folder(sshd):
     remote = gateway(sshd)
     assert remote.run(["true"]).ok
-    folder = remote.multiplexer.options()[3].removeprefix("ControlPath=").removesuffix("/%C")
+    folder = _folder(remote)
     assert _masters(folder)
     remote.close()
     assert not os.path.exists(folder)
@@ -162,7 +176,7 @@ def test_close_ends_the_connection_and_removes_its_folder(sshd):
 
 def test_a_dead_shared_connection_is_replaced(remote, sshd):
     assert remote.run(["true"]).ok
-    folder = remote.multiplexer.options()[3].removeprefix("ControlPath=").removesuffix("/%C")
+    folder = _folder(remote)
     for pid in _masters(folder):
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not _masters(folder), "the shared connection to die")
@@ -176,39 +190,59 @@ def test_a_dead_shared_connection_is_replaced(remote, sshd):
     assert len(_masters(folder)) == 1
 
 
+def _through(proxy: Proxy, sshd: dict, tmp_path: Path, **keys) -> CLISSH:
+    """A transport to ``sshd`` through ``proxy`` (its known_hosts names the proxy's port)."""
+    known = tmp_path / "known_hosts"
+    known.write_text(Path(sshd["KNOWN_HOSTS"]).read_text().replace(f"]:{sshd['PORT']} ", f"]:{proxy.port} "))
+    return CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"], port=proxy.port,
+                  known_hosts=str(known), **{"timeout": 60, **keys})
+
+
 def test_a_connection_that_stops_answering_is_given_up_not_waited_for(sshd, tmp_path, monkeypatch):
     """A firewall that drops an idle connection silently: the operations fail when ssh's
     keepalives go unanswered, not each at its own timeout (found by review)."""
     from provisioning.transport import ssh
-    monkeypatch.setattr(ssh, "ALIVE_INTERVAL", 1)          # 15 s in the daemon
+    monkeypatch.setattr(ssh, "ALIVE_INTERVAL", 1)          # 2 s in the daemon
+    monkeypatch.setattr(ssh, "CONNECT_TIMEOUT", 3)         # 10 s in the daemon
     proxy = Proxy("127.0.0.1", sshd["PORT"])
-    known = tmp_path / "known_hosts"
-    known.write_text(Path(sshd["KNOWN_HOSTS"]).read_text().replace(f"]:{sshd['PORT']} ", f"]:{proxy.port} "))
-    remote = CLISSH(host=sshd["HOST"], user=sshd["USER"], key_file=sshd["DSA_FILE"], port=proxy.port,
-                    known_hosts=str(known), timeout=60)
+    remote = _through(proxy, sshd, tmp_path)
     try:
         assert remote.exists("/")
         proxy.freeze()
-        with pytest.raises(OSError) as failed:
+        started = time.monotonic()
+        with pytest.raises(Unreachable):                    # the gateway's absence, not the path's
             remote.exists("/")
-        assert "no answer in time" not in str(failed.value)    # given up by ssh, not at the timeout
-        assert remote.run(["true"]).returncode == 255       # a new connection cannot get through either
+        assert time.monotonic() - started < 10              # given up by ssh, not at the timeout (60 s)
+        with pytest.raises(Unreachable):
+            remote.run(["true"])                            # at once: it is known to be away
+        with pytest.raises(Unreachable):
+            remote.reconnect()                              # a new connection cannot get through either
     finally:
         remote.close()
         proxy.stop()
 
 
-def test_a_busy_shared_connection_falls_back_to_a_connection_of_its_own(remote, sshd, tmp_path):
-    # sshd's MaxSessions (10) bounds the sessions of one connection; WORKERS may be 64.
-    assert remote.run(["true"]).ok
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(remote.run(["sh", "-c", "sleep 1; echo ok"])))
-               for _ in range(14)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [r.stdout for r in results] == ["ok\n"] * 14, [r.describe() for r in results if not r.ok]
+def test_operations_beyond_the_sessions_cap_wait_and_none_is_refused(gateway_sshd):
+    # sshd's MaxSessions (Debian: 10) bounds the sessions of one connection; WORKERS may be 64.
+    # Before the cap, the sessions it refused fell back to connections of their own, which
+    # MaxStartups (10:30:100) drops beyond ten at once.
+    remote = gateway(gateway_sshd.gateway)
+    try:
+        assert remote.run(["true"]).ok
+        before = _logins(gateway_sshd.gateway)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(remote.run(["sh", "-c", "sleep 1; echo ok"])))
+                   for _ in range(14)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [r.stdout for r in results] == ["ok\n"] * 14, [r.describe() for r in results if not r.ok]
+        assert _logins(gateway_sshd.gateway) == before                 # all on the one connection
+        assert len(remote.helpers.waiting()) == remote.helpers.cap == 8
+        assert "refused" not in gateway_sshd.log.read_text()
+    finally:
+        remote.close()
 
 
 # ------------------------------------------------------------- file helpers
@@ -332,10 +366,23 @@ def _peak_memory(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
+def _running(action) -> tuple[threading.Thread, list]:
+    """``action`` started in a thread; the list gets what it returned or raised."""
+    ended: list = []
+
+    def run() -> None:
+        try:
+            ended.append(action())
+        except BaseException as err:  # noqa: BLE001 - the test looks at it
+            ended.append(err)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, ended
+
+
 def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path):
     pids = tmp_path / "pids"
-    running = threading.Thread(target=lambda: remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait']))
-    running.start()
+    running, ended = _running(lambda: remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait']))
     wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), "the command to start")
     shell, background = map(int, pids.read_text().split())
     # What the command guard does to the helper's ssh when the daemon dies.
@@ -343,14 +390,14 @@ def test_a_command_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_pat
     os.kill(ssh, signal.SIGKILL)
     running.join(30)
     wait_until(lambda: gone(shell) and gone(background), "the abandoned command to be killed")
+    assert isinstance(ended[0], Unreachable)          # not a result: the gateway did not answer
 
 
 @pytest.mark.parametrize("how", sorted(LEAVES_THE_GROUP))
 def test_what_left_the_group_dies_on_the_gateway_when_the_daemon_goes_away(remote, tmp_path, how):
     pidfile = tmp_path / "leftover"
     starts = LEAVES_THE_GROUP[how].format(leftover=shlex.quote(LEFTOVER.format(pidfile=pidfile)))
-    running = threading.Thread(target=lambda: remote.run(["sh", "-c", f"{starts}\nsleep 60"]))
-    running.start()
+    running, _ = _running(lambda: remote.run(["sh", "-c", f"{starts}\nsleep 60"]))
     wait_until(lambda: pidfile.exists(), "the command to start what leaves its group")
     leftover = int(pidfile.read_text())
     try:
@@ -381,7 +428,7 @@ def test_what_a_login_script_prints_before_the_helper_is_skipped(tmp_path):
     helper = Helper(LOGIN, [sys.executable, "-I", "-S", "-c", HELPER_SOURCE], time.monotonic() + 30)
     try:
         answer = helper.ask({"operation": "exists", "args": [str(tmp_path)]}, b"", time.monotonic() + 30)
-        assert answer == {"value": True}
+        assert answer == {"id": 1, "value": True}
     finally:
         helper.close()
 
@@ -427,6 +474,24 @@ def test_the_daemon_provisions_over_clissh(host, directory, sshd, tmp_path):
     assert not _masters(str(tmpdir))
 
 
+def test_the_shared_connection_dies_with_a_daemon_killed_with_sigkill(host, directory, sshd, tmp_path):
+    # Before, the master ssh forked for ControlPersist had set a title over its environment:
+    # the command guard could not find it, and it outlived the daemon by a minute.
+    host.set("Service", TRANSPORTAPI="CLISSH")
+    host.set("Gateway", **sshd)
+    tmpdir = Path(tempfile.mkdtemp(dir="/tmp"))          # short enough for a control socket's path
+    try:
+        daemon = DaemonProcess(host, env={"TMPDIR": str(tmpdir)}).start()
+        assert_done(directory.wait_mode(directory.add("3723707"), "added", timeout=SSH_DEADLINE), "added")
+        [folder] = [str(p) for p in tmpdir.iterdir()]
+        masters = _masters(folder)
+        assert len(masters) == 1
+        daemon.kill()                                   # the daemon alone: its guard outlives it
+        wait_until(lambda: all(gone(pid) for pid in masters), "the guard to end the shared connection", 10)
+    finally:
+        shutil.rmtree(tmpdir)
+
+
 @pytest.mark.parametrize("transportapi", ["LocalCLI", "CLISSH"])
 def test_a_customer_link_for_incoming_fails_the_request_and_touches_nothing(host, directory, sshd, tmp_path,
                                                                                transportapi):
@@ -460,3 +525,173 @@ def test_a_customer_link_for_incoming_fails_the_request_and_touches_nothing(host
 def _snapshot(folder: Path) -> dict:
     return {str(p): (p.lstat().st_mode, p.lstat().st_uid, p.lstat().st_gid, p.read_bytes() if p.is_file() else None)
             for p in [folder, *folder.rglob("*")]}
+
+
+# ------------------------------------------------------- the gateway away (issue 26)
+
+def test_a_gateway_killed_between_a_file_operation_and_the_next_command_is_no_answer(gateway_sshd, tmp_path):
+    # Before: the command "exited 255" and the file operation raised OSError: the plugin
+    # turned them into return values that blamed the account (3: "not installed", 5: the home).
+    remote = gateway(gateway_sshd.gateway)
+    try:
+        remote.write_file(str(tmp_path / "f"), b"x")                   # a file operation, answered
+        gateway_sshd.kill()                                             # the gateway, with every session
+        with pytest.raises(Unreachable, match=r"the gateway root@127\.0\.0\.1 port \d+ is out of reach"):
+            remote.run(["true"])                                        # the next command
+        started = time.monotonic()
+        with pytest.raises(Unreachable):
+            remote.exists(str(tmp_path / "f"))                          # known away: not even tried
+        assert time.monotonic() - started < 0.1
+        assert not remote.reach().up and "out of reach" not in remote.reach().why
+        with pytest.raises(Unreachable, match="Connection refused"):
+            remote.reconnect()
+        gateway_sshd.start()
+        remote.reconnect()
+        assert remote.reach().up
+        assert remote.run(["cat", str(tmp_path / "f")]).stdout == "x"
+    finally:
+        remote.close()
+
+
+def test_a_command_under_way_when_the_gateway_dies_is_no_answer_and_dies_too(gateway_sshd, tmp_path):
+    remote = gateway(gateway_sshd.gateway)
+    pids = tmp_path / "pids"
+    try:
+        running, ended = _running(lambda: remote.run(["sh", "-c", f'sleep 60 & echo $$ $! > {pids}; wait']))
+        wait_until(lambda: pids.exists() and pids.read_text().endswith("\n"), "the command to start")
+        shell, background = map(int, pids.read_text().split())
+        started = time.monotonic()
+        gateway_sshd.kill()
+        running.join(30)
+        assert isinstance(ended[0], Unreachable), ended            # before: a result, exit 255
+        assert time.monotonic() - started < 3
+        # Its helper lost its session: it stops the command and what it started.
+        wait_until(lambda: gone(shell) and gone(background), "the command to die with its session")
+    finally:
+        remote.close()
+
+
+def test_a_dead_connection_is_noticed_in_seconds_and_every_helper_on_it_fails_over_at_once(sshd, tmp_path):
+    # A connection that goes silent (a firewall dropping it, a gateway that froze): before,
+    # each operation waited for ssh's keepalives (45 s) or its own timeout (600 s).
+    proxy = Proxy("127.0.0.1", sshd["PORT"])
+    remote = _through(proxy, sshd, tmp_path)
+    try:
+        runs = [_running(lambda: remote.run(["sleep", "30"])) for _ in range(4)]
+        wait_until(lambda: len(remote.helpers._live) == 4, "four helpers at work")
+        master = _masters(_folder(remote))
+        proxy.freeze()
+        started = time.monotonic()
+        for thread, _ in runs:
+            thread.join(30)
+        took = time.monotonic() - started
+        assert all(isinstance(ended[0], Unreachable) for _, ended in runs), [e for _, e in runs]
+        assert took < remote.silence + 3, took
+        assert "said nothing for 6 s" in remote.reach().why
+        assert master and all(gone(pid) for pid in master)              # the connection is ended too
+        assert remote.helpers.waiting() == [] and not remote.helpers._live
+    finally:
+        remote.close()
+        proxy.stop()
+
+
+def test_an_operation_longer_than_the_silence_lives_on_its_heartbeat(remote):
+    result = remote.run(["sh", "-c", "sleep 8; echo done"])           # longer than the 6 s of silence
+    assert result.stdout == "done\n" and remote.reach().up
+
+
+def test_a_file_operation_given_up_stops_on_the_gateway_too(remote, tmp_path):
+    # Before, the helper went on removing the tree after the daemon had given up on it.
+    tree = tmp_path / "big"
+    for top in range(30):
+        (tree / str(top)).mkdir(parents=True)
+        for name in range(1000):
+            (tree / str(top) / str(name)).touch()
+    assert remote.exists("/")
+    [helper] = remote.helpers.waiting()
+    on_gateway = _helper_on_gateway(helper.nonce)
+    with within_deadline(0.2), pytest.raises(OSError, match=r"remove_tree .*: no answer in time; given up"):
+        remote.remove_tree(str(tree))
+    wait_until(lambda: gone(on_gateway), "the helper on the gateway to stop")
+    left = sum(1 for _ in tree.rglob("*"))
+    assert left > 1000, left                                            # stopped well before the end
+    time.sleep(0.5)
+    assert sum(1 for _ in tree.rglob("*")) == left                      # and nothing goes on removing
+    assert remote.reach().up                                            # a give-up is no outage
+
+
+def test_an_answer_to_another_request_breaks_the_helper():
+    # Answers are numbered: an answer meant for an earlier request is never taken for this one.
+    late = ("import sys; print('{\"ready\": \"%s\"}' % sys.argv[-1], flush=True); input(); "
+            "print('{\"id\": 7, \"value\": true}', flush=True)")
+    helper = Helper(LOGIN, [sys.executable, "-c", late], time.monotonic() + 30)
+    try:
+        with pytest.raises(Broken, match=r"answered .* to request 1"):
+            helper.ask({"operation": "exists", "args": ["/"]}, b"", time.monotonic() + 30)
+    finally:
+        helper.kill()
+
+
+def test_a_file_left_to_remove_while_the_gateway_is_away_goes_when_it_is_back(gateway_sshd, tmp_path):
+    remote = gateway(gateway_sshd.gateway)
+    candidate = tmp_path / ".rsnapshot.conf.3723707.new"
+    try:
+        remote.write_file(str(candidate), b"retain\tdaily\t7\n")
+        gateway_sshd.kill()
+        with pytest.raises(Unreachable):
+            remote.rename(str(candidate), str(tmp_path / "rsnapshot.conf.3723707"))
+        remote.discard(str(candidate))                                 # no exception: kept for later
+        assert candidate.exists()
+        gateway_sshd.start()
+        remote.reconnect()
+        assert not candidate.exists()
+    finally:
+        remote.close()
+
+
+class _FakeHelper:
+    """What HelperPool needs of a helper, without ssh."""
+
+    def __init__(self) -> None:
+        self.proc = SimpleNamespace(pid=0)
+        self.cut_count = self.killed = 0
+
+    def usable(self) -> bool:
+        return not (self.cut_count or self.killed)
+
+    def cut(self) -> None:
+        self.cut_count += 1
+
+    def kill(self) -> None:
+        self.killed += 1
+
+    def close(self) -> None:
+        self.killed += 1
+
+    def why(self) -> str:
+        return "fake"
+
+
+def test_the_pool_never_has_more_helpers_than_its_cap_and_an_operation_waits_for_one():
+    started = []
+    pool = HelperPool(lambda deadline: started.append(_FakeHelper()) or started[-1], cap=2)
+    first, second = pool.take(time.monotonic() + 5), pool.take(time.monotonic() + 5)
+    with pytest.raises(GaveUp, match="all 2 gateway sessions"):
+        pool.take(time.monotonic() + 0.2)              # none free by its deadline: no third one
+    waiting, got = _running(lambda: pool.take(time.monotonic() + 10))
+    time.sleep(0.1)
+    assert not got and len(started) == 2
+    pool.give_back(first)
+    waiting.join(5)
+    assert got == [first] and len(started) == 2         # the one given back, not a new one
+
+
+def test_cut_all_ends_the_helpers_at_work_and_the_idle_ones_at_once():
+    pool = HelperPool(lambda deadline: _FakeHelper(), cap=3)
+    working, idle = pool.take(time.monotonic() + 5), pool.take(time.monotonic() + 5)
+    pool.give_back(idle)
+    assert pool.cut_all() == 1                          # one was at work
+    assert working.cut_count == 1 and not working.killed     # its thread collects it
+    assert idle.killed == 1 and pool.waiting() == []
+    pool.give_back(working)                             # its operation ended anyway: never used again
+    assert working.killed and pool.waiting() == []

@@ -21,6 +21,7 @@ from provisioning_backup_rsnapshot.account import Account, Layout, confine, layo
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot import home as homes
+from provisioning_backup_rsnapshot.builder import Builder
 from provisioning_backup_rsnapshot.ownership import Verdict, judge
 from provisioning_backup_rsnapshot.survey import survey
 from provisioning_backup_rsnapshot.quota import blocks, quota_argv, set_quota
@@ -291,7 +292,9 @@ def backup_problems(tmp_path: Path, root: str, archive: str = "") -> tuple[Setti
     section = {"RSNAPSHOT_CONFIG_FILE": f"{tmp_path}/rsnapshot-%uid%.conf", "SET_QUOTA_CMD": "/bin/true",
                "CREATE_CHROOT_CMD": "/bin/true", "MOUNTPOINT": "/", "RSNAPSHOT_TEMPLATE": str(TEMPLATE),
                "RSNAPSHOT_CMD": "/bin/true", "CONFIGTEST": "cached", "BACKUP_ROOT": root,
-               "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000}
+               "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000,
+               "JAIL_PROGRAMS": "sh rsync", "JAIL_LINK_LIMIT": 64000, "JAIL_CHECK_SECONDS": 60.0,
+               "JAIL_RELINK_RATE": 50.0}
     config = Config(tmp_path / "Backup.conf", None, {"Backup": section}, {})
     settings = Settings.from_config(config)
     return settings, settings_problems(settings, config, LocalCLI())
@@ -546,7 +549,7 @@ def look(place: Layout, root: Path) -> dict:
 def build(account: Account, place: Layout, root: Path, cmd: str, uuid: str = UUID) -> Verdict:
     nodes = look(place, root)
     verdict = judge(account, uuid, place, nodes, LocalCLI())
-    homes.build(account, place, uuid, verdict, nodes, cmd, str(root), LocalCLI())
+    homes.build(account, place, uuid, verdict, nodes, Builder(cmd, None, None), str(root), LocalCLI())
     return verdict
 
 def test_survey_reports_kinds_owners_and_absence(tmp_path):
@@ -598,7 +601,7 @@ def test_dry_run_judges_like_a_real_run_and_changes_nothing(tmp_path, root, caps
     fresh = layout(other, str(root))
     nodes = survey(homes.paths(fresh, str(root)), dry)
     homes.build(other, fresh, UUID, judge(other, UUID, fresh, nodes, dry), nodes,
-                script(tmp_path, "exit 1"), str(root), dry)
+                Builder(script(tmp_path, "exit 1"), None, None), str(root), dry)
     assert sorted(str(p) for p in root.rglob("*")) == before
     assert "DRY-RUN: would run: " in capsys.readouterr().out
 

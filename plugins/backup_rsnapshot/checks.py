@@ -13,6 +13,8 @@ from provisioning.base.checkline import CheckLine
 from provisioning.hooks.service import ServiceContext
 from provisioning.transport import Transport
 
+from provisioning_backup_rsnapshot import builder as builders
+from provisioning_backup_rsnapshot import jailimage
 from provisioning_backup_rsnapshot.account import Account, Layout
 from provisioning_backup_rsnapshot.rsnapshot import Template, values_for
 from provisioning_backup_rsnapshot.settings import Settings
@@ -36,9 +38,8 @@ def check(ctx: ServiceContext) -> list[CheckLine]:
     """
     settings = Settings.from_config(ctx.config)
     transport = ctx.transport
-    lines = [_program(transport, key, path) for key, path in (
-        ("SET_QUOTA_CMD", settings.set_quota_cmd), ("CREATE_CHROOT_CMD", settings.create_chroot_cmd),
-        ("RSNAPSHOT_CMD", settings.rsnapshot_cmd))]
+    lines = [_program(transport, "SET_QUOTA_CMD", settings.set_quota_cmd), _builder(settings, transport),
+             _program(transport, "RSNAPSHOT_CMD", settings.rsnapshot_cmd), _jail_programs(settings, transport)]
     lines += [_folder(transport, key, path) for key, path in (
         ("BACKUP_ROOT", settings.backup_root), ("MOUNTPOINT", settings.mountpoint),
         ("RSNAPSHOT_CONFIG_FILE", posixpath.dirname(settings.config_file)))]
@@ -57,6 +58,28 @@ def _program(transport: Transport, key: str, path: str) -> CheckLine | None:
     if not _exists(transport, path):
         return None                  # the start-up check says so
     return CheckLine.fail(name, f"{path} is not an executable file (chmod +x it, or name the program)")
+
+
+def _builder(settings: Settings, transport: Transport) -> CheckLine | None:
+    """CREATE_CHROOT_CMD: the shipped builder (run in the daemon) or a program that must be executable."""
+    chosen = builders.choose(settings, transport)
+    if chosen.kind is None:
+        return _program(transport, "CREATE_CHROOT_CMD", settings.create_chroot_cmd)
+    return CheckLine.ok(f"{NAME} CREATE_CHROOT_CMD", chosen.describe())
+
+
+def _jail_programs(settings: Settings, transport: Transport) -> CheckLine:
+    """JAIL_PROGRAMS: each found where the jails are, with the libraries ldd names."""
+    name = f"{NAME} JAIL_PROGRAMS"
+    try:
+        found = transport.call(builders.MODULES, "programs", settings.jail_programs)
+    except OSError as err:
+        return CheckLine.fail(name, str(err))
+    missing = [program for program, path in found.items() if not path]
+    if missing:
+        return CheckLine.fail(name, f"not installed: {', '.join(missing)} (a name is looked for in "
+                                    f"{jailimage.SEARCH_PATH}; or give an absolute path)")
+    return CheckLine.ok(name, ", ".join(f"{program} is {path}" for program, path in found.items()))
 
 
 def _folder(transport: Transport, key: str, path: str) -> CheckLine | None:

@@ -10,7 +10,9 @@ prov-backup-create-chroot: the whole jail the original wiki promised::
 
     JAIL/
       bin/sh, usr/bin/rsync, ...  what ``rsync --server`` needs when sshd runs it in the jail,
-      lib*/...                    with the shared libraries ldd reports
+      lib*/...                    with the shared libraries ldd reports: in the daemon, hard
+                                  links to the jail image (jailimage.py, relink.py); run by
+                                  hand, copies (the daemon's jail job links them later)
       dev/null                    character device 1,3, 0666
       etc/passwd, etc/group       the account alone, so programs can name it
       HOME/                       root 0755
@@ -29,6 +31,10 @@ jail replaces what was there (a link is replaced, never written through).
 The home is built under a temporary name and renamed last, so a home that
 exists is complete; one that exists is left as it is. Every step may run again.
 
+The daemon does not start these programs: when CREATE_CHROOT_CMD names one
+of them (or is left out), it calls ``build`` in its own process, or in
+CLISSH's helper on the gateway (see builder.py and jailcalls.py).
+
 Exit 0 on success, 2 for bad arguments, 1 for anything else (a refusal included).
 """
 from __future__ import annotations
@@ -43,7 +49,7 @@ import sys
 
 try:
     from provisioning_backup_rsnapshot.jailfs import Folder, Refused, walk
-except ImportError:        # run as a file next to jailfs.py (bin/ wrappers)
+except ImportError:        # run as a file next to jailfs.py (bin/ wrappers), or in the gateway's helper
     from jailfs import Folder, Refused, walk  # type: ignore[no-redef]
 
 SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._/-")
@@ -121,7 +127,12 @@ def create_home(account: Account) -> None:
         make_home(jail, account, ssh=False)
 
 
-def create_chroot(account: Account, programs: list[str]) -> None:
+def create_chroot(account: Account, programs: list[str], link=None) -> dict:
+    """The whole jail; its programs from ``link(jail)`` (the image), or copied from the host.
+
+    Returns what ``link`` returned ({} for copies).
+    """
+    linked = {}
     with open_jail(account) as jail:
         jail.sub("dev").close()
         jail.sub("etc").close()
@@ -131,14 +142,10 @@ def create_chroot(account: Account, programs: list[str]) -> None:
                 target = os.readlink(host)
                 jail.subpath(target.lstrip("/") if target.startswith("/") else target).close()
                 jail.put_link(name, target)
-        import shutil  # only the full jail needs it: prov-backup-create-home starts faster without
-
-        for program in programs:
-            path = shutil.which(program)
-            if path is None:
-                raise Refused(f"{program} is not installed")
-            for source in [path, *libraries(path)]:
-                copy_in(jail, source)
+        if link is not None:
+            linked = link(jail)
+        else:
+            copy_programs(jail, programs)
         with jail.subpath("dev") as dev:
             dev.put_device("null", 1, 3, 0o666)
         with jail.subpath("etc") as etc:
@@ -146,6 +153,19 @@ def create_chroot(account: Account, programs: list[str]) -> None:
                                    f"{account.home}:/bin/sh\n".encode(), mode=0o644)
             etc.put_file("group", f"{account.uid}:x:{account.gid_number}:\n".encode(), mode=0o644)
         make_home(jail, account, ssh=True)
+    return linked
+
+
+def copy_programs(jail: Folder, programs: list[str]) -> None:
+    """The programs and their libraries copied into the jail (run by hand: no image to link to)."""
+    import shutil  # only the full jail needs it: prov-backup-create-home starts faster without
+
+    for program in programs:
+        path = shutil.which(program)
+        if path is None:
+            raise Refused(f"{program} is not installed")
+        for source in [path, *libraries(path)]:
+            copy_in(jail, source)
 
 
 def libraries(program: str) -> list[str]:
@@ -169,6 +189,19 @@ def copy_in(jail: Folder, source: str) -> None:
     mode = os.stat(source).st_mode & 0o755
     with jail.subpath(folder) as inside:
         inside.put_file(os.path.basename(source), source=source, mode=mode)
+
+
+def build_jail(kind: str, argv: list[str], link=None) -> dict:
+    """Build the jail (``kind`` chroot) or the home alone (home) in this process; what was linked.
+
+    BadArguments, Refused or OSError when it cannot. The programs come from
+    ``link`` (see create_chroot): nothing is copied and no ldd runs.
+    """
+    account = parse_args(argv)
+    if kind == "home":
+        create_home(account)
+        return {}
+    return create_chroot(account, [], link)
 
 
 def run(prog: str, argv: list[str], build) -> int:

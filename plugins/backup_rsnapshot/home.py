@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
+from typing import Callable
 
 from provisioning.transport import Transport
 
 from provisioning_backup_rsnapshot.account import MARKER_NAME, Account, Layout
+from provisioning_backup_rsnapshot.builder import Builder
 from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot.ownership import Verdict, mark, write_marker
 from provisioning_backup_rsnapshot.survey import Node, survey
@@ -69,8 +71,12 @@ def check_paths(place: Layout, backup_root: str, nodes: dict[str, Node | None]) 
 
 
 def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: dict[str, Node | None],
-          create_cmd: str, backup_root: str, transport: Transport) -> None:
-    """Create what is missing and settle the layout, for an account judged this entry's."""
+          builder: Builder, backup_root: str, transport: Transport,
+          built: Callable[[], None] | None = None) -> None:
+    """Create what is missing and settle the layout, for an account judged this entry's.
+
+    ``built`` is called once CREATE_CHROOT_CMD made the jail (see Builder.create).
+    """
     if verdict is Verdict.NEW:
         # Each missing folder down to the account directory gets its mode here, not from
         # the daemon's umask: one that others could write would refuse every account below it.
@@ -80,7 +86,7 @@ def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: d
         _create_directory(place, uuid, transport)
     mark(place, uuid, verdict, account.dn, transport)
     if nodes[place.home_path] is None:
-        _create_home(account, place, create_cmd, transport)
+        builder.create(account, place, transport, built)
         # Whatever the script made (an operator's own script may still make
         # the old layout) is looked at again before it is settled.
         nodes = survey(paths(place, backup_root), transport)
@@ -108,18 +114,6 @@ def _create_directory(place: Layout, uuid: str, transport: Transport) -> None:
         transport.rename(staging, place.directory)
     except OSError as err:
         raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"cannot move {staging} to {place.directory}: {err}") from err
-
-
-def _create_home(account: Account, place: Layout, create_cmd: str, transport: Transport) -> None:
-    """CREATE_CHROOT_CMD ``JAIL HOME UID UIDNUMBER GIDNUMBER`` (HOME as seen inside the jail)."""
-    argv = [create_cmd, place.jail, place.home, account.uid, str(account.uid_number), str(account.gid_number)]
-    result = transport.run(argv)
-    if not result.ok:
-        raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"creating the home failed: {result.describe()}")
-    if not transport.dry_run and not transport.exists(place.home_path):
-        raise StepError(Code.CANNOT_CREATE_HOME_DIR, f"{create_cmd} exited 0 but {place.home_path} does not exist")
-    # DEBUG: the request's summary line names the home as well.
-    log.debug("%s: home %s %s", account.dn, place.home_path, "would be created" if transport.dry_run else "created")
 
 
 def settle(account: Account, place: Layout, nodes: dict[str, Node | None], transport: Transport) -> None:

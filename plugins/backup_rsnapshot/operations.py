@@ -13,7 +13,7 @@ from provisioning.hooks.specs import hookimpl
 from provisioning.hooks.service import ServiceContext
 from provisioning.transport import LocalCLI
 
-from provisioning_backup_rsnapshot import checks
+from provisioning_backup_rsnapshot import checks, jailstatus
 from provisioning_backup_rsnapshot.codes import Code
 from provisioning_backup_rsnapshot.settings import Settings
 
@@ -63,11 +63,13 @@ class OperatorHooks:
 
     @hookimpl
     def provisioning_status(self, ctx: ServiceContext) -> dict[str, str]:
-        """How many rsnapshot configurations, account directories and archived accounts there are."""
+        """How many rsnapshot configurations, account directories and archived accounts there are;
+        the jails by image (the jail job's figures)."""
         settings = Settings.from_config(ctx.config)
+        jails = jailstatus.details(jailstatus.read(ctx.transport, settings.backup_root))
         if ctx.config.service["Service"]["TRANSPORTAPI"] != LocalCLI.__name__:
             host = ctx.config.service["Gateway"]["HOST"]
-            return {"files": f"on {host} (TRANSPORTAPI CLISSH): not counted"}
+            return {"files": f"on {host} (TRANSPORTAPI CLISSH): not counted", **jails}
         before, _, after = settings.config_file.partition("%uid%")
         configs = glob.glob(glob.escape(before) + "[0-9]*" + glob.escape(after))
         accounts = [p for p in glob.glob(os.path.join(glob.escape(settings.backup_root), ACCOUNT_GLOB))
@@ -75,7 +77,13 @@ class OperatorHooks:
         archived = glob.glob(os.path.join(glob.escape(settings.archive_dir), "[0-9]*-*"))
         return {"rsnapshot configurations": str(len(configs)),
                 "account directories": str(len(accounts)),
-                "archived accounts": str(len(archived))}
+                "archived accounts": str(len(archived)), **jails}
+
+    @hookimpl
+    def provisioning_warnings(self, ctx: ServiceContext) -> list[str]:
+        """A jail stale (old image, copied programs) for more than a day."""
+        settings = Settings.from_config(ctx.config)
+        return jailstatus.warnings(jailstatus.read(ctx.transport, settings.backup_root))
 
     @hookimpl
     def provisioning_return_values(self) -> dict[int, str]:

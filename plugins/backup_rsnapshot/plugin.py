@@ -26,10 +26,12 @@ from provisioning.hooks.specs import hookimpl
 from provisioning.hooks.service import Request, ServiceContext
 
 from provisioning_backup_rsnapshot import account as accounts
+from provisioning_backup_rsnapshot import builder as builders
 from provisioning_backup_rsnapshot import home, ownership
 from provisioning_backup_rsnapshot.alongside import alongside
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
+from provisioning_backup_rsnapshot.jailjob import JailJob
 from provisioning_backup_rsnapshot.operations import OperatorHooks
 from provisioning_backup_rsnapshot.quota import set_quota
 from provisioning_backup_rsnapshot.survey import survey
@@ -53,6 +55,9 @@ class BackupRsnapshot(OperatorHooks):
         self._locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         self.configs: RsnapshotConfigs | None = None
+        self.builder: builders.Builder | None = None
+        self.jails: JailJob | None = None
+        self._entries = None
 
     @hookimpl
     def provisioning_config_spec(self) -> str:
@@ -71,9 +76,36 @@ class BackupRsnapshot(OperatorHooks):
                 return [f"{ctx.config.path}: [Backup] RSNAPSHOT_TEMPLATE: {err}"]
             self.configs = RsnapshotConfigs(template, self.settings.config_file, self.settings.rsnapshot_cmd,
                                             ctx.transport, always_test=self.settings.configtest == "always")
+            self.builder = builders.choose(self.settings, ctx.transport)
+            log.info("%s", self.builder.describe())
         if not ctx.environment:
             log.warning("[Global] ENVIRONMENT is not set: accounts of every host are served here")
         return found
+
+    @hookimpl
+    def provisioning_serving(self, ctx: ServiceContext) -> None:
+        """Start the jail job (jailjob.py): jails follow the host's programs. Not in a dry run."""
+        if ctx.dry_run:
+            log.info("dry run: the jail job does not run (it would move jails to a new image)")
+            return
+        self._entries = ctx.known_entries()
+        self.jails = JailJob(self.settings, ctx.transport, self._entries.get)
+        self.jails.start()
+
+    @hookimpl
+    def provisioning_stop(self, ctx: ServiceContext) -> None:
+        """End the jail job."""
+        if self.jails is not None:
+            self.jails.stop()
+            self.jails = None
+        if self._entries is not None:
+            self._entries.close()
+            self._entries = None
+
+    @hookimpl
+    def provisioning_metrics(self, ctx: ServiceContext) -> dict[str, tuple[float, str]]:
+        """The jail job's figures: jails current, stale (and for how long), left alone."""
+        return self.jails.gauges() if self.jails is not None else {}
 
     @hookimpl
     def provisioning_owns(self, entry: Entry, ctx: ServiceContext) -> bool:
@@ -139,8 +171,10 @@ class BackupRsnapshot(OperatorHooks):
         if sys.version_info < MIN_PYTHON:
             raise StepError(Code.RUNTIME_NOT_SATISFIED,
                             f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed")
-        for key, program in (("SET_QUOTA_CMD", s.set_quota_cmd), ("CREATE_CHROOT_CMD", s.create_chroot_cmd),
-                             ("RSNAPSHOT_CMD", s.rsnapshot_cmd)):
+        programs = [("SET_QUOTA_CMD", s.set_quota_cmd), ("RSNAPSHOT_CMD", s.rsnapshot_cmd)]
+        if s.create_chroot_cmd:             # empty: the shipped builder, nothing to find
+            programs.insert(1, ("CREATE_CHROOT_CMD", s.create_chroot_cmd))
+        for key, program in programs:
             try:
                 present = ctx.transport.exists(program)
             except OSError as err:
@@ -163,14 +197,31 @@ class BackupRsnapshot(OperatorHooks):
     def _converge(self, request: Request, ctx: ServiceContext) -> None:
         s = self.settings
         account = accounts.parse(request.entry, s.min_id)
-        place = self._place(account, ctx)
-        verdict, nodes = self._judge(request, account, place, ctx)
-        def build() -> None:
-            home.build(account, place, request.entry.uuid, verdict, nodes, s.create_chroot_cmd,
-                       s.backup_root, ctx.transport)
-        written = self._apply(request, build, account, place, ctx)
+        try:
+            place = self._place(account, ctx)
+            verdict, nodes = self._judge(request, account, place, ctx)
+            def build() -> None:
+                home.build(account, place, request.entry.uuid, verdict, nodes, self.builder,
+                           s.backup_root, ctx.transport, built=lambda: self._built(place, request.entry.uuid))
+            written = self._apply(request, build, account, place, ctx)
+        except StepError:
+            # A failed request leaves no candidate, nor one an earlier attempt left behind while
+            # the gateway was away (a request that succeeds writes it again and puts it in place).
+            if not ctx.dry_run:
+                self.configs.discard_candidate(account.uid)
+            raise
         log.info("%s: %s: home %s, quota %d bytes, %s %s", request.dn, request.verb,
                  place.home_path, account.quota_bytes, written, "would be written" if ctx.dry_run else "written")
+
+    def _built(self, place: accounts.Layout, uuid: str) -> None:
+        """A jail was made: by the shipped builder, on the current image (counted); by an operator's
+        CREATE_CHROOT_CMD, perhaps with copies (the jail job moves it)."""
+        if self.jails is None:
+            return
+        if self.builder.kind == "chroot":
+            self.jails.built(place.directory)
+        elif self.builder.kind is None:
+            self.jails.notice(place.directory, place.jail, uuid)
 
     def _apply(self, request: Request, build: Callable[[], None], account: accounts.Account,
                place: accounts.Layout, ctx: ServiceContext) -> str:

@@ -147,11 +147,19 @@ class RsnapshotConfigs:
             self.discard(staged)
             raise StepError(Code.CANNOT_CREATE_RSNAPSHOT_CONFIGURATION,
                             f"cannot write {staged.final}: {err}") from err
+        except BaseException:
+            self.discard(staged)          # the gateway went away: removed once it answers (if still there)
+            raise
         return staged.final
 
     def discard(self, staged: "Staged") -> None:
-        """Remove a staged file that is not to be used (a warning if that fails)."""
+        """Remove a staged file that is not to be used (a warning if that fails; once the gateway
+        answers again if it is away)."""
         self._discard(staged.candidate)
+
+    def discard_candidate(self, uid: str) -> None:
+        """Remove a candidate an earlier attempt for the account left (see discard)."""
+        self._discard(self._candidate_for(self.path_for(uid)))
 
     def remove(self, uid: str) -> str:
         """Remove the account's configuration (already gone is fine); StepError 8 on failure.
@@ -210,7 +218,7 @@ class RsnapshotConfigs:
 
     def _discard(self, path: str) -> None:
         try:
-            self.transport.remove(path)
+            self.transport.discard(path)
         except OSError as err:
             log.warning("cannot remove the unused candidate %s: %s (the account's next write replaces it, "
                         "its delete removes it)", path, err)

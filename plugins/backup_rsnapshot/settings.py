@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from provisioning.transport import Transport
 
 # Where the package ships this plugin's files (the default rsnapshot template).
 SHIPPED = "Provisioning/Backup"
+# A JAIL_PROGRAMS word without a slash: a file name a PATH lookup can find.
+PROGRAM_NAME = re.compile(r"[A-Za-z0-9._+-]+")
 # Folders of the operating system. BACKUP_ROOT may be none of them nor hold one:
 # an account's place or the archive would then sit among the system's files.
 SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/opt",
@@ -32,6 +35,10 @@ class Settings:
     delete_data: str          # archive | keep | remove
     archive_dir: str
     min_id: int
+    jail_programs: list[str]
+    jail_link_limit: int
+    jail_check_seconds: float
+    jail_relink_rate: float
 
     @classmethod
     def from_config(cls, config: Config) -> "Settings":
@@ -39,10 +46,12 @@ class Settings:
         # Normalised once, here: every rule and every path built from them
         # sees the one spelling ("/./", "//." and "/usr/.." are all "/").
         root = normal_path(b["BACKUP_ROOT"])
-        return cls(b["RSNAPSHOT_CONFIG_FILE"], b["SET_QUOTA_CMD"], b["CREATE_CHROOT_CMD"],
+        return cls(b["RSNAPSHOT_CONFIG_FILE"], b["SET_QUOTA_CMD"], b["CREATE_CHROOT_CMD"].strip(),
                    b["MOUNTPOINT"], find_template(b["RSNAPSHOT_TEMPLATE"], config.directory),
                    b["RSNAPSHOT_CMD"], b["CONFIGTEST"], root, b["DELETE_DATA"],
-                   normal_path(b["ARCHIVE_DIR"] or posixpath.join(root, "archive")), b["MIN_ID_NUMBER"])
+                   normal_path(b["ARCHIVE_DIR"] or posixpath.join(root, "archive")), b["MIN_ID_NUMBER"],
+                   b["JAIL_PROGRAMS"].split(), b["JAIL_LINK_LIMIT"], b["JAIL_CHECK_SECONDS"],
+                   b["JAIL_RELINK_RATE"])
 
 
 def normal_path(path: str) -> str:
@@ -84,10 +93,19 @@ def problems(settings: Settings, config: Config, transport: Transport) -> list[s
         found.append(f"{where} RSNAPSHOT_CONFIG_FILE: the file name must contain %uid%")
     checks = [("RSNAPSHOT_CONFIG_FILE", str(Path(settings.config_file).parent), "folder"),
               ("SET_QUOTA_CMD", settings.set_quota_cmd, "program"),
-              ("CREATE_CHROOT_CMD", settings.create_chroot_cmd, "program"),
               ("RSNAPSHOT_CMD", settings.rsnapshot_cmd, "program"),
               ("BACKUP_ROOT", settings.backup_root, "folder"),
               ("MOUNTPOINT", settings.mountpoint, "folder")]
+    if settings.create_chroot_cmd:        # empty: the shipped builder, in the daemon
+        if not settings.create_chroot_cmd.startswith("/"):
+            found.append(f'{where} CREATE_CHROOT_CMD: "{settings.create_chroot_cmd}" is not an absolute path')
+        else:
+            checks.insert(2, ("CREATE_CHROOT_CMD", settings.create_chroot_cmd, "program"))
+    for program in settings.jail_programs:
+        if not program.startswith("/") and not PROGRAM_NAME.fullmatch(program):
+            found.append(f"{where} JAIL_PROGRAMS: {program!r} is neither a program name nor an absolute path")
+    if not settings.jail_programs:
+        found.append(f"{where} JAIL_PROGRAMS: names no program (the default is: sh rsync)")
     for key, path, kind in checks:
         try:
             present = transport.exists(path)

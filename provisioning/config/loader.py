@@ -84,6 +84,14 @@ class Config:
         return Path(explicit) if explicit else Path(self.service["Database"]["COOKIE_FILE"] + ".lock")
 
     @property
+    def entry_lock_dir(self) -> Path:
+        """[Service] ENTRY_LOCK_DIR, or SERVICE-TYPE.locks beside COOKIE_FILE: the daemons of one host that
+        keep their state files in one folder share it."""
+        explicit = self.service["Service"]["ENTRY_LOCK_DIR"]
+        cookie = Path(self.service["Database"]["COOKIE_FILE"])
+        return Path(explicit) if explicit else cookie.parent / f"{self.service_name}-{self.type_name}.locks"
+
+    @property
     def log_file(self) -> Path:
         """Where a detached daemon logs without syslog: [Service] LOG_FILE or COOKIE_FILE.log."""
         explicit = self.service["Service"]["LOG_FILE"]

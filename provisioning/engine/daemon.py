@@ -38,11 +38,13 @@ from provisioning.backend.store import APPROVE, Held, Store
 from provisioning.engine.brake import PARKED, Brake, Parked
 from provisioning.base.clock import Clock
 from provisioning.base.entry import Entry
+from provisioning.engine.failback import Failback
 from provisioning.engine.lowwater import OpenEvents
 from provisioning.engine.mirror import Mirror, identity_differences
 from provisioning.observe.monitor import Monitor
 from provisioning.engine.protocol import CLAIMED_FILTER, DATED_REQUESTS_FILTER, write_pending
 from provisioning.engine.router import CHANGE, REFRESH, SEARCH, Router
+from provisioning.transport import Reach, Transport, Unreachable
 from provisioning.engine.workers import Inline, Job, Threads
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ WAITING_REPORT_INTERVAL = 60.0
 # with the process after it (glibc keeps the freed heap): reading a burst of
 # 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
 MAX_WAITING = 1000
+# How often the gateway's last answer is written to the store for `status` (and at every change
+# between up and away).
+HOST_RECORD_INTERVAL = 10.0
 # While removals are held, how often the daemon looks whether their entries are back.
 HELD_RECHECK_INTERVAL = 60.0
 
@@ -67,15 +72,41 @@ class Retry:
     sleep: float
 
 
+@dataclass(frozen=True)
+class Target:
+    """What ``with_retries`` tries to reach: its name in the log, the errors that mean "not yet",
+    and the exception raised when every attempt failed."""
+
+    name: str
+    errors: tuple[type[BaseException], ...]
+    gone: type[Exception]
+    exhausted: str = "{name} did not answer after {attempts} attempt(s) in {seconds:.0f} s"
+
+
+LDAP = Target("LDAP", (DirectoryUnavailable, WriteRefused), DirectoryUnavailable,
+              "no LDAP server answered after {attempts} attempt(s)")
+
+
+class HostUnreachable(Exception):
+    """The host being provisioned (CLISSH's gateway) did not answer within [Operation Mode] ATTEMPTS."""
+
+
+def gateway(reach: Reach | None) -> Target:
+    """The Target for the transport's host (``reach``: what the transport says of it)."""
+    where = reach.where if reach is not None else "the host"
+    return Target(f"the gateway {where}", (Unreachable,), HostUnreachable)
+
+
 def with_retries(action: Callable[[], None], retry: Retry,
-                 sleep: Callable[[float], bool] | None = None) -> None:
-    """Call ``action`` until it does not raise DirectoryUnavailable or WriteRefused.
+                 sleep: Callable[[float], bool] | None = None, target: Target = LDAP) -> None:
+    """Call ``action`` until it does not raise one of ``target.errors`` (LDAP: DirectoryUnavailable
+    or WriteRefused).
 
     At most ``retry.attempts`` times (0: until it works or a stop comes).
     ``sleep`` waits between attempts and returns False to give up early (a
     stop was requested). The first failure is logged, then at most once a
     minute that it is still failing, and once when it works again. Raises
-    DirectoryUnavailable when every attempt failed.
+    ``target.gone`` (LDAP: DirectoryUnavailable) when every attempt failed.
     """
     sleep = sleep or (lambda seconds: time.sleep(seconds) or True)
     started = time.monotonic()
@@ -85,21 +116,23 @@ def with_retries(action: Callable[[], None], retry: Retry,
         attempt += 1
         try:
             action()
-        except (DirectoryUnavailable, WriteRefused) as err:
+        except target.errors as err:
             if retry.attempts and attempt >= retry.attempts:
-                log.warning("attempt %d of %d to reach LDAP failed: %s", attempt, retry.attempts, err)
-                raise DirectoryUnavailable(f"no LDAP server answered after {retry.attempts} attempt(s)") from err
+                log.warning("attempt %d of %d to reach %s failed: %s", attempt, retry.attempts, target.name, err)
+                raise target.gone(target.exhausted.format(name=target.name, attempts=retry.attempts,
+                                                          seconds=time.monotonic() - started)) from err
             if time.monotonic() - said_at >= WAITING_REPORT_INTERVAL:
                 said_at = time.monotonic()
                 of = f" of {retry.attempts}" if retry.attempts else ""
-                log.warning("attempt %d%s to reach LDAP failed: %s; trying again every %g s%s", attempt, of,
-                            err, retry.sleep, "" if attempt == 1 else
+                log.warning("attempt %d%s to reach %s failed: %s; trying again every %g s%s", attempt, of,
+                            target.name, err, retry.sleep, "" if attempt == 1 else
                             f" (waiting for %.0f s)" % (time.monotonic() - started))
             if not sleep(retry.sleep):
-                raise DirectoryUnavailable("stopped while waiting for LDAP") from err
+                raise target.gone(f"stopped while waiting for {target.name}") from err
             continue
         if attempt > 1:
-            log.warning("LDAP answers again after %d attempts in %.1f s", attempt, time.monotonic() - started)
+            log.warning("%s answers again after %d attempts in %.1f s", target.name, attempt,
+                        time.monotonic() - started)
         return
 
 
@@ -111,7 +144,8 @@ class Daemon:
                  base: str, clock: Clock | None = None, poll_interval: float = 0.5,
                  stop_event: threading.Event | None = None, once: bool = False,
                  monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None,
-                 mirror: Mirror | None = None, brake: Brake | None = None) -> None:
+                 mirror: Mirror | None = None, brake: Brake | None = None,
+                 transport: Transport | None = None, failback: Failback | None = None) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -133,6 +167,10 @@ class Daemon:
         self._cookies: deque[tuple[int, str]] = deque()
         self._forget_at_cookie: list[str] = []   # own writes a refresh judged lost (see _check_cookie)
         self._trouble: str | None = None           # why the loop must reconnect before going on
+        self.transport = transport                 # the plugin's: its host may go away (CLISSH)
+        self._host_away = False                    # a job found the transport's host out of reach
+        self._host_record: dict | None = None      # what was last written of it for status
+        self._host_recorded_at = -math.inf
         self._swept_on: dt.date | None = None
         self._after_refresh: list[Callable[[], None]] = []
         self._closed = False
@@ -146,6 +184,8 @@ class Daemon:
         self._synchronised = False                 # the first refresh is done (its line said "initial")
         self.mirror = mirror                       # what the store must mirror (None: not checked)
         self.brake = brake or Brake()
+        self.failback = failback                   # back to an earlier provider of SERVER (None: never)
+        self._failing_back = False
         self._held_checked_at = -math.inf
         self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
         self.monitor.attach(self)
@@ -198,17 +238,21 @@ class Daemon:
             return
         self._closed = True
         self.monitor.stopping()
+        if self.failback is not None:
+            self.failback.close()
         self._drain()
         self._flush(mirror=True)
         self.executor.close()
         self.stream.close()
         self.directory.close()
+        self.router.selfcare.close()
         self.store.close()
 
     def step(self, timeout: float | None = None) -> None:
         """One round: the events that arrive within ``timeout``, then housekeeping."""
         self.monitor.beat()
         self._reload_if_asked()
+        self._check_failback()
         if self._trouble:
             self._recover()
             return
@@ -234,6 +278,7 @@ class Daemon:
             self._collect()
             self._judge_parked()
             self._settle()
+            self._publish_host()
             self._flush()
             if not self._trouble:
                 self._housekeeping()
@@ -269,6 +314,8 @@ class Daemon:
             raise
         self.in_refresh = True
         self._warned.discard("directory")
+        if self.failback is not None:
+            self.failback.watch(self.directory.uri)
         self.monitor.connected(self.directory.uri, self.refresh_full)
         log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
                  " (full refresh)" if self.refresh_full else "")
@@ -395,25 +442,93 @@ class Daemon:
                     self._session_server or "an earlier run")
         self.position.reset()
 
+    def _check_failback(self) -> None:
+        """Move back to an earlier provider of SERVER that answers again (see provisioning.engine.failback)."""
+        if self._trouble or self.failback is None:
+            return
+        uri = self.failback.due()
+        if uri is not None:
+            self._trouble = f"{uri}, before {self.directory.uri} in SERVER, answers again and has caught up"
+            self._failing_back = True
+
     def _recover(self) -> None:
-        """Finish the work in hand, then reconnect and write what is kept."""
-        log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
-        self.monitor.trouble(self._trouble)
-        self._warn_once("directory", "the directory is out of reach or refuses writes",
-                        f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
+        """Finish the work in hand; wait for the gateway if it went away; reconnect and write what is kept.
+
+        The work a job could not finish because the gateway was away (its
+        request claimed without an outcome, or left open) comes again from
+        the stream, read anew from the acknowledged cookie: a claim of this
+        daemon that is not in hand is resumed (provisioning.engine.claims).
+        A fail-back (an earlier provider of SERVER answers again) is no
+        trouble: the reconnect finds the first provider that answers.
+        """
+        if self._failing_back:
+            log.info("%s; finishing the work in hand, then moving back to it", self._trouble)
+            self._failing_back = False
+        elif self._host_away:
+            log.warning("%s; new work waits, the work in hand ends, then the daemon waits for the gateway",
+                        self._trouble)
+            self.monitor.trouble(self._trouble, host=True)
+        else:
+            log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
+            self._warn_once("directory", "the directory is out of reach or refuses writes",
+                            f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
+            self.monitor.trouble(self._trouble, host=False)
         self._drain()
         self._forget_unfinished()
+        self._publish_host()
         self._flush(mirror=True)
         self._trouble = None
         if self.stopping:
             return
+        if self._host_away:
+            self._await_host()
+            if self.stopping:
+                return
         if self._sweep_claims not in self._after_refresh:
             self._after_refresh.append(self._sweep_claims)
         self._connect(self.operation)
 
-    def _sleep(self, seconds: float) -> bool:
+    def _await_host(self) -> None:
+        """Reach the gateway again with [Operation Mode] SLEEP and ATTEMPTS; HostUnreachable if it stays away."""
+        reach = self.transport.reach() if self.transport is not None else None
+        self._warn_once("gateway", "the gateway is out of reach",
+                        f"{reach.why if reach is not None else 'the gateway did not answer'}. Requests wait, "
+                        "claimed without an outcome or open, and are worked once it answers again.")
+        try:
+            with_retries(self._reconnect_host, self.operation, lambda s: self._sleep(s, "the gateway"),
+                         gateway(reach))
+        except HostUnreachable:
+            if self.stopping:
+                return
+            raise
+        self._host_away = False
+        self._warned.discard("gateway")
+        self.monitor.host_back()
+        self._publish_host()
+        self._flush()
+
+    def _publish_host(self) -> None:
+        """Write the gateway's state for status: at every change between up and away, and its last
+        answer at most every HOST_RECORD_INTERVAL seconds."""
+        reach = self.transport.reach() if self.transport is not None else None
+        if reach is None:
+            return
+        record = {"where": reach.where, "up": reach.up, "since": reach.since, "answered": reach.answered,
+                  "why": reach.why}
+        old = self._host_record
+        due = time.monotonic() - self._host_recorded_at >= HOST_RECORD_INTERVAL
+        if old is not None and old["up"] == reach.up and (old == record or not due):
+            return
+        self._host_record, self._host_recorded_at = record, time.monotonic()
+        self.store.note_gateway({**record, "written": time.time()})
+
+    def _reconnect_host(self) -> None:
+        if self.transport is not None:
+            self.transport.reconnect()
+
+    def _sleep(self, seconds: float, what: str = "LDAP") -> bool:
         """Sleep, waking for a stop request (False if one came); a reload is done meanwhile."""
-        self.monitor.ldap_away(seconds)
+        self.monitor.away(seconds, what)
         until = time.monotonic() + seconds
         while not self.stop_event.wait(min(1.0, max(0.0, until - time.monotonic()))):
             self._reload_if_asked()
@@ -679,7 +794,10 @@ class Daemon:
                 self._trouble = self._trouble or "the directory did not take a write"
             if result.retry:
                 self._trouble = self._trouble or f"the directory is not taking writes: {result.retry}"
-            if result.retry or result.interrupted:
+            if result.away:
+                self._host_away = True
+                self._trouble = self._trouble or result.away
+            if result.retry or result.interrupted or result.away:
                 continue             # not handled: the cookie must not pass it
             nxt = self._next_in_lane(job.key, job.seq)
             if nxt is not None and not (self._trouble or self.stopping):

@@ -32,6 +32,7 @@ class Result:
     pending: PendingWrite | None = None  # a write the directory did not take: keep it
     retry: str | None = None             # not done because the directory is away: resync, then again
     interrupted: bool = False            # a stop cut the work short: resumed at the next start
+    away: str | None = None              # the host (CLISSH's gateway) did not answer: worked again once it does
     watch: Watch | None = None           # someone else's claim to look at again
     verb: str | None = None              # what was done or refused (for alerts)
     code: int | None = None              # its return value: 0 done, else failed or refused
@@ -40,5 +41,6 @@ class Result:
     answered: dict | None = None         # the outcome a worked request got (see store.Known)
     durable: bool = False                # the store is the only record of what was done: write it now
     took: float | None = None            # seconds the job ran: from its claim to its outcome written
+    rival: str | None = None             # another daemon's claim on this request, made through another provider
 
 

@@ -19,7 +19,7 @@ from typing import Callable, ContextManager
 from provisioning.backend.ldap import DirectoryUnavailable, WriteRefused
 from provisioning.base.entry import Entry
 from provisioning.engine.results import Result
-from provisioning.transport.base import Interrupted
+from provisioning.transport.base import Interrupted, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class Job:
         except Interrupted:
             log.warning("%s: interrupted by the stop; taken up again at the next start", self.dn)
             return Result(interrupted=True)
+        except Unreachable as err:
+            log.warning("%s: stopped, %s; worked again once the gateway answers", self.dn, err)
+            return Result(away=str(err))
         except (DirectoryUnavailable, WriteRefused) as err:
             return Result(retry=str(err))
         except Exception:  # noqa: BLE001 - a bug costs this entry, not the daemon

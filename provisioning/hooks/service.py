@@ -12,13 +12,14 @@ from typing import Any
 
 import pluggy
 
+from provisioning.backend.storeview import KnownEntries
 from provisioning.base.codes import ReturnValue
 from provisioning.config.loader import Config
 from provisioning.base.entry import Entry
 from provisioning.transport import Transport
-from provisioning.transport.base import Interrupted, within_deadline
+from provisioning.transport.base import Interrupted, Unreachable, within_deadline
 
-__all__ = ["Interrupted", "Request", "Service", "ServiceContext", "within_deadline"]
+__all__ = ["Interrupted", "Request", "Service", "ServiceContext", "Unreachable", "within_deadline"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ class ServiceContext:
     def environment(self) -> str:
         """[Global] ENVIRONMENT: this host's name in the directory."""
         return self.config.service["Global"]["ENVIRONMENT"]
+
+    def known_entries(self) -> KnownEntries:
+        """The entries the daemon's store knows, read only (by entryUUID), from any thread.
+
+        For background work that must tie something on the host to an entry
+        without a request in hand. Close it when done.
+        """
+        return KnownEntries(self.config.store_file)
 
 
 @dataclass
@@ -70,6 +79,35 @@ class Service:
         for result in self.manager.hook.provisioning_start(ctx=self.ctx):
             problems.extend(result or [])
         return problems
+
+    def serving(self) -> None:
+        """Let the plugins start their background work (see provisioning_serving)."""
+        try:
+            self.manager.hook.provisioning_serving(ctx=self.ctx)
+        except Exception:  # noqa: BLE001 - background work is not worth a dead daemon
+            log.exception("plugin failed to start its background work")
+
+    def warnings(self) -> list[str]:
+        """The plugins' warnings for status; a failing hook is one warning itself."""
+        found: list[str] = []
+        try:
+            for answer in self.manager.hook.provisioning_warnings(ctx=self.ctx):
+                found.extend(str(w) for w in answer or [])
+        except Unreachable as err:          # a BaseException: the gateway (CLISSH) is away
+            log.debug("the plugin's warnings cannot be had: %s", err)   # status names the gateway itself
+        except Exception as err:  # noqa: BLE001 - status reports it instead
+            found.append(f"the plugin's warnings hook raised {type(err).__name__}: {err}")
+        return found
+
+    def gauges(self) -> dict[str, tuple[float, str]]:
+        """The plugins' gauges for the metrics; a failing hook is logged and gives none."""
+        found: dict[str, tuple[float, str]] = {}
+        try:
+            for answer in self.manager.hook.provisioning_metrics(ctx=self.ctx):
+                found.update(answer or {})
+        except Exception:  # noqa: BLE001 - a scrape must not fail for it
+            log.exception("plugin failed to give its metrics")
+        return found
 
     def stop(self) -> None:
         try:
@@ -121,8 +159,19 @@ class Service:
             log.exception("plugin failed to describe return value %d", code)
         return "no description"
 
+    def reachable(self) -> None:
+        """Unreachable while the transport knows its host to be away: no request is begun then."""
+        reach = self.ctx.transport.reach()
+        if reach is not None and not reach.up:
+            raise Unreachable(f"the gateway {reach.where} is out of reach: {reach.why}")
+
     def run(self, request: Request) -> int:
-        """Run the hook for ``request.verb``; return its exit code."""
+        """Run the hook for ``request.verb``; return its exit code.
+
+        Unreachable (raised through) when the transport's host does not
+        answer: that is no exit code of the request's.
+        """
+        self.reachable()
         hook = getattr(self.manager.hook, f"provisioning_{request.verb}")
         try:
             code: Any = hook(request=request, ctx=self.ctx)

@@ -161,6 +161,50 @@ def provisioning_delete(request: "Request", ctx: "ServiceContext") -> int | None
 
 
 @hookspec
+def provisioning_serving(ctx: "ServiceContext") -> None:
+    """Start the plugin's background work: the daemon now serves requests.
+
+    Called once per daemon, after :func:`provisioning_start`, after
+    ``--daemon`` detached (threads started earlier would not survive it) and
+    before the first request; never for ``--check`` or ``status``. With
+    ``--dry-run`` too (``ctx.dry_run``): background work must then change
+    nothing. Stop what was started in :func:`provisioning_stop`. An
+    exception is logged, never fatal.
+
+    :param ctx: the service context.
+    :return: nothing; a value is ignored.
+    """
+
+
+@hookspec
+def provisioning_warnings(ctx: "ServiceContext") -> list[str] | None:
+    """Say what needs a person's attention on the service side, for ``status``.
+
+    Called once per ``status`` run, like :func:`provisioning_status` (read
+    only, quick, while the daemon may run). Each warning makes status
+    WARNING (unless something is CRITICAL) and is shown as a reason.
+
+    :param ctx: the service context (a dry-run transport).
+    :return: a list of short sentences (for example ``"3 jails on an old
+        image for more than a day"``); None or an empty list when all is well.
+    """
+
+
+@hookspec
+def provisioning_metrics(ctx: "ServiceContext") -> dict[str, tuple[float, str]] | None:
+    """Contribute gauges to the daemon's Prometheus metrics ([Service] METRICS_PORT).
+
+    Called in the daemon each time the metrics are scraped (from the metrics
+    server's thread): read figures the plugin keeps, do no I/O.
+
+    :param ctx: the service context.
+    :return: ``{name: (value, help)}``; each name is served prefixed with
+        ``provisioning_`` (for example ``{"jails_stale": (3, "Jails on an
+        old image")}``); None when there is nothing to add.
+    """
+
+
+@hookspec
 def provisioning_stop(ctx: "ServiceContext") -> None:
     """Release what :func:`provisioning_start` set up; called once at shutdown.
 

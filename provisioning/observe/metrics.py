@@ -26,18 +26,25 @@ Names (all prefixed ``provisioning_``):
   writes, 0 from a lost connection or refused write until reconnected;
 - ``store_writable``: 0 while the state folder refuses the position;
 - ``deletions_held``: removals the deletion brake holds for an operator;
+- with TRANSPORTAPI = CLISSH: ``gateway_up`` (0 from an operation that
+  found the gateway out of reach until it answers again),
+  ``gateway_seconds_since_answer`` (since its last answer; NaN before the
+  first) and ``gateway_outages_total``;
 - ``entries_seen_total``, ``synchronising`` (1 during a refresh) and
-  ``info{service,version}``; plus prometheus_client's ``process_*``.
+  ``info{service,version}``; plus prometheus_client's ``process_*``;
+- the plugin's own gauges (hook ``provisioning_metrics``), read when scraped.
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from provisioning.backend.cookie import by_sid, cookie_csns, covered, csn_sid
 from provisioning.base.log import escape
+from provisioning.transport.base import Reach
 
 if TYPE_CHECKING:
     from provisioning.engine.daemon import Daemon
@@ -82,6 +89,12 @@ class NoMetrics:
     def directory(self, writable: bool) -> None:
         pass
 
+    def gateway_outage(self) -> None:
+        pass
+
+    def gateway_outage_ended(self) -> None:
+        pass
+
     def store(self, writable: bool) -> None:
         pass
 
@@ -124,6 +137,12 @@ class Metrics(NoMetrics):
         self.synchronising = Gauge(p + "synchronising", "1 during a refresh", registry=reg)
         self.deletions_held = Gauge(p + "deletions_held", "Removals the deletion brake holds for an operator",
                                     registry=reg)
+        self.gateway_up = Gauge(p + "gateway_up", "1 while the CLISSH gateway answers, 0 from an operation that "
+                                "found it out of reach until it answers again", registry=reg)
+        self.gateway_silent = Gauge(p + "gateway_seconds_since_answer", "Seconds since the CLISSH gateway last "
+                                    "answered (NaN before its first answer)", registry=reg)
+        self.gateway_outages = Counter(p + "gateway_outages", "Times the CLISSH gateway was found out of reach",
+                                       registry=reg)
         info = Gauge(p + "info", "The service this daemon runs", ["service", "version"], registry=reg)
         info.labels(service, version).set(1)
         self.store_writable.set(1)
@@ -152,6 +171,15 @@ class Metrics(NoMetrics):
         self.lag.set_function(self._lag)
         self.synchronising.set_function(lambda: 1 if daemon.in_refresh else 0)
         self.deletions_held.set_function(lambda: len(daemon.brake.held))
+        self.registry.register(PluginGauges(daemon.router.service.gauges))
+        reach = daemon.transport.reach if daemon.transport is not None else (lambda: None)
+        if reach() is None:              # this host: nothing to show
+            self.registry.unregister(self.gateway_up)
+            self.registry.unregister(self.gateway_silent)
+            self.registry.unregister(self.gateway_outages)
+            return
+        self.gateway_up.set_function(lambda: 1 if (reach() or _UP).up else 0)
+        self.gateway_silent.set_function(lambda: _silent_for(reach()))
 
     def request(self, verb: str | None, code: int, seconds: float | None) -> None:
         verb = verb if verb in VERBS else "other"
@@ -174,6 +202,9 @@ class Metrics(NoMetrics):
     def directory(self, writable: bool) -> None:
         self.directory_writable.set(1 if writable else 0)
 
+    def gateway_outage(self) -> None:
+        self.gateway_outages.inc()
+
     def store(self, writable: bool) -> None:
         if writable != self._store_ok:
             self._store_ok = writable
@@ -188,6 +219,33 @@ class Metrics(NoMetrics):
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+_UP = Reach("", True, 0.0, None)
+
+
+def _silent_for(reach: Reach | None) -> float:
+    seconds = reach.silent_for() if reach is not None else None
+    return math.nan if seconds is None else seconds
+
+
+class PluginGauges:
+    """The plugin's gauges (Service.gauges), asked for at each scrape; invalid names are left out."""
+
+    NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+    def __init__(self, gauges: Callable[[], dict[str, tuple[float, str]]]) -> None:
+        self.gauges = gauges
+
+    def describe(self) -> list:
+        return []               # names unknown until asked: registering must not call collect()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for name, (value, text) in sorted(self.gauges().items()):
+            if self.NAME.fullmatch(name):
+                yield GaugeMetricFamily(f"provisioning_{name}", text, value=float(value))
 
 
 def lag_seconds(newest: str | None, cookie: str | None) -> float:

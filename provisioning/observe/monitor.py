@@ -66,6 +66,7 @@ class Monitor:
         self._uri = ""
         self._state = "starting"
         self._away_since: dt.datetime | None = None
+        self._away_what = "LDAP"
         self._why = ""
         self._said = ""
         self._status_at = 0.0
@@ -116,14 +117,20 @@ class Monitor:
         if self.watchdog is not None:
             self.watchdog.expect(self.bounds.connect)
 
-    def ldap_away(self, seconds: float) -> None:
-        """LDAP did not answer; the loop waits ``seconds`` before trying again."""
-        if self._away_since is None:
+    def away(self, seconds: float, what: str = "LDAP") -> None:
+        """``what`` (LDAP, the gateway) did not answer; the loop waits ``seconds`` before trying again."""
+        if self._away_since is None or self._away_what != what:
             self._away_since = dt.datetime.now(dt.timezone.utc)
+            self._away_what = what
             self._state = "away"
             self._status(force=True)
         if self.watchdog is not None:
             self.watchdog.expect(seconds + self.bounds.connect)
+
+    def host_back(self) -> None:
+        """The gateway answers again (the loop reconnects to LDAP next)."""
+        self._away_since, self._why = None, ""
+        self.metrics.gateway_outage_ended()
 
     def connected(self, uri: str | None, full: bool) -> None:
         self.connections += 1
@@ -135,11 +142,15 @@ class Monitor:
             self.watchdog.settle()
         self._status(force=True)
 
-    def trouble(self, why: str) -> None:
-        """The directory went away or refused a write: the loop finishes its work and reconnects."""
+    def trouble(self, why: str, host: bool = False) -> None:
+        """The directory (``host``: the gateway) went away or refused a write: the loop finishes its work
+        and reconnects."""
         self._why = why
         self._state = "trouble"
-        self.metrics.directory(False)
+        if host:
+            self.metrics.gateway_outage()
+        else:
+            self.metrics.directory(False)
         self._status(force=True)
 
     def seen(self, event: Any) -> None:
@@ -197,7 +208,7 @@ class Monitor:
         if state == "away":
             since = self._away_since or dt.datetime.now(dt.timezone.utc)
             why = f" ({self._why})" if self._why else ""
-            return f"waiting for LDAP since {since:%Y-%m-%d %H:%M:%S} UTC{why}; {counts}"
+            return f"waiting for {self._away_what} since {since:%Y-%m-%d %H:%M:%S} UTC{why}; {counts}"
         if state == "trouble":
             return f"{self._why}: finishing the work in hand, then reconnecting; {counts}"
         if state == "synchronising":

@@ -17,10 +17,12 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import socket
 import stat
 import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator
@@ -42,13 +44,18 @@ from provisioning.base.log import STREAM_FORMAT, SYSLOG_SOCKET
 from provisioning.base.log import install as install_handler
 from provisioning.base.log import setup as setup_logging
 from provisioning.hooks.service import Service, ServiceContext
-from provisioning.transport import Transport, build as build_transport
+from provisioning.transport import Transport, Unreachable
+from provisioning.transport import build as build_transport
 
 SYNC_CONTROL = "1.3.6.1.4.1.4203.1.9.1.1"
+# What the gateway's sshd is asked for its MaxSessions (-T: the effective settings; needs root there).
+SSHD = "/usr/sbin/sshd"
 # Free space a state folder needs at least (the store grows with the subtree).
 MIN_FREE_BYTES = 1024 * 1024
 DEFAULT_PORTS = {"ldap": 389, "ldaps": 636}
 DEFAULT_LDAPI = "/var/run/slapd/ldapi"
+# What a gateway line says of a gateway that does not answer (exit code 7 when only those fail).
+AWAY = "out of reach"
 
 
 class Report:
@@ -73,6 +80,8 @@ class Report:
             return ExitCode.OK
         if self.unreachable and all(line.name.startswith("LDAP") for line in failed):
             return ExitCode.LDAP_UNREACHABLE
+        if all(line.name == "gateway" and f": {AWAY}: " in line.detail for line in failed):
+            return ExitCode.GATEWAY_UNREACHABLE      # as the daemon would, once its attempts are spent
         return ExitCode.CONFIG_ERROR
 
     def summary(self) -> str:
@@ -166,22 +175,56 @@ def plugin_lines(loaded: startup.Loaded) -> list[CheckLine]:
     except Exception as err:  # noqa: BLE001 - any failure here is what the operator must see
         return lines + [CheckLine.fail(f"{loaded.plugin} transport", str(err))]
     if svc["TRANSPORTAPI"] == "CLISSH":
-        lines.append(gateway_line(config.section("Gateway"), transport))
+        gateway = gateway_lines(config.section("Gateway"), transport)
+        lines += gateway
+        if any(line.status is Status.FAIL for line in gateway):
+            transport.close()
+            return lines + [CheckLine.warn(f"{loaded.plugin} checks", "not run: the gateway (above) does not "
+                                                                      "answer")]
     service = Service(loaded.manager, ServiceContext(config, transport))
-    lines += _plugin_start(loaded.plugin, service)
-    lines += _plugin_checks(loaded.plugin, service)
+    try:
+        lines += _plugin_start(loaded.plugin, service)
+        lines += _plugin_checks(loaded.plugin, service)
+    except Unreachable as err:                 # it went away meanwhile
+        lines.append(CheckLine.fail("gateway", f"during the plugin's checks: {AWAY}: {err}"))
     service.stop()
     return lines
 
 
-def gateway_line(gateway: dict, transport: Transport) -> CheckLine:
-    """Whether the CLISSH gateway lets us in and its python3 helper answers (one file operation)."""
+def gateway_lines(gateway: dict, transport: Transport) -> list[CheckLine]:
+    """Whether the CLISSH gateway lets us in and its python3 helper answers (one file operation, timed),
+    and whether [Gateway] SESSIONS stays below its sshd's MaxSessions."""
     where = f"{gateway['USER'] + '@' if gateway['USER'] else ''}{gateway['HOST']} port {gateway['PORT']}"
+    started = time.monotonic()
     try:
         transport.exists("/")
+    except Unreachable as err:
+        reason = str(err).split(" is out of reach: ", 1)[-1]
+        return [CheckLine.fail("gateway", f"{where}: {AWAY}: {reason}")]
     except OSError as err:
-        return CheckLine.fail("gateway", f"{where}: {err}")
-    return CheckLine.ok("gateway", f"{where}: ssh lets us in and the python3 helper answers")
+        return [CheckLine.fail("gateway", f"{where}: {err}")]
+    took = (time.monotonic() - started) * 1000
+    return [CheckLine.ok("gateway", f"{where}: ssh lets us in and the python3 helper answers ({took:.0f} ms "
+                                    "with the connection's start)"),
+            sessions_line(gateway["SESSIONS"], transport)]
+
+
+def sessions_line(sessions: int, transport: Transport) -> CheckLine:
+    """[Gateway] SESSIONS against the MaxSessions its sshd reports (``sshd -T``, which needs root there)."""
+    name = "gateway SESSIONS"
+    try:
+        result = transport.run([SSHD, "-T"])
+    except Unreachable as err:
+        return CheckLine.warn(name, f"cannot ask the gateway's sshd: {err}")
+    found = re.search(r"^maxsessions (\d+)$", result.stdout, re.MULTILINE) if result.ok else None
+    if found is None:
+        return CheckLine.warn(name, f"cannot read the gateway's MaxSessions ({result.describe()}); keep "
+                                    f"SESSIONS ({sessions}) below it (Debian's default: 10)")
+    most = int(found.group(1))
+    if sessions < most:
+        return CheckLine.ok(name, f"{sessions} helpers at most, below the gateway sshd's MaxSessions {most}")
+    return CheckLine.fail(name, f"{sessions} helpers at most, but the gateway's sshd allows {most} sessions "
+                                f"(MaxSessions): it would refuse the others; set SESSIONS below {most}")
 
 
 def _plugin_start(name: str, service: Service) -> list[CheckLine]:

@@ -8,7 +8,14 @@ Three sources, all read only:
   store, whichever is newer) against the provider's contextCSN;
 - the directory: the requests of SERVICE_SUBTREE that this host serves
   (the plugin's ``provisioning_owns``), by stage (provisioning.engine.requests),
-  and the plugin's own details (``provisioning_status``).
+  and the plugin's own details (``provisioning_status``);
+- with TRANSPORTAPI = CLISSH, the gateway as the daemon last recorded it in
+  the store: answering or out of reach (since when, why), and when it last
+  answered;
+- the plugin's warnings (``provisioning_warnings``);
+- the store: LDAP-mode failures, removals the deletion brake holds, and
+  claims of another daemon made through another provider (a WARNING while
+  the last one is less than an hour old: an HA pair with two SERVER lists).
 
 The lag is the provider's newest contextCSN minus the cookie's CSN (per
 server id), counted only while SERVICE_SUBTREE holds a change the cookie
@@ -44,10 +51,14 @@ from provisioning.engine.requests import OPEN_FILTER, Request, Stage, classify
 from provisioning.operator.returnvalues import describe, meanings
 from provisioning.hooks.service import Service, ServiceContext
 from provisioning.base.stdout import quiet_broken_pipe
+from provisioning.transport import Unreachable
 from provisioning.transport import build as build_transport
 
 # Requests listed per stage in the text output (--json lists all).
 LISTED = 20
+# Another daemon's claim through another provider makes a WARNING for this long (seconds): a pair split
+# for the moments of a fail-back is over by then; one with two SERVER orders never is.
+RIVALS_RECENT = 3600.0
 
 
 class State(enum.IntEnum):
@@ -65,6 +76,8 @@ class Thresholds:
     crit_failed: int = 10
     warn_age: float = 900
     crit_age: float = 3600
+    warn_gateway: float = 60
+    crit_gateway: float = 300
 
 
 @dataclass
@@ -77,6 +90,22 @@ class Lag:
 
 
 @dataclass
+class Gateway:
+    """The CLISSH gateway as the daemon last recorded it (Unix times)."""
+
+    where: str
+    up: bool
+    since: float                      # of the last change between answering and away
+    answered: float | None            # its last answer (None: none yet)
+    why: str
+    written: float                    # when the daemon recorded this
+
+    def silent_for(self, now: dt.datetime) -> float:
+        """Seconds since it last answered (since it went away, if it never did)."""
+        return max(0.0, now.timestamp() - (self.answered or self.since))
+
+
+@dataclass
 class Status:
     service: str
     daemon: Holder
@@ -86,6 +115,9 @@ class Status:
     plugin: dict[str, str] = field(default_factory=dict)
     ldap_failed: str = ""              # why the directory could not be asked
     held: int = 0                      # removals the deletion brake holds for an operator
+    gateway: Gateway | None = None     # TRANSPORTAPI = CLISSH: the daemon's record of its gateway
+    warnings: list[str] = field(default_factory=list)   # the plugin's (provisioning_warnings)
+    rivals: dict | None = None         # another daemon's claims through another provider (Store.rivals)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -130,6 +162,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"(default {t.warn_age:g})")
     parser.add_argument("--crit-age", type=float, default=t.crit_age, metavar="S",
                         help=f"CRITICAL when one waits this long (default {t.crit_age:g})")
+    parser.add_argument("--warn-gateway", type=float, default=t.warn_gateway, metavar="S",
+                        help=f"CLISSH: WARNING when the daemon finds the gateway out of reach and it has not "
+                             f"answered for this long (default {t.warn_gateway:g})")
+    parser.add_argument("--crit-gateway", type=float, default=t.crit_gateway, metavar="S",
+                        help=f"CRITICAL from this long (default {t.crit_gateway:g})")
     args = parser.parse_args(argv)
     startup.config_path(parser, args)
     return args
@@ -138,7 +175,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     thresholds = Thresholds(args.warn_lag, args.crit_lag, args.warn_failed, args.crit_failed,
-                            args.warn_age, args.crit_age)
+                            args.warn_age, args.crit_age, args.warn_gateway, args.crit_gateway)
     loaded = startup.load(Path(args.config), args.global_config)
     if not loaded.valid:
         return _unknown(f"{args.config}: {len(loaded.problems)} configuration problem(s)", loaded.problems,
@@ -180,6 +217,7 @@ def gather(loaded: startup.Loaded) -> Status:
     status = Status(loaded.plugin, holder(config.lock_file), meanings=meanings(loaded.manager))
     service = _service(loaded)
     status.plugin = _plugin_status(service)
+    status.warnings = service.warnings()
     cookie, note = newest_cookie(config)
     directory = Directory(LdapSettings.from_config(config))
     try:
@@ -195,6 +233,9 @@ def gather(loaded: startup.Loaded) -> Status:
         directory.close()
     status.requests += _store_failures(config)
     status.held = _held_removals(config)
+    if config.service["Service"]["TRANSPORTAPI"] == "CLISSH":
+        status.gateway = _gateway_record(config)
+    status.rivals = _rivals(config)
     return status
 
 
@@ -212,8 +253,12 @@ def _plugin_status(service: Service) -> dict[str, str]:
     try:
         for answer in service.manager.hook.provisioning_status(ctx=service.ctx):
             details.update({str(k): str(v) for k, v in (answer or {}).items()})
+    except Unreachable as err:              # a BaseException: the gateway (CLISSH) is away
+        details["error"] = f"the plugin's details cannot be had: {err}"
     except Exception as err:  # noqa: BLE001 - the plugin's details are not worth failing status for
         details["error"] = f"the plugin's status hook raised {type(err).__name__}: {err}"
+    except Unreachable as err:
+        details["error"] = f"the plugin's details cannot be read: {err}"
     return details
 
 
@@ -291,6 +336,35 @@ def _held_removals(config: Config) -> int:
     return rows[0][0] if rows else 0
 
 
+def _gateway_record(config: Config) -> Gateway | None:
+    """The gateway as the daemon last recorded it in the store (None: never)."""
+    rows = _store_rows(config.store_file, "SELECT value FROM meta WHERE key='gateway'")
+    if not rows:
+        return None
+    try:
+        record = json.loads(rows[0][0])
+        return Gateway(str(record["where"]), bool(record["up"]), float(record["since"]),
+                       None if record["answered"] is None else float(record["answered"]), str(record["why"]),
+                       float(record["written"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _rivals(config: Config) -> dict | None:
+    """The record of another daemon's claims made through another provider (see Router._rival)."""
+    rows = _store_rows(config.store_file, "SELECT value FROM meta WHERE key='rivals'")
+    try:
+        return json.loads(rows[0][0]) if rows else None
+    except ValueError:
+        return None
+
+
+def rival_age(status: Status) -> float | None:
+    """Seconds since another daemon last claimed through another provider (None: never)."""
+    last = (status.rivals or {}).get("last")
+    return None if last is None else status.now.timestamp() - last
+
+
 def _store_rows(path: Path, sql: str) -> list[tuple]:
     """Rows from the store, read only; none when it is missing, unsafe or unreadable (an earlier version)."""
     try:
@@ -321,10 +395,20 @@ def judge(status: Status, t: Thresholds) -> tuple[State, list[str]]:
         warning.append(f"lag unknown ({status.lag.note})")
     elif status.lag is not None:
         _grade(status.lag.seconds, t.warn_lag, t.crit_lag, f"{status.lag.seconds:.0f} s behind", warning, critical)
+    age = rival_age(status)
+    if age is not None and age < RIVALS_RECENT:
+        warning.append(f"another daemon claimed through another provider {age:.0f} s ago (HA pair: same SERVER "
+                       f"list on both)")
     person = len(status.needing_a_person())
     _grade(person, t.warn_failed, t.crit_failed, f"{person} failed or refused", warning, critical)
     age = status.oldest_open_age()
     _grade(age, t.warn_age, t.crit_age, f"a request waits for {age:.0f} s", warning, critical)
+    gateway = status.gateway
+    if gateway is not None and not gateway.up and status.daemon.running:
+        silent = gateway.silent_for(status.now)
+        _grade(silent, t.warn_gateway, t.crit_gateway,
+               f"the gateway {gateway.where} out of reach, no answer for {silent:.0f} s", warning, critical)
+    warning += status.warnings
     if critical:
         return State.CRITICAL, critical + warning
     if warning:
@@ -355,7 +439,8 @@ def perfdata(status: Status, t: Thresholds) -> str:
         f"dated={known(str(len(status.stage(Stage.DATED))))};;;0",
         f"oldest={known(f'{status.oldest_open_age():.0f}')}s;{t.warn_age:g};{t.crit_age:g};0",
         f"held={status.held};;1;0",
-    ])
+    ] + ([f"gateway_silence={status.gateway.silent_for(status.now):.0f}s;{t.warn_gateway:g};{t.crit_gateway:g};0"]
+         if status.gateway is not None else []))
 
 
 def summary(status: Status, state: State, reasons: list[str]) -> str:
@@ -387,12 +472,29 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
         lines += [f"  {_request_text(r, status)}" for r in found[:LISTED]]
         if len(found) > LISTED:
             lines.append(f"  ... and {len(found) - LISTED} more (--json lists all)")
+    if status.gateway is not None:
+        lines.append(f"gateway: {_gateway_text(status.gateway, status.now)}")
     if status.held:
         lines.append(f"deletion brake: {status.held} removal(s) held for an operator "
                      f"(provisioning-daemon deletions -c CONFIG --list)")
+    if status.rivals:
+        r = status.rivals
+        lines.append(f"claims of another daemon through another provider: {r['count']}, the last at "
+                     f"{dt.datetime.fromtimestamp(r['last'], dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({r['text']}); "
+                     f"the daemons of an HA pair need the same SERVER list")
     if status.plugin:
         lines.append(f"{status.service}: " + ", ".join(f"{k} {v}" for k, v in status.plugin.items()))
     return [escape(line) for line in lines]
+
+
+def _gateway_text(gateway: Gateway, now: dt.datetime) -> str:
+    recorded = dt.datetime.fromtimestamp(gateway.written, dt.timezone.utc)
+    last = "never answered" if gateway.answered is None else f"last answer {gateway.silent_for(now):.0f} s ago"
+    if gateway.up:
+        return f"{gateway.where}: answers ({last}; recorded by the daemon at {recorded:%Y-%m-%d %H:%M:%S} UTC)"
+    since = dt.datetime.fromtimestamp(gateway.since, dt.timezone.utc)
+    return (f"{gateway.where}: out of reach since {since:%Y-%m-%d %H:%M:%S} UTC ({last}): {gateway.why}; "
+            "requests wait for it")
 
 
 def _lag_text(lag_: Lag) -> str:
@@ -441,7 +543,11 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
         "requests": {stage.value: listed(stage) for stage in Stage if stage is not Stage.OTHER},
         "oldest_open_seconds": status.oldest_open_age(),
         "deletions_held": status.held,
+        "gateway": None if status.gateway is None else {
+            **vars(status.gateway), "seconds_since_answer": status.gateway.silent_for(status.now)},
+        "rival_claims": status.rivals,
         "plugin": status.plugin,
+        "plugin_warnings": status.warnings,
         "thresholds": vars(t),
     }
 

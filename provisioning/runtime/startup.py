@@ -131,8 +131,12 @@ def state_files(config: Config) -> list[tuple[str, Path]]:
 
 
 def _state_folders(config: Config) -> list[str]:
+    places = state_files(config)
+    if config.service["Service"]["ENTRY_LOCK_DIR"]:
+        # The default lies in COOKIE_FILE's folder, checked already; the daemon makes the last step.
+        places.append(("[Service] ENTRY_LOCK_DIR", config.entry_lock_dir))
     return [f"{config.path}: {key}: folder {path.parent} does not exist"
-            for key, path in state_files(config) if not path.parent.is_dir()]
+            for key, path in places if not path.parent.is_dir()]
 
 
 def _metrics(config: Config) -> list[str]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import threading
 
 from provisioning.transport.base import (
-    CommandResult, DryRun, Interrupted, Transport, request_deadline, within_deadline,
+    CommandResult, DryRun, Interrupted, Reach, Transport, Unreachable, request_deadline, within_deadline,
 )
 from provisioning.transport.local import LocalCLI
-from provisioning.transport.ssh import CLISSH
+from provisioning.transport.ssh import CLISSH, SESSIONS
 
-__all__ = ["CommandResult", "DryRun", "Interrupted", "Transport", "LocalCLI", "CLISSH", "build",
-           "request_deadline", "within_deadline"]
+__all__ = ["CommandResult", "DryRun", "Interrupted", "Reach", "Transport", "Unreachable", "LocalCLI", "CLISSH",
+           "build", "request_deadline", "within_deadline"]
 
 
 def build(name: str, *, timeout: float, gateway: dict, dry_run: bool,
@@ -32,7 +32,8 @@ def build(name: str, *, timeout: float, gateway: dict, dry_run: bool,
     if name == "CLISSH":
         transport: Transport = CLISSH(timeout=timeout, host=gateway["HOST"], user=gateway["USER"],
                                       key_file=gateway["DSA_FILE"], port=gateway["PORT"],
-                                      known_hosts=gateway["KNOWN_HOSTS"], stopping=stopping)
+                                      known_hosts=gateway["KNOWN_HOSTS"], sessions=gateway.get("SESSIONS", SESSIONS),
+                                      stopping=stopping)
     else:
         transport = LocalCLI(timeout=timeout, stopping=stopping)
     return DryRun(transport) if dry_run else transport

@@ -11,7 +11,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Iterator, Mapping, Sequence
 
 from provisioning.base.log import escape
 
@@ -34,6 +35,19 @@ class Interrupted(BaseException):
     A BaseException, like KeyboardInterrupt, so that plugin code catching
     Exception does not turn it into the request's failure: the core can end
     the request without an outcome and resume it later.
+    """
+
+
+class Unreachable(BaseException):
+    """The host the transport works on did not answer: the CLISSH gateway is away.
+
+    Not the request's fault, and nothing the host said about the account: the
+    core keeps the request claimed without an outcome (or leaves it open),
+    waits for the host as it waits for the directory ([Operation Mode] SLEEP
+    and ATTEMPTS), and works it again once the host answers. A BaseException,
+    like Interrupted, so that plugin code catching Exception or OSError does
+    not turn it into a return value. Whether an operation under way when the
+    host went away took effect is unknown: the request is worked again whole.
     """
 
 
@@ -100,6 +114,23 @@ def ended_by_the_stop(returncode: int | None, stopping: threading.Event | None) 
     return stopping.wait(STOP_NOTICE)
 
 
+@dataclass(frozen=True)
+class Reach:
+    """What a transport knows of whether its host answers (for the log, status, --check, metrics)."""
+
+    where: str                  # the host, as the log names it: root@gateway port 22
+    up: bool                    # False: away (an operation found it out of reach), until it answers again
+    since: float                # time.time() of the last change between up and away
+    answered: float | None      # time.time() of its last answer (None: none yet)
+    why: str = ""               # what showed it away
+
+    def silent_for(self, now: float | None = None) -> float | None:
+        """Seconds since the host last answered (None: it never did)."""
+        if self.answered is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.answered)
+
+
 @dataclass
 class CommandResult:
     """How a command ended. Commands never raise: failures are results.
@@ -153,6 +184,21 @@ class Transport(ABC):
         """
 
     @abstractmethod
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        """``function(*args)`` of the last of ``modules``, run where the files are; its result.
+
+        For host work that would otherwise start a program each time (the
+        jail builder): LocalCLI calls it in this process, CLISSH in its
+        helper on the gateway, which is sent the modules' source once and
+        keeps them. Each module must be self-contained there (standard
+        library, Python 3.7+) and import the ones before it in ``modules``
+        by their last name when its package is missing. Arguments and result
+        are JSON values; an OSError raised there is raised here. It may
+        change the host: a dry run says what it would call (``shown``, or
+        the function's name) and returns None.
+        """
+
+    @abstractmethod
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists; OSError for any error but "does not exist"."""
 
@@ -201,6 +247,18 @@ class Transport(ABC):
     def close(self) -> None:
         """Let go of what the transport keeps open between operations (CLISSH's connection)."""
 
+    def reach(self) -> "Reach | None":
+        """Whether the host answers, and since when; None for this host (always here)."""
+        return None
+
+    def reconnect(self) -> None:
+        """After Unreachable: reach the host again (Unreachable if it still does not answer)."""
+
+    def discard(self, path: str) -> None:
+        """Remove the file ``path`` (a missing file is fine), and never raise Unreachable: when the
+        host is out of reach, it is removed as soon as it answers again. OSError as ``remove``."""
+        self.remove(path)
+
 
 class DryRun(Transport):
     """Prints what would change and changes nothing; reads still happen."""
@@ -229,11 +287,24 @@ class DryRun(Transport):
         self._say(f"run: {shown}")
         return CommandResult(list(argv), 0)
 
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        self._say(f"call {shown or modules[-1].__name__.rpartition('.')[2] + '.' + function}")
+        return None
+
     def exists(self, path: str) -> bool:
         return self.inner.exists(path)
 
     def close(self) -> None:
         self.inner.close()
+
+    def reach(self) -> "Reach | None":
+        return self.inner.reach()
+
+    def reconnect(self) -> None:
+        self.inner.reconnect()
+
+    def discard(self, path: str) -> None:
+        self._say(f"remove {path}")
 
     def realpath(self, path: str) -> str:
         return self.inner.realpath(path)

@@ -21,7 +21,8 @@ import shlex
 import shutil
 import subprocess
 import threading
-from typing import Mapping, Sequence
+from types import ModuleType
+from typing import Any, Mapping, Sequence
 
 from provisioning.transport.commandguard import GUARD, command_marker
 from provisioning.transport import nofollow
@@ -74,6 +75,11 @@ class LocalCLI(Transport):
         if ended_by_the_stop(proc.returncode, self.stopping):
             raise Interrupted(f"{shown} ended ({proc.returncode}) because the daemon is stopping")
         return CommandResult(argv, proc.returncode, out.text(), err.text(), out.dropped, err.dropped)
+
+    def call(self, modules: Sequence[ModuleType], function: str, *args: Any, shown: str = "") -> Any:
+        # In this process: the modules are imported already.
+        log.debug("call: %s", shown or f"{modules[-1].__name__}.{function}")
+        return getattr(modules[-1], function)(*args)
 
     def exists(self, path: str) -> bool:
         return nofollow.exists(path)

@@ -541,6 +541,7 @@ def _empty(top: int, path: str) -> None:
         # per level: [name in its parent, (device, inode), names still to remove]
         levels = [["", (info.st_dev, info.st_ino), os.listdir(fd)]]
         while True:
+            _check_given_up(path)        # a large tree the daemon gave up on stops here
             if levels[-1][2]:
                 fd = _replace(fd, _remove_entry(fd, levels, path))
                 continue
@@ -718,8 +719,38 @@ def _owner(text: str) -> tuple | None:
     return int(uid), int(gid)
 
 
+def load(name: str, source: str) -> None:
+    """Run ``source`` as the module ``name`` (importable by that name from then on): Transport.call."""
+    import types
+
+    module = types.ModuleType(name)
+    module.__file__ = "<gateway:%s>" % name
+    sys.modules[name] = module
+    try:
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+    except BaseException as err:
+        del sys.modules[name]
+        if isinstance(err, Exception) and not isinstance(err, OSError):
+            raise OSError(errno.EIO, "loading %s: %s: %s" % (name, type(err).__name__, err)) from None
+        raise
+
+
+def call(module: str, function: str, arguments: list):
+    """``function(*arguments)`` of a loaded module; any error but an OSError becomes one."""
+    try:
+        return getattr(sys.modules[module], function)(*arguments)
+    except OSError:
+        raise
+    except Exception as err:        # the helper must answer, not die: the daemon reads it as OSError
+        raise OSError(errno.EIO, "%s.%s raised %s: %s" % (module, function, type(err).__name__, err)) from None
+
+
 def _dispatch(request: dict, data: bytes):
     operation, args = request["operation"], request["args"]
+    if operation == "load":
+        return load(args[0], data.decode("utf-8"))
+    if operation == "call":
+        return call(args[0], args[1], json.loads(data.decode("utf-8")))
     if operation == "run":
         return run_command(args, request.get("env"), data if request.get("stdin") else None,
                            request["timeout"])
@@ -761,8 +792,8 @@ def run_command(argv: list, env: dict | None, data: bytes | None, timeout: float
     "stderr_dropped"}: the tail of each stream and how many bytes before it
     were dropped (see Tail). At ``timeout`` seconds the command is killed
     with its process group and whatever carries its marker, in the group or
-    not (returncode 124). So is it when the daemon goes away meanwhile: the
-    end of this helper's input (see _kill_when_abandoned). A program that
+    not (returncode 124). So is it when the daemon gives up on it or goes
+    away meanwhile (see serve and _give_up). A program that
     cannot be started is 127 (not found) or 126, as a shell says.
     """
     marker = _command_marker()
@@ -865,34 +896,149 @@ def _read_into(fd: int, reading: dict, waiting) -> None:
 
 
 def _kill_when_abandoned(proc, marker: str, stop: int) -> None:
-    """Kill the command (see _kill_command) if this helper's input ends (or says anything) before ``stop``."""
-    readable, _, _ = select.select([0, stop], [], [])
-    if 0 in readable and stop not in readable:
+    """Kill the command (see _kill_command) if the daemon gives up on it (see _give_up) before ``stop``."""
+    watched = [stop] + ([_given_up_pipe[0]] if _given_up_pipe else [])
+    readable, _, _ = select.select(watched, [], [])
+    if stop not in readable:
         _kill_command(proc, marker)
+
+
+# While an operation runs, the helper says it is still at work this often: the
+# daemon tells a slow operation from a dead connection by it, in seconds.
+HEARTBEAT = 1.0
+# How long an operation the daemon gave up on gets to stop before the helper exits anyway.
+STOP_WAIT = 5.0
+# The helper's exit status when the daemon gave up on the operation in hand.
+EXIT_GIVEN_UP = 3
+
+# Set when the daemon gave up on the operation in hand or went away (its input
+# ended, or it spoke while the operation ran): long operations stop at their
+# next step, a command is killed with everything it started.
+_given_up = threading.Event()
+_given_up_pipe = None                  # (read, write): the same, for select(); made by serve()
+
+
+def _give_up() -> None:
+    _given_up.set()
+    if _given_up_pipe is not None:
+        os.write(_given_up_pipe[1], b"x")
+
+
+def _check_given_up(path: str) -> None:
+    """OSError(ECANCELED) once the daemon gave up: an operation it no longer waits for stops here."""
+    if _given_up.is_set():
+        raise _error(errno.ECANCELED, "given up by the daemon; stopped", path)
+
+
+class _Input:
+    """The daemon's requests, read from a descriptor without Python's buffering, so that
+    select() on it says whether the daemon spoke (or went away) while an operation ran."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.ended = False
+
+    def line(self) -> bytes:
+        while b"\n" not in self.buffer and self._more():
+            pass
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size and self._more():
+            pass
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def _more(self) -> bool:
+        chunk = os.read(self.fd, 65536)
+        self.buffer += chunk
+        self.ended = not chunk
+        return bool(chunk)
+
+
+def _say(message: dict) -> None:
+    os.write(1, (json.dumps(message) + "\n").encode("utf-8"))
+
+
+class _Beat:
+    """While an operation runs (in the main thread), a thread of its own says every HEARTBEAT
+    seconds that the work goes on, and watches the daemon's side: the daemon says nothing while it
+    waits, so input or its end then means it gave up or went away (see _give_up).
+
+    It looks every HEARTBEAT / 4 seconds instead of being woken for each operation: waking a
+    thread (or starting one) per operation cost more than most operations (0.3 -> 1.2 ms).
+    """
+
+    def __init__(self, inp: _Input) -> None:
+        self.inp = inp
+        self.lock = threading.Lock()         # one writer of stdout at a time
+        self.number = None                   # the request at work, None between requests
+        self.beaten = 0.0
+        self.given_up_at = None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def start(self, number) -> None:
+        with self.lock:
+            self.number, self.beaten = number, time.monotonic()
+
+    def answer(self, reply: dict) -> None:
+        with self.lock:                      # never a heartbeat after the answer to the same request
+            self.number = None
+            _say(reply)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT / 4)
+            with self.lock:
+                now = time.monotonic()
+                if self.given_up_at is not None:
+                    if now - self.given_up_at > STOP_WAIT:
+                        os._exit(EXIT_GIVEN_UP)      # an operation that does not stop: the helper does
+                    continue
+                if self.number is None:
+                    continue
+                if self.inp.buffer or select.select([self.inp.fd], [], [], 0)[0]:
+                    self.given_up_at = now
+                    _give_up()
+                elif now - self.beaten >= HEARTBEAT:
+                    _say({"id": self.number, "alive": True})
+                    self.beaten = now
 
 
 def serve(nonce: str) -> int:
     """Answer requests on stdin until it ends: the gateway's side of CLISSH.
 
     First prints ``{"ready": NONCE}`` (a login script may have printed before
-    it). Each request is one JSON line, ``{"operation", "args", "size", ...}``,
-    followed by ``size`` bytes of data (a file's, or a command's stdin); each
-    answer is one JSON line. A request that cannot be read ends the helper:
-    the daemon then drops this session and starts another.
+    it). Each request is one JSON line, ``{"id", "operation", "args", "size",
+    ...}``, followed by ``size`` bytes of data (a file's, or a command's
+    stdin). Its answer is one JSON line carrying the same ``id``; while the
+    operation runs, ``{"id", "alive": true}`` every HEARTBEAT seconds. The
+    daemon says nothing while it waits: input during an operation, or its
+    end, means the daemon gave up or went away, and the operation is stopped
+    (a command killed with what it started, a tree's removal at its next
+    entry) and the helper exits EXIT_GIVEN_UP. A request that cannot be read
+    ends the helper: the daemon then drops this session and starts another.
     """
-    inp, out = sys.stdin.buffer, sys.stdout
-    out.write(json.dumps({"ready": nonce}) + "\n")
-    out.flush()
+    global _given_up_pipe
+    _given_up_pipe = os.pipe()
+    inp = _Input(0)
+    beat = _Beat(inp)
+    _say({"ready": nonce})
     while True:
-        line = inp.readline()
-        if not line:
+        line = inp.line()
+        if not line and inp.ended:
             return 0
         request = json.loads(line.decode("utf-8"))
-        data = inp.read(request["size"])
+        data = inp.exactly(request["size"])
         if len(data) != request["size"]:
             return 2
-        out.write(json.dumps(answer(request, data)) + "\n")
-        out.flush()
+        beat.start(request.get("id"))
+        reply = answer(request, data)
+        if _given_up.is_set():
+            return EXIT_GIVEN_UP
+        beat.answer(dict(reply, id=request.get("id")))
 
 
 if __name__ == "__main__":

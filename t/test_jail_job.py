@@ -1,0 +1,168 @@
+"""The jail job through the daemon: jails follow an upgrade of the host's programs.
+
+Each test upgrades a program of its own (JAIL_PROGRAMS names a copy of
+``true``; the test renames a copy of ``false`` or ``rsync`` over it, as apt
+does) and waits, with a deadline, for what the job must bring about.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioning.sandbox.layout import REPO, write_recorder
+
+from helpers import DaemonProcess, picture, wait_until
+from jailtest import (  # noqa: F401 - jails and tool are fixtures
+    UIDS, content, figures, images, in_current_image, jail, jails, provision, run_in, scrape, tool, upgrade,
+)
+from test_mail import free_port
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="builds jails and chroots into them: needs root")
+FAULT = Path(__file__).with_name("jail_fault.py")
+
+
+# ------------------------------------------------------------- copies
+
+def test_the_copies_an_operators_script_made_are_linked_to_the_image(jails, directory):
+    """The old copying builder as an operator's script (run as a command): the job links its copies."""
+    write_recorder(jails.chroot_cmd, jails.chroot_log, then=str(REPO / "bin/prov-backup-create-chroot"))
+    jails.set("Backup", CREATE_CHROOT_CMD=jails.chroot_cmd, JAIL_PROGRAMS="sh rsync")
+    with DaemonProcess(jails):
+        provision(directory, UIDS[:2])
+        assert len(jails.chroot_calls()) == 2
+        wait_until(lambda: all(in_current_image(jails, uid, "usr/bin/rsync") for uid in UIDS[:2]),
+                   "the copies linked to the image")
+    assert run_in(jails, UIDS[0], "/bin/sh", "-c", "rsync --version").returncode == 0
+
+
+def test_existing_copied_jails_are_converted_at_start(jails, directory):
+    with DaemonProcess(jails):
+        provision(directory)
+    # What the old builder left in every jail: copies (it replaces the links, whatever is there).
+    programs = jails.service["Backup"]["JAIL_PROGRAMS"]
+    for uid in UIDS:
+        place = jail(jails, uid)
+        subprocess.run([str(REPO / "bin/prov-backup-create-chroot"), str(place), f"/home/{uid}", uid, uid, uid],
+                       check=True, env={**os.environ, "CHROOT_PROGRAMS": programs})
+        assert (place / "usr/bin/sh").stat().st_nlink == 1
+    with DaemonProcess(jails) as daemon:
+        wait_until(lambda: all(in_current_image(jails, uid, "usr/bin/sh") for uid in UIDS), "the copies linked")
+        daemon.wait_for(r"jails: 3 on the current image, 3 moved to it in this pass")
+
+
+# ------------------------------------------------------------- an upgrade
+
+def test_an_upgrade_moves_every_jail_and_the_old_image_goes(jails, directory, tool):
+    port = free_port()
+    jails.set("Backup", JAIL_RELINK_RATE=2)
+    jails.set("Service", METRICS_PORT=port)
+    program = str(tool).lstrip("/")
+    with DaemonProcess(jails) as daemon:
+        provision(directory)
+        (old,) = images(jails)
+        assert all(run_in(jails, uid, str(tool)).returncode == 0 for uid in UIDS)
+        wait_until(lambda: scrape(port).get("provisioning_jails_current") == 3, "3 jails current in the metrics")
+        upgrade(tool)
+        # At 2 jails a second the move takes a while: the metrics see them stale first.
+        wait_until(lambda: scrape(port).get("provisioning_jails_stale", 0) >= 1, "stale jails in the metrics")
+        wait_until(lambda: all(in_current_image(jails, uid, program) for uid in UIDS), "every jail moved")
+        wait_until(lambda: not old.exists(), "the old image removed")
+        daemon.wait_for(r"jail image \S+ of \S+ removed: no jail links to it any more")
+        assert all(run_in(jails, uid, str(tool)).returncode == 1 for uid in UIDS)      # false, now
+        wait_until(lambda: scrape(port).get("provisioning_jails_stale") == 0, "no stale jail in the metrics")
+        wait_until(lambda: figures(jails).get("current") == 3 and figures(jails).get("stale") == 0, "the status file")
+        status = subprocess.run([sys.executable, "-m", "provisioning", "status", "-c", str(jails.config), "-g",
+                                 str(jails.global_config)], capture_output=True, text=True, timeout=60)
+    assert "jails 3 with programs: 3 on the current image, 0 on an old one" in status.stdout
+    assert "old jail image" not in status.stdout.splitlines()[0]
+
+
+def test_a_jail_whose_marker_is_another_entrys_or_missing_is_left_alone(jails, directory, tool):
+    program = str(tool).lstrip("/")
+    with DaemonProcess(jails) as daemon:
+        provision(directory)
+        a, b, c = (jails.account_dir(uid) for uid in UIDS)
+        (a / ".entryUUID").write_text((b / ".entryUUID").read_text())        # B's entry, in A's directory
+        (c / ".entryUUID").unlink()
+        before = {uid: picture(jail(jails, uid)) for uid in (UIDS[0], UIDS[2])}
+        old = content(jails)
+        upgrade(tool)
+        wait_until(lambda: content(jails) != old, "a new image")
+        wait_until(lambda: in_current_image(jails, UIDS[1], program), "B moved")
+        wait_until(lambda: figures(jails).get("left_alone") == 2 and figures(jails).get("current") == 1,
+                   "the figures")
+        daemon.wait_for(r"jails: 1 on the current image, 1 moved to it in this pass, 0 stale, 2 left alone")
+        assert {uid: picture(jail(jails, uid)) for uid in (UIDS[0], UIDS[2])} == before
+        assert len(images(jails)) == 2                 # A and C still link to the old one
+
+
+def test_a_kill_9_between_two_renames_resumes_at_the_next_start(jails, directory, tool, tmp_path):
+    armed, reached = tmp_path / "armed", tmp_path / "reached"
+    program = str(tool).lstrip("/")
+
+    class Faulty(DaemonProcess):
+        def command(self) -> list[str]:
+            return [self.python, str(FAULT), *super().command()[3:]]
+
+    env = {"JAIL_FAULT_ARMED": str(armed), "JAIL_FAULT_REACHED": str(reached),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULT.parent), os.environ.get("PYTHONPATH")]))}
+    daemon = Faulty(jails, env=env).start()
+    try:
+        provision(directory)
+        (old,) = images(jails)
+        armed.write_text("")
+        upgrade(tool, "/usr/bin/rsync")             # seven more libraries: eight renames per jail
+        wait_until(reached.exists, "the first rename of a move")
+        daemon.kill_all()
+    finally:
+        if daemon.running:
+            daemon.kill_all()
+    where, first = reached.read_text().split()
+    # Between two renames: the first file is the new image's, the program still the old one,
+    # and a login finds everything it needs.
+    uid = Path(where).parent.name
+    assert in_current_image(jails, uid, first) and not in_current_image(jails, uid, program)
+    assert run_in(jails, uid, str(tool)).returncode == 0
+    with DaemonProcess(jails) as daemon:
+        wait_until(lambda: all(in_current_image(jails, u, program) for u in UIDS), "every jail moved")
+        wait_until(lambda: not old.exists(), "the old image removed")
+    for u in UIDS:
+        assert "rsync" in run_in(jails, u, str(tool), "--version").stdout
+        assert not list(jail(jails, u).rglob("*.jail-new"))
+
+
+# ------------------------------------------------------------- over CLISSH
+
+def test_the_job_runs_on_the_gateways_helper(jails, directory, sshd, tool):
+    jails.set("Service", TRANSPORTAPI="CLISSH")
+    jails.set("Gateway", **sshd)
+    program = str(tool).lstrip("/")
+    with DaemonProcess(jails) as daemon:
+        provision(directory, UIDS[:2])
+        daemon.wait_for(r"gateway: call jail job: look \(on 127\.0\.0\.1\)")
+        old = content(jails)
+        upgrade(tool)
+        wait_until(lambda: content(jails) != old, "a new image", timeout=60)
+        wait_until(lambda: all(in_current_image(jails, uid, program) for uid in UIDS[:2]), "every jail moved",
+                   timeout=120)
+    assert run_in(jails, UIDS[0], str(tool)).returncode == 1
+
+
+# ------------------------------------------------------------ status
+
+def test_status_warns_of_a_jail_stale_for_more_than_a_day():
+    from provisioning_backup_rsnapshot import jailstatus
+
+    now = time.time()
+    figures_ = {"stale": 2, "stale_since": now - 86400 - 60, "current": 5, "jails": 7, "left_alone": 0,
+                "refused": 0, "without_programs": 0, "stores": {}, "programs": ["sh", "rsync"], "written": now}
+    assert jailstatus.warnings(figures_, now) == [
+        f"2 jail(s) on an old jail image or with copied programs since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(figures_['stale_since']))} (more than a day)"]
+    assert jailstatus.warnings({**figures_, "stale_since": now - 3600}, now) == []
+    assert jailstatus.warnings({**figures_, "stale": 0}, now) == []
