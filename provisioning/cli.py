@@ -57,6 +57,7 @@ from provisioning.engine.removals import Removals
 from provisioning.engine.router import Router
 from provisioning.hooks.service import Service, ServiceContext
 from provisioning.runtime.startup import load_configuration  # noqa: F401 - kept for callers of the old place
+from provisioning.base.stdout import quiet_broken_pipe
 from provisioning.transport import Unreachable
 from provisioning.transport import build as build_transport
 from provisioning.engine.workers import executor
@@ -120,6 +121,16 @@ class _ListPlugins(argparse.Action):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # here, not at exit, where a closed pipe could no longer be answered
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return ExitCode.OUTPUT_CLOSED
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         import importlib
@@ -129,13 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         from provisioning.operator import checks  # only for -t: it costs every start otherwise
         return checks.main(args)
     loaded = startup.load(Path(args.config), args.global_config)
-    if not loaded.valid:
-        code = _refuse(loaded.problems + _host_problems(loaded.config), logged=False,
+    # Unknown keys stop a start as they fail --check: a misspelt key would take its default.
+    unknown = unknown_keys(loaded.config) if loaded.manager is not None \
+        and "*" not in loaded.config.invalid_sections else []
+    if not loaded.valid or unknown:
+        return _refuse(loaded.problems + _host_problems(loaded.config) + unknown, logged=False,
                        note="; the plugin's own checks run once these are fixed" if loaded.manager else "")
-        if loaded.manager is not None and "*" not in loaded.config.invalid_sections:
-            for warning in unknown_keys(loaded.config):     # often the cause: say them too
-                print(f"provisioning-daemon: warning: {warning}", file=sys.stderr)
-        return code
     startup.configure_logging(loaded.config, debug=args.debug)
     try:
         return _run(loaded, args)
@@ -162,8 +172,6 @@ def _refuse(problems: list[str], *, logged: bool = True, note: str = "") -> int:
 def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
     config = loaded.config
     log.debug("configuration %s, Global.conf %s", config.path, config.global_path or "(none found: built-in defaults)")
-    for warning in unknown_keys(config):
-        log.warning("%s", warning)
     if config.path.stat().st_mode & 0o004:
         log.warning("%s can be read by every user of this host and holds ADMIN_PASSWORD: chmod o-r it",
                     config.path)
@@ -335,7 +343,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     daemon.on_reload = Reloader(config, debug=debug, alerts=alerts, dry_run=dry_run)
     # The handlers only set flags; the main loop stops, or reloads (SIGHUP).
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: daemon.request_stop())
+        signal.signal(signum, lambda number, _: daemon.request_stop(signal.Signals(number).name))
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     monitor.start()
     # Now, not at the first command: the guard's Python start-up (about 0.1 s)

@@ -180,6 +180,8 @@ class Daemon:
         self._warned: set[str] = set()            # warnings mailed for trouble that is not over
         self.on_reload = on_reload                 # what SIGHUP does (provisioning.runtime.reload)
         self._reload_asked = False
+        self._stop_signal: str | None = None       # the signal that asked for the stop, said by the loop
+        self._synchronised = False                 # the first refresh is done (its line said "initial")
         self.mirror = mirror                       # what the store must mirror (None: not checked)
         self.brake = brake or Brake()
         self.failback = failback                   # back to an earlier provider of SERVER (None: never)
@@ -194,8 +196,11 @@ class Daemon:
     def stopping(self) -> bool:
         return self.stop_event.is_set()
 
-    def request_stop(self) -> None:
-        """Ask the loop to stop after the work in hand (safe in a signal handler)."""
+    def request_stop(self, signal_name: str | None = None) -> None:
+        """Ask the loop to stop after the work in hand (safe in a signal handler: no I/O here;
+        the loop says which signal it was)."""
+        if signal_name and self._stop_signal is None:
+            self._stop_signal = signal_name
         self.stop_event.set()
 
     def request_reload(self) -> None:
@@ -222,6 +227,8 @@ class Daemon:
         try:
             while not self.stopping:
                 self.step()
+            if self._stop_signal:
+                log.info("%s received: stopping after the work in hand", self._stop_signal)
         finally:
             self.shutdown()
 
@@ -566,8 +573,7 @@ class Daemon:
     def _refresh_done(self) -> None:
         self.in_refresh = False
         self.router.adopt = None
-        log.info("initial synchronisation of %s done; waiting for changes", self.base)
-        self._settle_at = self._seq
+        self._settle_at = self._seq            # said done in _settle, once its work has ended
         todo, self._after_refresh = self._after_refresh, []
         for sweep in todo:
             sweep()
@@ -576,7 +582,11 @@ class Daemon:
         """Once the work the refresh brought has ended (workers may still run it at RefreshDone)."""
         if self._settle_at is not None and self._in_hand.lowest() > self._settle_at:
             self._settle_at = None
-            self.monitor.refresh_done()
+            self.monitor.refresh_done()          # the progress totals come first
+            what = "synchronisation of %s done after reconnecting" if self._synchronised \
+                else "initial synchronisation of %s done"
+            log.info(what + ("" if self.once else "; waiting for changes"), self.base)
+            self._synchronised = True
             if self.once:
                 self._housekeeping()             # requests dated for today too
                 self._stop_when_idle = True

@@ -47,16 +47,16 @@ from provisioning.backend.ldap import (
     SYNC_ATTRS, Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
 )
 from provisioning.backend.store import PendingWrite
-from provisioning.backend.cookie import csn_sid
-from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
 from provisioning.engine.claims import Owner, Owners, claim_values, parse
+from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
 from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
-from provisioning.engine.confirm import Confirmer, Standing
 from provisioning.base.entry import Entry
-from provisioning.engine.entrylock import Done, EntryLocks, Held
 from provisioning.engine.results import Result, Watch
 from provisioning.hooks.service import Interrupted, Request, Service, Unreachable, within_deadline
+from provisioning.backend.cookie import csn_sid
+from provisioning.engine.confirm import Confirmer, Standing
+from provisioning.engine.entrylock import Done, EntryLocks, Held
 
 log = logging.getLogger(__name__)
 

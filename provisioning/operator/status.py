@@ -38,7 +38,7 @@ import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from provisioning.runtime import startup
 from provisioning.backend.cookie import CookieError, CookieFile, by_sid, cookie_csns, covered, csn_sid
@@ -50,6 +50,7 @@ from provisioning.base.log import escape
 from provisioning.engine.requests import OPEN_FILTER, Request, Stage, classify
 from provisioning.operator.returnvalues import describe, meanings
 from provisioning.hooks.service import Service, ServiceContext
+from provisioning.base.stdout import quiet_broken_pipe
 from provisioning.transport import Unreachable
 from provisioning.transport import build as build_transport
 
@@ -131,9 +132,18 @@ class Status:
         return max(((self.now - t).total_seconds() for t in times), default=0.0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are UNKNOWN (3), as a monitoring plugin's are: argparse's 2 reads as CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"PROVISIONING UNKNOWN - {escape(message)}")
+        self.print_usage(sys.stderr)
+        self.exit(State.UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     t = Thresholds()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="provisioning-daemon status",
         description="Whether the daemon runs, how far behind the directory it is, and its requests. "
                     "Exit code and first line as a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
@@ -157,7 +167,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"answered for this long (default {t.warn_gateway:g})")
     parser.add_argument("--crit-gateway", type=float, default=t.crit_gateway, metavar="S",
                         help=f"CRITICAL from this long (default {t.crit_gateway:g})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    startup.config_path(parser, args)
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -171,10 +183,19 @@ def main(argv: list[str]) -> int:
     status = gather(loaded)
     state, reasons = judge(status, thresholds)
     if args.json:
-        print(json.dumps(as_json(status, state, reasons, thresholds), indent=2))
+        _say(json.dumps(as_json(status, state, reasons, thresholds), indent=2))
     else:
-        print("\n".join(text(status, state, reasons, thresholds)))
+        _say("\n".join(text(status, state, reasons, thresholds)))
     return state
+
+
+def _say(output: str) -> None:
+    """Print; a reader that stops early (status | head -3) has what it wanted: the exit code still
+    tells the state, and no traceback follows."""
+    try:
+        print(output, flush=True)
+    except BrokenPipeError:
+        quiet_broken_pipe()
 
 
 def _unknown(summary: str, details: list[str], as_json: bool) -> int:
@@ -406,13 +427,17 @@ def _grade(value: float, warn: float, crit: float, what: str, warning: list[str]
 
 def perfdata(status: Status, t: Thresholds) -> str:
     lag_value = "U" if status.lag is None or status.lag.seconds is None else f"{status.lag.seconds:.0f}"
+
+    def known(value: str) -> str:
+        return "U" if status.ldap_failed else value     # U: unknown, in the monitoring-plugin convention
+
     return " ".join([
         f"lag={lag_value}s;{t.warn_lag:g};{t.crit_lag:g};0",
-        f"pending={len(status.stage(Stage.PENDING))};;;0",
-        f"in_progress={len(status.stage(Stage.IN_PROGRESS))};;;0",
-        f"failed={len(status.needing_a_person())};{t.warn_failed};{t.crit_failed};0",
-        f"dated={len(status.stage(Stage.DATED))};;;0",
-        f"oldest={status.oldest_open_age():.0f}s;{t.warn_age:g};{t.crit_age:g};0",
+        f"pending={known(str(len(status.stage(Stage.PENDING))))};;;0",
+        f"in_progress={known(str(len(status.stage(Stage.IN_PROGRESS))))};;;0",
+        f"failed={known(str(len(status.needing_a_person())))};{t.warn_failed};{t.crit_failed};0",
+        f"dated={known(str(len(status.stage(Stage.DATED))))};;;0",
+        f"oldest={known(f'{status.oldest_open_age():.0f}')}s;{t.warn_age:g};{t.crit_age:g};0",
         f"held={status.held};;1;0",
     ] + ([f"gateway_silence={status.gateway.silent_for(status.now):.0f}s;{t.warn_gateway:g};{t.crit_gateway:g};0"]
          if status.gateway is not None else []))
@@ -432,10 +457,16 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
              f"daemon: {status.daemon.describe()}"]
     if status.lag is not None:
         lines.append(f"lag: {_lag_text(status.lag)}")
-    for stage, title in ((Stage.PENDING, "pending"), (Stage.IN_PROGRESS, "in progress"),
-                         (Stage.FAILED, "failed"), (Stage.REFUSED, "refused"), (Stage.DATED, "dated for later")):
+    if status.ldap_failed:
+        # Not "pending: 0": nobody knows. Only what the store holds is known.
+        lines.append(f"requests: unknown, the directory cannot be asked ({status.ldap_failed})")
+        stages: tuple[tuple[Stage, str], ...] = ((Stage.FAILED, "failed hooks (MODUS LDAP, from the store)"),)
+    else:
+        stages = ((Stage.PENDING, "pending"), (Stage.IN_PROGRESS, "in progress"), (Stage.FAILED, "failed"),
+                  (Stage.REFUSED, "refused"), (Stage.DATED, "dated for later"))
+    for stage, title in stages:
         found = status.stage(stage)
-        if not found and stage in (Stage.REFUSED,):
+        if not found and (stage is Stage.REFUSED or status.ldap_failed):
             continue
         lines.append(f"{title}: {len(found)}")
         lines += [f"  {_request_text(r, status)}" for r in found[:LISTED]]
@@ -507,7 +538,8 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
                                           "context_csn": lag_.context_csn, "unseen_entries": lag_.unseen,
                                           "note": lag_.note},
         "ldap_error": status.ldap_failed or None,
-        "counts": {stage.value: len(status.stage(stage)) for stage in Stage},
+        # null while the directory cannot be asked: unknown, not 0.
+        "counts": None if status.ldap_failed else {stage.value: len(status.stage(stage)) for stage in Stage},
         "requests": {stage.value: listed(stage) for stage in Stage if stage is not Stage.OTHER},
         "oldest_open_seconds": status.oldest_open_age(),
         "deletions_held": status.held,
