@@ -31,6 +31,7 @@ from provisioning.backend.cookie import CookieError, CookieFile, Position
 from provisioning.backend.ldap import (
     BindRefused, Directory, DirectoryUnavailable, LdapSettings, SubtreeMissing, SyncStream,
 )
+from provisioning.backend.peers import Peers
 from provisioning.backend.store import Store, StoreError
 from provisioning.engine.brake import Brake, BrakeSettings
 from provisioning.engine.claims import Owners
@@ -38,7 +39,10 @@ from provisioning.base.clock import Clock
 from provisioning.base.codes import ExitCode
 from provisioning.transport.commandguard import GUARD
 from provisioning.config.loader import Config, global_config_candidates, unknown_keys
-from provisioning.engine.daemon import gateway, with_retries, Daemon, HostUnreachable, Retry
+from provisioning.engine.daemon import Daemon, HostUnreachable, Retry, gateway, with_retries
+from provisioning.engine.confirm import Confirmer
+from provisioning.engine.entrylock import EntryLocks
+from provisioning.engine.failback import Failback
 from provisioning.base.files import UnsafeFile
 from provisioning.engine.ldapmode import LdapMode
 from provisioning.runtime.lock import AlreadyLocked, PidLock
@@ -53,6 +57,7 @@ from provisioning.engine.removals import Removals
 from provisioning.engine.router import Router
 from provisioning.hooks.service import Service
 from provisioning.runtime.startup import load_configuration  # noqa: F401 - kept for callers of the old place
+from provisioning.base.stdout import quiet_broken_pipe
 from provisioning.transport import Unreachable
 from provisioning.engine.workers import executor
 
@@ -115,6 +120,16 @@ class _ListPlugins(argparse.Action):
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # here, not at exit, where a closed pipe could no longer be answered
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return ExitCode.OUTPUT_CLOSED
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         import importlib
@@ -124,13 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         from provisioning.operator import checks  # only for -t: it costs every start otherwise
         return checks.main(args)
     loaded = startup.load(Path(args.config), args.global_config)
-    if not loaded.valid:
-        code = _refuse(loaded.problems + _host_problems(loaded.config), logged=False,
+    # Unknown keys stop a start as they fail --check: a misspelt key would take its default.
+    unknown = unknown_keys(loaded.config) if loaded.manager is not None \
+        and "*" not in loaded.config.invalid_sections else []
+    if not loaded.valid or unknown:
+        return _refuse(loaded.problems + _host_problems(loaded.config) + unknown, logged=False,
                        note="; the plugin's own checks run once these are fixed" if loaded.manager else "")
-        if loaded.manager is not None and "*" not in loaded.config.invalid_sections:
-            for warning in unknown_keys(loaded.config):     # often the cause: say them too
-                print(f"provisioning-daemon: warning: {warning}", file=sys.stderr)
-        return code
     startup.configure_logging(loaded.config, debug=args.debug)
     try:
         return _run(loaded, args)
@@ -157,8 +171,6 @@ def _refuse(problems: list[str], *, logged: bool = True, note: str = "") -> int:
 def _run(loaded: startup.Loaded, args: argparse.Namespace) -> int:
     config = loaded.config
     log.debug("configuration %s, Global.conf %s", config.path, config.global_path or "(none found: built-in defaults)")
-    for warning in unknown_keys(config):
-        log.warning("%s", warning)
     if config.path.stat().st_mode & 0o004:
         log.warning("%s can be read by every user of this host and holds ADMIN_PASSWORD: chmod o-r it",
                     config.path)
@@ -278,21 +290,27 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
     store = Store(config.store_file, dry_run=dry_run)
     store.open()
     owners = Owners(svc.claim_lease, clock, host=svc.node_name or None)
+    stop_event = stop_event or threading.Event()
+    locks = EntryLocks(svc.entry_lock_dir, stopping=stop_event, dry_run=dry_run)
+    locks.prepare()
+    confirmer = Confirmer(Peers(settings), svc.claim_confirm_wait, db.subtree)
     router = Router(modus=svc.modus, base=db.subtree, store=store, service=service,
-                    owners=owners, selfcare=Selfcare(directory, service, owners, clock),
+                    owners=owners, selfcare=Selfcare(directory, service, owners, clock, confirmer, locks),
                     ldap_mode=LdapMode(service), removals=Removals(service), clock=clock,
-                    alerts=alerts, request_log=request_log)
+                    alerts=alerts, request_log=request_log, locks=locks)
     monitor = monitor or Monitor(base=db.subtree)
     brake = Brake(BrakeSettings.from_config(config))
+    position = Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"])
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db.subtree, db.search_filter),
-                  position=Position(store, CookieFile(db.cookie_file, dry_run=dry_run), db.default_cookie),
+                  position=position,
                   store=store, router=router,
                   executor=monitor.executor(executor(svc.workers or os.cpu_count() or 1)),
                   startup=config.startup_retry, operation=config.operation_retry, base=db.subtree, clock=clock,
                   stop_event=stop_event, once=once, monitor=monitor, poll_interval=monitor.poll_interval(0.5),
                   mirror=Mirror.of(db.subtree, db.search_filter), brake=brake,
-                  transport=service.ctx.transport)
+                  transport=service.ctx.transport,
+                  failback=Failback(settings, db.subtree, db.failback_interval, lambda: position.current))
 
 
 def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False,
@@ -306,7 +324,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     try:
         daemon = build_daemon(config, service, dry_run=dry_run, once=once, stop_event=stop_event,
                               alerts=alerts, request_log=request_log, monitor=monitor)
-    except (StoreError, CookieError) as err:
+    except (StoreError, CookieError, UnsafeFile) as err:
         log.error("%s", err)
         print(f"provisioning-daemon: {err}", file=sys.stderr)
         monitor.close()
@@ -315,7 +333,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
     daemon.on_reload = Reloader(config, debug=debug, alerts=alerts, dry_run=dry_run)
     # The handlers only set flags; the main loop stops, or reloads (SIGHUP).
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: daemon.request_stop())
+        signal.signal(signum, lambda number, _: daemon.request_stop(signal.Signals(number).name))
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     monitor.start()
     # Now, not at the first command: the guard's Python start-up (about 0.1 s)

@@ -8,9 +8,10 @@ changed, so there is nothing to uninstall; the folder goes with the test's.
 """
 from __future__ import annotations
 
+import os
+import site
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 PIP_TIMEOUT = 300
@@ -30,9 +31,12 @@ class PluginEnv:
         self.python = root / "bin/python"
         site = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               check=True, capture_output=True, text=True, timeout=60).stdout.strip()
-        parent = sysconfig.get_paths()["purelib"]
-        line = f"{parent}\n" if packages_only else f"import site; site.addsitedir({parent!r})\n"
-        Path(site, "_provisioning_test_parent.pth").write_text(line)
+        # Every site folder of this interpreter: a virtualenv has one, Debian's python3 several
+        # (its python3-* packages are in /usr/lib/python3/dist-packages, not in sysconfig's purelib).
+        self.packages_only = packages_only
+        parents = _site_folders(with_pythonpath=not packages_only)
+        lines = parents if packages_only else [f"import site; site.addsitedir({p!r})" for p in parents]
+        Path(site, "_provisioning_test_parent.pth").write_text("".join(f"{line}\n" for line in lines))
 
     def pip_install(self, folder: Path) -> subprocess.CompletedProcess:
         """``pip install FOLDER`` into this environment, as a plugin author would run it."""
@@ -40,4 +44,15 @@ class PluginEnv:
                               capture_output=True, text=True, timeout=PIP_TIMEOUT)
 
     def run(self, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.python), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+        env = dict(os.environ)
+        if self.packages_only:
+            env.pop("PYTHONPATH", None)         # bin/system-python's: it holds provisioning
+        return subprocess.run([str(self.python), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                              env=env)
+
+
+def _site_folders(*, with_pythonpath: bool) -> list[str]:
+    """This interpreter's site folders (and PYTHONPATH's, where bin/system-python puts provisioning)."""
+    found = [*(os.environ.get("PYTHONPATH", "").split(os.pathsep) if with_pythonpath else []),
+             *site.getsitepackages()]
+    return [folder for folder in dict.fromkeys(found) if folder and os.path.isdir(folder)]

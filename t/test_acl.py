@@ -1,14 +1,14 @@
-"""The README's deployment of the directory, done as written, and the daemon with a service account.
+"""The deployment of the directory, done as docs/deployment.md writes it, and the daemon with a service account.
 
-The provider starts as Debian installs slapd: no syncprov, no schema of ours,
-and (stricter than Debian) a database that lets nobody but the rootDN read
-anything, and anonymous clients only authenticate; a size limit of 3 entries.
-Then exactly the README's commands and LDIF blocks of "Running it for real:
-deployment" (our schema with ldapadd, syncprov.ldif, account.ldif, acl.ldif)
-are applied, and the daemon runs with the service account that the README
-creates, not the rootDN: --check, requests (claim with assertion and
-post-read, outcome, claim owner), a failed request, retry, and status reading
-the suffix's contextCSN. The attack tests show that the account can do no
+The provider starts as Debian installs slapd: the suffix entry alone, no
+syncprov, no schema of ours, and (stricter than Debian) a database that lets
+nobody but the rootDN read anything, and anonymous clients only authenticate;
+a size limit of 3 entries. Then exactly the commands and LDIF blocks of
+docs/deployment.md, "4. The directory" (our schema with ldapadd,
+syncprov.ldif, subtree.ldif, account.ldif, acl.ldif) are applied, and the
+daemon runs with the service account they create, not the rootDN: --check,
+requests (claim with assertion and post-read, outcome, claim owner), a failed
+request, retry, and status reading the suffix's contextCSN. The attack tests show that the account can do no
 more than that.
 """
 from __future__ import annotations
@@ -28,15 +28,15 @@ from provisioning.sandbox.slapd import ACCOUNTS_BASE, BACKUP_BASE, SUFFIX, Stone
 
 from helpers import DEADLINE, DaemonProcess, Directory, Host, account_attrs, assert_done
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DEPLOYMENT = Path(__file__).resolve().parents[1] / "docs/deployment.md"
 SERVICE_DN = f"cn=prov-backup-rsnapshot,ou=services,{SUFFIX}"
 SECRET = "service-account-secret"
 PASSWORD_PLACEHOLDER = "userPassword: {SSHA}the-output-of-slappasswd"
 SCHEMA_COMMAND = "ldapadd -Y EXTERNAL -H ldapi:/// -f stoney-backup.ldif"
 
-# What the provider had before the README's steps: anonymous clients may
+# What the provider had before the deployment's steps: anonymous clients may
 # authenticate, nobody else may read or write anything (only the rootDN, which
-# no ACL binds); a low size limit, so the README's olcLimits line must matter.
+# no ACL binds); a low size limit, so the deployment's olcLimits line must matter.
 PRODUCTION_BEFORE = """dn: olcDatabase={1}mdb,cn=config
 changetype: modify
 add: olcAccess
@@ -56,25 +56,35 @@ olcSizeLimit: 3
 
 
 class DebianProvider(StoneySlapd):
-    """slapd as Debian installs it: the four standard schemas, no syncprov."""
+    """slapd as Debian installs it: the four standard schemas, no syncprov, the suffix entry and nothing below."""
 
     syncprov = False
     openldap_schema_files = ("core.ldif", "cosine.ldif", "nis.ldif", "inetorgperson.ldif")
 
+    def load_base_tree(self) -> None:
+        conn = self.connect()
+        try:
+            conn.add_s(SUFFIX, ldap.modlist.addModlist({"objectClass": [b"dcObject", b"organization"],
+                                                        "dc": [b"stoney-cloud"], "o": [b"stoney cloud"]}))
+        except ldap.ALREADY_EXISTS:
+            pass                                      # a restart: the deployment's entries came since
+        finally:
+            conn.unbind_s()
+
 
 def readme_block(name: str) -> tuple[list[str], str]:
-    """The README's LDIF block saved as ``name``: the command in its first line, and its text."""
-    text = README.read_text()
-    section = text.split("## Running it for real: deployment", 1)[1].split("\n## ", 1)[0]
+    """The deployment's LDIF block saved as ``name``: the command in its first line, and its text."""
+    text = DEPLOYMENT.read_text()
+    section = text.split("## 4. The directory", 1)[1].split("\n## ", 1)[0]
     for block in re.findall(r"```ldif\n(.*?)```", section, re.S):
         first = block.splitlines()[0]
         if first.startswith(f"# {name}: "):
             return shlex.split(first.split(": ", 1)[1]), block
-    raise AssertionError(f"README has no LDIF block {name}")
+    raise AssertionError(f"docs/deployment.md has no LDIF block {name}")
 
 
 def run_as_readme_says(server: StoneySlapd, argv: list[str], cwd: Path) -> None:
-    """A README command against the test's slapd: its ldapi socket for ldapi:///, -w for -W's prompt."""
+    """A deployment command against the test's slapd: its ldapi socket for ldapi:///, -w for -W's prompt."""
     argv = [server.ldapi_uri if a == "ldapi:///" else a for a in argv]
     argv = [a for arg in argv for a in (["-w", server.root_pw] if arg == "-W" else [arg])]
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=DEADLINE)
@@ -116,12 +126,12 @@ def _config_state(server: StoneySlapd) -> dict:
 
 
 def _deploy_as_the_readme_says(server: StoneySlapd, work: Path) -> None:
-    assert SCHEMA_COMMAND in README.read_text()
+    assert SCHEMA_COMMAND in DEPLOYMENT.read_text()
     schema = subprocess.run([sys.executable, "-m", "provisioning", "files", "--print", "stoney-backup.ldif"],
                             capture_output=True, text=True, timeout=DEADLINE, check=True).stdout
     (work / "stoney-backup.ldif").write_text(schema)
     run_as_readme_says(server, shlex.split(SCHEMA_COMMAND), work)
-    for name in ("syncprov.ldif", "account.ldif", "acl.ldif"):
+    for name in ("syncprov.ldif", "subtree.ldif", "account.ldif", "acl.ldif"):
         command, text = readme_block(name)
         if name == "account.ldif":
             assert text.count(PASSWORD_PLACEHOLDER) == 1
@@ -134,7 +144,7 @@ def _deploy_as_the_readme_says(server: StoneySlapd, work: Path) -> None:
 
 @pytest.fixture
 def service_host(tmp_path, provider) -> Host:
-    """A backup host whose daemon binds as the README's service account."""
+    """A backup host whose daemon binds as the deployment's service account."""
     host = Host(tmp_path / "host", provider, ACCOUNTS_BASE)
     host.set("Database", ADMIN_USER=SERVICE_DN, ADMIN_PASSWORD=SECRET)
     return host
@@ -168,7 +178,7 @@ def test_the_daemon_does_its_work_with_the_service_account(service_host, provide
         assert any(out.startswith(line) for out in check.stdout.splitlines()), (line, check.stdout)
 
     portal = Directory(provider, ACCOUNTS_BASE, host.layout.backup_root)
-    # More accounts than the provider's size limit (3): the sync refresh needs the README's olcLimits.
+    # More accounts than the provider's size limit (3): the sync refresh needs the deployment's olcLimits.
     dns = [portal.add(uid) for uid in ("3723701", "3723702", "3723703", "3723704")]
     daemon = DaemonProcess(host).start()
     try:
@@ -195,12 +205,25 @@ def test_the_daemon_does_its_work_with_the_service_account(service_host, provide
     assert "INSUFFICIENT" not in daemon.text().upper()
 
 
-def test_without_the_readmes_limits_line_a_refresh_would_fail(provider):
+def test_without_the_readmes_limits_line_a_refresh_would_fail(provider, tmp_path):
     """The olcLimits line is needed: the size limit of 3 stops a search of the subtree without it."""
+    # More entries than the limit, whichever tests ran before on this provider (pytest-xdist may
+    # run this one first, in a process of its own).
+    portal = Directory(provider, ACCOUNTS_BASE, tmp_path)
+    added = [portal.add(uid, sstProvisioningMode="added", sstProvisioningState="20260101T000000Z")
+             for uid in ("3729911", "3729912", "3729913", "3729914")]
+    try:
+        _refresh_needs_the_limits_line(provider)
+    finally:
+        for dn in added:
+            portal.conn.delete_s(dn)
+
+
+def _refresh_needs_the_limits_line(provider) -> None:
     limits = [(ldap.MOD_DELETE, "olcLimits", None)]
     root = provider.connect()
     saved = root.search_s("olcDatabase={1}mdb,cn=config", ldap.SCOPE_BASE, attrlist=["olcLimits"])[0][1]["olcLimits"]
-    assert saved, "the README's olcLimits line did not arrive"
+    assert saved, "the deployment's olcLimits line did not arrive"
     root.modify_s("olcDatabase={1}mdb,cn=config", limits)
     try:
         conn = _service_bind(provider)

@@ -104,24 +104,27 @@ def test_every_problem_of_configuration_plugin_and_folders_comes_in_one_run(host
     assert lines[-1].startswith("check failed: 6 FAIL")
 
 
-def test_a_misspelt_key_fails_the_check_with_a_suggestion_and_is_a_warning_at_start(host, directory):
+def test_a_misspelt_key_fails_the_check_and_the_start_alike(host, directory):
     host.set("Backup", SET_QUOTA_CMD=None, SET_QUOTA_COMMAND=host.layout.setquota)
     host.set("Service", LOG_FLIE="x")
     code, lines = _check(host)
     assert code == 3
     fails = [line for line in lines if line.startswith("FAIL")]
-    assert f"FAIL configuration: {host.config}: [Backup] SET_QUOTA_COMMAND: unknown key, ignored; did you mean " \
-           f"SET_QUOTA_CMD?" in fails
-    assert f"FAIL configuration: {host.config}: [Service] LOG_FLIE: unknown key, ignored; did you mean " \
-           f"LOG_FILE?" in fails
+    misspelt = [f"{host.config}: [Backup] SET_QUOTA_COMMAND: unknown key; did you mean SET_QUOTA_CMD?",
+                f"{host.config}: [Service] LOG_FLIE: unknown key; did you mean LOG_FILE?"]
+    for problem in misspelt:
+        assert f"FAIL configuration: {problem}" in fails
     # What the typo means: the default /usr/sbin/setquota, on a filesystem without user quota.
     assert "setquota fails on every add" in _line(lines, "FAIL Backup/Rsnapshot quota on MOUNTPOINT: ")
     assert lines[-1].startswith("check failed: 3 FAIL (2 configuration problem(s))")
-    # A normal start takes it as a warning (the key is ignored) and runs.
-    daemon = DaemonProcess(host, "--once").start(wait_ready=False)
-    assert daemon.wait_exit() == 0, daemon.text()[-2000:]
-    assert f"WARNING {host.config}: [Backup] SET_QUOTA_COMMAND: unknown key, ignored; did you mean " \
-           f"SET_QUOTA_CMD?" in daemon.text()
+    # A start is refused with the same two problems, before anything runs (it used to warn
+    # and run with the default).
+    result = _run(host, "--once")
+    assert result.returncode == 3
+    for problem in misspelt:
+        assert f"provisioning-daemon: {problem}" in result.stderr.splitlines()
+    assert "provisioning-daemon: 2 configuration problem(s); nothing started" in result.stderr
+    assert "starting Backup/Rsnapshot" not in result.stdout + result.stderr
 
 
 def test_a_misspelt_section_is_named_once_not_as_six_missing_keys(host):
@@ -133,12 +136,11 @@ def test_a_misspelt_section_is_named_once_not_as_six_missing_keys(host):
     assert lines[0] == (f"provisioning-daemon: {host.config}: section [Database] is missing (required: "
                         f"ADMIN_PASSWORD, ADMIN_USER, BACKEND, COOKIE_FILE, SERVER, SERVICE_SUBTREE); the file "
                         f"has an unknown section [Databse]: misspelt?")
-    assert lines[1] == "provisioning-daemon: 1 configuration problem(s); nothing started; the plugin's own checks " \
-                       "run once these are fixed"
-    assert f"provisioning-daemon: warning: {host.config}: [Databse]: unknown section, ignored with its 9 key(s); " \
+    assert f"provisioning-daemon: {host.config}: [Databse]: unknown section (with 9 key(s)); " \
            f"did you mean [Database]?" in lines
-    assert f"provisioning-daemon: warning: {host.config}: [Extra]: unknown section, ignored with its 3 key(s)" \
-           in lines
+    assert f"provisioning-daemon: {host.config}: [Extra]: unknown section (with 3 key(s))" in lines
+    assert lines[-1] == "provisioning-daemon: 3 configuration problem(s); nothing started; the plugin's own checks " \
+                        "run once these are fixed"
     assert not any("Extra: unknown key" in line for line in lines)
     code, checked = _check(host)
     assert code == 3
@@ -150,7 +152,7 @@ def test_a_key_in_the_wrong_section_is_pointed_to_its_section(host):
     host.set("Database", ENVIRONMENT="backup-01")
     code, lines = _check(host)
     assert code == 3
-    assert f"FAIL configuration: {host.config}: [Database] ENVIRONMENT: unknown key, ignored; it belongs in " \
+    assert f"FAIL configuration: {host.config}: [Database] ENVIRONMENT: unknown key; it belongs in " \
            f"[Global]" in lines
 
 
@@ -441,3 +443,40 @@ def test_a_detail_of_several_lines_is_printed_as_one():
     # A command's stderr (ssh's, say) often has several lines; --check promises one per check.
     assert str(CheckLine.fail("gateway", "No host key is known\nHost key verification failed.\n")) == \
         "FAIL gateway: No host key is known / Host key verification failed."
+
+
+def _in_a_terminal(argv: list[str]) -> str:
+    """What a person at a terminal sees of ``argv`` (stdout and stderr on one pseudo-terminal)."""
+    import pty
+    main, child = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=child, stderr=child)
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:                   # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main)
+    proc.wait(60)
+    return seen.decode(errors="replace").replace("\r\n", "\n")
+
+
+@pytest.mark.skipif(os.path.exists("/dev/log"), reason="this host has /dev/log: the records go to syslog")
+def test_at_a_terminal_check_shows_its_lines_and_problems_only(host, directory):
+    """Friction 6: no "syslog socket ... not available" warning first, no plugin INFO or LOG_DEBUG
+    record between the check lines; -d shows them."""
+    host.set("Global", LOG_DEBUG=1)
+    argv = [sys.executable, "-m", "provisioning", "-c", str(host.config), "-g", str(host.global_config), "-t"]
+    seen = _in_a_terminal(argv).splitlines()
+    assert seen and all(re.match(r"(OK|WARN|FAIL) |check (passed|failed)", line) for line in seen), seen
+    debug = _in_a_terminal(argv + ["-d"])
+    assert "DEBUG syslog socket /dev/log is not available: logging to stderr instead" in debug
+    assert debug.count("syslog socket") == 1
+    # Where no one watches (stderr into a file or a pipe) it stays a warning, said once.
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert piped.stderr.count("WARNING syslog socket /dev/log is not available: logging to stderr instead") == 1
+    assert all(re.match(r"(OK|WARN|FAIL) |check (passed|failed)", line) for line in piped.stdout.splitlines())

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from provisioning.config import loader as cfgmod
-from provisioning.transport import build, within_deadline, CLISSH, Unreachable
+from provisioning.transport import CLISSH, Unreachable, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, GaveUp, Helper, HelperPool
 from provisioning.transport.nofollow import OUTPUT_KEPT
 from provisioning.transport.ssh import HELPER_SOURCE

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 
@@ -12,6 +13,10 @@ import ldap.modlist
 import pytest
 
 from provisioning.operator.ldifload import parse_ldif
+from provisioning.backend.ldap import DirectoryUnavailable, LdapSettings
+from provisioning.backend.ldap import Directory as LdapDirectory
+from provisioning.backend.peers import Peers
+from provisioning.base.secret import Secret
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, SUFFIX, ProviderPair
 
 from faults import PauseAt, Proxy
@@ -81,6 +86,56 @@ def test_the_daemon_fails_over_to_the_other_provider_in_a_burst(tmp_path, pair, 
     assert modes(pair.second) == Counter({("added", True): BURST})
     report("provider failover in a burst of 500", in_flight=in_flight, lost=0, twice=0, left_claimed=0,
            seconds_to_next_done=round(next_done, 2))
+
+
+def test_a_worker_connects_only_to_the_provider_the_loop_is_on(pair):
+    """A worker's first connection after a reconnect must not land on the other provider.
+
+    There an entry may lag behind the stream's: the claim then failed as "changed
+    meanwhile" and the request was dropped without a trace (found in review).
+    """
+    relay = Proxy("127.0.0.1", pair.first.port)
+    try:
+        first = pair.first
+        directory = LdapDirectory(LdapSettings([relay.uri, pair.second.ldap_uri], first.root_dn,
+                                               Secret(first.root_pw), timeout=5))
+        directory.open()                                  # the loop's connection: through the relay
+        assert directory.uri == relay.uri
+        relay.cut()                                       # the loop's server is away for new connections
+        found: list[object] = []
+
+        def worker() -> None:
+            try:
+                found.append(directory.conn.get_option(ldap.OPT_URI))
+            except DirectoryUnavailable as err:
+                found.append(err)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(30)
+        assert isinstance(found[0], DirectoryUnavailable), f"the worker connected to {found[0]}"
+        directory.close()
+    finally:
+        relay.stop()
+
+
+def test_a_provider_restarted_since_the_last_look_is_read_anew_not_left_out(pair):
+    """The claim confirmation's connections (backend.peers) outlive a provider's restart: the first read
+    after it must not count the provider as out of reach (its claims would go unconfirmed)."""
+    second = pair.second
+    peers = Peers(LdapSettings([pair.first.ldap_uri, second.ldap_uri], second.root_dn, Secret(second.root_pw),
+                               timeout=5))
+    try:
+        assert peers.context(second.ldap_uri, ACCOUNTS_BASE, time.monotonic() + 5)
+        second.restart()
+        assert peers.context(second.ldap_uri, ACCOUNTS_BASE, time.monotonic() + 5)
+        assert peers.others(pair.first.ldap_uri) == [second.ldap_uri]
+        second.terminate()
+        second.wait()
+        with pytest.raises(DirectoryUnavailable):
+            peers.context(second.ldap_uri, ACCOUNTS_BASE, time.monotonic() + 5)
+        assert peers.others(pair.first.ldap_uri) == []          # left out for a while
+    finally:
+        peers.close()
 
 
 @pytest.mark.parametrize("cut_at", ["before the claim", "after the claim"])
@@ -341,3 +396,49 @@ def _add(server, uid: str, host: Host) -> None:
         conn.add_s(_dn(uid), ldap.modlist.addModlist(account_attrs(uid, host.layout.backup_root)))
     finally:
         conn.unbind_s()
+
+
+def test_the_daemon_moves_back_to_the_first_provider_once_it_answers_and_has_caught_up(tmp_path):
+    """Fail-back: the daemons of an HA pair claim through the first provider of SERVER whenever it answers.
+
+    The first provider comes back without the changes made on the second
+    while it was away (its replication relay is cut): the daemon waits for it
+    to catch up, then moves back. Before, it stayed on the second for good.
+    """
+    pair = ProviderPair(str(tmp_path / "pair"))
+    relay = Proxy("127.0.0.1", pair.second.port)          # the second's changes reach the first through it
+    pair.relay_second_to_first(relay.uri)
+    pair.start()
+    try:
+        _fail_back(tmp_path, pair, relay)
+    finally:
+        relay.stop()
+        pair.stop()
+
+
+def _fail_back(tmp_path, pair, relay: Proxy) -> None:
+    host = Host(tmp_path / "host", pair.first, ACCOUNTS_BASE)
+    p1, p2 = pair.first.ldap_uri, pair.second.ldap_uri
+    host.set("Database", SERVER=f"{p1} {p2}", FAILBACK_INTERVAL=0.5)
+    host.set_global("Operation Mode", ATTEMPTS=0, SLEEP=0.2)
+    _wait_replicated(pair)
+    daemon = DaemonProcess(host).start()
+    pair.first.terminate()
+    pair.first.wait()
+    daemon.wait_for(rf"connected to {p2}", timeout=60)
+    relay.cut()
+    _add(pair.second, "3750001", host)                    # done on the second; the first will not have it
+    wait_until(lambda: _mode(pair.second, _dn("3750001")) == "added", "the request done on the second")
+    pair.first.resume()
+    daemon.wait_for(rf"{p1} answers again, but .*: moving back to it once it has caught up", timeout=30)
+    assert daemon.count(rf"connected to {p1}") == 1       # the start only: not back on a provider behind
+    relay.restore()
+    daemon.wait_for(rf"{p1}, before {p2} in SERVER, answers again and has caught up", timeout=30)
+    daemon.wait_for(rf"connected to {p1}", count=2, timeout=30)
+    _add(pair.second, "3750002", host)
+    wait_until(lambda: _mode(pair.first, _dn("3750002")) == "added", "a request done after the fail-back")
+    assert daemon.stop() == 0
+    claimed = _value(pair.first, _dn("3750002"), "entryCSN")
+    assert f"#{pair.first.server_id:03x}#" in claimed      # the outcome was written through the first
+    # The start refreshed in full; moving back did not (the first had caught up).
+    assert daemon.count(rf"connected to {p1}; synchronising \S+ \(full refresh\)") == 1

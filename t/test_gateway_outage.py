@@ -105,8 +105,9 @@ def test_status_and_metrics_show_the_gateway_away_and_back(host, directory, gate
         samples = scrape(port)
         assert value(samples, "provisioning_gateway_up") == 0
         assert value(samples, "provisioning_gateway_outages_total") == 1
-        code, found = _status_json(host, "--warn-gateway", "0.5", "--crit-gateway", "600")
-        assert code == 1, found                                      # WARNING: requests wait for it
+        # WARNING once the gateway has been silent for 0.5 s: requests wait for it.
+        code, found = wait_until(lambda: (r := _status_json(host, "--warn-gateway", "0.5", "--crit-gateway",
+                                                             "600"))[0] == 1 and r, "status WARNING")
         assert found["gateway"]["up"] is False and found["gateway"]["why"]
         assert re.fullmatch(r"the gateway root@127\.0\.0\.1 port \d+ out of reach, no answer for \d+ s",
                             found["summary"].split(": ", 1)[1].split("; ")[0]), found["summary"]

@@ -109,7 +109,9 @@ def test_one_of_two_daemons_killed_and_restarted_mid_burst(host, directory, repo
 def test_a_claim_of_a_daemon_that_does_not_come_back_is_taken_over_after_the_lease(host, directory):
     uid = "3723707"
     pause = _paused_chroot(host, uid)
-    host.set("Service", NODE_NAME="backup-a", COMMAND_TIMEOUT=1, CLAIM_LEASE=3)
+    # The paused command is killed at COMMAND_TIMEOUT: the second daemon must start and see the claim
+    # before that (1 s was too short for a loaded machine: the request had failed by then).
+    host.set("Service", NODE_NAME="backup-a", COMMAND_TIMEOUT=5, CLAIM_LEASE=7)
     twin = _twin(host, "twin")
     twin.set("Service", NODE_NAME="backup-b")
     first = DaemonProcess(host).start()

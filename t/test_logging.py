@@ -20,6 +20,7 @@ import pytest
 
 from provisioning.base.codes import ReturnValue
 from provisioning.base.log import LevelFlags, OneLineFormatter, escape, setup
+from provisioning.base.log import setup as log_setup
 
 from helpers import DaemonProcess, account_attrs, wait_until
 
@@ -51,7 +52,7 @@ def _datagram(sock) -> str:
 
 def test_records_reach_syslog_under_the_services_ident(syslog_socket):
     path, sock = syslog_socket
-    setup("Backup-Rsnapshot", LevelFlags(debug=False, info=True), to_stdout=False, syslog_socket=str(path))
+    log_setup("Backup-Rsnapshot", LevelFlags(debug=False, info=True), to_stdout=False, syslog_socket=str(path))
     log = logging.getLogger("provisioning.test")
     log.debug("not wanted")
     log.info("uid=1,ou=x: done")
@@ -64,8 +65,8 @@ def test_records_reach_syslog_under_the_services_ident(syslog_socket):
 
 def test_with_log_err_off_errors_are_dropped_too(syslog_socket):
     path, sock = syslog_socket
-    setup("Backup-Rsnapshot", LevelFlags(debug=True, info=True, warning=True, error=False), to_stdout=False,
-          syslog_socket=str(path))
+    log_setup("Backup-Rsnapshot", LevelFlags(debug=True, info=True, warning=True, error=False), to_stdout=False,
+              syslog_socket=str(path))
     logging.getLogger("x").error("dropped")
     logging.getLogger("x").warning("kept")
     assert "WARNING kept" in sock.recv(4096).decode()
@@ -73,7 +74,7 @@ def test_with_log_err_off_errors_are_dropped_too(syslog_socket):
 
 def test_syslog_gets_directory_values_escaped_and_tracebacks_on_the_same_line(syslog_socket):
     path, sock = syslog_socket
-    setup("Backup-Rsnapshot", LevelFlags(), to_stdout=False, syslog_socket=str(path))
+    log_setup("Backup-Rsnapshot", LevelFlags(), to_stdout=False, syslog_socket=str(path))
     log = logging.getLogger("provisioning.test")
     log.error("%s: refused", "uid=1\n<134>Backup-Rsnapshot[1]: INFO forged\x1b[2J")
     assert _datagram(sock) == (f"<131>Backup-Rsnapshot[{os.getpid()}]: ERROR "
@@ -91,9 +92,11 @@ def test_syslog_gets_directory_values_escaped_and_tracebacks_on_the_same_line(sy
 # ---------------------------------------------------------- stdout / stderr
 
 @pytest.mark.parametrize("to_stdout", [True, False])
-def test_every_handler_setup_installs_writes_one_line_per_record(tmp_path, capsys, restore_logging, to_stdout):
-    setup("Backup-Rsnapshot", LevelFlags(debug=True), to_stdout=to_stdout,
-          syslog_socket=str(tmp_path / "no-such-socket"))
+def test_every_handler_setup_installs_writes_one_line_per_record(tmp_path, capsys, restore_logging, to_stdout,
+                                                                 monkeypatch):
+    monkeypatch.setattr("provisioning.base.log._said_no_syslog", False)     # said once per process
+    log_setup("Backup-Rsnapshot", LevelFlags(debug=True), to_stdout=to_stdout,
+              syslog_socket=str(tmp_path / "no-such-socket"))
     handlers = logging.getLogger().handlers
     assert handlers and all(isinstance(h.formatter, OneLineFormatter) for h in handlers)
     log = logging.getLogger("provisioning.test")

@@ -100,6 +100,19 @@ def test_a_broken_file_is_logged_and_changes_nothing(host, directory):
     assert daemon.stop() == 0
 
 
+@needs_stderr_log
+def test_a_misspelt_key_is_not_reloaded_as_a_start_would_refuse_it(host, directory):
+    daemon = _quiet(host).start()
+    host.set("Global", LOG_DEBUG=1)
+    host.set("Backup", SET_QUOTA_COMAND="/usr/sbin/setquota")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(r"SIGHUP: 1 configuration problem\(s\): nothing reloaded, the settings in use are kept")
+    assert re.search(r"ERROR SIGHUP: .*Rsnapshot\.conf: \[Backup\] SET_QUOTA_COMAND: unknown key; did you mean "
+                     r"SET_QUOTA_CMD\?", daemon.text())
+    assert _debug_lines(daemon.text()) == 0                 # LOG_DEBUG = 1 was not taken
+    assert daemon.stop() == 0
+
+
 def test_sighup_sends_the_next_mail_through_the_new_server(host, directory):
     first, second = Server(free_port()), Server(free_port())
     try:

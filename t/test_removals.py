@@ -160,7 +160,7 @@ def test_a_reconnect_does_not_cry_wolf(tmp_path):
         daemon.wait_for(r"removed after its delete request was done")
         server.restart()
         daemon.wait_for(r"connected to ldap://", count=2)
-        daemon.wait_for(r"initial synchronisation of .* done", count=2)
+        daemon.wait_for(r"synchronisation of .* done after reconnecting")
         assert daemon.stop() == 0
         removal_lines = [line for line in daemon.text().splitlines() if "removed" in line or "deletion" in line]
         assert not [line for line in removal_lines if "WARNING" in line or "ERROR" in line], removal_lines

@@ -9,6 +9,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from provisioning.config import loader as config
+from provisioning.operator import retry
+from provisioning.operator import status
 from provisioning.sandbox.slapd import BACKUP_BASE
 
 from helpers import DaemonProcess, wait_until
@@ -167,8 +172,30 @@ def test_an_unreachable_directory_is_unknown(host):
     result = _status(host)
     assert result.returncode == 3
     assert result.stdout.startswith("PROVISIONING UNKNOWN - Backup/Rsnapshot: cannot ask the directory: ")
+    # What the directory would say is not known: no "pending: 0", and U in the performance data.
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if re.match(r"(pending|in progress|failed|dated for later): ", line)], lines
+    assert any(line.startswith("requests: unknown, the directory cannot be asked (") for line in lines), lines
+    assert " pending=U;;;0 in_progress=U;;;0 failed=U;1;10;0 dated=U;;;0 oldest=Us;" in lines[0]
     code, data = _json(host)
-    assert code == 3 and data["state"] == "UNKNOWN" and data["ldap_error"]
+    assert code == 3 and data["state"] == "UNKNOWN" and data["ldap_error"] and data["counts"] is None
+
+
+def _with_reader_gone(argv: list[str]) -> subprocess.CompletedProcess:
+    """``argv | head -0``: the reader of stdout has gone before the command writes."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    return subprocess.CompletedProcess(argv, proc.wait(60), "", stderr)
+
+
+def test_a_reader_that_goes_away_leaves_the_state_and_no_traceback(host):
+    host.set("Database", SERVER="ldap://127.0.0.1:1", TIMEOUT=1)
+    result = _with_reader_gone([sys.executable, "-m", "provisioning", "status", "-c", str(host.config),
+                                "-g", str(host.global_config)])
+    assert result.returncode == 3 and result.stderr == "", result.stderr        # UNKNOWN, as it found
+    listing = _with_reader_gone([sys.executable, "-m", "provisioning", "files"])
+    assert listing.returncode == 141 and listing.stderr == "", listing.stderr
 
 
 def test_an_invalid_configuration_is_unknown(host):
@@ -217,3 +244,36 @@ def test_status_changes_nothing(host, directory, daemon):
     assert directory.get(directory.dn(UID))["entryCSN"] == entry["entryCSN"]
     assert daemon.proc.poll() is None                   # the lock was only looked at
 
+
+
+def test_a_usage_error_is_unknown_not_critical(host):
+    # argparse's 2 reads as CRITICAL to Icinga; a wrong command line says nothing about the daemon.
+    result = _status(host, "--warn-lag", "soon")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith("PROVISIONING UNKNOWN - argument --warn-lag: invalid float value: 'soon'")
+    assert "usage: provisioning-daemon status" in result.stderr
+
+
+def test_without_c_the_hosts_only_configuration_is_used(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(config, "HOST_CONFIG_DIR", tmp_path)
+    with pytest.raises(SystemExit) as none:
+        status.parse_args([])
+    assert none.value.code == 3
+    assert f"PROVISIONING UNKNOWN - -c FILE is needed: there is none below {tmp_path}" in capsys.readouterr().out
+    (tmp_path / "Backup").mkdir()
+    only = tmp_path / "Backup/Rsnapshot.conf"
+    only.write_text("")
+    (tmp_path / "Global.conf").write_text("")                 # shared by every service: not one of them
+    (tmp_path / "Backup/Rsnapshot.conf.template").write_text("")
+    assert status.parse_args([]).config == str(only)
+    assert retry.parse_args(["--failed"]).config == str(only)
+    assert status.parse_args(["-c", "/elsewhere.conf"]).config == "/elsewhere.conf"
+    (tmp_path / "Generic").mkdir()
+    (tmp_path / "Generic/Exec.conf").write_text("")
+    with pytest.raises(SystemExit) as several:
+        status.parse_args([])
+    assert several.value.code == 3
+    assert f"there are 2: {only}, {tmp_path / 'Generic/Exec.conf'} below {tmp_path}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        retry.parse_args(["--failed"])
+    assert usage.value.code == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -78,7 +79,9 @@ def test_the_unit_runs_the_instance_configuration_as_a_notify_service():
     assert unit["Type"] == ["notify"] and unit["KillMode"] == ["mixed"] and unit["Restart"] == ["on-failure"]
     assert unit["ExecStart"] == [f"{INSTALLED_PROGRAM} -c /etc/Provisioning/%I.conf"]
     assert unit["ExecStartPre"] == [f"{INSTALLED_PROGRAM} -c /etc/Provisioning/%I.conf --check"]
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # No /bin/kill (procps, missing on a minimal Debian): the shell's builtin, with the PID systemd
+    # puts in ExecReload's environment.
+    assert unit["ExecReload"] == ["""/bin/sh -c 'kill -HUP "$$MAINPID"'"""]
     assert unit["WatchdogSec"] == ["3min"] and unit["ProtectSystem"] == ["strict"]
     # %I is the instance name unescaped: Backup-Rsnapshot -> Backup/Rsnapshot.
     unescaped = subprocess.run(["systemd-escape", "--unescape", "Backup-Rsnapshot"], capture_output=True,
@@ -88,6 +91,26 @@ def test_the_unit_runs_the_instance_configuration_as_a_notify_service():
     assert set(unit["CapabilityBoundingSet"][0].split()) == {
         "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_MKNOD"}
     assert "quotactl" in unit["SystemCallFilter"][0].split()
+
+
+def test_the_units_reload_signals_the_daemon_without_procps(host, directory):
+    """ExecReload as systemd runs it (its $$ is a $, MAINPID in the environment), with nothing on PATH:
+    a minimal Debian has no /bin/kill."""
+    command = _settings(UNIT.read_text())["ExecReload"][0].replace("$$", "$")
+    program = shlex.split(command)[0]
+    # Its program comes with every Debian: a package marked Essential (procps, /bin/kill's, is not).
+    owner = subprocess.run(["dpkg-query", "-S", program], capture_output=True, text=True, timeout=60)
+    package = next((line.split(":", 1)[0] for line in owner.stdout.splitlines()
+                    if not line.startswith("diversion ")), "")
+    essential = subprocess.run(["dpkg-query", "-W", "-f", "${Essential}", package], capture_output=True,
+                               text=True, timeout=60).stdout
+    assert essential == "yes", f"{program} comes from {package or 'no package'}, which is not Essential"
+    daemon = DaemonProcess(host).start()
+    result = subprocess.run(shlex.split(command), env={"MAINPID": str(daemon.proc.pid), "PATH": "/nonexistent"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    daemon.wait_for(r"SIGHUP: reloaded")
+    assert daemon.stop() == 0
 
 
 def test_the_hardening_scores_well(tmp_path):

@@ -292,7 +292,9 @@ def backup_problems(tmp_path: Path, root: str, archive: str = "") -> tuple[Setti
     section = {"RSNAPSHOT_CONFIG_FILE": f"{tmp_path}/rsnapshot-%uid%.conf", "SET_QUOTA_CMD": "/bin/true",
                "CREATE_CHROOT_CMD": "/bin/true", "MOUNTPOINT": "/", "RSNAPSHOT_TEMPLATE": str(TEMPLATE),
                "RSNAPSHOT_CMD": "/bin/true", "CONFIGTEST": "cached", "BACKUP_ROOT": root,
-               "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000}
+               "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000,
+               "JAIL_PROGRAMS": "sh rsync", "JAIL_LINK_LIMIT": 64000, "JAIL_CHECK_SECONDS": 60.0,
+               "JAIL_RELINK_RATE": 50.0}
     config = Config(tmp_path / "Backup.conf", None, {"Backup": section}, {})
     settings = Settings.from_config(config)
     return settings, settings_problems(settings, config, LocalCLI())

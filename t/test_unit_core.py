@@ -27,6 +27,7 @@ from provisioning.base.entry import Entry
 from provisioning.operator.ldifload import parse_ldif
 from provisioning.runtime.lock import AlreadyLocked, PidLock
 from provisioning.base.log import LevelFlags, setup
+from provisioning.base.log import setup as log_setup
 from provisioning.engine.lowwater import OpenEvents
 from provisioning.engine.protocol import Verdict, decide, parse_execution_date
 
@@ -502,8 +503,8 @@ def test_level_flags_allows():
 
 
 def test_setup_gates_levels(tmp_path, capsys, restore_logging):
-    setup("Backup-Rsnapshot", LevelFlags(debug=False), to_stdout=True,
-          syslog_socket=str(tmp_path / "no-such-socket"))
+    log_setup("Backup-Rsnapshot", LevelFlags(debug=False), to_stdout=True,
+              syslog_socket=str(tmp_path / "no-such-socket"))
     log = logging.getLogger("provisioning.test")
     log.debug("debug line")
     log.info("info line")

@@ -315,7 +315,7 @@ class JailJob:
                     self.make.add(answer["top"])
                     self._next_look = 0
                 later.append((directory, jail, uuid))
-            elif answer["moved"]:
+            elif answer.get("moved"):           # a jail that holds no program has nothing to move
                 log.info("jail %s (made by CREATE_CHROOT_CMD): %d files now from the jail image %s",
                          jail, answer["moved"], answer["image"])
         with self._lock:

@@ -43,7 +43,8 @@ POLL_BATCH = 256
 # timeout python-ldap returns an empty result instead of raising TIMEOUT.
 BATCH_WAIT = 0.0001
 
-_UNAVAILABLE = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.UNAVAILABLE, ldap.BUSY, ldap.TIMEOUT)
+# Errors that mean "this server is not there (now)".
+UNAVAILABLE = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.UNAVAILABLE, ldap.BUSY, ldap.TIMEOUT)
 # Refusals that say "not now" rather than "never": a read-only or shadow
 # database, an ACL being fixed, a server under load. A write refused this way
 # is kept and tried again; giving up on it would lose a request.
@@ -134,7 +135,7 @@ def connect(settings: LdapSettings, factory=SimpleLDAPObject) -> tuple[SimpleLDA
             raise BindRefused(f"{uri} refused the bind as {settings.bind_dn}: {describe(err)}") from err
         except ldap.LDAPError as err:
             failures.append(f"{uri}: {describe(err)}{_tls_hint(err, settings, uri)}")
-            _unbind_quietly(conn)
+            unbind_quietly(conn)
             continue
         return conn, uri
     raise DirectoryUnavailable("no LDAP server answered: " + "; ".join(failures))
@@ -171,7 +172,7 @@ def _configure(conn: SimpleLDAPObject, settings: LdapSettings, uri: str) -> None
     conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)  # must come after the other TLS options
 
 
-def _unbind_quietly(conn: SimpleLDAPObject | None) -> None:
+def unbind_quietly(conn: SimpleLDAPObject | None) -> None:
     """Close a connection that may already be dead; there is nothing to report."""
     if conn is None:
         return
@@ -185,7 +186,7 @@ def _unbind_quietly(conn: SimpleLDAPObject | None) -> None:
 def _unavailable_on_network_errors(what: str) -> Iterator[None]:
     try:
         yield
-    except _UNAVAILABLE as err:
+    except UNAVAILABLE as err:
         raise DirectoryUnavailable(f"{what}: {describe(err)}") from err
 
 
@@ -197,7 +198,7 @@ class Directory:
     Each thread (the main loop, every worker) gets a connection of its own,
     bound once: python-ldap holds a connection's lock while it waits for an
     answer, so workers sharing one would wait for each other's round trips.
-    Workers connect on first use to the server the main loop chose.
+    Workers connect on first use to the server the main loop chose, and only to it.
     """
 
     def __init__(self, settings: LdapSettings, *, dry_run: bool = False) -> None:
@@ -216,7 +217,7 @@ class Directory:
         with self._lock:
             conns, self._conns = self._conns, {}
         for conn in conns.values():
-            _unbind_quietly(conn)
+            unbind_quietly(conn)
 
     @property
     def conn(self) -> SimpleLDAPObject:
@@ -226,10 +227,11 @@ class Directory:
             return conn
         if self.uri is None or not self._conns:
             raise DirectoryUnavailable("not connected")
-        # The server the main loop is on first, so every connection sees the same data.
-        preferred = [self.uri] + [u for u in self.settings.uris if u != self.uri]
+        # The server the main loop is on, and no other: on another one, which may
+        # lag behind, a worker's claim would fail as "changed meanwhile" and drop
+        # the request. When it does not answer, the loop reconnects everything.
         with _unavailable_on_network_errors("connect"):
-            conn, _ = connect(replace(self.settings, uris=preferred))
+            conn, _ = connect(replace(self.settings, uris=[self.uri]))
         with self._lock:
             self._conns[threading.get_ident()] = conn
         return conn
@@ -276,7 +278,7 @@ class Directory:
             except _REFUSED_FOR_NOW as err:
                 raise WriteRefused(f"modify {dn} refused for now: {describe(err)}") from err
             except ldap.LDAPError as err:
-                if isinstance(err, _UNAVAILABLE):
+                if isinstance(err, UNAVAILABLE):
                     raise
                 raise DirectoryError(f"modify {dn} refused: {describe(err)}") from err
         for control in answer or []:
@@ -304,7 +306,7 @@ class Directory:
             except ldap.NO_SUCH_OBJECT:
                 return []
             except ldap.LDAPError as err:
-                if isinstance(err, _UNAVAILABLE):
+                if isinstance(err, UNAVAILABLE):
                     raise
                 raise DirectoryError(f"search {base} {filterstr} refused: {describe(err)}") from err
         return [Entry.from_ldap(dn, attrs) for dn, attrs in results if dn]
@@ -352,7 +354,7 @@ class Directory:
             except ldap.NO_SUCH_OBJECT as err:
                 raise SubtreeMissing(f"{base} does not exist") from err
             except ldap.LDAPError as err:
-                if isinstance(err, _UNAVAILABLE):
+                if isinstance(err, UNAVAILABLE):
                     raise
                 raise DirectoryError(f"search {base} {filterstr} refused: {describe(err)}") from err
         if any(not dn for dn, _ in results):
@@ -375,7 +377,7 @@ class Directory:
             try:
                 found = self.conn.search_ext_s("", ldap.SCOPE_BASE, "(objectClass=*)", ["namingContexts"])
             except ldap.LDAPError as err:
-                if isinstance(err, _UNAVAILABLE):
+                if isinstance(err, UNAVAILABLE):
                     raise
                 raise DirectoryError(f"read the root DSE: {describe(err)}") from err
         attrs = found[0][1] if found else {}
@@ -540,13 +542,13 @@ class SyncStream:
                                                    cookie=cookie or None, filterstr=filterstr,
                                                    attrlist=list(self.settings.attributes))
         except BaseException:
-            _unbind_quietly(conn)
+            unbind_quietly(conn)
             raise
         self._conn = conn
         log.debug("sync search on %s below %s with %s from cookie %s", uri, self.base, filterstr, cookie)
 
     def close(self) -> None:
-        _unbind_quietly(self._conn)
+        unbind_quietly(self._conn)
         self._conn = None
 
     def fileno(self) -> int | None:
@@ -575,7 +577,7 @@ class SyncStream:
             return False
         except ldap.NO_SUCH_OBJECT as err:
             raise SubtreeMissing(f"SERVICE_SUBTREE {self.base} does not exist") from err
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise DirectoryUnavailable(f"sync stream: {describe(err)}") from err
         except ldap.LDAPError as err:
             info = err.args[0] if err.args and isinstance(err.args[0], dict) else {}

@@ -17,7 +17,10 @@ One SQLite file (WAL) next to COOKIE_FILE ([Database] STORE_FILE) holds
   records of an earlier mirror are kept as ``retired`` when a fresh one starts;
 - removals the deletion brake holds for an operator (provisioning.engine.brake), and
   the operator's decisions on them (``approvals``, written by
-  ``provisioning-daemon deletions``, the only table another process writes).
+  ``provisioning-daemon deletions``, the only table another process writes);
+- how often, and when last, another daemon's claim made through another
+  provider was seen (``rivals``, for ``status``: an HA pair split across
+  the providers).
 
 Changes wait in memory (the overlay) until ``flush()`` writes them in one
 transaction. The daemon flushes after every handled entry and every cookie it
@@ -125,6 +128,7 @@ class Store:
         self._decided: set[str] = set()            # approvals acted on, removed at the next flush
         self._mirror: dict | None = None
         self._gateway: dict | None = None          # the gateway's state for status (see note_gateway)
+        self._rivals: dict | None = None           # another daemon's claims through another provider, for status
         # A fresh mirror was started (start_mirror): what the file holds of the
         # old one no longer counts, and is moved aside at the next flush.
         self._fresh = False
@@ -456,6 +460,18 @@ class Store:
         value = self._meta("gateway")
         return json.loads(value) if value else None
 
+    def note_rival(self, text: str, at: float) -> None:
+        """Another daemon claimed a request through another provider than ours (``status`` shows it)."""
+        seen = self.rivals() or {"count": 0, "first": at}
+        self._rivals = {**seen, "count": seen["count"] + 1, "last": at, "text": text}
+
+    def rivals(self) -> dict | None:
+        """How often, first and last when (epoch seconds), and the last such claim; None if never."""
+        if self._rivals is not None:
+            return dict(self._rivals)
+        value = self._meta("rivals")
+        return json.loads(value) if value else None
+
     def set_mirror(self, mirror: dict) -> None:
         """Record what the store mirrors (a first start, or a store of an earlier version)."""
         self._mirror = dict(mirror)
@@ -470,7 +486,7 @@ class Store:
     def dirty(self) -> bool:
         return bool(self._entries or self._pending or self._cookie is not None or self._own is not None
                     or self._held or self._decided or self._mirror is not None or self._fresh
-                    or self._gateway is not None)
+                    or self._gateway is not None or self._rivals is not None)
 
     def flush(self) -> bool:
         """Write what waits in memory in one transaction; False if it could not be written.
@@ -526,6 +542,8 @@ class Store:
                 db.execute("DELETE FROM meta WHERE key='adopt'")
             if self._gateway is not None:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('gateway', ?)", (json.dumps(self._gateway),))
+            if self._rivals is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('rivals', ?)", (json.dumps(self._rivals),))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:        # SQLite rolls back by itself when a COMMIT fails (full disk)
@@ -539,6 +557,7 @@ class Store:
         self._decided.clear()
         self._mirror = None
         self._gateway = None
+        self._rivals = None
         self._fresh = False
 
     def _retire(self, db: sqlite3.Connection) -> None:

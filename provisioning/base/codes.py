@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     NOT_RETRIED = 6         # retry (deletions): at least one entry named could not be written anew
                             # (is not held)
     GATEWAY_UNREACHABLE = 7  # CLISSH: the gateway did not answer within the configured attempts
+    OUTPUT_CLOSED = 141     # stdout was closed before everything was written (... | head): 128 + SIGPIPE,
+                            # as a shell reports a program that signal ended (status keeps its own code)
 
 
 class ReturnValue(IntEnum):

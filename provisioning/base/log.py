@@ -135,12 +135,29 @@ def setup(ident: str, flags: LevelFlags, *, to_stdout: bool,
     syslog = _syslog_handler(ident, syslog_socket)
     if syslog is not None:
         install(syslog, SYSLOG_FORMAT, flags)
+    stream = sys.stdout if to_stdout else sys.stderr
     if to_stdout or syslog is None:
-        install(logging.StreamHandler(sys.stdout if to_stdout else sys.stderr), STREAM_FORMAT, flags)
+        install(logging.StreamHandler(stream), STREAM_FORMAT, flags)
     if syslog is None:
-        logging.getLogger(__name__).warning(
-            "syslog socket %s is not available: logging to %s instead",
-            syslog_socket, "stdout" if to_stdout else "stderr")
+        _no_syslog(syslog_socket, "stdout" if to_stdout else "stderr", stream)
+
+
+_said_no_syslog = False
+
+
+def _no_syslog(socket_path: str, where: str, stream) -> None:
+    """Say once per process that records go to ``where``: at debug on a terminal, where the person
+    reading sees them come anyway; as a warning elsewhere (a file a service's output goes to)."""
+    global _said_no_syslog
+    if _said_no_syslog:
+        return
+    _said_no_syslog = True
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    logging.getLogger(__name__).log(logging.DEBUG if terminal else logging.WARNING,
+                                    "syslog socket %s is not available: logging to %s instead", socket_path, where)
 
 
 def install(handler: logging.Handler, fmt: str, flags: LevelFlags) -> logging.Handler:

@@ -30,7 +30,8 @@ from provisioning.transport.ssh import gateway_problem
 
 GLOBAL_CONF_NAME = "Global.conf"
 # The host's own, as the original's.
-HOST_GLOBAL_CONF = Path("/etc/Provisioning") / GLOBAL_CONF_NAME
+HOST_CONFIG_DIR = Path("/etc/Provisioning")
+HOST_GLOBAL_CONF = HOST_CONFIG_DIR / GLOBAL_CONF_NAME
 
 
 class ConfigError(Exception):
@@ -119,6 +120,12 @@ class Config:
         return self.daemon.lock_file
 
     @property
+    def entry_lock_dir(self) -> Path:
+        """[Service] ENTRY_LOCK_DIR, or SERVICE-TYPE.locks beside COOKIE_FILE: the daemons of one host that
+        keep their state files in one folder share it."""
+        return self.daemon.entry_lock_dir
+
+    @property
     def log_file(self) -> Path:
         """Where a detached daemon logs without syslog: [Service] LOG_FILE or COOKIE_FILE.log."""
         return self.daemon.log_file
@@ -154,6 +161,11 @@ def find_global_config(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
     return next((p for p in global_config_candidates() if p.is_file()), None)
+
+
+def host_service_configs() -> list[Path]:
+    """The service configurations below /etc/Provisioning: every *.conf but Global.conf."""
+    return sorted(p for p in HOST_CONFIG_DIR.rglob("*.conf") if p.name != GLOBAL_CONF_NAME and p.is_file())
 
 
 # ------------------------------------------------------------------- loading
@@ -310,8 +322,8 @@ SIMILAR = 0.75
 def unknown_keys(cfg: Config) -> list[str]:
     """Keys and sections no spec knows, with a "did you mean" where a known name is close.
 
-    Warnings at a normal start (the daemon ignores them), failures of --check:
-    a misspelt key silently takes its default.
+    Problems like any other, at a start, in --check and at SIGHUP: a misspelt
+    key would otherwise silently take its default.
     """
     found = []
     for label, obj in ((cfg.path, cfg.service), (cfg.global_path or "Global.conf", cfg.global_)):
@@ -332,10 +344,10 @@ def _describe_unknown(obj: ConfigObj, spec: ConfigObj, sections: list[str], name
         parent = parent[section]
     if isinstance(parent.get(name), dict):
         count = len(parent[name].scalars)
-        text = f"[{name}]: unknown section, ignored with its {count} key(s)"
+        text = f"[{name}]: unknown section (with {count} key(s))"
         close = difflib.get_close_matches(name, list(parent_spec.sections), n=1, cutoff=SIMILAR)
         return text + (f"; did you mean [{close[0]}]?" if close else "")
-    text = f"{where} {name}: unknown key, ignored"
+    text = f"{where} {name}: unknown key"
     close = difflib.get_close_matches(name, list(parent_spec.scalars), n=1, cutoff=SIMILAR)
     if close:
         return text + f"; did you mean {close[0]}?"

@@ -53,6 +53,7 @@ class Database:
     ca_file: str = ""
     start_tls: bool = False
     timeout: float = 30.0
+    failback_interval: float = 5.0    # seconds between looks for an earlier provider of SERVER
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,10 @@ class Daemon:
     syslog_ident: str                 # SYSLOG, or SERVICE-TYPE
     lock_file: Path
     log_file: Path
+    entry_lock_dir: Path              # ENTRY_LOCK_DIR, or SERVICE-TYPE.locks beside COOKIE_FILE
     command_timeout: float
     claim_lease: float
+    claim_confirm_wait: float
     node_name: str
     workers: int
     brake: Brake
@@ -112,7 +115,8 @@ def database(section: Mapping[str, Any]) -> Database:
         password=section["ADMIN_PASSWORD"], subtree=section["SERVICE_SUBTREE"], cookie_file=cookie,
         store_file=Path(section["STORE_FILE"]) if section["STORE_FILE"] else Path(f"{cookie}.sqlite"),
         default_cookie=section["DEFAULT_COOKIE"], search_filter=section["SEARCH_FILTER"],
-        ca_file=section["CA_FILE"], start_tls=section["START_TLS"], timeout=section["TIMEOUT"])
+        ca_file=section["CA_FILE"], start_tls=section["START_TLS"], timeout=section["TIMEOUT"],
+        failback_interval=section["FAILBACK_INTERVAL"])
 
 
 def daemon(section: Mapping[str, Any], cookie_file: Path) -> Daemon:
@@ -122,7 +126,10 @@ def daemon(section: Mapping[str, Any], cookie_file: Path) -> Daemon:
         type=section["TYPE"], syslog_ident=section["SYSLOG"] or f"{section['SERVICE']}-{section['TYPE']}",
         lock_file=Path(section["LOCK_FILE"]) if section["LOCK_FILE"] else Path(f"{cookie_file}.lock"),
         log_file=Path(section["LOG_FILE"]) if section["LOG_FILE"] else Path(f"{cookie_file}.log"),
+        entry_lock_dir=Path(section["ENTRY_LOCK_DIR"]) if section["ENTRY_LOCK_DIR"] else
+        cookie_file.parent / f"{section['SERVICE']}-{section['TYPE']}.locks",
         command_timeout=section["COMMAND_TIMEOUT"], claim_lease=section["CLAIM_LEASE"],
+        claim_confirm_wait=section["CLAIM_CONFIRM_WAIT"],
         node_name=section["NODE_NAME"], workers=section["WORKERS"],
         brake=Brake(section["DELETION_BRAKE_PERCENT"], section["DELETION_BRAKE_COUNT"],
                     section["DELETION_BRAKE_WINDOW"]),

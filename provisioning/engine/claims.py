@@ -56,6 +56,8 @@ LEASE_MARGIN = 0.1
 MAX_PID = 2**31 - 1
 # Claims judged without a time of their own (see Owners._since), remembered this many.
 FIRST_SEEN_KEPT = 10_000
+# How many lost claims are remembered (each comes back within moments, as another daemon's).
+LOST_KEPT = 10_000
 
 
 class Owner(enum.Enum):
@@ -137,6 +139,9 @@ class Owners:
         self.alive = alive
         self._mine: set[str] = set()
         self._first_seen: OrderedDict[str, dt.datetime] = OrderedDict()
+        # Claims of ours that lost to another daemon's (provisioning.engine.confirm): their
+        # version is about to be replaced, and must not be resumed as "ours, not in hand".
+        self._lost: OrderedDict[str, None] = OrderedDict()
 
     def new_token(self) -> str:
         # The directory's time: a stamp never lies ahead of the write that carries it.
@@ -146,6 +151,13 @@ class Owners:
 
     def release(self, token: str) -> None:
         self._mine.discard(token)
+
+    def lose(self, token: str) -> None:
+        """Our claim ``token`` lost to another daemon's: judged as someone else's live claim from now on."""
+        self._mine.discard(token)
+        self._lost[token] = None
+        while len(self._lost) > LOST_KEPT:
+            self._lost.popitem(last=False)
 
     def saw(self, entry: Entry) -> dt.datetime | None:
         """Note the time of ``entry``'s last change on the directory's clock; that time."""
@@ -168,6 +180,10 @@ class Owners:
         if claim.at - (written or self.directory.now()) > self.lease:
             return Judgement(Owner.GONE, f"{who}, more than a lease after the directory wrote it: "
                                          "foreign, taken as expired")
+        if claim.token in self._lost:
+            # Another daemon's claim with a later CSN replaces it on every provider
+            # soon; should that daemon die before, the lease lets it be taken over.
+            return self._lease(self._since(entry, written), f"{who}, this daemon, whose claim lost to another daemon's")
         if claim.host == self.host and claim.pid == self.pid:
             # Ours, but not in hand: the answer to the claim was lost with the
             # connection (or this is an earlier daemon that had our pid).

@@ -39,6 +39,7 @@ from provisioning.engine.brake import PARKED, Brake, Parked
 from provisioning.base.clock import Clock
 from provisioning.base.entry import Entry
 from provisioning.config.settings import Retry
+from provisioning.engine.failback import Failback
 from provisioning.engine.lowwater import OpenEvents
 from provisioning.engine.mirror import Mirror, identity_differences
 from provisioning.observe.monitor import Monitor
@@ -137,7 +138,7 @@ class Daemon:
                  stop_event: threading.Event | None = None, once: bool = False,
                  monitor: Monitor | None = None, on_reload: Callable[[], object] | None = None,
                  mirror: Mirror | None = None, brake: Brake | None = None,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, failback: Failback | None = None) -> None:
         self.directory = directory
         self.stream = stream
         self.position = position
@@ -172,8 +173,12 @@ class Daemon:
         self._warned: set[str] = set()            # warnings mailed for trouble that is not over
         self.on_reload = on_reload                 # what SIGHUP does (provisioning.runtime.reload)
         self._reload_asked = False
+        self._stop_signal: str | None = None       # the signal that asked for the stop, said by the loop
+        self._synchronised = False                 # the first refresh is done (its line said "initial")
         self.mirror = mirror                       # what the store must mirror (None: not checked)
         self.brake = brake or Brake()
+        self.failback = failback                   # back to an earlier provider of SERVER (None: never)
+        self._failing_back = False
         self._held_checked_at = -math.inf
         self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
         self.monitor.attach(self)
@@ -184,8 +189,11 @@ class Daemon:
     def stopping(self) -> bool:
         return self.stop_event.is_set()
 
-    def request_stop(self) -> None:
-        """Ask the loop to stop after the work in hand (safe in a signal handler)."""
+    def request_stop(self, signal_name: str | None = None) -> None:
+        """Ask the loop to stop after the work in hand (safe in a signal handler: no I/O here;
+        the loop says which signal it was)."""
+        if signal_name and self._stop_signal is None:
+            self._stop_signal = signal_name
         self.stop_event.set()
 
     def request_reload(self) -> None:
@@ -232,6 +240,8 @@ class Daemon:
         try:
             while not self.stopping:
                 self.step()
+            if self._stop_signal:
+                log.info("%s received: stopping after the work in hand", self._stop_signal)
         finally:
             self.shutdown()
 
@@ -241,17 +251,21 @@ class Daemon:
             return
         self._closed = True
         self.monitor.stopping()
+        if self.failback is not None:
+            self.failback.close()
         self._drain()
         self._flush(mirror=True)
         self.executor.close()
         self.stream.close()
         self.directory.close()
+        self.router.selfcare.close()
         self.store.close()
 
     def step(self, timeout: float | None = None) -> None:
         """One round: the events that arrive within ``timeout``, then housekeeping."""
         self.monitor.beat()
         self._reload_if_asked()
+        self._check_failback()
         if self._trouble:
             self._recover()
             return
@@ -313,6 +327,8 @@ class Daemon:
             raise
         self.in_refresh = True
         self._warned.discard("directory")
+        if self.failback is not None:
+            self.failback.watch(self.directory.uri)
         self.monitor.connected(self.directory.uri, self.refresh_full)
         log.info("connected to %s; synchronising %s%s", self.directory.uri, self.base,
                  " (full refresh)" if self.refresh_full else "")
@@ -439,6 +455,15 @@ class Daemon:
                     self._session_server or "an earlier run")
         self.position.reset()
 
+    def _check_failback(self) -> None:
+        """Move back to an earlier provider of SERVER that answers again (see provisioning.engine.failback)."""
+        if self._trouble or self.failback is None:
+            return
+        uri = self.failback.due()
+        if uri is not None:
+            self._trouble = f"{uri}, before {self.directory.uri} in SERVER, answers again and has caught up"
+            self._failing_back = True
+
     def _recover(self) -> None:
         """Finish the work in hand; wait for the gateway if it went away; reconnect and write what is kept.
 
@@ -446,15 +471,21 @@ class Daemon:
         request claimed without an outcome, or left open) comes again from
         the stream, read anew from the acknowledged cookie: a claim of this
         daemon that is not in hand is resumed (provisioning.engine.claims).
+        A fail-back (an earlier provider of SERVER answers again) is no
+        trouble: the reconnect finds the first provider that answers.
         """
-        if self._host_away:
+        if self._failing_back:
+            log.info("%s; finishing the work in hand, then moving back to it", self._trouble)
+            self._failing_back = False
+        elif self._host_away:
             log.warning("%s; new work waits, the work in hand ends, then the daemon waits for the gateway",
                         self._trouble)
+            self.monitor.trouble(self._trouble, host=True)
         else:
             log.warning("%s; finishing the work in hand, then reconnecting", self._trouble)
             self._warn_once("directory", "the directory is out of reach or refuses writes",
                             f"{self._trouble}. Requests wait; kept outcomes are written when it is back.")
-        self.monitor.trouble(self._trouble, host=self._host_away)
+            self.monitor.trouble(self._trouble, host=False)
         self._drain()
         self._forget_unfinished()
         self._publish_host()
@@ -555,8 +586,7 @@ class Daemon:
     def _refresh_done(self) -> None:
         self.in_refresh = False
         self.router.adopt = None
-        log.info("initial synchronisation of %s done; waiting for changes", self.base)
-        self._settle_at = self._seq
+        self._settle_at = self._seq            # said done in _settle, once its work has ended
         todo, self._after_refresh = self._after_refresh, []
         for sweep in todo:
             sweep()
@@ -565,7 +595,11 @@ class Daemon:
         """Once the work the refresh brought has ended (workers may still run it at RefreshDone)."""
         if self._settle_at is not None and self._in_hand.lowest() > self._settle_at:
             self._settle_at = None
-            self.monitor.refresh_done()
+            self.monitor.refresh_done()          # the progress totals come first
+            what = "synchronisation of %s done after reconnecting" if self._synchronised \
+                else "initial synchronisation of %s done"
+            log.info(what + ("" if self.once else "; waiting for changes"), self.base)
+            self._synchronised = True
             if self.once:
                 self._housekeeping()             # requests dated for today too
                 self._stop_when_idle = True

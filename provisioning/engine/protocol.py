@@ -7,9 +7,14 @@ sstIsActive FALSE. The core, not the plugin, owns every transition:
 1. claim:  mode -> adding|modifying|deleting, old return value removed, and
    the claimant recorded (provisioning.engine.claims). The write asserts (RFC 4528)
    that the entry is still exactly as judged (its entryCSN), so two daemons
-   never both take one request, and a request that changed meanwhile is
-   judged again from its newer version.
-2. work:   the plugin's add/modify/delete hook, with the entry the claim read back.
+   never both take one request through one provider, and a request that
+   changed meanwhile is judged again from its newer version. Through two
+   providers both claims succeed: the claim is then confirmed on the other
+   providers of SERVER (provisioning.engine.confirm), and the one that lost backs
+   off before any work.
+2. work:   the plugin's add/modify/delete hook, with the entry the claim read
+   back, under the entry's lock on this host (provisioning.engine.entrylock) - or,
+   when this host did this very request already, that outcome again.
 3. done:   mode -> added|modified|deleted, state -> UTC YYYYMMDDThhmmssZ,
    return value -> 0, in one modify; on failure the return value (mode stays
    claimed, state stays 0) and the error is logged.
@@ -42,13 +47,16 @@ from provisioning.backend.ldap import (
     Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
 )
 from provisioning.backend.store import PendingWrite
+from provisioning.engine.claims import Owner, Owners, claim_values, parse
 from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
-from provisioning.engine.claims import Owner, Owners, claim_values
 from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
 from provisioning.base.entry import Entry
 from provisioning.engine.results import Result, Watch
-from provisioning.hooks.service import within_deadline, Interrupted, Request, Service, Unreachable
+from provisioning.hooks.service import Interrupted, Request, Service, Unreachable, within_deadline
+from provisioning.backend.cookie import csn_sid
+from provisioning.engine.confirm import Confirmer, Standing
+from provisioning.engine.entrylock import Done, EntryLocks, Held
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +176,22 @@ class Selfcare:
     """Carries out decisions: the writes of the protocol and the plugin's work between them."""
 
     def __init__(self, directory: Directory, service: Service, owners: Owners,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, confirmer: Confirmer | None = None,
+                 locks: EntryLocks | None = None) -> None:
         self.directory = directory
         self.service = service
         self.owners = owners
         self.clock = clock or Clock()
+        self.confirmer = confirmer or Confirmer(None, 0)
+        self.locks = locks or EntryLocks(None)
+        # The server id in the entryCSN of our last claim: the provider we claim through.
+        self.claim_sid: str | None = None
+        self._said_unreadable = False             # that a provider's contextCSN cannot be read
+
+    def close(self) -> None:
+        """Close the connections to the other providers (see provisioning.engine.confirm)."""
+        if self.confirmer.peers is not None:
+            self.confirmer.peers.close()
 
     def run(self, entry: Entry, decision: Decision, previous: Entry | None = None) -> Result:
         """Act on one decision (anything but IGNORE); runs in a worker.
@@ -210,12 +229,16 @@ class Selfcare:
         return refused
 
     def _work(self, entry: Entry, decision: Decision, previous: Entry | None = None) -> Result:
+        """Claim, confirm the claim on the other providers, then work and write the outcome with the
+        entry's lock on this host held (provisioning.engine.entrylock): a claim that lost to another daemon's
+        waits for no lock and touches nothing. A plugin may refuse the request before the claim
+        (provisioning_validate)."""
         verb = decision.verb
         refused = self.service.validate(Request(verb, entry, previous))
         if refused is not None:
             why = f"refused by the plugin: {self.service.meaning(refused)}"
             return self._refuse(entry, Decision(Verdict.REFUSE, why, verb, refused))
-        claimed, finished = TRANSITIONS[verb]
+        claimed = TRANSITIONS[verb][0]
         try:
             self.service.reachable()     # not claimed while the gateway is away: it stays as it is
         except Unreachable as err:
@@ -224,11 +247,18 @@ class Selfcare:
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
         token = self.owners.new_token()
+        claim = Result()
         try:
             fresh, claim = self._claim(entry, claimed, token)
             if fresh is None:
                 return claim
-            code, took = self._run_plugin(Request(verb, fresh, previous))
+            claimed_at = time.monotonic()          # the lease's deadline counts from here
+            lost, replaced = self._confirm(fresh, token, claim)
+            if lost is not None:
+                return lost
+            with self.locks.hold(entry.uuid or entry.dn.lower(), entry.dn) as held:
+                return self._finish(entry, fresh, verb, token, claim, held, claimed_at, replaced,
+                                    previous)
         except Interrupted:
             log.warning("%s: %s interrupted by the stop; it stays %s and is resumed at the next start",
                         entry.dn, verb, claimed)
@@ -239,6 +269,17 @@ class Selfcare:
             return Result(away=str(err), own_csns=claim.own_csns)
         finally:
             self.owners.release(token)
+
+    def _finish(self, entry: Entry, fresh: Entry, verb: str, token: str, claim: Result, held: Held,
+                claimed_at: float, replaced: str | None = None, previous: Entry | None = None) -> Result:
+        """The work (or the record that it was done, see _do), then the outcome write.
+
+        ``replaced``: the entryCSN of an older claim of another daemon that came
+        in after ours on our provider (see provisioning.engine.confirm): lost, but in
+        the outcome's way; the outcome may replace it. ``previous``: Request.previous.
+        """
+        claimed, finished = TRANSITIONS[verb]
+        code, took = self._do(Request(verb, fresh, previous), entry, token, held, claimed_at)
         would = self.directory.dry_run     # a dry run's log says what would happen
         if code == ReturnValue.SUCCESS:
             changes = {MODE: [finished], STATE: [utc_stamp(self.clock.utcnow())], RETURN: ["0"]}
@@ -249,12 +290,15 @@ class Selfcare:
             done = (f"{verb} {'would fail' if would else 'failed'} with return value {code} after {took:.3f} s; "
                     f"{MODE} stays {claimed}")
         # Still our claim, or (the claim was lost with a provider that died
-        # before replicating it) still the very version we judged.
+        # before replicating it) still the very version we judged, or the
+        # older claim of another daemon that came in after ours.
+        lost_rival = f"(entryCSN={escape_filter_chars(replaced)})" if replaced else ""
         expect = (f"(|(&({MODE}={claimed})({CLAIM_ATTRIBUTE}={escape_filter_chars(token)}))"
-                  f"{_unchanged(entry)})")
+                  f"{_unchanged(entry)}{lost_rival})")
         outcome = self._write(fresh, changes, expect, f"write the outcome of {verb}", done=done,
                               failed=code != ReturnValue.SUCCESS)
         outcome.own_csns = claim.own_csns + outcome.own_csns
+        outcome.rival = claim.rival
         outcome.verb, outcome.code = verb, code
         outcome.answered = {"judged": entry.csn, "claim": fresh.csn, "claimed": claimed, "token": token,
                             "changes": changes, "done": done, "failed": code != ReturnValue.SUCCESS}
@@ -278,9 +322,65 @@ class Selfcare:
         result.answered = answered
         return result
 
-    def _run_plugin(self, request: Request) -> tuple[int, float]:
+    def _confirm(self, fresh: Entry, token: str, claim: Result) -> tuple[Result | None, str | None]:
+        """Whether our claim holds on the other providers (see provisioning.engine.confirm).
+
+        Returns what backing off reports when it lost (else None), and the
+        entryCSN of an older rival's version that the outcome may replace.
+        ``claim.rival`` learns of another daemon's claim seen meanwhile.
+        """
+        if not fresh.csn or not self.confirmer.enabled:
+            return None, None
+        found = self.confirmer.confirm(fresh.dn, token, fresh.csn, self.directory.uri)
+        if found.rival is not None:
+            rival, csn = found.rival
+            claim.rival = (f"{fresh.dn}: also claimed by {rival.host} process {rival.pid} (entryCSN {csn}); this "
+                           f"daemon claimed it through {self.directory.uri} ({fresh.csn})")
+        if found.standing is Standing.LOST:
+            self.owners.lose(token)
+            winner = parse(found.winner.values(CLAIM_ATTRIBUTE))
+            by = f"the claim of {winner.host} process {winner.pid}" if winner is not None else "a newer write"
+            log.warning("%s: claim lost to %s (entryCSN %s, newer than ours, %s): backing off, nothing is done on "
+                        "this host", fresh.dn, by, found.winner.csn, fresh.csn)
+            return Result(own_csns=claim.own_csns, rival=claim.rival), None
+        if found.standing is Standing.UNSURE and found.unreadable:
+            # Every request would say so: once, then at debug level.
+            (log.debug if self._said_unreadable else log.warning)(
+                "%s: the claim cannot be confirmed, %s: working on it all the same; let the daemon's bind read "
+                "contextCSN on the suffix entry of every provider (README, deployment)", fresh.dn, found.behind[0])
+            self._said_unreadable = True
+        elif found.standing is Standing.UNSURE:
+            log.warning("%s: the claim could not be confirmed within %g s, waiting for %s: working on it all the "
+                        "same; this host's entry lock keeps two jobs apart", fresh.dn, self.confirmer.wait,
+                        ", ".join(found.behind))
+        else:
+            log.debug("%s: claim confirmed in %.1f ms%s%s", fresh.dn, found.took * 1000,
+                      f"; not answering: {', '.join(found.away)}" if found.away else "",
+                      f"; an older claim ({found.replaced}) came in after it" if found.replaced else "")
+        return None, found.replaced
+
+    def _do(self, request: Request, judged: Entry, token: str, held: Held, claimed_at: float) -> tuple[int, float]:
+        """The plugin's work and its return value, unless this host did this very request already.
+
+        Already: the other daemon of a pair split across two providers, or a
+        daemon killed before it wrote the outcome, did it under the entry's
+        lock on this host (see provisioning.engine.entrylock). Then its return
+        value is written as this request's outcome and nothing is done again.
+        """
+        done = held.done()
+        if done is not None and done.covers(judged.csn):
+            log.warning("%s: this %s was done on this host already (return value %d, %s): its outcome is written, "
+                        "the work is not done again", request.dn, request.verb, done.code, done.by or "by a daemon")
+            return done.code, 0.0
+        code, took = self._run_plugin(request, claimed_at)
+        held.record(Done(judged.csn, request.entry.csn, request.verb, code, token))
+        return code, took
+
+    def _run_plugin(self, request: Request, claimed_at: float) -> tuple[int, float]:
+        """The plugin's hook, its commands bounded by the lease counted from the claim (``claimed_at``,
+        a time.monotonic() value): the confirmation and the wait for the entry's lock count too."""
         started = time.monotonic()
-        with within_deadline(self.owners.work_budget()):
+        with within_deadline(self.owners.work_budget() - (started - claimed_at)):
             code = self.service.run(request)
         return code, time.monotonic() - started
 
@@ -310,6 +410,8 @@ class Selfcare:
             return None, Result()
         claims = [v for v in entry.values(CLAIM_ATTRIBUTE) if v not in old] + [token]
         csn = after.csn if after is not None else None
+        if csn:
+            self.claim_sid = csn_sid(csn)
         fresh = entry.with_changes({MODE: [claimed], RETURN: None, CLAIM_ATTRIBUTE: claims}, csn)
         log.info("%s: %s request %s (%s: %s -> %s)", entry.dn, CLAIMED[claimed],
                  "would be claimed" if self.directory.dry_run else "claimed", MODE, entry.get(MODE), claimed)

@@ -41,5 +41,6 @@ class Result:
     answered: dict | None = None         # the outcome a worked request got (see store.Known)
     durable: bool = False                # the store is the only record of what was done: write it now
     took: float | None = None            # seconds the job ran: from its claim to its outcome written
+    rival: str | None = None             # another daemon's claim on this request, made through another provider
 
 

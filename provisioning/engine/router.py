@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+import time
 from collections import OrderedDict
+from typing import Callable
 
 from provisioning.backend.cookie import by_sid, csn_sid
 from provisioning.backend.ldap import EntryChanged
@@ -17,6 +20,7 @@ from provisioning.backend.store import Known, PendingWrite, Store
 from provisioning.engine.claims import Owners
 from provisioning.base.clock import Clock
 from provisioning.base.entry import Entry
+from provisioning.engine.entrylock import EntryLocks
 from provisioning.engine.ldapmode import LdapMode, ldap_verb
 from provisioning.alerts.mail import Alerts, RequestLog
 from provisioning.engine.protocol import Selfcare, Verdict, decide, is_selfcare
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 # How many of our own writes we remember to recognise their echo (they come
 # back within milliseconds; the bound keeps memory flat however long it runs).
 OWN_WRITES_KEPT = 10_000
+# Another daemon claiming through another provider is logged as a warning at most this often.
+RIVAL_REPORT_INTERVAL = 600.0
 # Where an entry comes from (see Router.entry_job).
 CHANGE, REFRESH, SEARCH = "change", "refresh", "search"
 
@@ -40,7 +46,7 @@ class Router:
     def __init__(self, *, modus: str, base: str, store: Store, service: Service, owners: Owners,
                  selfcare: Selfcare, ldap_mode: LdapMode, removals: Removals,
                  clock: Clock | None = None, alerts: Alerts | None = None,
-                 request_log: RequestLog | None = None) -> None:
+                 request_log: RequestLog | None = None, locks: EntryLocks | None = None) -> None:
         self.modus = modus
         self.base = base.lower()
         self.store = store
@@ -52,10 +58,12 @@ class Router:
         self.clock = clock or Clock()
         self.alerts = alerts
         self.request_log = request_log
+        self.locks = locks or EntryLocks(None)      # without: no lock on the host
         self.adopt: str | None = None      # a cookie whose entries count as handled (see cookie.Start)
         self.watching: dict[str, Watch] = {}
         self._own_writes: OrderedDict[str, None] = OrderedDict()
         self._own_newest: dict[str, str] = {}         # server id -> the newest of _own_writes, kept in the store
+        self._rival_said_at = -math.inf
         self.note_own_writes(store.own_writes)         # the last run's, for its first cookie check
 
     # ---------------------------------------------------------------- planning
@@ -104,6 +112,8 @@ class Router:
         if answered is not None:
             return self._job(_key(entry), entry.dn, lambda: self.selfcare.answer_again(entry, answered), entry)
         decision = decide(entry, self.clock.today(), self.owners)
+        if decision.verdict is Verdict.WATCH:
+            self._watched_claim(entry, decision.reason)
         if decision.verdict is Verdict.IGNORE:
             log.debug("%s: %s", entry.dn, decision.reason)
             self.watching.pop(_key(entry), None)
@@ -127,7 +137,29 @@ class Router:
             self.store.remember(entry)
             return None
         previous = self._previous(entry)
-        return self._job(_key(entry), entry.dn, lambda: self.ldap_mode.run(entry, verb, previous), entry)
+        key = _key(entry)
+        return self._job(key, entry.dn, self._locked(key, entry.dn, lambda: self.ldap_mode.run(entry, verb, previous)),
+                         entry)
+
+    def _watched_claim(self, entry: Entry, why: str) -> None:
+        """Another daemon's live claim: made through another provider than ours (its entryCSN's server id)?"""
+        theirs, ours = csn_sid(entry.csn or ""), self.selfcare.claim_sid
+        if theirs and ours and theirs != ours:
+            self._rival(f"{entry.dn}: {why}, through the provider with server id {theirs} (this daemon claims "
+                        f"through server id {ours})")
+
+    def _rival(self, text: str) -> None:
+        """Say that another daemon claims through another provider (in the log at most every
+        RIVAL_REPORT_INTERVAL seconds), and keep it in the store for ``status``."""
+        self.store.note_rival(text, time.time())
+        if time.monotonic() - self._rival_said_at < RIVAL_REPORT_INTERVAL:
+            log.debug("%s", text)
+            return
+        self._rival_said_at = time.monotonic()
+        log.warning("%s. Another daemon claims requests through another provider than this one: the daemons of "
+                    "an HA pair need the same SERVER list, so that their claims meet on one provider. Meanwhile "
+                    "each claim is confirmed on the other providers before its work starts (CLAIM_CONFIRM_WAIT)",
+                    text)
 
     def brakes(self, uuid: str) -> bool:
         """Whether the removal of ``uuid`` would call the delete hook on an entry of this host outside
@@ -150,7 +182,8 @@ class Router:
             return None
         selfcare = self.uses_selfcare(known.entry())
         today = self.clock.today()
-        return self._job(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
+        work = self._locked(uuid, known.dn, lambda: self.removals.run(known, selfcare=selfcare, today=today))
+        return self._job(uuid, known.dn, work)
 
     def retry_job(self, known: Known, current: Entry | None) -> Job | None:
         """The job that tries a failed hook again at start (``current``: the entry now, if it exists)."""
@@ -160,10 +193,11 @@ class Router:
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
             return self.entry_job(current, origin=SEARCH)
-        previous = known.entry()
-        return self._job(_key(current), current.dn, lambda: self.ldap_mode.run(current, verb, previous), current)
+        key, previous = _key(current), known.entry()
+        work = self._locked(key, current.dn, lambda: self.ldap_mode.run(current, verb, previous))
+        return self._job(key, current.dn, work, current)
 
-    def _job(self, key: str, dn: str, work, entry: Entry | None = None) -> Job:
+    def _job(self, key: str, dn: str, work: Callable[[], Result], entry: Entry | None = None) -> Job:
         capture = self.request_log.capture if self.request_log is not None and self.alerts is not None else None
         return Job(key, dn, work, entry, capture=capture)
 
@@ -171,6 +205,11 @@ class Router:
         """The entry as the store knew it before this version (for the hooks: Request.previous)."""
         known = self.store.lookup(entry.uuid)
         return known.entry() if known is not None else None
+
+    def _locked(self, key: str, dn: str, work: Callable[[], Result]) -> Callable[[], Result]:
+        """``work`` with the entry's lock on this host held (provisioning.engine.entrylock). Selfcare requests
+        take it themselves, after their claim holds (see Selfcare._work)."""
+        return lambda: self.locks.run(key, dn, lambda held: work())
 
     def _older_than_known(self, entry: Entry) -> bool:
         known = self.store.lookup(entry.uuid)
@@ -226,6 +265,8 @@ class Router:
     def complete(self, job: Job, result: Result) -> None:
         """Record what a job did; nothing when it did not end (retry, interrupted, away)."""
         self.note_own_writes(result.own_csns)
+        if result.rival is not None:
+            self._rival(result.rival)
         if result.pending is not None:
             self.store.add_pending(result.pending)
         self._alert(job, result)

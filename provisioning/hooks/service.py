@@ -122,6 +122,8 @@ class Service:
         try:
             for answer in self.manager.hook.provisioning_warnings(ctx=self.ctx):
                 found.extend(str(w) for w in answer or [])
+        except Unreachable as err:          # a BaseException: the gateway (CLISSH) is away
+            log.debug("the plugin's warnings cannot be had: %s", err)   # status names the gateway itself
         except Exception as err:  # noqa: BLE001 - status reports it instead
             found.append(f"the plugin's warnings hook raised {type(err).__name__}: {err}")
         return found

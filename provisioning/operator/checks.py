@@ -13,11 +13,14 @@ or ``FAIL``; the exit code is 0 when nothing FAILs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
+import logging
 import os
 import re
 import socket
 import stat
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -38,7 +41,9 @@ from provisioning.base.checkline import CheckLine, Status, normalise
 from provisioning.base.codes import ExitCode
 from provisioning.config.loader import Config, unknown_keys
 from provisioning.base.files import UnsafeFile, check_private
-from provisioning.base.log import SYSLOG_SOCKET
+from provisioning.base.log import STREAM_FORMAT, SYSLOG_SOCKET
+from provisioning.base.log import install as install_handler
+from provisioning.base.log import setup as setup_logging
 from provisioning.hooks.service import Service
 from provisioning.transport import Transport, Unreachable
 
@@ -94,7 +99,7 @@ def main(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
     config = loaded.config
     report.add(*configuration_lines(loaded))
     if loaded.valid:
-        startup.configure_logging(config, debug=args.debug)
+        _log_beside_the_lines(config, debug=args.debug)
     report.add(*plugin_lines(loaded))
     if _usable(config, "Database"):
         report.add(*ldap_lines(config, report))
@@ -104,6 +109,18 @@ def main(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
         report.add(*state_lines(config))
     out(report.summary())
     return report.exit_code()
+
+
+def _log_beside_the_lines(config: Config, *, debug: bool) -> None:
+    """The check lines are -t's output (stdout): log records land between them only when they are
+    problems, and never on stdout. The plugin's INFO lines and LOG_DEBUG wait for -d (on stderr)."""
+    flags = startup.level_flags(config, debug=debug)
+    if not debug:
+        flags = dataclasses.replace(flags, debug=False, info=False)
+    setup_logging(config.syslog_ident, flags, to_stdout=False)
+    if debug and not any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+                         for h in logging.getLogger().handlers):
+        install_handler(logging.StreamHandler(sys.stderr), STREAM_FORMAT, flags)
 
 
 def _usable(config: Config, *sections: str) -> bool:

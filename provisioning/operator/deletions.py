@@ -48,6 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="--list as JSON")
     parser.add_argument("entries", nargs="*", metavar="DN|ENTRYUUID", help="held removals to decide on")
     args = parser.parse_args(argv)
+    startup.config_path(parser, args)
     deciding = args.approve or args.keep
     if deciding and not (args.entries or args.all):
         parser.error("name the held removals (DN or entryUUID) or give --all")

@@ -57,6 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "the daemon retries failed hooks itself at its next start)")
     parser.add_argument("dns", nargs="*", metavar="DN", help="entries whose failed request to retry")
     args = parser.parse_args(argv)
+    startup.config_path(parser, args)
     if not args.dns and not args.failed:
         parser.error("name the entries (DN...) or give --failed")
     return args

@@ -4,9 +4,9 @@ DIR gets an installable package (pyproject.toml) with its entry point, the
 plugin (its own configuration section and spec, every key with a default;
 every hook logging what it got, the request hooks returning 0), the service
 configuration template ``etc/Provisioning/SERVICE/TYPE.conf.template`` and a
-test against a throwaway slapd. ``pip install DIR`` and a configuration
-naming SERVICE/TYPE are all it takes to see a request go add -> adding ->
-added. DIR must be new or an empty folder: nothing is ever overwritten.
+test against a throwaway slapd. ``python -m pip install -e DIR`` (with the
+Python provisioning runs on) and a configuration naming SERVICE/TYPE are all
+it takes to see a request go add -> adding -> added. DIR must be new or an empty folder: nothing is ever overwritten.
 """
 from __future__ import annotations
 
@@ -123,11 +123,45 @@ def main(argv: list[str]) -> int:
     print(f"new-plugin: {names.service}/{names.type_} written into {root}:")
     for path in written:
         print(f"  {path.relative_to(root)}")
-    print(f"""next:
-  pip install {root}
-  provisioning-daemon --list-plugins
-  cp {root}/etc/Provisioning/{names.service}/{names.type_}.conf.template {names.type_}.conf   # set [Database]
-  provisioning-daemon -c {names.type_}.conf -t
-  cd {root} && pytest          # its test, against a throwaway slapd
-or without installing, from a checkout of provisioning: see {root}/README.md""")
+    print("\n".join(next_steps(names, root.absolute())))
     return ExitCode.OK
+
+
+def next_steps(names: "Names", root: Path) -> list[str]:
+    """What to run next, with the Python this provisioning runs on: the plugin goes where it can see
+    provisioning (and its pytest plugin), and pytest runs there; a bare `pytest` may be another Python's."""
+    python = Path(sys.executable)
+    conf = f"{names.type_}.conf"
+    steps = ["next:"]
+    if _externally_managed():
+        # Debian's python3 (provisioning from the Debian package): pip may not install into it
+        # (PEP 668). A virtualenv that sees Debian's packages, the plugin editable in it.
+        venv = root / ".venv"
+        python = venv / "bin/python"
+        steps += [f"  {sys.executable} -m venv --system-site-packages {venv}   # sees Debian's provisioning and python3-pytest",
+                  f"  {python} -m pip install -e {root}"]
+    else:
+        steps.append(f"  {python} -m pip install -e {root}        # editable: changes count without installing again")
+    steps += [f"  {python} -m provisioning --list-plugins",
+              f"  cp {root}/etc/Provisioning/{names.service}/{names.type_}.conf.template {conf}   # set [Database]",
+              f"  {python} -m provisioning -c {conf} -t",
+              f"  cd {root} && {python} -m pytest          # its test, against a throwaway slapd"]
+    if not _has_pytest():
+        steps.append(f"pytest is not installed for {sys.executable}: "
+                     + ("apt install python3-pytest" if _externally_managed()
+                        else f"{sys.executable} -m pip install 'provisioning[test]'"))
+    steps.append(f"or without installing, from a checkout of provisioning: see {root}/README.md")
+    return steps
+
+
+def _externally_managed() -> bool:
+    """A Python whose packages the distribution manages (PEP 668): Debian's own python3."""
+    import sysconfig
+
+    return sys.prefix == sys.base_prefix and Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").is_file()
+
+
+def _has_pytest() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pytest") is not None

@@ -150,7 +150,8 @@ ENVIRONMENT =
 BACKEND = LDAP
 SERVER = ldaps://ldap.example.org
 PORT = 636
-ADMIN_USER = cn=Manager,dc=stoney-cloud,dc=org
+# A service account of the daemon's own, not the rootDN (see the deployment docs of provisioning).
+ADMIN_USER = cn=prov-@SECTION_LOWER@,ou=services,dc=stoney-cloud,dc=org
 ADMIN_PASSWORD = change-me
 SERVICE_SUBTREE = ou=accounts,ou=@SECTION_LOWER@,ou=services,dc=stoney-cloud,dc=org
 COOKIE_FILE = /var/lib/provisioning/@SERVICE@-@TYPE@.cookie
@@ -214,15 +215,22 @@ A service plugin for the provisioning daemon, made with
 `@PACKAGE@/plugin.py`; its settings are the section `[@SECTION@]` of the
 service configuration (`SPEC` in plugin.py; every key has a default).
 
-Installed:
+Installed, with the Python provisioning runs on (`python` below: the one of
+provisioning's virtualenv, e.g. /opt/provisioning/bin/python; a bare `pytest` may be another
+Python's, which has no provisioning):
 
 ```sh
-pip install .                                  # into the environment provisioning is installed in
-provisioning-daemon --list-plugins             # @SERVICE@/@TYPE@ ... distribution @DIST@ 0.1.0
+python -m pip install -e .                     # editable: a change counts without installing again
+python -m provisioning --list-plugins          # @SERVICE@/@TYPE@ ... distribution @DIST@ 0.1.0
 cp etc/Provisioning/@SERVICE@/@TYPE@.conf.template /etc/Provisioning/@SERVICE@/@TYPE@.conf   # set [Database]
-provisioning-daemon -c /etc/Provisioning/@SERVICE@/@TYPE@.conf -t
-pytest                                         # tests/ against a throwaway slapd
+python -m provisioning -c /etc/Provisioning/@SERVICE@/@TYPE@.conf -t
+python -m pytest                               # tests/ against a throwaway slapd
 ```
+
+The tests need pytest in that Python: `python -m pip install 'provisioning[test]'`. With
+provisioning from its Debian package (Debian's python3, where pip installs nothing): `apt install
+python3-pytest`, then a virtualenv that sees Debian's packages, `python3 -m venv
+--system-site-packages .venv`, and `.venv/bin/python` as `python` above.
 
 From a checkout of provisioning, without installing it (the wiki's way):
 
@@ -237,6 +245,7 @@ bin/provisioning-daemon -c etc/Provisioning/@SERVICE@/@TYPE@_test.conf -d
 
 GITIGNORE = '''\
 __pycache__/
+/.venv/
 *.egg-info/
 /build/
 /dist/

@@ -12,7 +12,10 @@ Three sources, all read only:
 - with TRANSPORTAPI = CLISSH, the gateway as the daemon last recorded it in
   the store: answering or out of reach (since when, why), and when it last
   answered;
-- the plugin's warnings (``provisioning_warnings``).
+- the plugin's warnings (``provisioning_warnings``);
+- the store: LDAP-mode failures, removals the deletion brake holds, and
+  claims of another daemon made through another provider (a WARNING while
+  the last one is less than an hour old: an HA pair with two SERVER lists).
 
 The lag is the provider's newest contextCSN minus the cookie's CSN (per
 server id), counted only while SERVICE_SUBTREE holds a change the cookie
@@ -35,7 +38,7 @@ import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from provisioning.runtime import factory, startup
 from provisioning.backend.cookie import CookieError, CookieFile, by_sid, cookie_csns, covered, csn_sid
@@ -47,10 +50,14 @@ from provisioning.base.log import escape
 from provisioning.engine.requests import OPEN_FILTER, Request, Stage, classify
 from provisioning.operator.returnvalues import describe, meanings
 from provisioning.hooks.service import Service
+from provisioning.base.stdout import quiet_broken_pipe
 from provisioning.transport import Unreachable
 
 # Requests listed per stage in the text output (--json lists all).
 LISTED = 20
+# Another daemon's claim through another provider makes a WARNING for this long (seconds): a pair split
+# for the moments of a fail-back is over by then; one with two SERVER orders never is.
+RIVALS_RECENT = 3600.0
 
 
 class State(enum.IntEnum):
@@ -109,6 +116,7 @@ class Status:
     held: int = 0                      # removals the deletion brake holds for an operator
     gateway: Gateway | None = None     # TRANSPORTAPI = CLISSH: the daemon's record of its gateway
     warnings: list[str] = field(default_factory=list)   # the plugin's (provisioning_warnings)
+    rivals: dict | None = None         # another daemon's claims through another provider (Store.rivals)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -123,9 +131,18 @@ class Status:
         return max(((self.now - t).total_seconds() for t in times), default=0.0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are UNKNOWN (3), as a monitoring plugin's are: argparse's 2 reads as CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"PROVISIONING UNKNOWN - {escape(message)}")
+        self.print_usage(sys.stderr)
+        self.exit(State.UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     t = Thresholds()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="provisioning-daemon status",
         description="Whether the daemon runs, how far behind the directory it is, and its requests. "
                     "Exit code and first line as a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
@@ -149,7 +166,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"answered for this long (default {t.warn_gateway:g})")
     parser.add_argument("--crit-gateway", type=float, default=t.crit_gateway, metavar="S",
                         help=f"CRITICAL from this long (default {t.crit_gateway:g})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    startup.config_path(parser, args)
+    return args
 
 
 def main(argv: list[str]) -> int:
@@ -163,10 +182,19 @@ def main(argv: list[str]) -> int:
     status = gather(loaded)
     state, reasons = judge(status, thresholds)
     if args.json:
-        print(json.dumps(as_json(status, state, reasons, thresholds), indent=2))
+        _say(json.dumps(as_json(status, state, reasons, thresholds), indent=2))
     else:
-        print("\n".join(text(status, state, reasons, thresholds)))
+        _say("\n".join(text(status, state, reasons, thresholds)))
     return state
+
+
+def _say(output: str) -> None:
+    """Print; a reader that stops early (status | head -3) has what it wanted: the exit code still
+    tells the state, and no traceback follows."""
+    try:
+        print(output, flush=True)
+    except BrokenPipeError:
+        quiet_broken_pipe()
 
 
 def _unknown(summary: str, details: list[str], as_json: bool) -> int:
@@ -206,6 +234,7 @@ def gather(loaded: startup.Loaded) -> Status:
     status.held = _held_removals(config)
     if service.ctx.transport.where is not None:
         status.gateway = _gateway_record(config)
+    status.rivals = _rivals(config)
     return status
 
 
@@ -220,6 +249,8 @@ def _plugin_status(service: Service) -> dict[str, str]:
     try:
         for answer in service.manager.hook.provisioning_status(ctx=service.ctx):
             details.update({str(k): str(v) for k, v in (answer or {}).items()})
+    except Unreachable as err:              # a BaseException: the gateway (CLISSH) is away
+        details["error"] = f"the plugin's details cannot be had: {err}"
     except Exception as err:  # noqa: BLE001 - the plugin's details are not worth failing status for
         details["error"] = f"the plugin's status hook raised {type(err).__name__}: {err}"
     except Unreachable as err:
@@ -315,6 +346,21 @@ def _gateway_record(config: Config) -> Gateway | None:
         return None
 
 
+def _rivals(config: Config) -> dict | None:
+    """The record of another daemon's claims made through another provider (see Router._rival)."""
+    rows = _store_rows(config.store_file, "SELECT value FROM meta WHERE key='rivals'")
+    try:
+        return json.loads(rows[0][0]) if rows else None
+    except ValueError:
+        return None
+
+
+def rival_age(status: Status) -> float | None:
+    """Seconds since another daemon last claimed through another provider (None: never)."""
+    last = (status.rivals or {}).get("last")
+    return None if last is None else status.now.timestamp() - last
+
+
 def _store_rows(path: Path, sql: str) -> list[tuple]:
     """Rows from the store, read only; none when it is missing, unsafe or unreadable (an earlier version)."""
     try:
@@ -345,6 +391,10 @@ def judge(status: Status, t: Thresholds) -> tuple[State, list[str]]:
         warning.append(f"lag unknown ({status.lag.note})")
     elif status.lag is not None:
         _grade(status.lag.seconds, t.warn_lag, t.crit_lag, f"{status.lag.seconds:.0f} s behind", warning, critical)
+    age = rival_age(status)
+    if age is not None and age < RIVALS_RECENT:
+        warning.append(f"another daemon claimed through another provider {age:.0f} s ago (HA pair: same SERVER "
+                       f"list on both)")
     person = len(status.needing_a_person())
     _grade(person, t.warn_failed, t.crit_failed, f"{person} failed or refused", warning, critical)
     age = status.oldest_open_age()
@@ -373,13 +423,17 @@ def _grade(value: float, warn: float, crit: float, what: str, warning: list[str]
 
 def perfdata(status: Status, t: Thresholds) -> str:
     lag_value = "U" if status.lag is None or status.lag.seconds is None else f"{status.lag.seconds:.0f}"
+
+    def known(value: str) -> str:
+        return "U" if status.ldap_failed else value     # U: unknown, in the monitoring-plugin convention
+
     return " ".join([
         f"lag={lag_value}s;{t.warn_lag:g};{t.crit_lag:g};0",
-        f"pending={len(status.stage(Stage.PENDING))};;;0",
-        f"in_progress={len(status.stage(Stage.IN_PROGRESS))};;;0",
-        f"failed={len(status.needing_a_person())};{t.warn_failed};{t.crit_failed};0",
-        f"dated={len(status.stage(Stage.DATED))};;;0",
-        f"oldest={status.oldest_open_age():.0f}s;{t.warn_age:g};{t.crit_age:g};0",
+        f"pending={known(str(len(status.stage(Stage.PENDING))))};;;0",
+        f"in_progress={known(str(len(status.stage(Stage.IN_PROGRESS))))};;;0",
+        f"failed={known(str(len(status.needing_a_person())))};{t.warn_failed};{t.crit_failed};0",
+        f"dated={known(str(len(status.stage(Stage.DATED))))};;;0",
+        f"oldest={known(f'{status.oldest_open_age():.0f}')}s;{t.warn_age:g};{t.crit_age:g};0",
         f"held={status.held};;1;0",
     ] + ([f"gateway_silence={status.gateway.silent_for(status.now):.0f}s;{t.warn_gateway:g};{t.crit_gateway:g};0"]
          if status.gateway is not None else []))
@@ -399,10 +453,16 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
              f"daemon: {status.daemon.describe()}"]
     if status.lag is not None:
         lines.append(f"lag: {_lag_text(status.lag)}")
-    for stage, title in ((Stage.PENDING, "pending"), (Stage.IN_PROGRESS, "in progress"),
-                         (Stage.FAILED, "failed"), (Stage.REFUSED, "refused"), (Stage.DATED, "dated for later")):
+    if status.ldap_failed:
+        # Not "pending: 0": nobody knows. Only what the store holds is known.
+        lines.append(f"requests: unknown, the directory cannot be asked ({status.ldap_failed})")
+        stages: tuple[tuple[Stage, str], ...] = ((Stage.FAILED, "failed hooks (MODUS LDAP, from the store)"),)
+    else:
+        stages = ((Stage.PENDING, "pending"), (Stage.IN_PROGRESS, "in progress"), (Stage.FAILED, "failed"),
+                  (Stage.REFUSED, "refused"), (Stage.DATED, "dated for later"))
+    for stage, title in stages:
         found = status.stage(stage)
-        if not found and stage in (Stage.REFUSED,):
+        if not found and (stage is Stage.REFUSED or status.ldap_failed):
             continue
         lines.append(f"{title}: {len(found)}")
         lines += [f"  {_request_text(r, status)}" for r in found[:LISTED]]
@@ -413,6 +473,11 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
     if status.held:
         lines.append(f"deletion brake: {status.held} removal(s) held for an operator "
                      f"(provisioning-daemon deletions -c CONFIG --list)")
+    if status.rivals:
+        r = status.rivals
+        lines.append(f"claims of another daemon through another provider: {r['count']}, the last at "
+                     f"{dt.datetime.fromtimestamp(r['last'], dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({r['text']}); "
+                     f"the daemons of an HA pair need the same SERVER list")
     if status.plugin:
         lines.append(f"{status.service}: " + ", ".join(f"{k} {v}" for k, v in status.plugin.items()))
     return [escape(line) for line in lines]
@@ -469,12 +534,14 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
                                           "context_csn": lag_.context_csn, "unseen_entries": lag_.unseen,
                                           "note": lag_.note},
         "ldap_error": status.ldap_failed or None,
-        "counts": {stage.value: len(status.stage(stage)) for stage in Stage},
+        # null while the directory cannot be asked: unknown, not 0.
+        "counts": None if status.ldap_failed else {stage.value: len(status.stage(stage)) for stage in Stage},
         "requests": {stage.value: listed(stage) for stage in Stage if stage is not Stage.OTHER},
         "oldest_open_seconds": status.oldest_open_age(),
         "deletions_held": status.held,
         "gateway": None if status.gateway is None else {
             **vars(status.gateway), "seconds_since_answer": status.gateway.silent_for(status.now)},
+        "rival_claims": status.rivals,
         "plugin": status.plugin,
         "plugin_warnings": status.warnings,
         "thresholds": vars(t),

@@ -61,6 +61,8 @@ class Reloader:
         problems = list(loaded.problems)
         if "*" not in loaded.config.invalid_sections:
             problems += startup.core_checks(loaded.config, folders=False)
+            # As at a start: a file the next start would refuse is not taken now either.
+            problems += unknown_keys(loaded.config) if loaded.manager is not None else []
         if problems or loaded.manager is None:
             for problem in problems:
                 log.error("SIGHUP: %s", problem)
@@ -68,8 +70,6 @@ class Reloader:
                       len(problems))
             return False
         new = loaded.config
-        for warning in unknown_keys(new):
-            log.warning("SIGHUP: %s", warning)
         flags = startup.level_flags(new, debug=self.debug)
         logs.set_levels(flags)
         self._mail(new)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pluggy
 
+from provisioning.config import loader as configuration
 from provisioning.hooks import loading as plugins
 from provisioning.runtime import factory
 from provisioning.config.loader import (
-    Config, ConfigError, find_global_config, read, read_service_identity,
+    HOST_CONFIG_DIR, Config, ConfigError, find_global_config, host_service_configs, read, read_service_identity,
 )
 from provisioning.base.log import LevelFlags, escape
 from provisioning.base.log import setup as setup_logging
@@ -42,9 +43,26 @@ class Loaded:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """-c FILE and -g FILE, as the subcommands that read the daemon's configuration take them (see load)."""
-    parser.add_argument("-c", "--config", required=True, metavar="FILE", help="service configuration")
+    """-c FILE and -g FILE, as the subcommands that read the daemon's configuration take them (see load).
+
+    -c may be left out where the host has one service configuration (see config_path).
+    """
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help=f"service configuration (default: the one below {HOST_CONFIG_DIR}, if there is "
+                             f"exactly one)")
     parser.add_argument("-g", "--global-config", metavar="FILE", help="Global.conf (found as the daemon finds it)")
+
+
+def config_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in -c with the host's one service configuration; a usage error saying why when there is not one."""
+    if args.config:
+        return
+    found = host_service_configs()
+    if len(found) == 1:
+        args.config = str(found[0])
+        return
+    why = "there is none" if not found else f"there are {len(found)}: {', '.join(map(str, found))}"
+    parser.error(f"-c FILE is needed: {why} below {configuration.HOST_CONFIG_DIR}")
 
 
 def load(path: Path, global_arg: str | None) -> Loaded:
@@ -116,8 +134,12 @@ def state_files(config: Config) -> list[tuple[str, Path]]:
 
 
 def _state_folders(config: Config) -> list[str]:
+    places = state_files(config)
+    if config.entry_lock_dir.parent != config.database.cookie_file.parent:
+        # The default lies in COOKIE_FILE's folder, checked already; the daemon makes the last step.
+        places.append(("[Service] ENTRY_LOCK_DIR", config.entry_lock_dir))
     return [f"{config.path}: {key}: folder {path.parent} does not exist"
-            for key, path in state_files(config) if not path.parent.is_dir()]
+            for key, path in places if not path.parent.is_dir()]
 
 
 def _metrics(config: Config) -> list[str]:

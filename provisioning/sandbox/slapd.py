@@ -112,6 +112,16 @@ class StoneySlapd(SlapdObject):
         os.makedirs(self.TMPDIR, exist_ok=True)
         super().__init__()
 
+    # terminate() and resume() came with python-ldap 3.4.4; Debian 12's 3.4.3 has
+    # restart() alone. The same two steps, for tests that keep slapd down a while.
+    def terminate(self) -> None:
+        """Stop slapd (SIGTERM), keeping its data and configuration for resume()."""
+        self._proc.terminate()
+
+    def resume(self) -> None:
+        """Start slapd again after terminate() (and wait(): the port must be free)."""
+        self._start_slapd()
+
     def stop(self) -> None:
         super().stop()
         if self._short_rundir is not None:
