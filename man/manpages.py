@@ -20,14 +20,12 @@ bin/system-python): it imports the checkout.
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import inspect
 import os
 import re
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -217,85 +215,9 @@ def exit_codes() -> list[tuple[int, str, str]]:
 
 # --------------------------------------------------------------- configspecs
 
-@dataclass
-class Group:
-    """Keys the same comment describes."""
+def spec_page(sections: list) -> list[str]:
+    from provisioning.config.specdoc import describe_check
 
-    keys: list[tuple[str, str]] = field(default_factory=list)     # (KEY, check)
-    text: str = ""
-
-
-@dataclass
-class Section:
-    name: str
-    groups: list[Group] = field(default_factory=list)
-
-
-def spec_sections(text: str) -> list[Section]:
-    """The sections of a configspec; a comment describes the keys right below it, up to a blank line."""
-    sections: list[Section] = []
-    comment: list[str] = []
-    group: Group | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("[") and line.endswith("]"):
-            sections.append(Section(line[1:-1]))
-            comment, group = [], None
-        elif line.startswith("#"):
-            if group is not None:
-                group = None
-            comment.append(line.lstrip("#").strip())
-        elif not line:
-            group = None
-            if sections and comment and not sections[-1].groups:
-                comment = []                 # a note on the whole file or section, not a key
-        elif sections and "=" in line:
-            key, _, check = (part.strip() for part in line.partition("="))
-            if group is None:
-                group = Group(text=" ".join(comment))
-                sections[-1].groups.append(group)
-                comment = []
-            group.keys.append((key, check))
-    return sections
-
-
-def describe_check(check: str) -> str:
-    """``integer(min=0, max=64, default=0)`` as "a whole number from 0 to 64; default 0"."""
-    call = ast.parse(check, mode="eval").body
-    if not isinstance(call, ast.Call):
-        return check
-    name = call.func.id if isinstance(call.func, ast.Name) else ""
-    args = [ast.literal_eval(a) for a in call.args]
-    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    kinds = {"boolean": "1 or 0", "integer": "a whole number", "float": "a number", "string": "text",
-             "secret": "a password (never logged)", "abspath": "an absolute path", "dn": "a DN",
-             "ldap_uris": "LDAP URIs", "ldap_filter": "an LDAP filter", "identifier": "a name",
-             "gateway": "text"}
-    if name == "choice_ci":
-        kind = "one of " + ", ".join(args)
-    else:
-        kind = kinds.get(name, name)
-    if "min" in kwargs and "max" in kwargs:
-        kind += f" from {kwargs['min']:g} to {kwargs['max']:g}"
-    elif "min" in kwargs:
-        kind += f", at least {kwargs['min']:g}"
-    if "default" not in kwargs:
-        return f"{kind}; required"
-    default = kwargs["default"]
-    if default is None:
-        shown = "unset"
-    elif default == "":
-        shown = "empty"
-    elif isinstance(default, bool):
-        shown = "1" if default else "0"
-    elif isinstance(default, float):
-        shown = f"{default:g}"
-    else:
-        shown = str(default)
-    return f"{kind}; default {shown}"
-
-
-def spec_page(sections: list[Section]) -> list[str]:
     out = []
     for section in sections:
         out += [".SS", roff(f"[{section.name}]")]
@@ -376,6 +298,7 @@ def daemon_page() -> str:
 
 def conf_page() -> str:
     from provisioning.config import resources
+    from provisioning.config.specdoc import spec_sections
 
     out = header("provisioning.conf", 5, "configuration files of provisioning-daemon")
     out += [".SH SYNOPSIS", bold("/etc/Provisioning/SERVICE/TYPE.conf"), ".br",

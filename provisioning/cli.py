@@ -300,7 +300,7 @@ def build_daemon(config: Config, service: Service, *, dry_run: bool = False, onc
                     alerts=alerts, request_log=request_log, locks=locks)
     monitor = monitor or Monitor(base=db.subtree)
     brake = Brake(BrakeSettings.from_config(config))
-    position = Position(store, CookieFile(db["COOKIE_FILE"], dry_run=dry_run), db["DEFAULT_COOKIE"])
+    position = Position(store, CookieFile(db.cookie_file, dry_run=dry_run), db.default_cookie)
     return Daemon(directory=directory,
                   stream=SyncStream(settings, db.subtree, db.search_filter),
                   position=position,

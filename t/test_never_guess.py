@@ -197,6 +197,7 @@ def test_a_size_limited_answer_is_no_answer(slapd, directory, subtree):
         checker.close()
 
 
+@pytest.mark.slow
 def test_a_refresh_cut_by_a_size_limit_deletes_nothing(tmp_path):
     """The daemon's bind may read only 2 entries at a time: the refresh never ends, nothing is judged gone.
 

@@ -11,6 +11,7 @@ import ldap
 import pytest
 
 from provisioning.config.loader import Config
+from provisioning.hooks.service import ServiceContext
 from provisioning.base.entry import Entry
 from provisioning.operator.ldifload import parse_ldif
 from provisioning.transport import Interrupted, LocalCLI, within_deadline
@@ -295,9 +296,9 @@ def backup_problems(tmp_path: Path, root: str, archive: str = "") -> tuple[Setti
                "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000,
                "JAIL_PROGRAMS": "sh rsync", "JAIL_LINK_LIMIT": 64000, "JAIL_CHECK_SECONDS": 60.0,
                "JAIL_RELINK_RATE": 50.0}
-    config = Config(tmp_path / "Backup.conf", None, {"Backup": section}, {})
-    settings = Settings.from_config(config)
-    return settings, settings_problems(settings, config, LocalCLI())
+    ctx = ServiceContext(Config(tmp_path / "Backup.conf", None, {"Backup": section}, {}), LocalCLI())
+    settings = Settings.of(ctx)
+    return settings, settings_problems(settings, ctx)
 
 @pytest.mark.parametrize("root", ["/", "/.", "//.", "/./", "//", "///", "/usr/..", "/var/backup/../.."])
 def test_backup_root_spelling_slash_is_refused(tmp_path, root):

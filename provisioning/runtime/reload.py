@@ -15,7 +15,8 @@ What a reload does:
    the service file and of Global.conf; ``-d`` keeps debug on) and the
    [Mail] settings of Global.conf (a new server, addresses, TLS, password,
    WANTINFOMAIL; mail still waiting goes out through the new server);
-4. names every other key that changed: it needs a restart ([Database],
+4. names every other key that changed (the specs mark those a reload applies
+   with ``reload=True``, next to the key): it needs a restart ([Database],
    [Service], [Gateway], the plugin's section, ENVIRONMENT, Global.conf's
    SLEEP/ATTEMPTS, and turning mail alerts on or off), and the daemon goes
    on with the value it started with.
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.base import log as logs
+from provisioning.config import resources
+from provisioning.config.specdoc import reloadable
 from provisioning.runtime import startup
 from provisioning.config.loader import Config, unknown_keys
 from provisioning.alerts.mail import Alerts, describe_settings
@@ -34,10 +37,13 @@ from provisioning.alerts.mailer import MailSettings
 
 log = logging.getLogger(__name__)
 
-LOG_KEYS = ("LOG_DEBUG", "LOG_INFO", "LOG_WARNING", "LOG_ERR")
-# (file, section, key) that a reload applies; "*": every key of the section.
-RELOADED = {("service", "Global", key) for key in LOG_KEYS} | \
-           {("Global.conf", "Global", key) for key in LOG_KEYS} | {("Global.conf", "Mail", "*")}
+
+
+def reloaded() -> set[tuple[str, str, str]]:
+    """(file, section, KEY) that a reload applies: marked ``reload=True`` in the core's specs (config.specdoc).
+    A plugin's keys always need a restart: its start-up hook reads them once."""
+    return ({("service", *key) for key in reloadable(resources.configspec_text("service.spec"))}
+            | {("Global.conf", *key) for key in reloadable(resources.configspec_text("global.spec"))})
 
 
 class Reloader:
@@ -100,15 +106,14 @@ class Reloader:
 def needs_restart(old: Config, new: Config) -> list[str]:
     """``[Section] KEY`` (of the service file or Global.conf) whose value changed and that only a
     restart applies."""
+    applied = reloaded()
     changed = []
     for label, before, after in (("service", old.service, new.service), ("Global.conf", old.global_, new.global_)):
         prefix = "" if label == "service" else "Global.conf "
         for section in sorted(set(before) | set(after)):
-            if ("Global.conf", section, "*") in RELOADED and label == "Global.conf":
-                continue
             a, b = _section(before, section), _section(after, section)
             for key in sorted(set(a) | set(b)):
-                if (label, section, key) in RELOADED:
+                if (label, section, key) in applied:
                     continue
                 if a.get(key) != b.get(key):
                     changed.append(f"{prefix}[{section}] {key}")
