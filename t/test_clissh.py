@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from provisioning.config import loader as cfgmod
+from provisioning.config import settings
 from provisioning.transport import CLISSH, Unreachable, build, within_deadline
 from provisioning.transport.gatewayhelper import Broken, GaveUp, Helper, HelperPool
 from provisioning.transport.nofollow import OUTPUT_KEPT
@@ -128,7 +129,8 @@ def test_the_configuration_check_names_the_gateway_key(tmp_path):
 def test_build_passes_the_gateway_and_stopping_on(sshd):
     import threading
     stopping = threading.Event()
-    transport = build("CLISSH", timeout=5, gateway=sshd, dry_run=False, stopping=stopping)
+    transport = build("CLISSH", timeout=5, gateway=settings.gateway({**sshd, "SESSIONS": 8}), dry_run=False,
+                      stopping=stopping)
     assert isinstance(transport, CLISSH) and transport.stopping is stopping
     assert transport.timeout == 5
 
