@@ -10,6 +10,8 @@ but the operator's configuration and state.
 It changes this machine's packages, so it runs only where asked for:
 PROVISIONING_TEST_DEB=1 (bin/test sets it), as root, in one process, and
 only when provisioning is not installed already (it purges what it installs).
+PROVISIONING_TEST_DEB_FILE names a .deb to test instead of building one
+(t/test_container_debian13.py: Debian 12's package on Debian 13).
 """
 from __future__ import annotations
 
@@ -81,7 +83,9 @@ def _apt(*args: str) -> None:
 def deb(tmp_path_factory) -> Path:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         pytest.fail("t/test_deb.py installs and purges a package: run it in one process (without -n), as bin/test does")
-    return debian_build.build(tmp_path_factory.mktemp("deb"))
+    # A package built elsewhere: the one bin/test builds on Debian 12, tested on Debian 13 as it is.
+    built = os.environ.get("PROVISIONING_TEST_DEB_FILE")
+    return Path(built) if built else debian_build.build(tmp_path_factory.mktemp("deb"))
 
 
 @pytest.fixture(scope="module")
