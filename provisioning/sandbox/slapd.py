@@ -89,7 +89,7 @@ class StoneySlapd(SlapdObject):
     slapd_loglevel = "0"
     slapd_conf_template = _CONF_TEMPLATE
     # False: a provider as Debian installs it, without the syncprov module,
-    # overlay and indexes (the README's deployment adds them).
+    # overlay and indexes (docs/deployment.md adds them).
     syncprov = True
     openldap_schema_files = (
         "core.ldif",
