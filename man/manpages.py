@@ -5,7 +5,7 @@
 
 - provisioning-daemon(8): the argparse parsers of the command and of each
   sub-command (options, help texts, usage), and the exit codes with the
-  comments provisioning/codes.py gives them;
+  comments provisioning/base/codes.py gives them;
 - provisioning.conf(5): the configspecs (provisioning/config/specs/*.spec and the
   spec of each plugin in the checkout's plugins/), every key with its type,
   default and the comment above it;
@@ -203,7 +203,7 @@ def options(parser: argparse.ArgumentParser) -> list[str]:
 # --------------------------------------------------------------- exit codes
 
 def exit_codes() -> list[tuple[int, str, str]]:
-    """(value, NAME, the comment after it in provisioning/codes.py) of every ExitCode."""
+    """(value, NAME, the comment after it in provisioning/base/codes.py) of every ExitCode."""
     from provisioning.base import codes
 
     found: list[list] = []
