@@ -63,8 +63,11 @@ from provisioning.engine.workers import executor
 
 log = logging.getLogger("provisioning")
 
-SUBCOMMANDS = {"status": "provisioning.operator.status", "retry": "provisioning.operator.retry", "files": "provisioning.operator.shipped",
-               "new-plugin": "provisioning.operator.scaffold", "deletions": "provisioning.operator.deletions"}
+SUBCOMMANDS = {"status": "provisioning.operator.status", "retry": "provisioning.operator.retry",
+               "files": "provisioning.operator.shipped", "new-plugin": "provisioning.operator.scaffold",
+               "deletions": "provisioning.operator.deletions", "audit": "provisioning.operator.audit",
+               "explain": "provisioning.operator.explain", "resync": "provisioning.operator.resync",
+               "retire": "provisioning.operator.retire"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
