@@ -16,7 +16,7 @@ from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import ownership
 from provisioning_backup_rsnapshot.auditor import CONVERGE, Auditor
 from provisioning_backup_rsnapshot.codes import Code, StepError
-from provisioning_backup_rsnapshot.hostpicture import MODULES
+from provisioning_backup_rsnapshot.builder import MODULES
 from provisioning_backup_rsnapshot.quota import blocks, set_quota
 
 log = logging.getLogger(__name__)
