@@ -510,10 +510,25 @@ User            used    soft    hard  grace    used  soft  hard  grace
 
 
 def test_the_quota_report_is_read_as_repquota_prints_it():
-    from provisioning_backup_rsnapshot.quotareport import Limit, parse, report_argv
+    from provisioning_backup_rsnapshot.quotareport import Limit, parse, report_argv, run
 
     assert parse(REPQUOTA) == {0: Limit(0, 0), 3723707: Limit(1048576, 1048576), 3723708: Limit(0, 0)}
     assert report_argv("/usr/sbin/repquota", "/srv") == ["/usr/sbin/repquota", "-u", "-v", "-n", "-p", "/srv"]
+    assert run("/nonexistent/repquota", "/")["why"].startswith("/nonexistent/repquota cannot be run")
+
+
+def test_a_quota_report_of_100000_users_is_read_whole(tmp_path):
+    """More than the transport keeps of a command's output (a bounded tail): read where it runs."""
+    from provisioning_backup_rsnapshot.quotareport import of, run
+
+    report = tmp_path / "report"
+    report.write_text("".join(f"#{4_100_000 + n:<8} --       4 1048576 1048576      0      1     0     0      0\n"
+                              for n in range(100_000)))
+    script = tmp_path / "repquota"
+    script.write_text(f"#!/bin/sh\nexec cat {report}\n")
+    script.chmod(0o755)
+    limits = of(run(str(script), "/")).limits
+    assert len(limits) == 100_000 and limits[4_100_000].hard == 1048576 and limits[4_199_999].soft == 1048576
 
 
 def test_the_host_pass_reports_a_link_and_never_looks_behind_it(tmp_path):

@@ -10,7 +10,9 @@ library, Python 3.7+. Results are JSON values.
   layout uses, and how far its jail is from the current jail image;
 - ``configs``: the rsnapshot configurations, each as its SHA-256 (the
   caller compares it with what the template renders now), or what is there
-  instead of a regular file.
+  instead of a regular file;
+- ``quotas``: the users' limits, from one run of QUOTA_REPORT_CMD
+  (quotareport.py: its report is read here whole, only the limits travel).
 
 Nothing is followed: every folder is opened with O_NOFOLLOW relative to the
 one above it, so a link a customer planted is reported as a link, and what
@@ -24,10 +26,11 @@ import posixpath
 import stat
 
 try:
-    from provisioning_backup_rsnapshot import jailcalls, relink as relinking
+    from provisioning_backup_rsnapshot import jailcalls, quotareport, relink as relinking
     from provisioning_backup_rsnapshot.jailfs import Refused, walk
 except ImportError:             # in the gateway's helper: loaded under their own names
     import jailcalls  # type: ignore[no-redef]
+    import quotareport  # type: ignore[no-redef]
     import relink as relinking  # type: ignore[no-redef]
     from jailfs import Refused, walk  # type: ignore[no-redef]
 
@@ -81,6 +84,11 @@ def configs(folder: str, prefix: str, suffix: str, only: str = "") -> dict:
     finally:
         os.close(fd)
     return found
+
+
+def quotas(cmd: str, mountpoint: str, timeout: float) -> dict:
+    """{"limits": {uidNumber: [soft, hard]}} from QUOTA_REPORT_CMD, or {"why": reason} (see quotareport.run)."""
+    return quotareport.run(cmd, mountpoint, timeout)
 
 
 # ------------------------------------------------------------------ walking

@@ -36,7 +36,8 @@ class AuditHooks:
         """Read the host once (folders, configurations, quotas, jails) and compare every entry with it."""
         known = ctx.known_entries()
         try:
-            return Auditor(self.settings, self.configs.template, ctx.transport, known.get).run(entries, only)
+            return Auditor(self.settings, self.configs.template, ctx.transport, known.get,
+                           ctx.command_timeout).run(entries, only)
         finally:
             known.close()
 

@@ -71,8 +71,9 @@ class Auditor:
     """One audit: the host's picture, then each entry compared with it."""
 
     def __init__(self, settings: Settings, template: Template, transport: Transport,
-                 known: Callable[[str], Entry | None] | None = None) -> None:
+                 known: Callable[[str], Entry | None] | None = None, timeout: float = 600.0) -> None:
         self.settings = settings
+        self.timeout = timeout
         self.template = template
         self.transport = transport
         self.known = known or (lambda uuid: None)
@@ -82,7 +83,7 @@ class Auditor:
 
     def run(self, entries: Iterable[Expected], only: str | None) -> Audit:
         uid = only_uid(only)
-        host = read_host(self.settings, self.transport, uid)
+        host = read_host(self.settings, self.transport, self.timeout, uid)
         checked = 0
         for expected in entries:
             checked += self._entry(expected, host)
@@ -275,10 +276,10 @@ class Auditor:
 
     def _orphan_home(self, uid: str, folder: HostAccount, host: HostPicture) -> None:
         owner = folder.marker
-        if owner and owner in self.explained.entries:
+        other = self._owner_elsewhere(uid, owner)
+        if other is not None:
             self._add("home-foreign", folder.path, f"no entry of this host has uid {uid}, and its owner marker "
-                      f"names {self.explained.entries[owner]} (entryUUID {owner}): not an orphan to retire",
-                      uuid=owner)
+                      f"names {other} (entryUUID {owner}): not an orphan to retire", uuid=owner)
             return
         entry = self._orphan_entry(uid, host)
         said = f"owner marker: entryUUID {owner}" if owner else "no owner marker"
@@ -286,6 +287,18 @@ class Auditor:
             said += "; nothing shows whose it is, so retire leaves it (move it by hand)"
         self._add("orphan-home", folder.path, f"no entry of this host has uid {uid} ({said})", uuid=owner,
                   name=uid, entry=entry)
+
+    def _owner_elsewhere(self, uid: str, owner: str | None) -> str | None:
+        """The DN of another account's entry that the owner marker ``owner`` names: an entry of this host
+        (the directory's), or one the daemon's store knows under another uid. None when it names none."""
+        if not owner:
+            return None
+        if owner in self.explained.entries:
+            return self.explained.entries[owner]
+        known = self.known(owner)
+        if known is not None and known.get("uid") != uid:
+            return f"{known.dn} (as the daemon's store last knew it)"
+        return None
 
     def _orphan_entry(self, uid: str, host: HostPicture) -> Entry | None:
         """The entry an orphan's delete is called with, as the host (and the store) show it; None when

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from provisioning.api import Transport
 
-from provisioning_backup_rsnapshot import auditcalls, builder
-from provisioning_backup_rsnapshot.quotareport import QuotaReport, read as read_quotas
+from provisioning_backup_rsnapshot import auditcalls, builder, quotareport
+from provisioning_backup_rsnapshot.quotareport import QuotaReport
 from provisioning_backup_rsnapshot.settings import Settings
 from provisioning_backup_rsnapshot.survey import Node
 
 # What Transport.call sends to the gateway's helper (the jail modules first: the jails are looked at too).
-MODULES = (*builder.MODULES, auditcalls)
+MODULES = (*builder.MODULES, quotareport, auditcalls)
 BUCKETS = "0123456789"
 KINDS = ("directory", "symbolic link", "regular file", "special file")
 # One packed node: kind (0: nothing there), mode, uid, gid.
@@ -67,10 +67,11 @@ class HostPicture:
     quotas: QuotaReport = field(default_factory=QuotaReport)
 
 
-def read(settings: Settings, transport: Transport, only: str | None = None) -> HostPicture:
+def read(settings: Settings, transport: Transport, timeout: float, only: str | None = None) -> HostPicture:
     """The host's picture: one pass over BACKUP_ROOT (a bucket per call), the configurations, one quota report.
 
-    ``only``: that uid's objects alone. OSError when the host cannot be read.
+    ``only``: that uid's objects alone; ``timeout``: what the quota report may take (COMMAND_TIMEOUT).
+    OSError when the host cannot be read.
     """
     picture = HostPicture()
     for bucket in ([only[-1]] if only else BUCKETS):
@@ -85,7 +86,9 @@ def read(settings: Settings, transport: Transport, only: str | None = None) -> H
                            shown=f"audit: rsnapshot configurations in {folder}")
     picture.configs = {uid: (sys.intern(kind), bytes.fromhex(digest) if digest else None)
                        for uid, (kind, digest) in found.items()}
-    picture.quotas = read_quotas(settings.quota_report_cmd, settings.mountpoint, transport)
+    picture.quotas = quotareport.of(transport.call(MODULES, "quotas", settings.quota_report_cmd, settings.mountpoint,
+                                                   timeout, shown=f"audit: {settings.quota_report_cmd} of "
+                                                                  f"{settings.mountpoint}"))
     return picture
 
 

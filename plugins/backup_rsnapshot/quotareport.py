@@ -11,61 +11,98 @@ blocks, as setquota sets them). Where quotas are off (the kernel has no
 quota support, or MOUNTPOINT has none enabled), repquota fails: the audit
 then says "quota not checked" with repquota's reason, and nothing about
 quotas counts as drift.
+
+The report of 100,000 users is megabytes, more than the transport keeps of
+a command's output (a bounded tail): it is run and read where the files
+are, through ``Transport.call`` (auditcalls.quotas), and only the limits
+travel. Standard library, Python 3.7+ (the gateway's helper loads it).
 """
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
-
-from provisioning.api import Transport
+import signal
+import subprocess
 
 # "#<uidNumber>  <flags>  <used> <soft> <hard> ...": flags are two of - and +.
 LINE = re.compile(r"^#?(?P<id>[0-9]+)\s+[-+]{2}\s+(?P<used>[0-9]+)\s+(?P<soft>[0-9]+)\s+(?P<hard>[0-9]+)(\s|$)")
+# A report larger than this is not read (some 300 bytes a user: 3 million users).
+REPORT_MAX = 1 << 30
+TIMEOUT = 600.0
 
 
-@dataclass(frozen=True)
-class Limit:
-    """One user's block limits, in 1 KiB blocks (0: none)."""
+class Limit(tuple):
+    """One user's block limits, in 1 KiB blocks (0: none): (soft, hard)."""
 
-    soft: int
-    hard: int
+    __slots__ = ()
+
+    def __new__(cls, soft: int, hard: int) -> "Limit":
+        return super().__new__(cls, (soft, hard))
+
+    @property
+    def soft(self) -> int:
+        return self[0]
+
+    @property
+    def hard(self) -> int:
+        return self[1]
 
 
-@dataclass
 class QuotaReport:
     """The users' limits by uidNumber, or why they could not be read (``limits`` None then)."""
 
-    limits: dict[int, Limit] | None = None
-    why: str = ""
+    def __init__(self, limits: dict | None = None, why: str = "") -> None:
+        self.limits = limits
+        self.why = why
 
     @property
     def checked(self) -> bool:
         return self.limits is not None
 
 
-def report_argv(cmd: str, mountpoint: str) -> list[str]:
+def report_argv(cmd: str, mountpoint: str) -> list:
     return [cmd, "-u", "-v", "-n", "-p", mountpoint]
 
 
-def read(cmd: str, mountpoint: str, transport: Transport) -> QuotaReport:
-    """Run QUOTA_REPORT_CMD once; the limits, or why not (never raises for a failed command)."""
-    if not cmd:
-        return QuotaReport(None, "QUOTA_REPORT_CMD is empty")
-    try:
-        result = transport.run(report_argv(cmd, mountpoint))
-    except OSError as err:
-        return QuotaReport(None, f"{cmd} cannot be run: {err}")
-    if not result.ok:
-        said = " / ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
-        return QuotaReport(None, said or result.describe())
-    return QuotaReport(parse(result.stdout))
-
-
-def parse(text: str) -> dict[int, Limit]:
-    """The limits in repquota's text (lines that are no user's are skipped)."""
+def parse(text: str) -> dict:
+    """{uidNumber: Limit} from repquota's text (lines that are no user's are skipped)."""
     found = {}
     for line in text.splitlines():
         match = LINE.match(line.strip())
         if match:
-            found[int(match["id"])] = Limit(int(match["soft"]), int(match["hard"]))
+            found[int(match.group("id"))] = Limit(int(match.group("soft")), int(match.group("hard")))
     return found
+
+
+def run(cmd: str, mountpoint: str, timeout: float = TIMEOUT) -> dict:
+    """Run the report once: {"limits": {uidNumber: [soft, hard]}} or {"why": reason}; never raises for the command.
+
+    Its own session, so that nothing it starts outlives a timeout.
+    """
+    if not cmd:
+        return {"why": "QUOTA_REPORT_CMD is empty"}
+    try:
+        process = subprocess.Popen(report_argv(cmd, mountpoint), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True, env={"LC_ALL": "C",
+                                   "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except OSError as err:
+        return {"why": "%s cannot be run: %s" % (cmd, err)}
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return {"why": "%s did not end within %g s" % (cmd, timeout)}
+    if process.returncode != 0:
+        said = " / ".join(line.strip() for line in err.decode("utf-8", "replace").splitlines() if line.strip())
+        return {"why": said or "%s exited %d" % (cmd, process.returncode)}
+    if len(out) > REPORT_MAX:
+        return {"why": "%s printed more than %d bytes" % (cmd, REPORT_MAX)}
+    return {"limits": {str(k): list(v) for k, v in parse(out.decode("utf-8", "replace")).items()}}
+
+
+def of(answer: dict) -> QuotaReport:
+    """The QuotaReport of what ``run`` answered (through Transport.call: JSON values)."""
+    if "limits" not in answer:
+        return QuotaReport(None, answer.get("why", "no answer"))
+    return QuotaReport({int(k): Limit(v[0], v[1]) for k, v in answer["limits"].items()})

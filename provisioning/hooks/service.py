@@ -202,9 +202,10 @@ class Service:
         if self.owns(entry):
             return None
         host, here = entry.get("host"), self.ctx.environment
+        # Quoted as they are: whoever shows this escapes it (provisioning.base.log.escape, json).
         if host is None:
-            return f"the plugin leaves it to another host (it has no host; this daemon's ENVIRONMENT is {here!r})"
-        return f"its host is {host!r}, this daemon's [Global] ENVIRONMENT is {here!r}"
+            return f"the plugin leaves it to another host (it has no host; this daemon's ENVIRONMENT is '{here}')"
+        return f"its host is '{host}', this daemon's [Global] ENVIRONMENT is '{here}'"
 
     def audit(self, entries: Iterable[Expected], only: str | None = None) -> Audit:
         """The plugin's comparison of the host with ``entries`` (hook provisioning_audit).
