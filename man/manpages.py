@@ -5,15 +5,19 @@
 
 - provisioning-daemon(8): the argparse parsers of the command and of each
   sub-command (options, help texts, usage), and the exit codes with the
-  comments provisioning/codes.py gives them;
+  comments provisioning/base/codes.py gives them;
 - provisioning.conf(5): the configspecs (provisioning/config/specs/*.spec and the
   spec of each plugin in the checkout's plugins/), every key with its type,
   default and the comment above it;
 - prov-backup-create-chroot(8), createBackupAccountLDIF(1),
-  loadOpenLDAPsingleLDIF(1): their parsers and docstrings.
+  loadOpenLDAPsingleLDIF(1): their parsers and docstrings;
+- and docs/configuration.md's key tables, from the same configspecs
+  (provisioning.config.confdoc: the page's prose is written by hand, only
+  the tables between its markers are made here).
 
 The pages are committed (a reader of the repository sees them, the Debian
-package installs them); t/test_manpages.py fails when one is not current.
+package installs them); t/test_manpages.py fails when one is not current,
+t/test_docs.py when docs/configuration.md is not.
 Run it with the interpreter of the checkout (.venv/bin/python or
 bin/system-python): it imports the checkout.
 """
@@ -31,6 +35,7 @@ from typing import Callable, Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+CONFIGURATION_DOC = REPO / "docs/configuration.md"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -198,7 +203,7 @@ def options(parser: argparse.ArgumentParser) -> list[str]:
 # --------------------------------------------------------------- exit codes
 
 def exit_codes() -> list[tuple[int, str, str]]:
-    """(value, NAME, the comment after it in provisioning/codes.py) of every ExitCode."""
+    """(value, NAME, the comment after it in provisioning/base/codes.py) of every ExitCode."""
     from provisioning.base import codes
 
     found: list[list] = []
@@ -238,6 +243,22 @@ def plugin_specs() -> list[tuple[str, str]]:
         text = "\n".join(s for s in manager.hook.provisioning_config_spec() if s)
         specs.append((found.name, text))
     return specs
+
+
+def spec_texts() -> dict[str, str]:
+    """Every configspec by the name docs/configuration.md gives it: service.spec, each plugin's SERVICE/TYPE,
+    global.spec."""
+    from provisioning.config import resources
+
+    return {"service.spec": resources.configspec_text("service.spec"), **dict(plugin_specs()),
+            "global.spec": resources.configspec_text("global.spec")}
+
+
+def configuration_doc() -> tuple[str, list[str]]:
+    """docs/configuration.md with its key tables made again, and the sections it has no place for."""
+    from provisioning.config import confdoc
+
+    return confdoc.update(CONFIGURATION_DOC.read_text(encoding="utf-8"), spec_texts())
 
 
 # ------------------------------------------------------------------- pages
@@ -327,7 +348,7 @@ def conf_page() -> str:
                 roff(f"[Service] SERVICE = {name.split('/')[0]}, TYPE = {name.split('/')[1]} adds:")]
         out += spec_page(spec_sections(text))
     out += [".SH GLOBAL.CONF"] + spec_page(spec_sections(resources.configspec_text("global.spec")))
-    out += [".SH SEE ALSO", roff("provisioning-daemon(8), /usr/share/doc/provisioning/README.md.gz")]
+    out += [".SH SEE ALSO", roff("provisioning-daemon(8), /usr/share/doc/provisioning/configuration.md.gz")]
     return "\n".join(out) + "\n"
 
 
@@ -386,10 +407,18 @@ def main(argv: list[str]) -> int:
                 stale.append(name)
         else:
             path.write_text(text, encoding="utf-8")
+    doc, problems = configuration_doc()
+    for problem in problems:
+        print(f"docs/configuration.md: {problem}", file=sys.stderr)
+    if check:
+        if CONFIGURATION_DOC.read_text(encoding="utf-8") != doc:
+            stale.append("docs/configuration.md")
+    else:
+        CONFIGURATION_DOC.write_text(doc, encoding="utf-8")
     if stale:
         print(f"man pages not current: {', '.join(stale)}; run: python3 man/manpages.py", file=sys.stderr)
         return 1
-    return 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Options keep the original daemon's short letters so existing init scripts
 work: -c config, -g global config, -r dry-run, -d debug, -t check, -h help.
-Exit codes are listed in provisioning.base.codes.ExitCode and in the README.
+Exit codes are listed in provisioning.base.codes.ExitCode and in docs/operations.md.
 
 The sub-commands live in modules of their own: ``status``
 (provisioning.operator.status), ``retry`` (provisioning.operator.retry), ``deletions``

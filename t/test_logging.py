@@ -19,7 +19,7 @@ import ldap.modlist
 import pytest
 
 from provisioning.base.codes import ReturnValue
-from provisioning.base.log import LevelFlags, OneLineFormatter, escape, setup
+from provisioning.base.log import LevelFlags, OneLineFormatter, escape
 from provisioning.base.log import setup as log_setup
 
 from helpers import DaemonProcess, account_attrs, wait_until

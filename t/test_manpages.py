@@ -15,6 +15,7 @@ import pytest
 
 from provisioning import cli
 from provisioning.config import resources
+from provisioning.config.specdoc import describe_check, spec_sections
 from provisioning.base.codes import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,13 +65,13 @@ def test_every_key_of_every_spec_is_described():
     texts = [resources.configspec_text("service.spec"), resources.configspec_text("global.spec")]
     texts += [text for _, text in manpages.plugin_specs()]
     for text in texts:
-        for section in manpages.spec_sections(text):
+        for section in spec_sections(text):
             for group in section.groups:
                 assert group.text, f"[{section.name}] {', '.join(k for k, _ in group.keys)}: no comment above it"
 
 
 def test_the_page_would_see_a_key_added_to_a_spec():
-    sections = manpages.spec_sections("[Backup]\n# Where.\nNEW_KEY = integer(min=1, default=3)\nOTHER = string()\n")
+    sections = spec_sections("[Backup]\n# Where.\nNEW_KEY = integer(min=1, default=3)\nOTHER = string()\n")
     assert [(g.keys, g.text) for g in sections[0].groups] == [
         ([("NEW_KEY", "integer(min=1, default=3)"), ("OTHER", "string()")], "Where.")]
-    assert manpages.describe_check("integer(min=1, default=3)") == "a whole number, at least 1; default 3"
+    assert describe_check("integer(min=1, default=3)") == "a whole number, at least 1; default 3"

@@ -26,7 +26,7 @@ from provisioning.base.codes import ReturnValue
 from provisioning.base.entry import Entry
 from provisioning.operator.ldifload import parse_ldif
 from provisioning.runtime.lock import AlreadyLocked, PidLock
-from provisioning.base.log import LevelFlags, setup
+from provisioning.base.log import LevelFlags
 from provisioning.base.log import setup as log_setup
 from provisioning.engine.lowwater import OpenEvents
 from provisioning.engine.protocol import Verdict, decide, parse_execution_date

@@ -454,7 +454,7 @@ class Daemon:
             return
         log.warning("the contextCSN of %s cannot be read (ACL?), so the cookie (from %s) cannot be checked "
                     "against it: refreshing from scratch; let the daemon's bind read contextCSN on the "
-                    "suffix entry (README, deployment)", self.directory.uri,
+                    "suffix entry (docs/deployment.md, 4. The directory)", self.directory.uri,
                     self._session_server or "an earlier run")
         self.position.reset()
 
