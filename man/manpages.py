@@ -43,7 +43,6 @@ if str(REPO) not in sys.path:
 DATE = "2026-12-07"
 SOURCE = "provisioning"
 MANUAL = "provisioning"
-SUBCOMMANDS = ("status", "retry", "deletions", "files", "new-plugin")
 
 
 # --------------------------------------------------------------------- roff
@@ -133,23 +132,28 @@ def _checkout_plugins() -> None:
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """provisioning-daemon's parser ("") and each sub-command's, by name; then the other commands'."""
+    import importlib
+
     from provisioning import cli
-    from provisioning.operator import deletions
     from provisioning.operator import ldifload
-    from provisioning.operator import retry
-    from provisioning.operator import scaffold
-    from provisioning.operator import shipped
-    from provisioning.operator import status
 
     _checkout_plugins()
     from provisioning_backup_rsnapshot import account_ldif
 
-    return {"": captured(lambda: cli.parse_args([])), "status": captured(lambda: status.parse_args([])),
-            "retry": captured(lambda: retry.parse_args([])),
-            "deletions": captured(lambda: deletions.parse_args([])),
-            "files": captured(lambda: shipped.parse_args([])), "new-plugin": captured(lambda: scaffold.main([])),
-            "loadOpenLDAPsingleLDIF": captured(lambda: ldifload.main([])),
-            "createBackupAccountLDIF": captured(lambda: account_ldif.parse_args([]))}
+    found = {"": captured(lambda: cli.parse_args([]))}
+    for name, module_name in cli.SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        # Each sub-command module parses in parse_args, or (new-plugin) in main.
+        found[name] = captured(lambda: getattr(module, "parse_args", module.main)([]))
+    found["loadOpenLDAPsingleLDIF"] = captured(lambda: ldifload.main([]))
+    found["createBackupAccountLDIF"] = captured(lambda: account_ldif.parse_args([]))
+    return found
+
+
+def subcommands() -> list[str]:
+    from provisioning import cli
+
+    return list(cli.SUBCOMMANDS)
 
 
 def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
@@ -268,7 +272,7 @@ def daemon_page() -> str:
     main = every[""]
     out = header("provisioning-daemon", 8, "make this host follow the provisioning requests in an OpenLDAP directory")
     out += [".SH SYNOPSIS"] + synopsis(main)
-    for name in SUBCOMMANDS:
+    for name in subcommands():
         out += synopsis(every[name])
     out += [".SH DESCRIPTION"] + paragraphs("""
         provisioning-daemon follows SERVICE_SUBTREE of an OpenLDAP directory as an RFC 4533 syncrepl
@@ -285,16 +289,18 @@ def daemon_page() -> str:
         --debug.""")
     out += [".SH OPTIONS"] + options(main)
     out += [".SH COMMANDS"]
-    for name in SUBCOMMANDS:
+    for name in subcommands():
         parser = every[name]
         out += [".SS", bold(f"provisioning-daemon {name}")] + synopsis(parser)
         out += [".PP", roff(_general(parser.description or ""))] + options(parser)
-    out += [".SH EXIT STATUS", ".PP", roff("provisioning-daemon and its sub-commands other than status:")]
+    out += [".SH EXIT STATUS", ".PP", roff("provisioning-daemon and its sub-commands other than status and audit:")]
     for value, name, text in exit_codes():
         out += [".TP", bold(str(value)), roff(f"{name}: {text}")]
     out += [".PP", roff("provisioning-daemon status exits as a monitoring plugin (Nagios, Icinga): 0 OK, "
                         "1 WARNING, 2 CRITICAL, 3 UNKNOWN (the configuration is invalid, the command line "
-                        "is wrong, or the directory cannot be asked).")]
+                        "is wrong, or the directory cannot be asked)."),
+            ".PP", roff("provisioning-daemon audit exits in the same convention: 0 clean, 1 drift found, "
+                        "2 the directory or the host could not be read whole, 3 usage.")]
     out += [".SH SIGNALS", ".TP", bold("SIGTERM") + ", " + bold("SIGINT"),
             roff("Stop after the work in hand: no new work is taken, the commands running finish, their "
                  "outcomes and the cookie are written; exit 0."),
