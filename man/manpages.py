@@ -5,15 +5,19 @@
 
 - provisioning-daemon(8): the argparse parsers of the command and of each
   sub-command (options, help texts, usage), and the exit codes with the
-  comments provisioning/codes.py gives them;
+  comments provisioning/base/codes.py gives them;
 - provisioning.conf(5): the configspecs (provisioning/config/specs/*.spec and the
   spec of each plugin in the checkout's plugins/), every key with its type,
   default and the comment above it;
 - prov-backup-create-chroot(8), createBackupAccountLDIF(1),
-  loadOpenLDAPsingleLDIF(1): their parsers and docstrings.
+  loadOpenLDAPsingleLDIF(1): their parsers and docstrings;
+- and docs/configuration.md's key tables, from the same configspecs
+  (provisioning.config.confdoc: the page's prose is written by hand, only
+  the tables between its markers are made here).
 
 The pages are committed (a reader of the repository sees them, the Debian
-package installs them); t/test_manpages.py fails when one is not current.
+package installs them); t/test_manpages.py fails when one is not current,
+t/test_docs.py when docs/configuration.md is not.
 Run it with the interpreter of the checkout (.venv/bin/python or
 bin/system-python): it imports the checkout.
 """
@@ -31,6 +35,7 @@ from typing import Callable, Iterator
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+CONFIGURATION_DOC = REPO / "docs/configuration.md"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -38,7 +43,6 @@ if str(REPO) not in sys.path:
 DATE = "2026-12-07"
 SOURCE = "provisioning"
 MANUAL = "provisioning"
-SUBCOMMANDS = ("status", "retry", "deletions", "files", "new-plugin")
 
 
 # --------------------------------------------------------------------- roff
@@ -128,23 +132,28 @@ def _checkout_plugins() -> None:
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
     """provisioning-daemon's parser ("") and each sub-command's, by name; then the other commands'."""
+    import importlib
+
     from provisioning import cli
-    from provisioning.operator import deletions
     from provisioning.operator import ldifload
-    from provisioning.operator import retry
-    from provisioning.operator import scaffold
-    from provisioning.operator import shipped
-    from provisioning.operator import status
 
     _checkout_plugins()
     from provisioning_backup_rsnapshot import account_ldif
 
-    return {"": captured(lambda: cli.parse_args([])), "status": captured(lambda: status.parse_args([])),
-            "retry": captured(lambda: retry.parse_args([])),
-            "deletions": captured(lambda: deletions.parse_args([])),
-            "files": captured(lambda: shipped.parse_args([])), "new-plugin": captured(lambda: scaffold.main([])),
-            "loadOpenLDAPsingleLDIF": captured(lambda: ldifload.main([])),
-            "createBackupAccountLDIF": captured(lambda: account_ldif.parse_args([]))}
+    found = {"": captured(lambda: cli.parse_args([]))}
+    for name, module_name in cli.SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        # Each sub-command module parses in parse_args, or (new-plugin) in main.
+        found[name] = captured(lambda: getattr(module, "parse_args", module.main)([]))
+    found["loadOpenLDAPsingleLDIF"] = captured(lambda: ldifload.main([]))
+    found["createBackupAccountLDIF"] = captured(lambda: account_ldif.parse_args([]))
+    return found
+
+
+def subcommands() -> list[str]:
+    from provisioning import cli
+
+    return list(cli.SUBCOMMANDS)
 
 
 def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
@@ -198,7 +207,7 @@ def options(parser: argparse.ArgumentParser) -> list[str]:
 # --------------------------------------------------------------- exit codes
 
 def exit_codes() -> list[tuple[int, str, str]]:
-    """(value, NAME, the comment after it in provisioning/codes.py) of every ExitCode."""
+    """(value, NAME, the comment after it in provisioning/base/codes.py) of every ExitCode."""
     from provisioning.base import codes
 
     found: list[list] = []
@@ -240,6 +249,22 @@ def plugin_specs() -> list[tuple[str, str]]:
     return specs
 
 
+def spec_texts() -> dict[str, str]:
+    """Every configspec by the name docs/configuration.md gives it: service.spec, each plugin's SERVICE/TYPE,
+    global.spec."""
+    from provisioning.config import resources
+
+    return {"service.spec": resources.configspec_text("service.spec"), **dict(plugin_specs()),
+            "global.spec": resources.configspec_text("global.spec")}
+
+
+def configuration_doc() -> tuple[str, list[str]]:
+    """docs/configuration.md with its key tables made again, and the sections it has no place for."""
+    from provisioning.config import confdoc
+
+    return confdoc.update(CONFIGURATION_DOC.read_text(encoding="utf-8"), spec_texts())
+
+
 # ------------------------------------------------------------------- pages
 
 def daemon_page() -> str:
@@ -247,7 +272,7 @@ def daemon_page() -> str:
     main = every[""]
     out = header("provisioning-daemon", 8, "make this host follow the provisioning requests in an OpenLDAP directory")
     out += [".SH SYNOPSIS"] + synopsis(main)
-    for name in SUBCOMMANDS:
+    for name in subcommands():
         out += synopsis(every[name])
     out += [".SH DESCRIPTION"] + paragraphs("""
         provisioning-daemon follows SERVICE_SUBTREE of an OpenLDAP directory as an RFC 4533 syncrepl
@@ -264,16 +289,18 @@ def daemon_page() -> str:
         --debug.""")
     out += [".SH OPTIONS"] + options(main)
     out += [".SH COMMANDS"]
-    for name in SUBCOMMANDS:
+    for name in subcommands():
         parser = every[name]
         out += [".SS", bold(f"provisioning-daemon {name}")] + synopsis(parser)
         out += [".PP", roff(_general(parser.description or ""))] + options(parser)
-    out += [".SH EXIT STATUS", ".PP", roff("provisioning-daemon and its sub-commands other than status:")]
+    out += [".SH EXIT STATUS", ".PP", roff("provisioning-daemon and its sub-commands other than status and audit:")]
     for value, name, text in exit_codes():
         out += [".TP", bold(str(value)), roff(f"{name}: {text}")]
     out += [".PP", roff("provisioning-daemon status exits as a monitoring plugin (Nagios, Icinga): 0 OK, "
                         "1 WARNING, 2 CRITICAL, 3 UNKNOWN (the configuration is invalid, the command line "
-                        "is wrong, or the directory cannot be asked).")]
+                        "is wrong, or the directory cannot be asked)."),
+            ".PP", roff("provisioning-daemon audit exits in the same convention: 0 clean, 1 drift found, "
+                        "2 the directory or the host could not be read whole, 3 usage.")]
     out += [".SH SIGNALS", ".TP", bold("SIGTERM") + ", " + bold("SIGINT"),
             roff("Stop after the work in hand: no new work is taken, the commands running finish, their "
                  "outcomes and the cookie are written; exit 0."),
@@ -327,7 +354,7 @@ def conf_page() -> str:
                 roff(f"[Service] SERVICE = {name.split('/')[0]}, TYPE = {name.split('/')[1]} adds:")]
         out += spec_page(spec_sections(text))
     out += [".SH GLOBAL.CONF"] + spec_page(spec_sections(resources.configspec_text("global.spec")))
-    out += [".SH SEE ALSO", roff("provisioning-daemon(8), /usr/share/doc/provisioning/README.md.gz")]
+    out += [".SH SEE ALSO", roff("provisioning-daemon(8), /usr/share/doc/provisioning/configuration.md.gz")]
     return "\n".join(out) + "\n"
 
 
@@ -386,10 +413,18 @@ def main(argv: list[str]) -> int:
                 stale.append(name)
         else:
             path.write_text(text, encoding="utf-8")
+    doc, problems = configuration_doc()
+    for problem in problems:
+        print(f"docs/configuration.md: {problem}", file=sys.stderr)
+    if check:
+        if CONFIGURATION_DOC.read_text(encoding="utf-8") != doc:
+            stale.append("docs/configuration.md")
+    else:
+        CONFIGURATION_DOC.write_text(doc, encoding="utf-8")
     if stale:
         print(f"man pages not current: {', '.join(stale)}; run: python3 man/manpages.py", file=sys.stderr)
         return 1
-    return 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ What the names are for (docs/PLUGINS.md has the whole story):
   step by the request's deadline. ``transport.where`` says where the work
   happens (None: this host).
 - ``CheckLine`` is one line of ``provisioning-daemon --check``.
+- ``Expected``, ``Expect``, ``Audit`` and ``Finding`` are what the audit
+  hooks take and give (``provisioning-daemon audit``; API 1.1).
 - ``ReturnValue`` holds the core's own return values (0, 1 and 100 and up);
   ``PLUGIN_RETURN_VALUES`` is the range a plugin's own codes must lie in.
 - ``Clock`` and ``utc_stamp`` for dates the way the core writes them.
@@ -38,6 +40,7 @@ from provisioning.base.checkline import CheckLine
 from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
 from provisioning.base.entry import Entry
+from provisioning.base.finding import Audit, Expect, Expected, Finding
 from provisioning.config.resources import etc_path, shipped_file
 from provisioning.hooks.service import Request, ServiceContext
 from provisioning.hooks.specs import API_VERSION, HOOKS, hookimpl
@@ -71,6 +74,6 @@ def _parse(version: str) -> tuple[int, int]:
         raise ValueError(f"{version!r} is no API version (MAJOR.MINOR)") from None
 
 
-__all__ = ["API_VERSION", "ApiVersionError", "CheckLine", "Clock", "CommandResult", "Entry", "HOOKS",
-           "Interrupted", "PLUGIN_RETURN_VALUES", "Request", "ReturnValue", "ServiceContext", "Transport", "Unreachable",
+__all__ = ["API_VERSION", "ApiVersionError", "Audit", "CheckLine", "Clock", "CommandResult", "Entry", "Expect",
+           "Expected", "Finding", "HOOKS", "Interrupted", "PLUGIN_RETURN_VALUES", "Request", "ReturnValue", "ServiceContext", "Transport", "Unreachable",
            "etc_path", "hookimpl", "require", "shipped_file", "utc_stamp", "within_deadline"]

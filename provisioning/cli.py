@@ -2,7 +2,7 @@
 
 Options keep the original daemon's short letters so existing init scripts
 work: -c config, -g global config, -r dry-run, -d debug, -t check, -h help.
-Exit codes are listed in provisioning.base.codes.ExitCode and in the README.
+Exit codes are listed in provisioning.base.codes.ExitCode and in docs/operations.md.
 
 The sub-commands live in modules of their own: ``status``
 (provisioning.operator.status), ``retry`` (provisioning.operator.retry), ``deletions``
@@ -52,6 +52,7 @@ from provisioning.alerts.mail import Alerts, RequestLog, alerts_from_config, des
 from provisioning.engine.mirror import Mirror
 from provisioning.observe.monitor import Monitor, monitor_from_config
 from provisioning.engine.protocol import Selfcare
+from provisioning.runtime.auditjob import AuditJob
 from provisioning.runtime.reload import Reloader
 from provisioning.engine.removals import Removals
 from provisioning.engine.router import Router
@@ -63,8 +64,11 @@ from provisioning.engine.workers import executor
 
 log = logging.getLogger("provisioning")
 
-SUBCOMMANDS = {"status": "provisioning.operator.status", "retry": "provisioning.operator.retry", "files": "provisioning.operator.shipped",
-               "new-plugin": "provisioning.operator.scaffold", "deletions": "provisioning.operator.deletions"}
+SUBCOMMANDS = {"status": "provisioning.operator.status", "retry": "provisioning.operator.retry",
+               "files": "provisioning.operator.shipped", "new-plugin": "provisioning.operator.scaffold",
+               "deletions": "provisioning.operator.deletions", "audit": "provisioning.operator.audit",
+               "explain": "provisioning.operator.explain", "resync": "provisioning.operator.resync",
+               "retire": "provisioning.operator.retire"}
 # Seconds the mail alerts get at shutdown to send what waits.
 ALERTS_CLOSE_TIMEOUT = 10.0
 
@@ -336,6 +340,7 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
         signal.signal(signum, lambda number, _: daemon.request_stop(signal.Signals(number).name))
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     monitor.start()
+    audits = _audits(config, alerts, monitor, dry_run)
     # Now, not at the first command: the guard's Python start-up (about 0.1 s)
     # would otherwise be added to the first request's time.
     GUARD.start()
@@ -364,11 +369,23 @@ def serve(config: Config, service: Service, *, dry_run: bool, once: bool = False
             alerts.warning("the daemon gave up: the gateway out of reach", f"giving up: {err}")
         return ExitCode.GATEWAY_UNREACHABLE
     finally:
+        if audits is not None:
+            audits.stop()
         daemon.shutdown()
         monitor.close()
         _close_alerts(alerts)
     log.info("stopped %s/%s provisioning daemon", config.service_name, config.type_name)
     return ExitCode.OK
+
+
+def _audits(config: Config, alerts: Alerts | None, monitor: Monitor, dry_run: bool) -> AuditJob | None:
+    """The daemon's own audit every [Service] AUDIT_INTERVAL seconds (none in a dry-run, or at 0)."""
+    if dry_run or not config.daemon.audit_interval:
+        return None
+    job = AuditJob(config, config.daemon.audit_interval, alerts=alerts)
+    monitor.metrics.audit(lambda: job.figures)
+    job.start()
+    return job
 
 
 def _alerts(config: Config, dry_run: bool, debug: bool) -> tuple[Alerts | None, RequestLog | None]:

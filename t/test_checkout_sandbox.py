@@ -1,8 +1,8 @@
 """The wiki's symlinked sandbox: a plugin in its own folder, run by a checkout that installs nothing.
 
-Exactly the README's steps, in a temporary folder: a clone of this
-checkout's HEAD, a plugin scaffolded into a folder of its own, its package
-folder symlinked into the clone's plugins/ and its etc/Provisioning/SERVICE
+Exactly the steps of docs/PLUGINS.md, "A plugin from its own folder", in a
+temporary folder: a clone of this checkout's HEAD, a plugin scaffolded into a
+folder of its own, its package folder symlinked into the clone's plugins/ and its etc/Provisioning/SERVICE
 into the clone's etc/Provisioning/, the template copied to TYPE_test.conf with
 only [Database] edited, and ``bin/provisioning-daemon -c
 etc/Provisioning/SERVICE/TYPE_test.conf`` run from the clone until a request

@@ -58,18 +58,20 @@ def test_a_half_built_home_from_a_crash_is_replaced(script, tmp_path):
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 @pytest.mark.parametrize("args", [
     ("relative/jail", "/home/1", "1", "1", "1"),
-    ("/tmp/x/../etc", "/home/1", "1", "1", "1"),
-    ("/tmp/x", "/home/../../etc", "1", "1", "1"),
-    ("/tmp/x", "/home/1", "1;id", "1", "1"),
-    ("/tmp/x", "/home/1", "1", "1"),
-    ("/tmp/x", "/home/1:0:0::/:/bin/sh", "1", "1", "1"),
-    ("/tmp/x", "/", "1", "1", "1"),
-    ("/tmp/x", "/home/1", "1", "4294967295", "1"),
+    ("JAIL/../etc", "/home/1", "1", "1", "1"),
+    ("JAIL", "/home/../../etc", "1", "1", "1"),
+    ("JAIL", "/home/1", "1;id", "1", "1"),
+    ("JAIL", "/home/1", "1", "1"),
+    ("JAIL", "/home/1:0:0::/:/bin/sh", "1", "1", "1"),
+    ("JAIL", "/", "1", "1", "1"),
+    ("JAIL", "/home/1", "1", "4294967295", "1"),
 ], ids=["relative", "dotdot-jail", "dotdot-home", "uid", "count", "passwd-line", "home-is-jail", "uidnumber"])
-def test_bad_arguments_exit_2_and_touch_nothing(script, args):
-    result = _run(script, *args)
+def test_bad_arguments_exit_2_and_touch_nothing(script, args, tmp_path):
+    # JAIL: a path of this test's own that does not exist (a shared /tmp/x may, made by anyone).
+    jail = tmp_path / "x"
+    result = _run(script, *(a.replace("JAIL", str(jail)) for a in args))
     assert result.returncode == 2, result.stderr
-    assert not os.path.exists("/tmp/x")
+    assert not jail.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_the_full_jail_runs_rsync_inside(tmp_path):

@@ -188,7 +188,7 @@ def test_the_shipped_template_has_production_defaults_and_the_wikis_keys(host, t
                 "SEARCH_FILTER", "MODUS", "TRANSPORTAPI", "SERVICE", "TYPE", "SYSLOG", "HOST", "USER",
                 "DSA_FILE", "RSNAPSHOT_CONFIG_FILE", "SET_QUOTA_CMD", "CREATE_CHROOT_CMD", "MOUNTPOINT"):
         assert f"\n{key} = " in template, key
-    # The README's rule: the daemon binds as a service account of its own, not as the rootDN.
+    # docs/deployment.md's rule: the daemon binds as a service account of its own, not as the rootDN.
     assert "\nADMIN_USER = cn=prov-backup-rsnapshot,ou=services," in template and "cn=Manager" not in template
     # Only [Database] and the paths changed, as an operator would: it passes --check.
     root = host.layout.root

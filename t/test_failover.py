@@ -175,7 +175,7 @@ def test_a_provider_level_with_the_cookie_but_without_our_writes_is_refreshed(tm
 
 
 def test_with_contextcsn_hidden_on_the_other_provider_the_lost_outcome_is_written_again(tmp_path):
-    """The daemon binds as the README's service account; the second provider's ACL hides contextCSN.
+    """The daemon binds as the deployment doc's service account; the second provider's ACL hides contextCSN.
 
     Nothing then shows whether the second has what the cookie covers: the
     daemon refreshes in full there instead of trusting the cookie.
@@ -198,7 +198,7 @@ def test_with_contextcsn_hidden_on_the_other_provider_the_lost_outcome_is_writte
 
 
 def _deploy_service_account(pair: ProviderPair, tmp_path) -> None:
-    """The README's account.ldif (on the first, replicated) and acl.ldif (on both: cn=config is each one's)."""
+    """The deployment doc's account.ldif (on the first, replicated) and acl.ldif (on both: cn=config is each one's)."""
     _, account = readme_block("account.ldif")
     hashed = subprocess.run(["slappasswd", "-s", SECRET], capture_output=True, text=True, check=True).stdout.strip()
     entry = parse_ldif(account.replace(PASSWORD_PLACEHOLDER, f"userPassword: {hashed}"))[0]

@@ -36,8 +36,9 @@ OUTAGE = 2.0
 # at a load of 10-15, with other test runs beside): noticing the outage, [Operation Mode]
 # SLEEP (0.2 s here), a new connection and helpers (a Python start-up each on the gateway),
 # reconnecting to LDAP and doing the work again. Before, requests waited 60-122 s on a
-# connection already gone.
-SLACK = 5.0
+# connection already gone: the bound tells the two apart with room for a loaded machine
+# (5 s was passed by 0.02 s on CI, the suite's second run beside its first's leftovers).
+SLACK = 15.0
 
 
 def _over_clissh(host: Host, gateway_sshd, workers: int = 4) -> Host:

@@ -205,10 +205,10 @@ def test_attributes_that_are_no_attribute_names_stop_the_start(provisioning_serv
     assert result.returncode == 3 and "[Exec] ATTRIBUTES: '(cn=*)' is not an attribute name" in result.stderr
 
 
-def test_the_command_environment_is_exactly_what_the_readme_lists(provisioning_daemon, provisioning_entries,
-                                                                   commands):
-    """Issue 18: the README said "exactly" four variables; a local command got a fifth."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_command_environment_is_exactly_what_the_docs_list(provisioning_daemon, provisioning_entries,
+                                                                commands):
+    """Issue 18: the README (now docs/generic-exec.md) said "exactly" four variables; a local command got a fifth."""
+    text = (Path(__file__).resolve().parents[1] / "docs/generic-exec.md").read_text()
     bullet = text.split("- **environment**: ", 1)[1].split("\n- **", 1)[0]
     listed = set(re.findall(r"`([A-Z_]+)(?:=[^`]*)?`", bullet))
     provisioning_daemon("Generic/Exec", _sections(commands))

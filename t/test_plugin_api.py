@@ -16,9 +16,10 @@ from helpers import wait_until
 from test_daemon_steps import _service
 
 UID = "3723707"
-# What the API promises (API_VERSION 1.0). Changing this list is changing the API:
+# What the API promises (API_VERSION 1.1: 1.0 and the audit's types). Changing this list is changing the API:
 # raise API_VERSION with it (a new name: MINOR; a name gone or changed: MAJOR).
-PROMISED = ["API_VERSION", "ApiVersionError", "CheckLine", "Clock", "CommandResult", "Entry", "HOOKS",
+PROMISED = ["API_VERSION", "ApiVersionError", "Audit", "CheckLine", "Clock", "CommandResult", "Entry", "Expect",
+            "Expected", "Finding", "HOOKS",
             "Interrupted", "PLUGIN_RETURN_VALUES", "Request", "ReturnValue", "ServiceContext", "Transport",
             "Unreachable", "etc_path", "hookimpl", "require", "shipped_file", "utc_stamp", "within_deadline"]
 
@@ -29,8 +30,8 @@ def test_the_api_promises_exactly_its_names():
     assert api.HOOKS == specs.HOOKS and "provisioning_validate" in api.HOOKS
 
 
-@pytest.mark.parametrize("wanted, ok", [("1.0", True), ("1", True), ("1.1", False), ("2.0", False),
-                                        ("0.9", False)])
+@pytest.mark.parametrize("wanted, ok", [("1.0", True), ("1", True), ("1.1", True), ("1.2", False),
+                                        ("2.0", False), ("0.9", False)])
 def test_a_plugin_requires_an_api_version(wanted, ok):
     if ok:
         api.require(wanted)

@@ -64,7 +64,7 @@ def docstring_problems() -> list[str]:
 
 
 def test_every_hookspec_has_a_complete_docstring():
-    assert len(hookspec_functions()) == 15
+    assert len(hookspec_functions()) == 17
     assert docstring_problems() == []
 
 

@@ -287,7 +287,7 @@ def test_ctrl_c_in_a_terminal_lets_the_command_in_hand_finish(host, directory, t
     dn = directory.add(UID)
     pause.wait_paused()
     # The chroot script runs beside setquota: signal once it has started. A command still being
-    # started is in the daemon's group for a moment and would get the signal too (README, Stops).
+    # started is in the daemon's group for a moment and would get the signal too (docs/how-it-works.md, Stops).
     wait_until(host.chroot_calls, "the chroot script to start")
     os.killpg(daemon.proc.pid, signal.SIGINT)      # what Ctrl-C does: the whole foreground group
     pause.release()

@@ -113,10 +113,13 @@ def test_requests_by_stage_and_only_this_hosts(host, directory):
     pending = directory.add("3723708")
     dated = directory.add("3723709", sstProvisioningExecutionDate=tomorrow)
     refused = directory.add("3723710", sstProvisioningMode="delete", sstProvisioningReturnValue="101")
-    directory.add("3723711", host="backup-02.example.org")        # another host's: not ours to count
+    other = directory.add("3723711", host="backup-02.example.org")   # another host's: not ours to count
     code, data = _json(host)
     assert code == 2                                                 # the daemon does not run
     assert data["counts"] == {"pending": 1, "in_progress": 0, "failed": 0, "refused": 1, "dated": 1, "other": 0}
+    # ... but named, with both values: a misspelt host must not look like silence
+    assert data["other_hosts"] == [{"dn": other, "why": "its host is 'backup-02.example.org', this daemon's "
+                                                        "[Global] ENVIRONMENT is 'sandbox'"}]
     assert [r["dn"] for r in data["requests"]["pending"]] == [pending]
     assert data["requests"]["dated"][0]["dn"] == dated and data["requests"]["dated"][0]["due"] == \
         (dt.date.today() + dt.timedelta(days=1)).isoformat()

@@ -99,3 +99,32 @@ def test_a_slapd_asked_to_run_too_deep_for_its_socket_runs_in_a_short_folder(tmp
     finally:
         server.stop()
     assert not Path(server._short_rundir).exists() and list(deep.iterdir()) == []
+
+
+def test_a_slapd_whose_port_was_taken_before_it_bound_starts_on_another(tmp_path):
+    # The race CI met: the free port slapdtest found is taken by someone else before
+    # slapd binds it. Here the port is held on purpose, listening, for the first try.
+    import socket
+
+    from provisioning.testing import Slapd
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+
+    class Unlucky(Slapd):
+        offered = [taken]
+
+        def _avail_tcp_port(self):
+            return self.offered.pop() if self.offered else super()._avail_tcp_port()
+
+    server = Unlucky(rundir=str(tmp_path))
+    try:
+        assert server.port == taken
+        server.start()
+        assert server.port != taken and server.connect().whoami_s() == f"dn:{server.root_dn}"
+        assert not Path(tmp_path, f"python-ldap-test-{taken}").exists()     # the failed try left no folder
+    finally:
+        server.stop()
+        holder.close()

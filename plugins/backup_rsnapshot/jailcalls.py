@@ -195,6 +195,11 @@ def _still_there(store) -> bool:
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
+def image_index(top: str):
+    """The Index of the current image of the store of ``top`` (None: no store or no image yet)."""
+    return _index(top)
+
+
 def _index(top: str):
     try:
         store = _store(top, make=False)

@@ -35,6 +35,16 @@ class Verdict(enum.Enum):
 def judge(account: Account, uuid: str | None, place: Layout, nodes: dict[str, Node | None],
           transport: Transport) -> Verdict:
     """Whether this entry may work on the account directory; StepError 13 (or 15) if not."""
+    marker = nodes[place.marker]
+    readable = uuid is not None and nodes[place.directory] is not None and marker is not None \
+        and marker.is_file and marker.uid == 0
+    owner = read_small_file(place.marker, transport).strip() if readable else None
+    return decide(account, uuid, place, nodes, owner)
+
+
+def decide(account: Account, uuid: str | None, place: Layout, nodes: dict[str, Node | None],
+           owner: str | None) -> Verdict:
+    """judge() with the marker's text already read (``owner``; None when there is none to read)."""
     directory = nodes[place.directory]
     if uuid is None:
         raise StepError(Code.NOT_THIS_ENTRYS_ACCOUNT,
@@ -46,7 +56,6 @@ def judge(account: Account, uuid: str | None, place: Layout, nodes: dict[str, No
         if not (marker.is_file and marker.uid == 0):
             raise StepError(Code.UNSAFE_ACCOUNT_PATH,
                             f"the owner marker {place.marker} is {marker.describe()}, not root's file")
-        owner = read_small_file(place.marker, transport).strip()
         if owner == uuid:
             return Verdict.OURS
         raise StepError(Code.NOT_THIS_ENTRYS_ACCOUNT,

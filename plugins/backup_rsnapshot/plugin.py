@@ -26,6 +26,7 @@ from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import builder as builders
 from provisioning_backup_rsnapshot import home, ownership
 from provisioning_backup_rsnapshot.alongside import alongside
+from provisioning_backup_rsnapshot.audithooks import AuditHooks
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
 from provisioning_backup_rsnapshot.jailjob import JailJob
@@ -42,7 +43,7 @@ SPEC = importlib.resources.files(__package__).joinpath("backup.spec")
 MIN_PYTHON = (3, 11)
 
 
-class BackupRsnapshot(OperatorHooks):
+class BackupRsnapshot(OperatorHooks, AuditHooks):
     """One instance per daemon; keeps the settings and the proven rsnapshot shapes."""
 
     def __init__(self, clock: Clock | None = None) -> None:

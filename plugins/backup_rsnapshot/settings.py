@@ -37,6 +37,7 @@ class Settings:
     jail_link_limit: int
     jail_check_seconds: float
     jail_relink_rate: float
+    quota_report_cmd: str = ""
 
     @classmethod
     def of(cls, ctx: ServiceContext) -> "Settings":
@@ -50,7 +51,7 @@ class Settings:
                    b["RSNAPSHOT_CMD"], b["CONFIGTEST"], root, b["DELETE_DATA"],
                    normal_path(b["ARCHIVE_DIR"] or posixpath.join(root, "archive")), b["MIN_ID_NUMBER"],
                    b["JAIL_PROGRAMS"].split(), b["JAIL_LINK_LIMIT"], b["JAIL_CHECK_SECONDS"],
-                   b["JAIL_RELINK_RATE"])
+                   b["JAIL_RELINK_RATE"], b["QUOTA_REPORT_CMD"].strip())
 
 
 def normal_path(path: str) -> str:

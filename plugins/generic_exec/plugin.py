@@ -13,8 +13,9 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
-from provisioning.api import CheckLine, Request, ServiceContext, hookimpl
+from provisioning.api import Audit, CheckLine, Expected, Request, ServiceContext, hookimpl
 
 from provisioning_generic_exec.codes import Code, meanings, return_value
 from provisioning_generic_exec.request import environment, stdin_json
@@ -133,6 +134,12 @@ class GenericExec:
     @hookimpl
     def provisioning_return_values(self) -> dict[int, str]:
         return meanings()
+
+    @hookimpl
+    def provisioning_audit(self, entries: Iterable[Expected], only: str | None, ctx: ServiceContext) -> Audit:
+        """Says it cannot: the commands are the operator's, and only they know what they made."""
+        return Audit.impossible("Generic/Exec cannot audit: what ADD_CMD, MODIFY_CMD and DELETE_CMD made on the "
+                                "host is known to those commands alone")
 
     # ---------------------------------------------------------------- work
 

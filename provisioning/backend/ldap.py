@@ -182,6 +182,13 @@ def unbind_quietly(conn: SimpleLDAPObject | None) -> None:
         pass
 
 
+def _abandon_quietly(conn: SimpleLDAPObject, msgid: int) -> None:
+    try:
+        conn.abandon(msgid)
+    except ldap.LDAPError:
+        pass
+
+
 @contextmanager
 def _unavailable_on_network_errors(what: str) -> Iterator[None]:
     try:
@@ -361,6 +368,40 @@ class Directory:
             raise DirectoryError(f"search {base} answered with a referral (a continuation reference), "
                                  "not the entries themselves")
         return [Entry.from_ldap(dn, attrs) for dn, attrs in results]
+
+    def each(self, base: str, filterstr: str, attrs: Sequence[str] | None = None) -> Iterator[Entry]:
+        """Every entry below ``base`` matching ``filterstr``, one at a time (a whole subtree in little memory).
+
+        Only a complete answer ends normally: a missing ``base`` (SubtreeMissing),
+        a referral, a size or time limit or any refusal (DirectoryError) is
+        raised, after the entries that came before it: a caller that counts
+        what it saw must not take a cut answer for the whole.
+        """
+        wanted = list(self.settings.attributes if attrs is None else attrs)
+        conn, msgid = self.conn, None
+        with _unavailable_on_network_errors(f"search {base}"):
+            try:
+                msgid = conn.search_ext(base, ldap.SCOPE_SUBTREE, filterstr, wanted)
+                while True:
+                    kind, results, _, _ = conn.result3(msgid, all=0, timeout=self.settings.timeout)
+                    if kind == ldap.RES_SEARCH_RESULT:
+                        msgid = None
+                        return
+                    for dn, values in results or []:
+                        if kind == ldap.RES_SEARCH_REFERENCE or not dn:
+                            raise DirectoryError(f"search {base} answered with a referral (a continuation "
+                                                 "reference), not the entries themselves")
+                        yield Entry.from_ldap(dn, values)
+            except ldap.NO_SUCH_OBJECT as err:
+                msgid = None
+                raise SubtreeMissing(f"{base} does not exist") from err
+            except ldap.LDAPError as err:
+                if isinstance(err, UNAVAILABLE):
+                    raise
+                raise DirectoryError(f"search {base} {filterstr} refused: {describe(err)}") from err
+            finally:
+                if msgid is not None:           # left before its end: the server need not send the rest
+                    _abandon_quietly(conn, msgid)
 
     def identity(self, base: str) -> Identity:
         """The entryUUIDs of the naming context holding ``base`` and of ``base`` itself (None: unreadable)."""

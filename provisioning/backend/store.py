@@ -20,7 +20,9 @@ One SQLite file (WAL) next to COOKIE_FILE ([Database] STORE_FILE) holds
   ``provisioning-daemon deletions``, the only table another process writes);
 - how often, and when last, another daemon's claim made through another
   provider was seen (``rivals``, for ``status``: an HA pair split across
-  the providers).
+  the providers);
+- full refreshes and entries an operator asked to be judged again
+  (``resyncs``, written by ``provisioning-daemon resync``, like approvals).
 
 Changes wait in memory (the overlay) until ``flush()`` writes them in one
 transaction. The daemon flushes after every handled entry and every cookie it
@@ -45,6 +47,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from provisioning.backend.dn import normal_dn
 from provisioning.base.entry import Entry
 from provisioning.base.files import UnsafeFile, check_private
 
@@ -60,7 +63,10 @@ CREATE TABLE IF NOT EXISTS held (uuid TEXT PRIMARY KEY, dn TEXT NOT NULL, since 
 CREATE TABLE IF NOT EXISTS approvals (uuid TEXT PRIMARY KEY, decision TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (uuid TEXT NOT NULL, dn TEXT NOT NULL, attrs TEXT NOT NULL,
                                     mirror TEXT, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS resyncs (what TEXT PRIMARY KEY, at REAL NOT NULL);
 """
+# What ``resyncs`` holds for a full refresh (its other rows are DNs).
+EVERYTHING = "*"
 # Decisions an operator writes into ``approvals`` (provisioning-daemon deletions).
 APPROVE, KEEP = "approve", "keep"
 _FORGOTTEN = None   # overlay value of an entry removed from the store
@@ -126,6 +132,7 @@ class Store:
         self._own: list[str] | None = None
         self._held: dict[str, Held | None] = {}
         self._decided: set[str] = set()            # approvals acted on, removed at the next flush
+        self._resynced: dict[str, float] = {}      # resyncs acted on (what -> asked at), removed at the next flush
         self._mirror: dict | None = None
         self._gateway: dict | None = None          # the gateway's state for status (see note_gateway)
         self._rivals: dict | None = None           # another daemon's claims through another provider, for status
@@ -377,6 +384,20 @@ class Store:
         rows = self._query("SELECT uuid, decision FROM approvals", table=True)
         return {uuid: decision for uuid, decision in rows if uuid not in self._decided}
 
+    def resyncs(self) -> dict[str, float]:
+        """What an operator asked to be judged again (provisioning-daemon resync): EVERYTHING or DNs -> when."""
+        rows = self._query("SELECT what, at FROM resyncs", table=True)
+        return {what: at for what, at in rows if self._resynced.get(what, -1.0) < at}
+
+    def resynced(self, what: str, at: float) -> None:
+        """The resync of ``what`` asked at ``at`` is done (a later request for it stays)."""
+        self._resynced[what] = max(at, self._resynced.get(what, at))
+
+    def by_dn(self, dn: str) -> Known | None:
+        """The entry the store knows under ``dn`` (a pass over the store: for rare questions)."""
+        wanted = normal_dn(dn)
+        return next((known for known in self.known() if normal_dn(known.dn) == wanted), None)
+
     def changed_elsewhere(self) -> bool:
         """Whether another process committed to the file since the last call (cheap: a counter SQLite keeps)."""
         if self._db is None:
@@ -485,7 +506,7 @@ class Store:
     @property
     def dirty(self) -> bool:
         return bool(self._entries or self._pending or self._cookie is not None or self._own is not None
-                    or self._held or self._decided or self._mirror is not None or self._fresh
+                    or self._held or self._decided or self._resynced or self._mirror is not None or self._fresh
                     or self._gateway is not None or self._rivals is not None)
 
     def flush(self) -> bool:
@@ -555,6 +576,7 @@ class Store:
         self._own = None
         self._held.clear()
         self._decided.clear()
+        self._resynced.clear()
         self._mirror = None
         self._gateway = None
         self._rivals = None
@@ -578,6 +600,8 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO held VALUES (?, ?, ?)", (held.uuid, held.dn, held.since))
         for uuid in self._decided:
             db.execute("DELETE FROM approvals WHERE uuid=?", (uuid,))
+        for what, at in self._resynced.items():
+            db.execute("DELETE FROM resyncs WHERE what=? AND at<=?", (what, at))
 
 
 def _connect(target: str | Path) -> sqlite3.Connection:

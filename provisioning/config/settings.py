@@ -85,6 +85,7 @@ class Daemon:
     brake: Brake
     metrics_port: int
     metrics_address: str
+    audit_interval: float = 0.0       # AUDIT_INTERVAL: seconds between the daemon's audits (0: none)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ def daemon(section: Mapping[str, Any], cookie_file: Path) -> Daemon:
         node_name=section["NODE_NAME"], workers=section["WORKERS"],
         brake=Brake(section["DELETION_BRAKE_PERCENT"], section["DELETION_BRAKE_COUNT"],
                     section["DELETION_BRAKE_WINDOW"]),
-        metrics_port=section["METRICS_PORT"], metrics_address=section["METRICS_ADDRESS"])
+        metrics_port=section["METRICS_PORT"], metrics_address=section["METRICS_ADDRESS"],
+        audit_interval=section["AUDIT_INTERVAL"])
 
 
 def gateway(section: Mapping[str, Any]) -> Gateway:

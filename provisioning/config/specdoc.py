@@ -77,6 +77,15 @@ def reloadable(text: str) -> set[tuple[str, str]]:
 
 def describe_check(check: str) -> str:
     """``integer(min=0, max=64, default=0)`` as "a whole number from 0 to 64; default 0"."""
+    if not check_parts(check)[0]:
+        return check
+    sighup = "; SIGHUP applies it" if reloaded(check) else ""
+    default = check_default(check)
+    return f"{check_kind(check)}; {'required' if default is None else 'default ' + default}{sighup}"
+
+
+def check_kind(check: str) -> str:
+    """What a value must be: ``integer(min=0, max=64)`` as "a whole number from 0 to 64"."""
     name, args, kwargs = check_parts(check)
     if not name:
         return check
@@ -92,18 +101,21 @@ def describe_check(check: str) -> str:
         kind += f" from {kwargs['min']:g} to {kwargs['max']:g}"
     elif "min" in kwargs:
         kind += f", at least {kwargs['min']:g}"
-    sighup = "; SIGHUP applies it" if kwargs.get("reload") is True else ""
+    return kind
+
+
+def check_default(check: str) -> str | None:
+    """A check's default as the docs show it ("unset", "empty", "1", "600", ...); None: the key is required."""
+    kwargs = check_parts(check)[2]
     if "default" not in kwargs:
-        return f"{kind}; required{sighup}"
+        return None
     default = kwargs["default"]
     if default is None:
-        shown = "unset"
-    elif default == "":
-        shown = "empty"
-    elif isinstance(default, bool):
-        shown = "1" if default else "0"
-    elif isinstance(default, float):
-        shown = f"{default:g}"
-    else:
-        shown = str(default)
-    return f"{kind}; default {shown}{sighup}"
+        return "unset"
+    if default == "":
+        return "empty"
+    if isinstance(default, bool):
+        return "1" if default else "0"
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)

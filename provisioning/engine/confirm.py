@@ -29,7 +29,7 @@ and then reads the entry on its own provider:
   it holds, and the outcome may replace that version (``replaced``).
 
 A provider that does not answer cannot hand out a rival claim that we could
-learn of: it is not waited for (the partition caveat: README, "An HA pair").
+learn of: it is not waited for (the partition caveat: docs/how-it-works.md, "An HA pair").
 The wait is bounded ([Service] CLAIM_CONFIRM_WAIT); past it - replication
 slow, the providers cut off from each other, contextCSN unreadable - the work
 starts all the same: the entry's lock on the host and its record of requests

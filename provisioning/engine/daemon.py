@@ -34,7 +34,7 @@ from provisioning.backend.ldap import (
     CookieReached, Directory, DirectoryError, DirectoryUnavailable, EntriesDeleted, EntryChanged, Event,
     PresentEnd, RefreshDone, RefreshRequired, SubtreeMissing, SyncStream, WriteRefused,
 )
-from provisioning.backend.store import APPROVE, Held, Store
+from provisioning.backend.store import APPROVE, EVERYTHING, Held, Store
 from provisioning.engine.brake import PARKED, Brake, Parked
 from provisioning.base.clock import Clock
 from provisioning.base.entry import Entry
@@ -179,6 +179,8 @@ class Daemon:
         self.brake = brake or Brake()
         self.failback = failback                   # back to an earlier provider of SERVER (None: never)
         self._failing_back = False
+        self._resyncing = False                    # the reconnect under way is a full refresh an operator asked for
+        self._full_asked: float | None = None      # when the full refresh in hand was asked for (resync)
         self._held_checked_at = -math.inf
         self.monitor = monitor or Monitor(base=base)   # systemd, metrics, progress lines
         self.monitor.attach(self)
@@ -232,7 +234,8 @@ class Daemon:
         self.router.adopt = start.adopt
         self.brake.held = {held.uuid for held in self.store.held()}
         self.store.changed_elsewhere()             # from here on, an operator's decision is noticed
-        self._after_refresh = [self._sweep_claims, self._retry_failed, self._decide_held]
+        self._full_at_start()
+        self._after_refresh = [self._sweep_claims, self._retry_failed, self._decide_held, self._resync_if_asked]
         self._connect(self.startup)
 
     def run(self) -> None:
@@ -451,7 +454,7 @@ class Daemon:
             return
         log.warning("the contextCSN of %s cannot be read (ACL?), so the cookie (from %s) cannot be checked "
                     "against it: refreshing from scratch; let the daemon's bind read contextCSN on the "
-                    "suffix entry (README, deployment)", self.directory.uri,
+                    "suffix entry (docs/deployment.md, 4. The directory)", self.directory.uri,
                     self._session_server or "an earlier run")
         self.position.reset()
 
@@ -477,6 +480,10 @@ class Daemon:
         if self._failing_back:
             log.info("%s; finishing the work in hand, then moving back to it", self._trouble)
             self._failing_back = False
+        elif self._resyncing:
+            log.info("%s: the work in hand ends, then the whole subtree is read again and judged against the store "
+                     "(nothing done is redone; removals go through the deletion brake)", self._trouble)
+            self._resyncing = False
         elif self._host_away:
             log.warning("%s; new work waits, the work in hand ends, then the daemon waits for the gateway",
                         self._trouble)
@@ -586,6 +593,7 @@ class Daemon:
     def _refresh_done(self) -> None:
         self.in_refresh = False
         self.router.adopt = None
+        self._resync_done()
         self._settle_at = self._seq            # said done in _settle, once its work has ended
         todo, self._after_refresh = self._after_refresh, []
         for sweep in todo:
@@ -733,6 +741,67 @@ class Daemon:
                 self.brake.held.discard(uuid)
         self._flush()
 
+    # ---------------------------------------------------------------- resync
+
+    def _full_at_start(self) -> None:
+        """A full refresh asked for while no daemon ran (provisioning-daemon resync): this start reads it all."""
+        asked = self.store.resyncs().get(EVERYTHING)
+        if asked is None:
+            return
+        self._full_asked = asked
+        self.position.reset()
+        log.info("a full refresh was asked for (provisioning-daemon resync): the whole subtree is read and judged "
+                 "against the store (nothing done is redone; removals go through the deletion brake)")
+
+    def _resync_if_asked(self) -> None:
+        """Carry out what an operator asked with provisioning-daemon resync: entries, or a full refresh."""
+        asked = self.store.resyncs()
+        everything = asked.pop(EVERYTHING, None)
+        for dn, at in sorted(asked.items()):
+            self._resync_entry(dn)
+            self.store.resynced(dn, at)
+        if everything is not None and self._full_asked is None:
+            self._full_asked = everything
+            self.position.reset()
+            self._resyncing = True
+            self._trouble = "a full refresh was asked for (provisioning-daemon resync)"
+        if asked:
+            self._flush()
+
+    def _resync_entry(self, dn: str) -> None:
+        """Judge one entry again, as a full refresh would: against the store; a removal through the brake."""
+        entry = self.directory.read(dn)
+        if entry is not None:
+            log.info("%s: judged again against the store (provisioning-daemon resync)", dn)
+            self._seq += 1
+            self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
+                          lambda: self.router.entry_job(entry, origin=REFRESH))
+            return
+        known = self.store.by_dn(dn)
+        if known is None:
+            log.warning("%s: a resync was asked for, but neither the directory nor the store knows it", dn)
+            return
+        try:
+            there = self.directory.existing_uuids(self.base, [known.uuid])
+        except (DirectoryError, SubtreeMissing) as err:
+            log.error("%s: cannot check whether its entry is gone (%s): it is not taken as removed", dn, err)
+            return
+        if there:
+            log.info("%s: its entry (entryUUID %s) is in the directory under another DN: the stream brings it",
+                     dn, known.uuid)
+            return
+        log.info("%s: the directory no longer has it (entryUUID %s): its removal is judged as a refresh's would "
+                 "be (provisioning-daemon resync)", dn, known.uuid)
+        self._seq += 1
+        self._removal(known.uuid, self._seq)
+
+    def _resync_done(self) -> None:
+        """The full refresh an operator asked for is over: its request is done."""
+        if self._full_asked is not None and self.refresh_full:
+            self.store.resynced(EVERYTHING, self._full_asked)
+            self._full_asked = None
+            log.info("the full refresh asked for with provisioning-daemon resync is done")
+
     def _recheck_held(self) -> None:
         """While removals are held: are their entries back (a directory restored with its entryUUIDs)?"""
         if not self.brake.held or time.monotonic() - self._held_checked_at < HELD_RECHECK_INTERVAL:
@@ -876,6 +945,7 @@ class Daemon:
             self._swept_on = today
         if self.store.changed_elsewhere():
             self._decide_held()                 # an operator ran provisioning-daemon deletions
+            self._resync_if_asked()             # ... or provisioning-daemon resync
         self._recheck_held()
         for key, watch in self.router.expired_watches(self.clock.utcnow()):
             entry = self.directory.read(watch.dn)

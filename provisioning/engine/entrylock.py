@@ -50,6 +50,10 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _CANNOT_CREATE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES)
 
 
+class Busy(Exception):
+    """Another process held the entry's lock for longer than the caller would wait."""
+
+
 @dataclass(frozen=True)
 class Done:
     """A request done on this host: the versions it was for and its return value."""
@@ -129,16 +133,17 @@ class EntryLocks:
             return work(held)
 
     @contextlib.contextmanager
-    def hold(self, key: str, label: str) -> Iterator[Held]:
+    def hold(self, key: str, label: str, *, wait: float | None = None) -> Iterator[Held]:
         """The lock of entry ``key`` (``label``: its DN, for the log), held until the block ends.
 
         Waits while another process of the host holds it; Interrupted when the
-        daemon is asked to stop meanwhile (nothing was done yet).
+        daemon is asked to stop meanwhile (nothing was done yet); Busy when it
+        is still held after ``wait`` seconds (None: no limit).
         """
         fd = self._open(key) if self.enabled else None
         try:
             if fd is not None:
-                self._lock(fd, label)
+                self._lock(fd, label, wait)
             yield Held(fd, label)
         finally:
             if fd is not None:
@@ -158,7 +163,7 @@ class EntryLocks:
             self._cannot("open", f"cannot open {self.path(key)}: {err}")
             return None
 
-    def _lock(self, fd: int, label: str) -> None:
+    def _lock(self, fd: int, label: str, wait: float | None = None) -> None:
         started = time.monotonic()
         said = False
         while True:
@@ -168,6 +173,8 @@ class EntryLocks:
             except BlockingIOError:
                 pass
             waited = time.monotonic() - started
+            if wait is not None and waited >= wait:
+                raise Busy(f"{label}: another process of this host has held the entry's lock for {waited:.0f} s")
             if waited >= SAY_WAITING_AFTER and not said:
                 said = True
                 log.info("%s: another process of this host has worked on this entry for %.0f s; waiting for it",

@@ -347,7 +347,8 @@ class Selfcare:
             # Every request would say so: once, then at debug level.
             (log.debug if self._said_unreadable else log.warning)(
                 "%s: the claim cannot be confirmed, %s: working on it all the same; let the daemon's bind read "
-                "contextCSN on the suffix entry of every provider (README, deployment)", fresh.dn, found.behind[0])
+                "contextCSN on the suffix entry of every provider (docs/deployment.md, 4. The directory)",
+                fresh.dn, found.behind[0])
             self._said_unreadable = True
         elif found.standing is Standing.UNSURE:
             log.warning("%s: the claim could not be confirmed within %g s, waiting for %s: working on it all the "

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # How many of our own writes we remember to recognise their echo (they come
 # back within milliseconds; the bound keeps memory flat however long it runs).
 OWN_WRITES_KEPT = 10_000
+# Entries of other hosts already said to be left untouched (entryUUID -> their host), remembered this
+# many: beyond, the oldest may be said once more.
+UNTOUCHED_KEPT = 10_000
 # Another daemon claiming through another provider is logged as a warning at most this often.
 RIVAL_REPORT_INTERVAL = 600.0
 # Where an entry comes from (see Router.entry_job).
@@ -63,6 +66,7 @@ class Router:
         self.watching: dict[str, Watch] = {}
         self._own_writes: OrderedDict[str, None] = OrderedDict()
         self._own_newest: dict[str, str] = {}         # server id -> the newest of _own_writes, kept in the store
+        self._untouched: OrderedDict[str, str] = OrderedDict()   # see UNTOUCHED_KEPT
         self._rival_said_at = -math.inf
         self.note_own_writes(store.own_writes)         # the last run's, for its first cookie check
 
@@ -119,9 +123,7 @@ class Router:
             self.watching.pop(_key(entry), None)
             self.store.remember(entry)
             return None
-        if not self.service.owns(entry):
-            log.debug("%s: belongs to another host, left untouched", entry.dn)
-            self.store.remember(entry)
+        if self._another_hosts(entry):
             return None
         previous = self._previous(entry)
         return self._job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision, previous), entry)
@@ -132,14 +134,30 @@ class Router:
             log.debug("%s: unchanged since it was handled", entry.dn)
             self.store.remember(entry, failed=self._failed(entry))
             return None
-        if not self.service.owns(entry):
-            log.debug("%s: belongs to another host, left untouched", entry.dn)
-            self.store.remember(entry)
+        if self._another_hosts(entry):
             return None
         previous = self._previous(entry)
         key = _key(entry)
         return self._job(key, entry.dn, self._locked(key, entry.dn, lambda: self.ldap_mode.run(entry, verb, previous)),
                          entry)
+
+    def _another_hosts(self, entry: Entry) -> bool:
+        """Whether ``entry`` is another host's (then it is remembered, and said once at INFO with both values:
+        a host that differs from ENVIRONMENT by a letter must not look like silence)."""
+        why = self.service.not_ours(entry)
+        if why is None:
+            return False
+        self.store.remember(entry)
+        key, host = _key(entry), entry.get("host") or ""
+        if self._untouched.get(key) == host:
+            log.debug("%s: another host's, left untouched: %s", entry.dn, why)
+            return True
+        self._untouched[key] = host
+        self._untouched.move_to_end(key)
+        while len(self._untouched) > UNTOUCHED_KEPT:
+            self._untouched.popitem(last=False)
+        log.info("%s: left untouched: another host's entry (%s); provisioning-daemon explain says more", entry.dn, why)
+        return True
 
     def _watched_claim(self, entry: Entry, why: str) -> None:
         """Another daemon's live claim: made through another provider than ours (its entryCSN's server id)?"""

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pluggy
 
@@ -18,6 +18,7 @@ from provisioning.backend.storeview import KnownEntries
 from provisioning.base.codes import ReturnValue
 from provisioning.config.loader import Config
 from provisioning.base.entry import Entry
+from provisioning.base.finding import Audit, Expected, Finding
 from provisioning.transport import Transport
 from provisioning.transport.base import Interrupted, Unreachable, within_deadline
 
@@ -191,6 +192,45 @@ class Service:
             log.exception("%s: plugin failed to decide whether the entry is ours; leaving it", entry.dn)
             return False
         return answer is not False
+
+    def not_ours(self, entry: Entry) -> str | None:
+        """None when ``entry`` is this host's (provisioning_owns); else why not, with both values exactly.
+
+        The core's rule for the plugins it ships: [Global] ENVIRONMENT names
+        this host, an entry's ``host`` attribute the one that serves it.
+        """
+        if self.owns(entry):
+            return None
+        host, here = entry.get("host"), self.ctx.environment
+        # Quoted as they are: whoever shows this escapes it (provisioning.base.log.escape, json).
+        if host is None:
+            return f"the plugin leaves it to another host (it has no host; this daemon's ENVIRONMENT is '{here}')"
+        return f"its host is '{host}', this daemon's [Global] ENVIRONMENT is '{here}'"
+
+    def audit(self, entries: Iterable[Expected], only: str | None = None) -> Audit:
+        """The plugin's comparison of the host with ``entries`` (hook provisioning_audit).
+
+        A plugin that does not implement it, or answers None, cannot audit
+        (``Audit.cannot`` says so). What the hook raises is raised: an
+        audit that failed is no audit.
+        """
+        hook = getattr(self.manager.hook, "provisioning_audit", None)
+        answer = hook(entries=entries, only=only, ctx=self.ctx) if hook is not None else None
+        if answer is None:
+            return Audit.impossible("the plugin does not audit what it made on the host "
+                                    "(it implements no provisioning_audit)")
+        if not isinstance(answer, Audit):
+            raise TypeError(f"the plugin's provisioning_audit returned {type(answer).__name__}, not an Audit")
+        return answer
+
+    def repair(self, entry: Entry, findings: list[Finding]) -> list[str]:
+        """The plugin's repair of ``findings`` of ``entry`` (hook provisioning_repair): what it did.
+
+        What the hook raises is raised (the caller reports it as the repair's failure).
+        """
+        hook = getattr(self.manager.hook, "provisioning_repair", None)
+        done = hook(entry=entry, findings=findings, ctx=self.ctx) if hook is not None else None
+        return [str(line) for line in done or []]
 
     def meaning(self, code: int) -> str:
         """What a return value means: the core's own, or the plugin's (hook provisioning_return_values)."""

@@ -18,14 +18,17 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from provisioning.base.checkline import CheckLine
     from provisioning.base.entry import Entry
+    from provisioning.base.finding import Audit, Expected, Finding
     from provisioning.hooks.service import Request, ServiceContext
 
 PROJECT = "provisioning"
 # The plugin API's version (provisioning.api): MAJOR.MINOR. A new name or hook
 # raises MINOR; a name or hook removed or changed in meaning raises MAJOR.
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -35,7 +38,7 @@ def deprecated(why: str) -> DeprecationWarning:
 
     pluggy then warns, once a plugin implementing the hook is registered,
     with ``why`` (say what to implement instead and from which API version
-    the hook is gone). No hook is deprecated in API 1.0.
+    the hook is gone). No hook is deprecated in API 1.1.
     """
     return DeprecationWarning(why)
 
@@ -314,6 +317,63 @@ def provisioning_return_values() -> dict[int, str] | None:
     :return: ``{code: meaning}``, for example ``{6: "CANNOT_SET_QUOTA:
         setquota failed; check quotas on MOUNTPOINT"}``; None when the
         plugin names none.
+    """
+
+
+# ----------------------------------------------------------------------
+# Drift: what is on the host against what the directory says (audit, explain, retire).
+
+
+@hookspec(firstresult=True)
+def provisioning_audit(entries: "Iterable[Expected]", only: str | None, ctx: "ServiceContext") -> "Audit | None":
+    """Compare what the plugin made on the host with the directory, and find what no entry explains.
+
+    Called by ``provisioning-daemon audit``, ``explain`` and ``retire``, and
+    by the daemon every [Service] AUDIT_INTERVAL seconds, while the daemon
+    may be working: read only, change nothing (``ctx.transport`` is a live
+    one, so that a read-only pass can run where the files are). Read the
+    host once for all entries (one pass over the folders, one quota report),
+    not once per entry: an audit of 100,000 accounts must stay in minutes.
+    Stops at the first non-None result.
+
+    :param entries: every entry of this host that the directory holds (read
+        once, as an iterator: consume it once, and let its exceptions pass:
+        an answer that is not whole is no audit), each with what it expects
+        (``Expected.expect``: present, absent, or a request open, which is
+        not judged). Entries of other hosts are not given: what the host
+        holds for them is an orphan here.
+    :param only: None for everything; else the one name an operator gave
+        (a DN, or the plugin's own name for an account, such as a uid):
+        look at that account's objects only.
+    :param ctx: the service context.
+    :return: an :class:`provisioning.base.finding.Audit`: the findings (one
+        per thing that differs, each saying whether it is safe to repair;
+        an orphan names what ``retire`` takes and, as ``entry``, the entry
+        the delete hook would be called with), how many entries were
+        compared, and notes on what could not be checked; or
+        ``Audit.impossible(why)`` from a plugin that cannot audit what it
+        made. None: the plugin does not audit (said like ``impossible``).
+    """
+
+
+@hookspec(firstresult=True)
+def provisioning_repair(entry: "Entry", findings: "list[Finding]", ctx: "ServiceContext") -> list[str] | None:
+    """Repair what the audit found for one entry, with the steps the plugin's request hooks take.
+
+    Called by ``provisioning-daemon audit --repair`` for an entry of this
+    host with no request open, under the entry's lock on this host (the one
+    every request of the daemon holds: no request of this entry runs
+    meanwhile), with its repairable findings as a fresh audit of that entry
+    found them. Only what is safe and idempotent: never delete or archive
+    data, never act on an object that is not provably this entry's. An
+    exception is reported as the repair's failure. Stops at the first
+    non-None result.
+
+    :param entry: the entry as the directory holds it now.
+    :param findings: its repairable findings (``Finding.repairable``).
+    :param ctx: the service context (a live transport).
+    :return: what was done, one sentence per step; None when the plugin
+        repairs nothing.
     """
 
 

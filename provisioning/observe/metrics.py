@@ -32,6 +32,9 @@ Names (all prefixed ``provisioning_``):
   first) and ``gateway_outages_total``;
 - ``entries_seen_total``, ``synchronising`` (1 during a refresh) and
   ``info{service,version}``; plus prometheus_client's ``process_*``;
+- with [Service] AUDIT_INTERVAL: ``drift{kind}`` (the last audit's findings
+  of each kind), ``audit_state`` (0 clean, 1 drift, 2 could not check, -1
+  none yet) and ``audit_timestamp_seconds`` (when it ended);
 - the plugin's own gauges (hook ``provisioning_metrics``), read when scraped.
 """
 from __future__ import annotations
@@ -96,6 +99,9 @@ class NoMetrics:
         pass
 
     def store(self, writable: bool) -> None:
+        pass
+
+    def audit(self, figures: Callable[[], Any]) -> None:
         pass
 
     def close(self) -> None:
@@ -210,6 +216,10 @@ class Metrics(NoMetrics):
             self._store_ok = writable
             self.store_writable.set(1 if writable else 0)
 
+    def audit(self, figures: Callable[[], Any]) -> None:
+        """The daemon's audits (runtime.auditjob): ``figures()`` gives the last one's state, time and counts."""
+        self.registry.register(DriftGauges(figures))
+
     def _lag(self) -> float:
         cookie = self._daemon.acknowledged if self._daemon is not None else None
         return lag_seconds(self.newest_csn, cookie)
@@ -246,6 +256,29 @@ class PluginGauges:
         for name, (value, text) in sorted(self.gauges().items()):
             if self.NAME.fullmatch(name):
                 yield GaugeMetricFamily(f"provisioning_{name}", text, value=float(value))
+
+
+class DriftGauges:
+    """The last audit's figures, read at each scrape."""
+
+    def __init__(self, figures: Callable[[], Any]) -> None:
+        self.figures = figures
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        last = self.figures()
+        drift = GaugeMetricFamily("provisioning_drift", "Findings of the last audit, by kind", labels=["kind"])
+        for kind, count in sorted(last.counts.items()):
+            drift.add_metric([kind], float(count))
+        yield drift
+        yield GaugeMetricFamily("provisioning_audit_state", "The last audit: 0 clean, 1 drift, 2 could not check, "
+                                "-1 none yet", value=float(last.state))
+        yield GaugeMetricFamily("provisioning_audit_timestamp_seconds", "When the last audit ended (Unix time; "
+                                "0: none yet)", value=float(last.at))
 
 
 def lag_seconds(newest: str | None, cookie: str | None) -> float:

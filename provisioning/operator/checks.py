@@ -439,7 +439,7 @@ def _state_file(key: str, path: Path, *, written: bool) -> CheckLine:
     problem = _writable_folder(path)
     if problem and (written or not _read_only(path.parent)):
         # A folder that filled up or went read-only under the daemon's state:
-        # the daemon copes (README), so this must not stop a start under ExecStartPre.
+        # the daemon copes (docs/how-it-works.md), so this must not stop a start under ExecStartPre.
         return CheckLine.warn(name, f"{problem}; the daemon starts all the same, keeps its position in "
                                     f"memory and writes it once the folder takes it (log and mail say so)")
     if problem:

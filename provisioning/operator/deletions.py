@@ -59,10 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    loaded = startup.load(Path(args.config), args.global_config)
-    if not loaded.valid:
-        for problem in loaded.problems:
-            print(f"{PROG}: {escape(problem)}", file=sys.stderr)
+    loaded = startup.load_for(PROG, args)
+    if loaded is None:
         return ExitCode.CONFIG_ERROR
     path = loaded.config.store_file
     try:

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from ldap.filter import escape_filter_chars
 
@@ -65,10 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    loaded = startup.load(Path(args.config), args.global_config)
-    if not loaded.valid:
-        for problem in loaded.problems:
-            print(f"provisioning-daemon retry: {escape(problem)}", file=sys.stderr)
+    loaded = startup.load_for("provisioning-daemon retry", args)
+    if loaded is None:
         return ExitCode.CONFIG_ERROR
     config = loaded.config
     base = config.database.subtree

@@ -58,9 +58,11 @@ from __future__ import annotations
 
 import logging
 
-from provisioning.api import CheckLine, Request, ServiceContext, hookimpl, require
+from typing import Iterable
 
-require("1.0")      # the plugin API this plugin is written for (provisioning.api)
+from provisioning.api import Audit, CheckLine, Expected, Request, ServiceContext, hookimpl, require
+
+require("1.1")      # the plugin API this plugin is written for (provisioning.api)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,17 @@ class @CLASS@:
     @hookimpl
     def provisioning_return_values(self) -> dict[int, str]:
         return RETURN_VALUES
+
+    @hookimpl
+    def provisioning_audit(self, entries: Iterable[Expected], only: str | None, ctx: ServiceContext) -> Audit:
+        """provisioning-daemon audit: compare what the plugin made on the host with ``entries``.
+
+        Read the host once (not once per entry), then return a
+        provisioning.api.Finding for each thing that differs, and one for
+        each object no entry explains (an orphan: ``name`` is what
+        provisioning-daemon retire takes). Until then the plugin says so.
+        """
+        return Audit.impossible(f"{NAME} does not audit yet (its provisioning_audit is the scaffold's stub)")
 
     def _got(self, request: Request, ctx: ServiceContext) -> int:
         # Attribute names only: values may be secrets (userPassword) and are the directory's data.

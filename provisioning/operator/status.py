@@ -8,6 +8,8 @@ Three sources, all read only:
   store, whichever is newer) against the provider's contextCSN;
 - the directory: the requests of SERVICE_SUBTREE that this host serves
   (the plugin's ``provisioning_owns``), by stage (provisioning.engine.requests),
+  those it leaves to other hosts (counted and named, with the entry's host
+  and ENVIRONMENT: a host misspelt by a letter must not look like silence),
   and the plugin's own details (``provisioning_status``);
 - with TRANSPORTAPI = CLISSH, the gateway as the daemon last recorded it in
   the store: answering or out of reach (since when, why), and when it last
@@ -117,6 +119,7 @@ class Status:
     gateway: Gateway | None = None     # TRANSPORTAPI = CLISSH: the daemon's record of its gateway
     warnings: list[str] = field(default_factory=list)   # the plugin's (provisioning_warnings)
     rivals: dict | None = None         # another daemon's claims through another provider (Store.rivals)
+    others: list[tuple[str, str]] = field(default_factory=list)   # requests of other hosts: (DN, why not ours)
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def stage(self, stage: Stage) -> list[Request]:
@@ -224,8 +227,12 @@ def gather(loaded: startup.Loaded) -> Status:
         base = config.database.subtree
         status.lag = lag(directory, base, cookie, note)
         today = dt.datetime.now().date()       # the daemon dates requests by the local day
-        status.requests = [classify(e, today) for e in directory.search(base, OPEN_FILTER)
-                           if e.dn.lower() != base.lower() and service.owns(e)]
+        for entry in directory.search(base, OPEN_FILTER):
+            why = service.not_ours(entry) if entry.dn.lower() != base.lower() else ""
+            if why is None:
+                status.requests.append(classify(entry, today))
+            elif why:
+                status.others.append((entry.dn, why))
     except (DirectoryUnavailable, BindRefused, DirectoryError) as err:
         status.ldap_failed = str(err)
     finally:
@@ -435,6 +442,7 @@ def perfdata(status: Status, t: Thresholds) -> str:
         f"dated={known(str(len(status.stage(Stage.DATED))))};;;0",
         f"oldest={known(f'{status.oldest_open_age():.0f}')}s;{t.warn_age:g};{t.crit_age:g};0",
         f"held={status.held};;1;0",
+        f"other_hosts={known(str(len(status.others)))};;;0",
     ] + ([f"gateway_silence={status.gateway.silent_for(status.now):.0f}s;{t.warn_gateway:g};{t.crit_gateway:g};0"]
          if status.gateway is not None else []))
 
@@ -468,6 +476,11 @@ def text(status: Status, state: State, reasons: list[str], t: Thresholds) -> lis
         lines += [f"  {_request_text(r, status)}" for r in found[:LISTED]]
         if len(found) > LISTED:
             lines.append(f"  ... and {len(found) - LISTED} more (--json lists all)")
+    if status.others:
+        lines.append(f"requests of other hosts, left untouched: {len(status.others)}")
+        lines += [f"  {dn}: {why}" for dn, why in status.others[:LISTED]]
+        if len(status.others) > LISTED:
+            lines.append(f"  ... and {len(status.others) - LISTED} more (--json lists all)")
     if status.gateway is not None:
         lines.append(f"gateway: {_gateway_text(status.gateway, status.now)}")
     if status.held:
@@ -542,6 +555,7 @@ def as_json(status: Status, state: State, reasons: list[str], t: Thresholds) -> 
         "gateway": None if status.gateway is None else {
             **vars(status.gateway), "seconds_since_answer": status.gateway.silent_for(status.now)},
         "rival_claims": status.rivals,
+        "other_hosts": None if status.ldap_failed else [{"dn": dn, "why": why} for dn, why in status.others],
         "plugin": status.plugin,
         "plugin_warnings": status.warnings,
         "thresholds": vars(t),

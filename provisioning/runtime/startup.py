@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,17 @@ def load(path: Path, global_arg: str | None) -> Loaded:
             problems.append(f"{path}: [Service] SERVICE/TYPE: {err}")
     config, found = read(path, find_global_config(global_arg), spec)
     return Loaded(config, manager, f"{service}/{type_}", origin, found + problems)
+
+
+def load_for(prog: str, args: argparse.Namespace) -> Loaded | None:
+    """The configuration of a sub-command's -c and -g with its plugin; None, every problem said on
+    stderr under ``prog``'s name, when it does not validate."""
+    loaded = load(Path(args.config), args.global_config)
+    if loaded.valid:
+        return loaded
+    for problem in loaded.problems:
+        print(f"{prog}: {escape(problem)}", file=sys.stderr)
+    return None
 
 
 def load_configuration(path: Path, global_arg: str | None) -> tuple[Config, pluggy.PluginManager]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import ldap
 import ldap.modlist
@@ -89,7 +90,7 @@ class StoneySlapd(SlapdObject):
     slapd_loglevel = "0"
     slapd_conf_template = _CONF_TEMPLATE
     # False: a provider as Debian installs it, without the syncprov module,
-    # overlay and indexes (the README's deployment adds them).
+    # overlay and indexes (docs/deployment.md adds them).
     syncprov = True
     openldap_schema_files = (
         "core.ldif",
@@ -156,11 +157,29 @@ class StoneySlapd(SlapdObject):
         return ""
 
     load_base = True
+    # slapdtest picks a port by binding and closing a socket; another process (the
+    # other pytest worker's slapd, an outgoing connection) may take it before slapd
+    # binds, and slapd then exits at once. Seen on CI, where it failed a whole worker.
+    start_attempts = 3
 
     def start(self) -> None:
-        super().start()
+        for attempt in range(1, self.start_attempts + 1):
+            try:
+                super().start()
+                break
+            except RuntimeError as err:
+                if "exited before opening port" not in str(err) or attempt == self.start_attempts:
+                    raise
+                self._log.warning("slapd on port %d exited at start (attempt %d): trying another port",
+                                  self._port, attempt)
+                self._cleanup_rundir()
+                self._choose_port()
         if self.load_base and not self._has_base():
             self.load_base_tree()
+
+    def _choose_port(self) -> None:
+        """A new free port, and the run folder and URIs named after it."""
+        SlapdObject.__init__(self)
 
     @property
     def database_dn(self) -> str:
@@ -249,6 +268,11 @@ class ProviderPair:
 class _Provider(StoneySlapd):
     peer: "StoneySlapd"
     peer_uri: str | None = None
+
+    def _choose_port(self) -> None:
+        # The peer may already have written this port into its syncrepl line:
+        # try the same one again once whoever held it has let go.
+        time.sleep(0.5)
 
     def replication(self) -> str:
         return (f"olcSyncrepl: {{0}}rid=001 provider={self.peer_uri or self.peer.ldap_uri} bindmethod=simple "
