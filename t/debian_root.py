@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -62,6 +63,12 @@ class Recipe:
     @property
     def name(self) -> str:
         return f"{self.release}-{self.key()}"
+
+
+# The roots the container tests use: a booted Debian 12 (t/test_container_systemd.py) and a
+# Debian 13 with bin/setup's packages (t/test_container_debian13.py).
+DEBIAN12_SYSTEMD = Recipe("bookworm", packages=("systemd-sysv",))
+DEBIAN13_SETUP = Recipe("trixie", setup=True)
 
 
 def mirror() -> str:
@@ -193,3 +200,17 @@ def _mounts_below(path: Path) -> list[Path]:
         if point == resolved or resolved in point.parents:
             points.append(point)
     return points
+
+
+def main() -> int:
+    """Build (or find) the container tests' roots: bin/test starts this beside the suite's first run,
+    so that a fresh machine downloads and unpacks them while the suite runs."""
+    for recipe in (DEBIAN12_SYSTEMD, DEBIAN13_SETUP):
+        started = time.monotonic()
+        with cached(recipe) as root:
+            print(f"debian_root: {root} ready in {time.monotonic() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("PROVISIONING_TEST_CONTAINERS") !
                                 reason="runs the suite in a Debian 13 container (a debootstrapped root, cached "
                                        f"in {debian_root.CACHE}): bin/test runs it (PROVISIONING_TEST_CONTAINERS=1)")
 
-ROOT = debian_root.Recipe("trixie", setup=True)
+ROOT = debian_root.DEBIAN13_SETUP
 CHECKOUT = "/root/provisioning"
 WORKERS = os.environ.get("PROVISIONING_TEST_WORKERS", "4")
 # bin/setup builds python-ldap (the first time: pip's cache keeps the wheel); each run is one part of the suite.

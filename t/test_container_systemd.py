@@ -38,7 +38,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("PROVISIONING_TEST_CONTAINERS") !
                                 reason="boots a Debian 12 container (a debootstrapped root, cached in "
                                        f"{debian_root.CACHE}): bin/test runs it (PROVISIONING_TEST_CONTAINERS=1)")
 
-ROOT = debian_root.Recipe("bookworm", packages=("systemd-sysv",))
+ROOT = debian_root.DEBIAN12_SYSTEMD
 UNIT = "provisioning@Backup-Rsnapshot.service"
 CONFIG = "/etc/Provisioning/Backup/Rsnapshot.conf"
 STATE = "/var/lib/provisioning"
