@@ -295,7 +295,7 @@ def backup_problems(tmp_path: Path, root: str, archive: str = "") -> tuple[Setti
                "RSNAPSHOT_CMD": "/bin/true", "CONFIGTEST": "cached", "BACKUP_ROOT": root,
                "DELETE_DATA": "archive", "ARCHIVE_DIR": archive, "MIN_ID_NUMBER": 1000,
                "JAIL_PROGRAMS": "sh rsync", "JAIL_LINK_LIMIT": 64000, "JAIL_CHECK_SECONDS": 60.0,
-               "JAIL_RELINK_RATE": 50.0}
+               "JAIL_RELINK_RATE": 50.0, "QUOTA_REPORT_CMD": "/usr/sbin/repquota"}
     ctx = ServiceContext(Config(tmp_path / "Backup.conf", None, {"Backup": section}, {}), LocalCLI())
     settings = Settings.of(ctx)
     return settings, settings_problems(settings, ctx)

@@ -8,8 +8,8 @@ For one uid it writes, into the output folder:
     04_remove_<uid>.ldif  removes the entry from the directory
 
 The entries use only attributes that the stoney schema (and our subset of
-it, etc/Provisioning/schema/stoney-backup.ldif) allows on
-account/posixAccount/shadowAccount/sstBackup/sstProvisioning/sstRelationship.
+it, etc/Provisioning/schema/stoney-backup.ldif) allows on account,
+posixAccount, shadowAccount, sstBackup, sstProvisioning and sstRelationship.
 Given and surname go into cn: those classes have no givenName or sn.
 """
 from __future__ import annotations
