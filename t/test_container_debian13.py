@@ -52,7 +52,9 @@ class Debian13:
     def run(self, *argv: str, env: dict[str, str] | None = None) -> None:
         binds, trust = nspawn.trust_bind()
         result = nspawn.run(self.root, argv, binds=debian_root.cache_binds(ROOT.release),
-                            read_only=[*binds, (self.deb.parent, "/srv/deb")], env={**trust, **(env or {})},
+                            read_only=[*binds, (self.deb.parent, "/srv/deb")],
+                            # nspawn's /tmp is a tmpfs mounted nodev: the jails' dev/null would not open there.
+                            env={**trust, "TMPDIR": "/var/tmp", **(env or {})},
                             cwd=CHECKOUT, timeout=TIMEOUT, echo=nspawn.echo_to_stdout)
         assert result.returncode == 0, f"{' '.join(argv)} in Debian 13 exited {result.returncode}:\n" \
                                        + result.stdout[-6000:]
