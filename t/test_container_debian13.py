@@ -24,6 +24,7 @@ shows its end.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,18 @@ def debian13(tmp_path_factory) -> Debian13:
     work = tmp_path_factory.mktemp("debian13")
     deb = debian_build.build(work / "deb")
     with debian_root.cached(ROOT) as lower, nspawn.overlay(lower, work / "overlay") as root:
-        debian_build.copy_source(root / CHECKOUT.lstrip("/"))
+        checkout = root / CHECKOUT.lstrip("/")
+        debian_build.copy_source(checkout)
+        _commit(checkout)
         yield Debian13(root, deb)
+
+
+def _commit(checkout: Path) -> None:
+    """The copy as the README's reader has it, a git clone with a commit (t/test_installed.py builds its
+    wheel from the files git lists)."""
+    for argv in (["init", "-q"], ["add", "-A"], ["-c", "user.name=bin/test", "-c", "user.email=bin-test@localhost",
+                                                  "commit", "-q", "-m", "this checkout, copied"]):
+        subprocess.run(["git", "-C", str(checkout), *argv], check=True, capture_output=True, timeout=120)
 
 
 def test_bin_setup_makes_a_python_3_13_virtualenv(debian13):

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("PROVISIONING_TEST_DEB") != "1",
                                        "runs it (PROVISIONING_TEST_DEB=1)")
 
 SITE = Path("/usr/lib/python3/dist-packages")
-UNIT = Path("/lib/systemd/system/provisioning@.service")
+UNIT = Path("/usr/lib/systemd/system/provisioning@.service")
 # What an operator makes once the package is in (docs/deployment.md), and what rsyslog writes.
 OPERATOR_CONFIG = Path("/etc/Provisioning/Backup/Rsnapshot.conf")
 OPERATOR_STATE = Path("/var/lib/provisioning/Backup-Rsnapshot.cookie")
