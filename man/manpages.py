@@ -315,7 +315,7 @@ def daemon_page() -> str:
             roff("Settings shared by the daemons of a host (LDAP retries, mail alerts); optional."),
             ".TP", bold("/var/lib/provisioning"),
             roff("The state: COOKIE_FILE, its store (.sqlite) and its lock (.lock); root's alone."),
-            ".TP", bold("/lib/systemd/system/provisioning@.service"),
+            ".TP", bold("/usr/lib/systemd/system/provisioning@.service"),
             roff("The systemd unit; one instance per service configuration.")]
     out += [".SH SEE ALSO", roff("provisioning.conf(5), prov-backup-create-chroot(8), "
                                  "createBackupAccountLDIF(1), loadOpenLDAPsingleLDIF(1), systemctl(1), "

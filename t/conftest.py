@@ -55,6 +55,7 @@ def pytest_configure(config):
 SLOW_MODULES = {"test_acl", "test_alerts", "test_checkout_sandbox", "test_log_wording", "test_metrics",
                 "test_secrets", "test_deb", "test_failover", "test_gateway_outage", "test_ha",
                 "test_ha_mirror", "test_ha_soak", "test_installed", "test_jail_builder", "test_jail_images",
+                "test_container_systemd", "test_container_debian13",
                 "test_jail_job", "test_outcomes", "test_plugin_guide", "test_reliability", "test_removals",
                 "test_sandbox", "test_scaffold", "test_systemd", "test_testing_plugin"}
 

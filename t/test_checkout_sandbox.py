@@ -38,8 +38,11 @@ def _run(argv: list[str | Path], cwd: Path, env: dict) -> subprocess.CompletedPr
 @pytest.fixture
 def sandbox(tmp_path):
     """(clone, plugin folder, environment for bin/provisioning-daemon)."""
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "HEAD"], capture_output=True,
+                           text=True, timeout=60)
+    assert found.returncode == 0, (f"this test clones the checkout's HEAD, as the README's steps do: {REPO} must "
+                                   f"be a git clone with a commit (a copy of the files is not):\n{found.stderr}")
+    head = found.stdout.strip()
     clone = tmp_path / "provisioning"
     subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(clone)], check=True, timeout=120)
     subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", "--detach", head], check=True, timeout=120)

@@ -17,7 +17,6 @@ import configparser
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -32,6 +31,7 @@ from packaging.requirements import Requirement
 
 from provisioning.sandbox.layout import write_recorder
 
+from debian_build import copy_source
 from helpers import DEADLINE, assert_done, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,21 +71,6 @@ class Installation:
                               capture_output=True, text=True, timeout=timeout)
 
 
-def _copy_source(target: Path) -> None:
-    """The checkout's files as git sees them (committed or not, .gitignore'd ones left out), links as links.
-
-    The wheel is built from this copy, so a build leaves nothing in the checkout.
-    """
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True, timeout=DEADLINE).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        path = REPO / name
-        if not path.is_symlink() and not path.is_file():
-            continue            # deleted in the working tree
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target / name, follow_symlinks=False)
-
-
 def _pip(*args: str | Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *map(str, args)],
                             capture_output=True, text=True, timeout=300)
@@ -113,7 +98,7 @@ def installed(tmp_path_factory) -> Installation:
     work = tmp_path_factory.mktemp("installed")
     assert not work.resolve().is_relative_to(REPO)
     source = work / "source"
-    _copy_source(source)
+    copy_source(source)   # the wheel is built from this copy: a build leaves nothing in the checkout
     wheels = work / "wheels"
     _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet", source, "-w", wheels)
     _pip("wheel", "--quiet", "-w", wheels, *pinned_requirements("provisioning"))
