@@ -20,7 +20,7 @@ from helpers import DaemonProcess, wait_until
 
 UID = "3723707"
 PERFDATA = re.compile(r" \| lag=(U|\d+)s;300;1800;0 pending=\d+;;;0 in_progress=\d+;;;0 failed=\d+;1;10;0 "
-                      r"dated=\d+;;;0 oldest=\d+s;900;3600;0 held=\d+;;1;0$")
+                      r"dated=\d+;;;0 oldest=\d+s;900;3600;0 held=\d+;;1;0 other_hosts=\d+;;;0$")
 
 
 def _status(host, *args: str) -> subprocess.CompletedProcess:
