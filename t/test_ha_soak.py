@@ -145,7 +145,10 @@ def test_random_provider_stops_freezes_and_daemon_kills_lose_nothing_and_repeat_
             if server._proc is not None:
                 os.kill(server._proc.pid, signal.SIGCONT)
     assert writer.error is None, f"seed {seed}: the portal failed: {writer.error!r}"
-    found, took = settle(pair, REQUESTS, 300)
+    try:
+        found, took = settle(pair, REQUESTS, 300)
+    except AssertionError as err:
+        raise AssertionError(f"seed {seed} (PROVISIONING_SOAK_SEED): {err}; faults {dict(faults.counts)}") from None
     for daemon in faults.daemons:
         assert daemon.stop() == 0, f"seed {seed}: {daemon.log_path}"
     counts = worked(host)

@@ -662,6 +662,37 @@ def test_the_echo_of_our_own_write_is_recognised_without_decoding_the_entry(tmp_
     assert judged == [("x", CHANGE), ("x", REFRESH)] and len(decoded) == 2
 
 
+def test_a_claim_whose_outcome_was_refused_is_no_echo_when_the_entry_comes_back_to_it(tmp_path, monkeypatch):
+    """Two claims made at once through two providers: our outcome write is refused (the other, older claim
+    replicated over ours), then the providers settle on our claim again, with our claim's very entryCSN.
+    That version must be judged (a request with our claim that nobody works on), not passed over as an echo:
+    passed over, it waited for the lease (an hour) while the other daemon waited for ours (the HA soak)."""
+    from provisioning.backend.ldap import EntryChanged
+    from provisioning.backend.store import Store
+    from provisioning.engine.results import Result
+    from provisioning.engine.router import CHANGE, Router
+    from provisioning.engine.workers import Job
+
+    store = Store(tmp_path / "state.sqlite")
+    store.open()
+    router = Router(modus="selfcare", base="ou=x", store=store, service=None, owners=Owners(60), selfcare=None,
+                    ldap_mode=None, removals=None)
+    claim, outcome = "20261128100000.000001Z#000000#001#000000", "20261128100000.000003Z#000000#001#000000"
+    judged = []
+    monkeypatch.setattr(Router, "entry_job", lambda self, entry, origin: judged.append(entry.csn))
+    raw = {"uid": [b"3723707"], "sstProvisioningMode": [b"adding"]}
+    done = Job("u1", "uid=3723707,ou=x", lambda: Result())
+    router.complete(done, Result(own_csns=[claim, outcome]))          # claimed and answered: echoes
+    for csn in (claim, outcome):
+        assert router.stream_job(EntryChanged(done.dn, {**raw, "entryCSN": [csn.encode()]}, "u1"), CHANGE) is None
+    refused = Job("u2", "uid=3723708,ou=x", lambda: Result())
+    ours = "20261128100000.000005Z#000000#001#000000"
+    router.note_own_writes([ours])                                   # an earlier run's record of the claim
+    router.complete(refused, Result(disowned=[ours], conflict=True))
+    router.stream_job(EntryChanged(refused.dn, {**raw, "entryCSN": [ours.encode()]}, "u2"), CHANGE)
+    assert judged == [ours] and ours not in router.own_csns()
+
+
 def test_a_stream_entry_decodes_as_before():
     from provisioning.backend.ldap import EntryChanged
     from provisioning.base.entry import Entry

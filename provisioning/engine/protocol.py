@@ -297,7 +297,13 @@ class Selfcare:
                   f"{_unchanged(entry)}{lost_rival})")
         outcome = self._write(fresh, changes, expect, f"write the outcome of {verb}", done=done,
                               failed=code != ReturnValue.SUCCESS)
-        outcome.own_csns = claim.own_csns + outcome.own_csns
+        if outcome.conflict:
+            # The entry changed after our claim. Two providers settling two claims made at
+            # once may yet bring it back to our claim, with our claim's entryCSN: that is no
+            # echo to pass over then, but a request with our claim that nobody works on.
+            outcome.disowned = claim.own_csns
+        else:
+            outcome.own_csns = claim.own_csns + outcome.own_csns
         outcome.rival = claim.rival
         outcome.verb, outcome.code = verb, code
         outcome.answered = {"judged": entry.csn, "claim": fresh.csn, "claimed": claimed, "token": token,
@@ -434,7 +440,7 @@ class Selfcare:
                 log.warning("%s: did not %s: %s%s", entry.dn, what, err, f" [{done}]" if done else "")
                 return Result(remember=entry.with_changes(changes))
             log.warning("%s: did not %s: %s", entry.dn, what, err)
-            return Result()
+            return Result(conflict=True)
         except (DirectoryUnavailable, WriteRefused) as err:
             pending = PendingWrite(entry.dn, changes, expect, what, uuid=entry.uuid, done=done or "",
                                    failed=failed)

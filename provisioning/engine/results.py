@@ -29,6 +29,9 @@ class Result:
     forget: str | None = None            # the entry (this entryUUID) left the directory
     failed: str | None = None            # the hook of this verb failed: retried later (LDAP mode)
     own_csns: list[str] = field(default_factory=list)   # entryCSNs our writes produced
+    # Our writes whose echo is no echo: the entry changed after them (see Selfcare.run's outcome).
+    disowned: list[str] = field(default_factory=list)
+    conflict: bool = False               # the write was not made: the entry changed meanwhile
     pending: PendingWrite | None = None  # a write the directory did not take: keep it
     retry: str | None = None             # not done because the directory is away: resync, then again
     interrupted: bool = False            # a stop cut the work short: resumed at the next start

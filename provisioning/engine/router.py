@@ -283,6 +283,7 @@ class Router:
     def complete(self, job: Job, result: Result) -> None:
         """Record what a job did; nothing when it did not end (retry, interrupted, away)."""
         self.note_own_writes(result.own_csns)
+        self.forget_own_writes(result.disowned)
         if result.rival is not None:
             self._rival(result.rival)
         if result.pending is not None:
