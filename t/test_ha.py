@@ -53,10 +53,10 @@ def _holder(directory, dn: str, daemons: list[DaemonProcess]) -> DaemonProcess:
     return next(d for d in daemons if d.proc.pid == pid)
 
 
-def _claimed_by(directory, pid: int) -> set[str]:
-    """uids claimed by process ``pid`` that have no outcome."""
-    found = directory.conn.search_s(directory.subtree, ldap.SCOPE_ONELEVEL,
-                                    "(&(sstProvisioningState=0)(!(sstProvisioningReturnValue=*)))",
+def _claimed_by(directory, pid: int, open_only: bool = True) -> set[str]:
+    """uids claimed by process ``pid`` that have no outcome (``open_only``), or whose claim it was."""
+    wanted = "(&(sstProvisioningState=0)(!(sstProvisioningReturnValue=*)))" if open_only else "(uid=*)"
+    found = directory.conn.search_s(directory.subtree, ldap.SCOPE_ONELEVEL, wanted,
                                     ["uid", "sstProvisioningExecutionTime"])
     return {a["uid"][0].decode() for _, a in found
             if any(v.decode().startswith("claim: ") and v.decode().split()[2] == str(pid)
@@ -99,8 +99,12 @@ def test_one_of_two_daemons_killed_and_restarted_mid_burst(host, directory, repo
     assert _states(directory) == Counter({("added", "0"): REQUESTS})     # none left claimed, none failed
     # Each taken over once, by one daemon or the other (both may try: the claim decides).
     taken = r"uid={},.*: add request claimed \(sstProvisioningMode: adding -> adding\)"
+    # An outcome the killed daemon had sent before the kill may reach slapd after in_hand was read:
+    # its entry still carries that daemon's claim, and nobody had to take it over.
+    answered_by_the_killed = _claimed_by(directory, killed.proc.pid, open_only=False)
     for uid in in_hand:
-        assert again.count(taken.format(uid)) + survivor.count(taken.format(uid)) == 1
+        times = again.count(taken.format(uid)) + survivor.count(taken.format(uid))
+        assert times == 1 or (times == 0 and uid in answered_by_the_killed), (uid, times)
     report(f"HA pair, one daemon killed -9 and restarted in 200 requests (WORKERS {Host.default_workers})",
            in_flight=in_flight, in_hand_at_kill=len(in_hand), lost=0, done_twice=0,
            commands_run_again=sum(quota[uid] - 1 for uid in in_hand), left_claimed=0)
