@@ -590,7 +590,9 @@ def test_a_dead_connection_is_noticed_in_seconds_and_every_helper_on_it_fails_ov
         assert all(isinstance(ended[0], Unreachable) for _, ended in runs), [e for _, e in runs]
         assert took < remote.silence + 3, took
         assert "said nothing for 6 s" in remote.reach().why
-        assert master and all(gone(pid) for pid in master)              # the connection is ended too
+        # The connection is ended too: its ssh is signalled as the helpers fail, and exits a moment later.
+        assert master
+        wait_until(lambda: all(gone(pid) for pid in master), "the connection's ssh to exit", timeout=10)
         assert remote.helpers.waiting() == [] and not remote.helpers._live
     finally:
         remote.close()
