@@ -36,7 +36,6 @@ except ImportError:             # in the gateway's helper: loaded under their ow
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MARKER_NAME = ".entryUUID"      # account.MARKER_NAME
-MARKER_MAX = 128
 CONFIG_MAX = 1 << 20            # a configuration larger than this is read no further (it differs anyway)
 
 
@@ -147,7 +146,7 @@ def _account(directory: str):
                   "jail": None}
         for relative in layout_paths(uid):
             record["nodes"][relative] = _node_below(fd, relative)
-        record["marker"] = _marker(fd)
+        record["marker"] = jailcalls.read_marker(MARKER_NAME, dir_fd=fd)
     finally:
         os.close(fd)
     return record
@@ -174,21 +173,6 @@ def _node_below(fd: int, relative: str):
     finally:
         for each in held:
             os.close(each)
-
-
-def _marker(fd: int):
-    """The owner marker's text when it is root's small regular file (never through a link), else None."""
-    try:
-        marker = os.open(MARKER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(marker)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_size > MARKER_MAX:
-            return None
-        return os.read(marker, MARKER_MAX).decode("ascii", "replace").strip()
-    finally:
-        os.close(marker)
 
 
 def _jails(backup_root: str, found: list) -> None:

@@ -246,10 +246,16 @@ def _holds_programs(jail: str) -> bool:
 
 
 def _marker(directory: str) -> str | None:
-    """The owner marker's text when it is root's small regular file (never through a link)."""
-    path = posixpath.join(directory, MARKER_NAME)
+    return read_marker(posixpath.join(directory, MARKER_NAME))
+
+
+def read_marker(path: str, dir_fd: int | None = None) -> str | None:
+    """The owner marker's text when it is root's small regular file (never through a link), else None.
+
+    ``path``: the marker's path, or with ``dir_fd`` its name in that open folder (the audit's walk).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
