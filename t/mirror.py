@@ -126,12 +126,44 @@ def confirmations(*daemons: DaemonProcess) -> dict[str, float]:
     return {"confirm_ms_p50": ms[len(ms) // 2], "confirm_ms_p95": ms[int(len(ms) * 0.95)]}
 
 
-def settle(pair: ProviderPair, count: int, timeout: float) -> tuple[Counter, float]:
-    """Wait until every request has an outcome on both providers, alike; their states and the seconds it took."""
+def settle(pair: ProviderPair, count: int, timeout: float,
+           daemons: tuple[DaemonProcess, ...] = ()) -> tuple[Counter, float]:
+    """Wait until every request has an outcome on both providers, alike; their states and the seconds it took.
+
+    On a timeout the failure names the open requests, their claims on each
+    provider and what ``daemons`` (every run of each, killed ones too) logged of them.
+    """
     started = time.monotonic()
     try:
         found = wait_until(lambda: answered(pair, count), f"all {count} requests answered on both providers",
                            timeout)
     except AssertionError as err:
-        raise AssertionError(f"{err}: {[dict(states(server)) for server in pair.servers]}") from None
+        raise AssertionError(f"{err}: {[dict(states(server)) for server in pair.servers]}\n"
+                             + open_requests(pair, daemons)) from None
     return found, time.monotonic() - started
+
+
+def open_requests(pair: ProviderPair, daemons: tuple[DaemonProcess, ...], shown: int = 5) -> str:
+    """The first ``shown`` requests without an outcome: each provider's copy and the daemons' log lines."""
+    copies = [_open_copies(server) for server in pair.servers]
+    lines = []
+    for uid in sorted(set().union(*copies))[:shown]:
+        lines.append(f"--- uid {uid}")
+        lines += [f"provider {n + 1}: {found.get(uid, 'no open copy')}" for n, found in enumerate(copies)]
+        for daemon in daemons:
+            said = [line for line in daemon.text().splitlines() if f"uid={uid}," in line]
+            lines += [f"{daemon.log_path.name}: {line}" for line in said[-12:]]
+    return "\n".join(lines)
+
+
+def _open_copies(server) -> dict[str, str]:
+    """uid -> mode, entryCSN and claim of each account on ``server`` without an outcome."""
+    try:
+        conn = server.connect()
+        found = conn.search_s(ACCOUNTS_BASE, ldap.SCOPE_ONELEVEL, "(&(uid=*)(!(sstProvisioningReturnValue=*)))",
+                              ["uid", "sstProvisioningMode", "entryCSN", "sstProvisioningExecutionTime"])
+        conn.unbind_s()
+    except ldap.LDAPError as err:
+        return {"?": f"not readable: {err}"}
+    return {a["uid"][0].decode(): str({k: [v.decode() for v in vs] for k, vs in a.items() if k != "uid"})
+            for _, a in found}

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from provisioning.sandbox.slapd import ACCOUNTS_BASE, ProviderPair
+from provisioning.testing.daemon import READY
 
 from helpers import DaemonProcess, Host
 from mirror import Portal, confirmations, in_hand, pair, settle, twin, worked  # noqa: F401 - pair: a fixture
@@ -146,10 +147,11 @@ def test_random_provider_stops_freezes_and_daemon_kills_lose_nothing_and_repeat_
                 os.kill(server._proc.pid, signal.SIGCONT)
     assert writer.error is None, f"seed {seed}: the portal failed: {writer.error!r}"
     try:
-        found, took = settle(pair, REQUESTS, 300)
+        found, took = settle(pair, REQUESTS, 300, tuple(faults.every))
     except AssertionError as err:
         raise AssertionError(f"seed {seed} (PROVISIONING_SOAK_SEED): {err}; faults {dict(faults.counts)}") from None
     for daemon in faults.daemons:
+        daemon.wait_for(READY)                   # a daemon restarted by the last fault may still be starting
         assert daemon.stop() == 0, f"seed {seed}: {daemon.log_path}"
     counts = worked(host)
     again = {uid: n for uid, n in counts.items() if n > 1}
