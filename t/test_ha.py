@@ -6,14 +6,18 @@ not come back, the other daemon takes the claim over once the lease ran out.
 """
 from __future__ import annotations
 
-import pytest
-
+import datetime as dt
 import re
+import subprocess
 from collections import Counter
+
+import pytest
 
 import ldap
 import ldap.modlist
 
+from provisioning.engine.entrylock import Done, EntryLocks
+from provisioning.engine.protocol import RECHECK
 from provisioning.sandbox.layout import REPO
 
 from faults import PauseAt
@@ -133,3 +137,61 @@ def test_a_claim_of_a_daemon_that_does_not_come_back_is_taken_over_after_the_lea
     assert second.stop() == 0
     assert [c[1] for c in host.quota_calls()] == [uid, uid]     # backup-a's, and the takeover's
     assert not re.search("resuming", first.text())
+
+
+def _live_claim(directory, uid: str, node: str) -> tuple[str, subprocess.Popen]:
+    """An add request claimed by ``node`` process <a sleep of ours, alive>, no outcome: its DN and the sleep."""
+    sleeper = subprocess.Popen(["sleep", "600"])
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dn = directory.add(uid, sstProvisioningMode="adding",
+                       sstProvisioningExecutionTime=f"claim: {node} {sleeper.pid} {stamp}")
+    return dn, sleeper
+
+
+def test_a_claim_of_another_daemon_of_this_host_that_dies_is_resumed_without_waiting_for_the_lease(
+        host, directory):
+    """A live claim of another process of this host is looked at again every RECHECK seconds: once that
+    process is gone, the request is resumed (before: only when the lease of an hour ran out)."""
+    host.set("Service", NODE_NAME="backup-a")
+    dn, sleeper = _live_claim(directory, "3723801", "backup-a")
+    try:
+        with DaemonProcess(host) as daemon:
+            daemon.wait_for(rf"uid=3723801,.*: adding: claimed by backup-a process {sleeper.pid} at \d+T\d+Z; "
+                            r"taken over if still open at \d+T\d+Z")
+            assert not host.quota_calls()                # alive: waited for
+            sleeper.kill()
+            sleeper.wait()
+            daemon.wait_for(rf"uid=3723801,.*: resuming add: adding without an outcome, claimed by backup-a process "
+                            rf"{sleeper.pid} at \d+T\d+Z, which no longer runs", timeout=3 * RECHECK)
+            directory.wait_mode(dn, "added")
+    finally:
+        sleeper.kill()
+    assert [c[1] for c in host.quota_calls()] == ["3723801"]
+
+
+def test_a_claim_whose_work_this_host_recorded_as_done_gets_its_outcome_without_the_work(host, directory, tmp_path):
+    """Another daemon of this host did the work under its claim and its outcome never landed (two
+    crossed claims, each outcome refused): the host's record of the request done answers it. A
+    record for another version of the entry answers nothing."""
+    locks = tmp_path / "locks"
+    host.set("Service", NODE_NAME="backup-a", ENTRY_LOCK_DIR=locks)
+    done_dn, done_sleeper = _live_claim(directory, "3723802", "backup-a")
+    other_dn, other_sleeper = _live_claim(directory, "3723803", "backup-a")
+    folder = EntryLocks(locks)
+    folder.prepare()
+    for dn, csn in ((done_dn, directory.get(done_dn)["entryCSN"]), (other_dn, "20200101000000.000000Z#000000#001#000000")):
+        with folder.hold(directory.entry_uuid(dn), dn) as held:
+            held.record(Done(None, csn, "add", 0, "claim: backup-a 1 20200101T000000Z"))
+    try:
+        with DaemonProcess(host) as daemon:
+            entry = directory.wait_mode(done_dn, "added")
+            assert entry["sstProvisioningReturnValue"] == "0"
+            daemon.wait_for(r"uid=3723802,.*: this add was done on this host \(return value 0, claim: backup-a 1 "
+                            r"20200101T000000Z\) and its outcome did not reach the directory; writing it")
+            claimed = r"uid=3723803,.*: adding: claimed by backup-a process \d+ at \d+T\d+Z; taken over if still open"
+            daemon.wait_for(claimed, count=2, timeout=3 * RECHECK)      # looked at again, and still waited for
+            assert directory.get(other_dn)["sstProvisioningMode"] == "adding"
+    finally:
+        done_sleeper.kill()
+        other_sleeper.kill()
+    assert not host.quota_calls()                        # no work done: the record said it was

@@ -38,7 +38,9 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ldap.filter import escape_filter_chars
@@ -56,7 +58,7 @@ from provisioning.engine.results import Result, Watch
 from provisioning.hooks.service import Interrupted, Request, Service, Unreachable, within_deadline
 from provisioning.backend.cookie import csn_sid
 from provisioning.engine.confirm import Confirmer, Standing
-from provisioning.engine.entrylock import Done, EntryLocks, Held
+from provisioning.engine.entrylock import Busy, Done, EntryLocks, Held
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ TRANSITIONS = {"add": ("adding", "added"), "modify": ("modifying", "modified"),
 CLAIMED = {claimed: verb for verb, (claimed, _) in TRANSITIONS.items()}
 FINISHED = {done for _, done in TRANSITIONS.values()}
 
+# Seconds between two looks at a live claim of another daemon of this host (see Selfcare._watch).
+RECHECK = 10.0
+# Claims said (at INFO) to be waited out, remembered this many: a look again says it at DEBUG.
+WATCH_SAID_KEPT = 10_000
 _OPEN_MODES = "".join(f"({MODE}={m})" for m in list(TRANSITIONS) + list(CLAIMED))
 # Requests dated for a later day that nobody will touch again: looked for at
 # start-up and whenever the local date changes. An entry with a return value
@@ -187,6 +193,8 @@ class Selfcare:
         # The server id in the entryCSN of our last claim: the provider we claim through.
         self.claim_sid: str | None = None
         self._said_unreadable = False             # that a provider's contextCSN cannot be read
+        self._watch_said: OrderedDict[str, None] = OrderedDict()     # see _said_watch
+        self._watch_lock = threading.Lock()       # jobs run in several workers
 
     def close(self) -> None:
         """Close the connections to the other providers (see provisioning.engine.confirm)."""
@@ -207,8 +215,69 @@ class Selfcare:
     # ------------------------------------------------------------ transitions
 
     def _watch(self, entry: Entry, decision: Decision) -> Result:
-        log.info("%s: %s", entry.dn, decision.reason)
-        return Result(watch=Watch(entry.dn, decision.expires))
+        """Someone else's live claim: waited out, unless this host's record says its work is done.
+
+        A claim of another daemon of this host is looked at again every
+        RECHECK seconds, not only when its lease runs out: its process may
+        have died since (then it is resumed at once), or it did the work and
+        its outcome never landed (then the outcome is written from the
+        host's record; see _answer_recorded).
+        """
+        claim = parse(entry.values(CLAIM_ATTRIBUTE))
+        ours = claim is not None and claim.host == self.owners.host
+        if ours:
+            answered = self._answer_recorded(entry)
+            if answered is not None:
+                return answered
+        (log.debug if self._said_watch(entry) else log.info)("%s: %s", entry.dn, decision.reason)
+        again = self.clock.utcnow() + dt.timedelta(seconds=RECHECK) if ours else None
+        return Result(watch=Watch(entry.dn, decision.expires, again))
+
+    def _said_watch(self, entry: Entry) -> bool:
+        """Whether this claim (this version of the entry) was said to be waited out already; notes it."""
+        key = f"{entry.dn.lower()}\n{entry.csn}"
+        with self._watch_lock:
+            said = key in self._watch_said
+            self._watch_said[key] = None
+            while len(self._watch_said) > WATCH_SAID_KEPT:
+                self._watch_said.popitem(last=False)
+        return said
+
+    def _answer_recorded(self, entry: Entry) -> Result | None:
+        """The outcome of a claimed request that this host's record shows done, written; None if it does not.
+
+        The record (provisioning.engine.entrylock) is read with the entry's lock
+        taken without waiting: a daemon that holds it may still be writing
+        the outcome. It must be for this very version (the claim the work was
+        done under), and the write asserts that version.
+        """
+        try:
+            with self.locks.hold(entry.uuid or entry.dn.lower(), entry.dn, wait=0) as held:
+                done = held.done()
+        except (Busy, Interrupted):
+            return None
+        if done is None or not entry.csn or not done.covers(entry.csn) or done.verb not in TRANSITIONS \
+                or entry.get(MODE) != TRANSITIONS[done.verb][0]:
+            return None
+        log.warning("%s: this %s was done on this host (return value %d, %s) and its outcome did not reach the "
+                    "directory; writing it", entry.dn, done.verb, done.code, done.by or "by a daemon")
+        changes, text = self._outcome(done.verb, done.code, 0.0)
+        result = self._write(entry, changes, _unchanged(entry), f"write the outcome of {done.verb}", done=text,
+                             failed=done.code != ReturnValue.SUCCESS)
+        result.verb, result.code = done.verb, done.code
+        return result
+
+    def _outcome(self, verb: str, code: int, took: float) -> tuple[dict, str]:
+        """The outcome write's changes for return value ``code``, and the line that logs it."""
+        claimed, finished = TRANSITIONS[verb]
+        would = self.directory.dry_run     # a dry run's log says what would happen
+        if code == ReturnValue.SUCCESS:
+            changes = {MODE: [finished], STATE: [utc_stamp(self.clock.utcnow())], RETURN: ["0"]}
+            return changes, (f"{verb} {'would be done' if would else 'done'} in {took:.3f} s ({MODE}: {finished}, "
+                             f"{STATE}: {changes[STATE][0]}, {RETURN}: 0)")
+        changes = {MODE: [claimed], RETURN: [str(code)]}
+        return changes, (f"{verb} {'would fail' if would else 'failed'} with return value {code} after {took:.3f} s; "
+                         f"{MODE} stays {claimed}")
 
     def _postpone(self, entry: Entry, decision: Decision) -> Result:
         log.info("%s: %s; left until that day", entry.dn, decision.reason)
@@ -278,17 +347,9 @@ class Selfcare:
         in after ours on our provider (see provisioning.engine.confirm): lost, but in
         the outcome's way; the outcome may replace it. ``previous``: Request.previous.
         """
-        claimed, finished = TRANSITIONS[verb]
+        claimed = TRANSITIONS[verb][0]
         code, took = self._do(Request(verb, fresh, previous), entry, token, held, claimed_at)
-        would = self.directory.dry_run     # a dry run's log says what would happen
-        if code == ReturnValue.SUCCESS:
-            changes = {MODE: [finished], STATE: [utc_stamp(self.clock.utcnow())], RETURN: ["0"]}
-            done = (f"{verb} {'would be done' if would else 'done'} in {took:.3f} s ({MODE}: {finished}, "
-                    f"{STATE}: {changes[STATE][0]}, {RETURN}: 0)")
-        else:
-            changes = {MODE: [claimed], RETURN: [str(code)]}
-            done = (f"{verb} {'would fail' if would else 'failed'} with return value {code} after {took:.3f} s; "
-                    f"{MODE} stays {claimed}")
+        changes, done = self._outcome(verb, code, took)
         # Still our claim, or (the claim was lost with a provider that died
         # before replicating it) still the very version we judged, or the
         # older claim of another daemon that came in after ours.

@@ -15,10 +15,17 @@ from provisioning.base.entry import Entry
 
 @dataclass
 class Watch:
-    """A claim someone else holds: look again when its lease runs out."""
+    """A claim someone else holds: look again when its lease runs out (``expires``), and, for a claim of
+    another daemon of this host, already at ``again`` (see protocol.Selfcare._watch)."""
 
     dn: str
     expires: dt.datetime
+    again: dt.datetime | None = None
+
+    @property
+    def due(self) -> dt.datetime:
+        """When to look at the claim again."""
+        return min(self.expires, self.again) if self.again is not None else self.expires
 
 
 @dataclass

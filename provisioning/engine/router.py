@@ -317,8 +317,8 @@ class Router:
                                self.service.meaning(result.code), result.lines)
 
     def expired_watches(self, now: dt.datetime) -> list[tuple[str, Watch]]:
-        """Claims whose lease ran out; they are no longer watched once returned."""
-        due = [(key, w) for key, w in self.watching.items() if w.expires <= now]
+        """Claims to judge again (their lease ran out, or a look is due); no longer watched once returned."""
+        due = [(key, w) for key, w in self.watching.items() if w.due <= now]
         for key, _ in due:
             del self.watching[key]
         return due
