@@ -184,7 +184,7 @@ def test_a_claim_whose_work_this_host_recorded_as_done_gets_its_outcome_without_
             held.record(Done(None, csn, "add", 0, "claim: backup-a 1 20200101T000000Z"))
     try:
         with DaemonProcess(host) as daemon:
-            entry = directory.wait_mode(done_dn, "added")
+            entry = directory.wait_mode(done_dn, "added", timeout=3 * RECHECK)     # at the first look again
             assert entry["sstProvisioningReturnValue"] == "0"
             daemon.wait_for(r"uid=3723802,.*: this add was done on this host \(return value 0, claim: backup-a 1 "
                             r"20200101T000000Z\) and its outcome did not reach the directory; writing it")

@@ -225,11 +225,14 @@ class Selfcare:
         """
         claim = parse(entry.values(CLAIM_ATTRIBUTE))
         ours = claim is not None and claim.host == self.owners.host
-        if ours:
+        looked = self._said_watch(entry)
+        if ours and looked:
+            # Only at a look again: at first sight the claimant has mostly just written
+            # its outcome, which the stream brings a moment later.
             answered = self._answer_recorded(entry)
             if answered is not None:
                 return answered
-        (log.debug if self._said_watch(entry) else log.info)("%s: %s", entry.dn, decision.reason)
+        (log.debug if looked else log.info)("%s: %s", entry.dn, decision.reason)
         again = self.clock.utcnow() + dt.timedelta(seconds=RECHECK) if ours else None
         return Result(watch=Watch(entry.dn, decision.expires, again))
 
@@ -249,7 +252,8 @@ class Selfcare:
         The record (provisioning.engine.entrylock) is read with the entry's lock
         taken without waiting: a daemon that holds it may still be writing
         the outcome. It must be for this very version (the claim the work was
-        done under), and the write asserts that version.
+        done under; ``entry`` was read again for the look), and the write
+        asserts that version.
         """
         try:
             with self.locks.hold(entry.uuid or entry.dn.lower(), entry.dn, wait=0) as held:
@@ -257,7 +261,7 @@ class Selfcare:
         except (Busy, Interrupted):
             return None
         if done is None or not entry.csn or not done.covers(entry.csn) or done.verb not in TRANSITIONS \
-                or entry.get(MODE) != TRANSITIONS[done.verb][0]:
+                or entry.get(MODE) != TRANSITIONS[done.verb][0] or not self._still(entry):
             return None
         log.warning("%s: this %s was done on this host (return value %d, %s) and its outcome did not reach the "
                     "directory; writing it", entry.dn, done.verb, done.code, done.by or "by a daemon")
@@ -266,6 +270,14 @@ class Selfcare:
                              failed=done.code != ReturnValue.SUCCESS)
         result.verb, result.code = done.verb, done.code
         return result
+
+    def _still(self, entry: Entry) -> bool:
+        """Whether the directory still shows this version of ``entry`` (the stream may lag behind it)."""
+        try:
+            now = self.directory.read(entry.dn, ["entryCSN"])
+        except DirectoryError:
+            return False
+        return now is not None and now.csn == entry.csn
 
     def _outcome(self, verb: str, code: int, took: float) -> tuple[dict, str]:
         """The outcome write's changes for return value ``code``, and the line that logs it."""
