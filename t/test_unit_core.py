@@ -403,8 +403,8 @@ def test_two_daemons_whose_clocks_differ_by_more_than_the_lease_wait_out_each_ot
     a = Owners(lease, Now(directory + dt.timedelta(hours=claimant_wall)), host="backup-a", pid=10)
     judge_clock = Now(directory + dt.timedelta(hours=judge_wall))
     b = Owners(lease, judge_clock, host="backup-b", pid=20)
-    token = a.new_token()
     # The claim reaches the directory a second later; both read the entry as it then is.
+    token = a.new_token("uid=1,ou=backup,dc=x")               # the key of an entry without entryUUID
     claimed = entry(mode="adding", state="0", date="0", claim=token,
                     entryCSN="20260315090001.000000Z#000000#000#000000")
     assert a.judge(claimed).owner is Owner.MINE

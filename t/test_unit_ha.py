@@ -105,14 +105,34 @@ def test_without_a_folder_or_in_a_dry_run_nothing_is_locked_or_written(tmp_path)
 
 def test_a_claim_of_ours_that_lost_is_judged_live_not_resumed():
     owners = Owners(3600, host="backup-a", pid=4242)
-    token = owners.new_token()
+    token = owners.new_token("uid=1,ou=x")
     entry = Entry.from_values("uid=1,ou=x", {ATTRIBUTE: [token], "sstProvisioningMode": ["adding"]})
-    owners.release(token)
+    owners.release("uid=1,ou=x", token)
     assert owners.judge(entry).owner is Owner.GONE         # ours, not in hand: resumed at once
-    owners.lose(token)
+    owners.lose("uid=1,ou=x", token)
     judged = owners.judge(entry)
     assert judged.owner is Owner.LIVE and "lost to another daemon's" in judged.why
     assert judged.expires > dt.datetime.now(dt.timezone.utc)
+
+
+def test_claims_made_in_the_same_second_are_told_apart_by_their_entry():
+    # A token names the process and a second: every claim of that second has the same one. A
+    # claim whose answer was lost with the connection was judged "in hand" while another claim
+    # of the same second was (never resumed: a CI run left it 'adding' until the next reconnect),
+    # and one that lost made the others of its second wait for the whole lease.
+    owners = Owners(3600, host="backup-a", pid=4242)
+    first, second, third = "uid=1,ou=x", "uid=2,ou=x", "uid=3,ou=x"
+    tokens = [owners.new_token(key) for key in (first, second, third)]
+    assert len(set(tokens)) == 1                              # one second, one process
+    owners.release(first, tokens[0])                          # the claim's answer was lost
+    owners.lose(third, tokens[2])
+    def judged(dn: str) -> Owner:
+        return owners.judge(Entry.from_values(dn, {ATTRIBUTE: [tokens[0]], "sstProvisioningMode": ["adding"]})).owner
+    assert judged(first) is Owner.GONE                        # resumed, though the second is in hand
+    assert judged(second) is Owner.MINE
+    assert judged(third) is Owner.LIVE                        # its own claim lost: waited for
+    owners.release(second, tokens[1])
+    assert judged(second) is Owner.GONE                       # no longer in hand; never "lost"
 
 
 # ------------------------------------------------------------- confirmation

@@ -108,6 +108,11 @@ def claim_values(entry: Entry) -> list[str]:
     return [v for v in entry.values(ATTRIBUTE) if v.startswith(PREFIX)]
 
 
+def entry_key(entry: Entry) -> str:
+    """What a claim in hand is kept under: the entry's entryUUID (its DN where there is none)."""
+    return entry.uuid or entry.dn.lower()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -137,25 +142,30 @@ class Owners:
         self.host = (host or socket.gethostname()).encode("ascii", "replace").decode().replace(" ", "_")
         self.pid = pid or os.getpid()
         self.alive = alive
-        self._mine: set[str] = set()
+        # The claims in hand, by entry (entry_key -> token). A token names this process and a
+        # second: claims of one second share it, so a token alone does not say which entry's it is.
+        self._mine: dict[str, str] = {}
         self._first_seen: OrderedDict[str, dt.datetime] = OrderedDict()
         # Claims of ours that lost to another daemon's (provisioning.engine.confirm): their
         # version is about to be replaced, and must not be resumed as "ours, not in hand".
-        self._lost: OrderedDict[str, None] = OrderedDict()
+        self._lost: OrderedDict[tuple[str, str], None] = OrderedDict()
 
-    def new_token(self) -> str:
+    def new_token(self, key: str) -> str:
+        """A claim for the entry ``key`` (entry_key), in hand from now until release or lose."""
         # The directory's time: a stamp never lies ahead of the write that carries it.
         token = f"{PREFIX}{self.host} {self.pid} {utc_stamp(self.directory.now())}"
-        self._mine.add(token)
+        self._mine[key] = token
         return token
 
-    def release(self, token: str) -> None:
-        self._mine.discard(token)
+    def release(self, key: str, token: str) -> None:
+        if self._mine.get(key) == token:
+            del self._mine[key]
 
-    def lose(self, token: str) -> None:
-        """Our claim ``token`` lost to another daemon's: judged as someone else's live claim from now on."""
-        self._mine.discard(token)
-        self._lost[token] = None
+    def lose(self, key: str, token: str) -> None:
+        """Our claim ``token`` of entry ``key`` lost to another daemon's: judged as someone else's live
+        claim from now on."""
+        self.release(key, token)
+        self._lost[(key, token)] = None
         while len(self._lost) > LOST_KEPT:
             self._lost.popitem(last=False)
 
@@ -174,13 +184,14 @@ class Owners:
                 return Judgement(Owner.GONE, f"claimed by {bad[:80]!r}, which is no claim a daemon writes: "
                                              "foreign, taken as expired")
             return self._lease(self._since(entry, written), "claimed without an owner (by an older daemon)")
-        if claim.token in self._mine:
+        key = entry_key(entry)
+        if self._mine.get(key) == claim.token:
             return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
         who = f"claimed by {claim.host} process {claim.pid} at {utc_stamp(claim.at)}"
         if claim.at - (written or self.directory.now()) > self.lease:
             return Judgement(Owner.GONE, f"{who}, more than a lease after the directory wrote it: "
                                          "foreign, taken as expired")
-        if claim.token in self._lost:
+        if (key, claim.token) in self._lost:
             # Another daemon's claim with a later CSN replaces it on every provider
             # soon; should that daemon die before, the lease lets it be taken over.
             return self._lease(self._since(entry, written), f"{who}, this daemon, whose claim lost to another daemon's")

@@ -49,7 +49,7 @@ from provisioning.backend.ldap import (
     Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
 )
 from provisioning.backend.store import PendingWrite
-from provisioning.engine.claims import Owner, Owners, claim_values, parse
+from provisioning.engine.claims import Owner, Owners, claim_values, entry_key, parse
 from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
 from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
@@ -256,7 +256,7 @@ class Selfcare:
         asserts that version.
         """
         try:
-            with self.locks.hold(entry.uuid or entry.dn.lower(), entry.dn, wait=0) as held:
+            with self.locks.hold(entry_key(entry), entry.dn, wait=0) as held:
                 done = held.done()
         except (Busy, Interrupted):
             return None
@@ -327,7 +327,8 @@ class Selfcare:
             return Result(away=str(err))
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
-        token = self.owners.new_token()
+        key = entry_key(entry)
+        token = self.owners.new_token(key)
         claim = Result()
         try:
             fresh, claim = self._claim(entry, claimed, token)
@@ -337,7 +338,7 @@ class Selfcare:
             lost, replaced = self._confirm(fresh, token, claim)
             if lost is not None:
                 return lost
-            with self.locks.hold(entry.uuid or entry.dn.lower(), entry.dn) as held:
+            with self.locks.hold(key, entry.dn) as held:
                 return self._finish(entry, fresh, verb, token, claim, held, claimed_at, replaced,
                                     previous)
         except Interrupted:
@@ -349,7 +350,7 @@ class Selfcare:
                         "answers", entry.dn, verb, err, claimed)
             return Result(away=str(err), own_csns=claim.own_csns)
         finally:
-            self.owners.release(token)
+            self.owners.release(key, token)
 
     def _finish(self, entry: Entry, fresh: Entry, verb: str, token: str, claim: Result, held: Held,
                 claimed_at: float, replaced: str | None = None, previous: Entry | None = None) -> Result:
@@ -416,7 +417,7 @@ class Selfcare:
             claim.rival = (f"{fresh.dn}: also claimed by {rival.host} process {rival.pid} (entryCSN {csn}); this "
                            f"daemon claimed it through {self.directory.uri} ({fresh.csn})")
         if found.standing is Standing.LOST:
-            self.owners.lose(token)
+            self.owners.lose(entry_key(fresh), token)
             winner = parse(found.winner.values(CLAIM_ATTRIBUTE))
             by = f"the claim of {winner.host} process {winner.pid}" if winner is not None else "a newer write"
             log.warning("%s: claim lost to %s (entryCSN %s, newer than ours, %s): backing off, nothing is done on "
