@@ -485,6 +485,49 @@ def test_commands_get_the_signals_python_ignores_back():
         assert not masks["SigIgn"] & (1 << (sig - 1)), sig
 
 
+GIL_PROBE = """
+import os, sys, threading
+from provisioning.transport import cspawn
+fifo = sys.argv[1]
+def writer():                         # runs only if the spawning thread let go of the GIL
+    os.close(os.open(fifo, os.O_WRONLY))
+threading.Timer(0.2, writer).start()
+# The child opens the FIFO before its exec: glibc's posix_spawn returns only once a writer came.
+pid = cspawn.spawn("/bin/true", ["true"], {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, fifo, os.O_RDONLY, 0)])
+print(os.waitpid(pid, 0)[1])
+"""
+
+
+def test_starting_a_command_lets_the_other_threads_run(tmp_path):
+    # os.posix_spawn held the GIL until the child exec'd: every worker and the main loop
+    # waited for every command start. Here the child waits (opening a FIFO) for a writer
+    # that only another Python thread of the parent can be: with the GIL held, never.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-c", GIL_PROBE, str(fifo)], capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr
+    assert spawn.cspawn.spawn is spawn.cspawn._spawn_released       # glibc: the ctypes route is taken
+
+
+@pytest.mark.parametrize("path, argv, env", [
+    ("/bin/true\0x", ["true"], {}), ("/bin/true", ["true", "a\0b"], {}), ("/bin/true", ["true"], {"A=B": "1"}),
+    ("/bin/true", ["true"], {"A": "1\0"}), ("/bin/true", ["true"], {"": "1"}),
+], ids=["path", "argv", "name", "value", "empty-name"])
+def test_a_nul_or_a_bad_name_is_refused_as_by_os_posix_spawn(path, argv, env):
+    # ctypes would pass a char * cut at the NUL: a different program or argument, silently.
+    with pytest.raises(ValueError):
+        spawn.cspawn.spawn(path, argv, env)
+    with pytest.raises(ValueError):
+        os.posix_spawn(path, argv, env)
+
+
+def test_a_program_that_cannot_be_started_is_named():
+    with pytest.raises(FileNotFoundError) as caught:
+        spawn.cspawn.spawn("/nonexistent/program", ["program"], {})
+    assert caught.value.filename == "/nonexistent/program"
+
+
 def test_a_timeout_kills_what_the_command_started(tmp_path):
     pidfile = tmp_path / "grandchild"
     result = LocalCLI(timeout=10).run(["sh", "-c", f'sleep 60 & echo $! > {pidfile}; wait'], timeout=1)
