@@ -62,7 +62,9 @@ def test_counters_and_histogram_after_a_few_requests(host, directory):
     host.fail_quota(6)
     directory.wait_return_value(directory.add("3723704"), 6)
 
-    samples = scrape(port)
+    # The last outcome is in the directory a moment before the main loop counts the request.
+    samples = wait_until(lambda: (s := scrape(port)) and value(
+        s, "provisioning_requests_total", verb="add", outcome="failed") == 1 and s, "the last request counted")
     assert value(samples, "provisioning_requests_total", verb="add", outcome="done") == 2
     assert value(samples, "provisioning_requests_total", verb="add", outcome="failed") == 1
     assert value(samples, "provisioning_requests_total", verb="delete", outcome="refused") == 1
@@ -133,7 +135,9 @@ def test_reconnects_and_directory_writable_follow_an_outage(tmp_path):
         daemon.wait_for(r"LDAP answers again")
         directory = Directory(slapd, ACCOUNTS_BASE, host.layout.backup_root)
         directory.wait_mode(directory.add("3723701"), "added")
-        samples = scrape(port)
+        # The outcome is in the directory a moment before the main loop counts the request.
+        samples = wait_until(lambda: (s := scrape(port)) and value(
+            s, "provisioning_requests_total", verb="add", outcome="done") == 1 and s, "the request counted")
         assert value(samples, "provisioning_reconnects_total") == 1
         assert value(samples, "provisioning_directory_writable") == 1
         assert value(samples, "provisioning_requests_total", verb="add", outcome="done") == 1
