@@ -32,7 +32,7 @@ import debian_root
 import nspawn
 from helpers import Directory, wait_until
 from provisioning.testing import BACKUP_BASE, make_subtree
-from test_installed import WIKI_CONF
+from test_installed import WIKI_CONF, wiki_edited
 
 pytestmark = pytest.mark.skipif(os.environ.get("PROVISIONING_TEST_CONTAINERS") != "1",
                                 reason="boots a Debian 12 container (a debootstrapped root, cached in "
@@ -179,21 +179,11 @@ def test_the_operators_steps_start_the_instance(host, slapd):
 
 def _wiki_configuration(slapd, subtree: str) -> str:
     """The wiki's file with [Database] and the paths of this host: as an operator edits it."""
-    text = WIKI_CONF.read_text()
-    changes = {
-        "SERVER = ldaps://ldapm.tombstone.ch": f"SERVER = {slapd.ldap_uri}",
-        "ADMIN_USER = cn=Manager,dc=foss-cloud,dc=org": f"ADMIN_USER = {slapd.root_dn}",
-        "ADMIN_PASSWORD = <PASSWORD>": f"ADMIN_PASSWORD = {slapd.root_pw}",
-        "SERVICE_SUBTREE = ou=accounts,ou=backup,ou=services,dc=foss-cloud,dc=org": f"SERVICE_SUBTREE = {subtree}",
-        "COOKIE_FILE = /home/pat/repos/stepping-stone/prov-backup-rsnapshot/prov-backup-rsnapshot/etc/Provisioning/"
-        "Backup/rsnapshot.cookie": f"COOKIE_FILE = {STATE}/Backup-Rsnapshot.cookie",
+    text = wiki_edited(slapd, subtree, f"{STATE}/Backup-Rsnapshot.cookie", {
         "SET_QUOTA_CMD = /usr/sbin/setquota": f"SET_QUOTA_CMD = {RECORDER}",
         "CREATE_CHROOT_CMD = /root/createDummyBackupDirectory.sh": "CREATE_CHROOT_CMD = /usr/bin/prov-backup-create-chroot",
         "MOUNTPOINT = /": "MOUNTPOINT = /\nBACKUP_ROOT = /var/backup",
-    }
-    for old, new in changes.items():
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
+    })
     changed = {line for line in text.splitlines()} - set(WIKI_CONF.read_text().splitlines())
     assert {line.split(" = ")[0] for line in changed} == {"SERVER", "ADMIN_USER", "ADMIN_PASSWORD", "SERVICE_SUBTREE",
                                                           "COOKIE_FILE", "SET_QUOTA_CMD", "CREATE_CHROOT_CMD",

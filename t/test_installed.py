@@ -205,8 +205,9 @@ def test_the_installed_home_script_builds_a_home(installed, tmp_path):
 
 # ---------------------------------------------------------------- the wiki's cycle
 
-def _wiki_configuration(inst: Installation, slapd, subtree: str, root: Path) -> Path:
-    """The wiki's configuration as it is, but [Database] and paths (and BACKUP_ROOT, a path, added)."""
+def wiki_edited(slapd, subtree: str, cookie: str, paths: dict[str, str]) -> str:
+    """The wiki's configuration as an operator edits it: [Database] for ``slapd`` and ``subtree``, COOKIE_FILE
+    ``cookie``, and ``paths`` (each the wiki's line -> ours; every line replaced is there exactly once)."""
     text = WIKI_CONF.read_text()
     changes = {
         "SERVER = ldaps://ldapm.tombstone.ch": f"SERVER = {slapd.ldap_uri}",
@@ -214,17 +215,25 @@ def _wiki_configuration(inst: Installation, slapd, subtree: str, root: Path) -> 
         "ADMIN_PASSWORD = <PASSWORD>": f"ADMIN_PASSWORD = {slapd.root_pw}",
         "SERVICE_SUBTREE = ou=accounts,ou=backup,ou=services,dc=foss-cloud,dc=org": f"SERVICE_SUBTREE = {subtree}",
         "COOKIE_FILE = /home/pat/repos/stepping-stone/prov-backup-rsnapshot/prov-backup-rsnapshot/etc/Provisioning/"
-        "Backup/rsnapshot.cookie": f"COOKIE_FILE = {root}/var/lib/provisioning/rsnapshot.cookie",
+        "Backup/rsnapshot.cookie": f"COOKIE_FILE = {cookie}",
+        **paths,
+    }
+    for old, new in changes.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+def _wiki_configuration(inst: Installation, slapd, subtree: str, root: Path) -> Path:
+    """The wiki's configuration as it is, but [Database] and paths (and BACKUP_ROOT, a path, added)."""
+    text = wiki_edited(slapd, subtree, f"{root}/var/lib/provisioning/rsnapshot.cookie", {
         "RSNAPSHOT_CONFIG_FILE = /etc/rsnapshot/rsnapshot.conf.%uid%":
             f"RSNAPSHOT_CONFIG_FILE = {root}/etc/rsnapshot/rsnapshot.conf.%uid%",
         "SET_QUOTA_CMD = /usr/sbin/setquota": f"SET_QUOTA_CMD = {root}/bin/setquota",
         "CREATE_CHROOT_CMD = /root/createDummyBackupDirectory.sh":
             f"CREATE_CHROOT_CMD = {inst.bin('prov-backup-create-chroot')}",
         "MOUNTPOINT = /": f"MOUNTPOINT = /\nBACKUP_ROOT = {root}/var/backup",
-    }
-    for old, new in changes.items():
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
+    })
     assert "RSNAPSHOT_TEMPLATE" not in text and "LOG_DEBUG = 1" in text
     _assert_only_database_and_paths_changed(WIKI_CONF.read_text(), text)
     for folder in ("var/lib/provisioning", "etc/rsnapshot", "var/backup", "bin"):
