@@ -109,6 +109,12 @@ class Entry:
         """entryCSN: identifies the last change made to the entry."""
         return self.get("entryCSN")
 
+    @property
+    def key(self) -> str:
+        """What the daemon keeps an entry under (its lane of jobs, its lock on the host, its claim in
+        hand): the entryUUID, the DN in lower case where there is none."""
+        return self.uuid or self.dn.lower()
+
 
 def _first(attrs: Mapping[str, list[str]], name: str, default: str | None = None) -> str | None:
     values = attrs.get(name)

@@ -108,11 +108,6 @@ def claim_values(entry: Entry) -> list[str]:
     return [v for v in entry.values(ATTRIBUTE) if v.startswith(PREFIX)]
 
 
-def entry_key(entry: Entry) -> str:
-    """What a claim in hand is kept under: the entry's entryUUID (its DN where there is none)."""
-    return entry.uuid or entry.dn.lower()
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -142,7 +137,7 @@ class Owners:
         self.host = (host or socket.gethostname()).encode("ascii", "replace").decode().replace(" ", "_")
         self.pid = pid or os.getpid()
         self.alive = alive
-        # The claims in hand, by entry (entry_key -> token). A token names this process and a
+        # The claims in hand, by entry (Entry.key -> token). A token names this process and a
         # second: claims of one second share it, so a token alone does not say which entry's it is.
         self._mine: dict[str, str] = {}
         self._first_seen: OrderedDict[str, dt.datetime] = OrderedDict()
@@ -151,7 +146,7 @@ class Owners:
         self._lost: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def new_token(self, key: str) -> str:
-        """A claim for the entry ``key`` (entry_key), in hand from now until release or lose."""
+        """A claim for the entry ``key`` (Entry.key), in hand from now until release or lose."""
         # The directory's time: a stamp never lies ahead of the write that carries it.
         token = f"{PREFIX}{self.host} {self.pid} {utc_stamp(self.directory.now())}"
         self._mine[key] = token
@@ -184,7 +179,7 @@ class Owners:
                 return Judgement(Owner.GONE, f"claimed by {bad[:80]!r}, which is no claim a daemon writes: "
                                              "foreign, taken as expired")
             return self._lease(self._since(entry, written), "claimed without an owner (by an older daemon)")
-        key = entry_key(entry)
+        key = entry.key
         if self._mine.get(key) == claim.token:
             return Judgement(Owner.MINE, "claimed by this daemon, which is working on it")
         who = f"claimed by {claim.host} process {claim.pid} at {utc_stamp(claim.at)}"

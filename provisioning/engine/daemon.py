@@ -774,7 +774,7 @@ class Daemon:
         if entry is not None:
             log.info("%s: judged again against the store (provisioning-daemon resync)", dn)
             self._seq += 1
-            self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
+            self._enqueue(entry.key, self._seq, entry.dn,
                           lambda: self.router.entry_job(entry, origin=REFRESH))
             return
         known = self.store.by_dn(dn)
@@ -978,6 +978,6 @@ class Daemon:
     def _new_work(self, entry: Entry) -> None:
         """Work for an entry a search found (as it is now)."""
         self._seq += 1
-        self._enqueue(entry.uuid or entry.dn.lower(), self._seq, entry.dn,
+        self._enqueue(entry.key, self._seq, entry.dn,
                       lambda: self.router.entry_job(entry, origin=SEARCH))
 

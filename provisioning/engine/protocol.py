@@ -49,7 +49,7 @@ from provisioning.backend.ldap import (
     Conflict, Directory, DirectoryError, DirectoryUnavailable, WriteRefused,
 )
 from provisioning.backend.store import PendingWrite
-from provisioning.engine.claims import Owner, Owners, claim_values, entry_key, parse
+from provisioning.engine.claims import Owner, Owners, claim_values, parse
 from provisioning.engine.claims import ATTRIBUTE as CLAIM_ATTRIBUTE
 from provisioning.base.clock import Clock, utc_stamp
 from provisioning.base.codes import ReturnValue
@@ -256,7 +256,7 @@ class Selfcare:
         asserts that version.
         """
         try:
-            with self.locks.hold(entry_key(entry), entry.dn, wait=0) as held:
+            with self.locks.hold(entry.key, entry.dn, wait=0) as held:
                 done = held.done()
         except (Busy, Interrupted):
             return None
@@ -327,7 +327,7 @@ class Selfcare:
             return Result(away=str(err))
         if decision.verdict is Verdict.RESUME:
             log.warning("%s: resuming %s: %s", entry.dn, verb, decision.reason)
-        key = entry_key(entry)
+        key = entry.key
         token = self.owners.new_token(key)
         claim = Result()
         try:
@@ -417,7 +417,7 @@ class Selfcare:
             claim.rival = (f"{fresh.dn}: also claimed by {rival.host} process {rival.pid} (entryCSN {csn}); this "
                            f"daemon claimed it through {self.directory.uri} ({fresh.csn})")
         if found.standing is Standing.LOST:
-            self.owners.lose(entry_key(fresh), token)
+            self.owners.lose(fresh.key, token)
             winner = parse(found.winner.values(CLAIM_ATTRIBUTE))
             by = f"the claim of {winner.host} process {winner.pid}" if winner is not None else "a newer write"
             log.warning("%s: claim lost to %s (entryCSN %s, newer than ours, %s): backing off, nothing is done on "

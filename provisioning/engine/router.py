@@ -114,19 +114,19 @@ class Router:
     def _selfcare_job(self, entry: Entry, refreshed: bool) -> Job | None:
         answered = self._answered(entry) if refreshed else None
         if answered is not None:
-            return self._job(_key(entry), entry.dn, lambda: self.selfcare.answer_again(entry, answered), entry)
+            return self._job(entry.key, entry.dn, lambda: self.selfcare.answer_again(entry, answered), entry)
         decision = decide(entry, self.clock.today(), self.owners)
         if decision.verdict is Verdict.WATCH:
             self._watched_claim(entry, decision.reason)
         if decision.verdict is Verdict.IGNORE:
             log.debug("%s: %s", entry.dn, decision.reason)
-            self.watching.pop(_key(entry), None)
+            self.watching.pop(entry.key, None)
             self.store.remember(entry)
             return None
         if self._another_hosts(entry):
             return None
         previous = self._previous(entry)
-        return self._job(_key(entry), entry.dn, lambda: self.selfcare.run(entry, decision, previous), entry)
+        return self._job(entry.key, entry.dn, lambda: self.selfcare.run(entry, decision, previous), entry)
 
     def _ldap_job(self, entry: Entry) -> Job | None:
         verb = ldap_verb(entry, self.store.lookup(entry.uuid), self.adopt)
@@ -137,7 +137,7 @@ class Router:
         if self._another_hosts(entry):
             return None
         previous = self._previous(entry)
-        key = _key(entry)
+        key = entry.key
         return self._job(key, entry.dn, self._locked(key, entry.dn, lambda: self.ldap_mode.run(entry, verb, previous)),
                          entry)
 
@@ -148,7 +148,7 @@ class Router:
         if why is None:
             return False
         self.store.remember(entry)
-        key, host = _key(entry), entry.get("host") or ""
+        key, host = entry.key, entry.get("host") or ""
         if self._untouched.get(key) == host:
             log.debug("%s: another host's, left untouched: %s", entry.dn, why)
             return True
@@ -211,7 +211,7 @@ class Router:
         log.info("%s: trying %s again, which failed before the restart", current.dn, verb)
         if self.uses_selfcare(current):
             return self.entry_job(current, origin=SEARCH)
-        key, previous = _key(current), known.entry()
+        key, previous = current.key, known.entry()
         work = self._locked(key, current.dn, lambda: self.ldap_mode.run(current, verb, previous))
         return self._job(key, current.dn, work, current)
 
@@ -322,8 +322,3 @@ class Router:
         for key, _ in due:
             del self.watching[key]
         return due
-
-
-def _key(entry: Entry) -> str:
-    """Jobs of one key run one after another: one entry, one lane."""
-    return entry.uuid or entry.dn.lower()

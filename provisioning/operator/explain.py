@@ -123,7 +123,7 @@ def explain(session: Session, name: str) -> dict[str, Any]:
 def _entry(session: Session, entry: Entry, store: "StoreRecords", known: dict[int, str]) -> dict[str, Any]:
     whose = session.service.not_ours(entry)
     selfcare = session.modus == "selfcare" or session.modus == "combined" and is_selfcare(entry)
-    lock = EntryLocks(session.config.entry_lock_dir).path(entry.uuid or entry.dn.lower())
+    lock = EntryLocks(session.config.entry_lock_dir).path(entry.key)
     return {
         "dn": entry.dn, "entryUUID": entry.uuid, "entryCSN": entry.csn,
         "this_host": whose is None, "why_not": whose,

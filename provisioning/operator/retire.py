@@ -93,7 +93,7 @@ def retire(session: Session, name: str) -> int:
     locks = EntryLocks(session.config.entry_lock_dir)
     locks.prepare()
     try:
-        with locks.hold(entry.uuid or entry.dn.lower(), entry.dn, wait=WAIT):
+        with locks.hold(entry.key, entry.dn, wait=WAIT):
             code = session.service.run(Request("delete", entry))
     except Busy as err:
         raise Refusal(f"{err}: a request of the daemon is in hand; try again later") from None
