@@ -823,6 +823,24 @@ def test_a_remembered_folder_moved_away_is_not_walked_into(scene):
     assert (account / "second").is_dir() and not (scene.root / "7" / "archived" / "second").exists()
 
 
+def test_a_folder_walked_into_often_stays_remembered_among_many_new_ones(scene, monkeypatch):
+    """Every new account folder is remembered: the least recently used go, not BACKUP_ROOT or the
+    configuration folder every request walks into (their walks would start at "/" again)."""
+    transport = LocalCLI(timeout=30)
+    configs = scene.root / "etc"
+    transport.makedirs(str(configs / "rsnapshot"))
+    from_the_top = []
+    restart = nofollow._Walk._restart
+    monkeypatch.setattr(nofollow._Walk, "_restart", lambda walk: from_the_top.append(walk.asked) or restart(walk))
+    for n in range(3 * nofollow.TRUSTED_KEPT):
+        transport.makedirs(str(scene.root / "7" / f"{3723000 + n}" / "home"))
+        transport.makedirs(str(configs / "rsnapshot"))
+    assert from_the_top == []
+    kept = set(nofollow._trusted)
+    assert str(configs / "rsnapshot") in kept and str(scene.root / "7") in kept
+    assert str(scene.root / "7" / "3723000") not in kept and len(kept) == nofollow.TRUSTED_KEPT
+
+
 def test_dry_run_lines_of_workers_printing_at_once_stay_whole(capsys):
     # print() writes a line's text and its newline apart: two workers made "AB\n\n".
     dry = DryRun(LocalCLI(timeout=10))

@@ -139,6 +139,10 @@ def _trusted_start(names: list) -> tuple[int, str, int] | None:
             if not _still_trusted(held, names[:count]):
                 os.close(_trusted.pop(path)[0])
                 continue
+            # The least recently used goes first when the list is full: every new account folder
+            # is remembered, and without this they pushed out BACKUP_ROOT and the configuration
+            # folder, whose walks then started at "/" again.
+            _trusted[path] = _trusted.pop(path)
             return os.dup(held[0]), path, count
     return None
 
