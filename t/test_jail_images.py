@@ -253,6 +253,17 @@ def test_a_home_only_jail_gets_no_programs(root):
     assert picture(jail) == before
 
 
+def test_a_jail_without_programs_is_answered_without_a_walk_to_the_store(root, monkeypatch):
+    """An operator's CREATE_CHROOT_CMD that makes only folders: the job is told of every such jail,
+    and answering each must not cost a walk to a store there may not even be."""
+    uid = str(FIRST)
+    jail = account_dir(root, 0) / "chroot"
+    (jail / "home" / uid).mkdir(parents=True)
+    monkeypatch.setattr(jailcalls, "_store", lambda *a, **k: pytest.fail("the store was looked for"))
+    answer = jailcalls.relink(str(root), str(account_dir(root, 0)), str(jail), 64000, "the-entry")
+    assert answer == {"state": relink.NONE, "top": str(root)}
+
+
 # ------------------------------------------------------------ planted links
 
 @pytest.fixture

@@ -133,6 +133,10 @@ def relink(backup_root: str, directory: str, jail: str, limit: int, marker: str)
     """Move the jail ``jail`` to its store's current image (see relink.move), if the owner marker
     of ``directory`` still says ``marker`` (what the daemon judged the jail by)."""
     top = jailimage.top_for(backup_root, jail)
+    if not _holds_programs(jail):
+        # Nothing to move (a script that makes only the folders): answered before the store is
+        # walked to, which an operator's script that way would otherwise cost every add.
+        return {"state": relinking.NONE, "top": top}
     try:
         store = _store(top, make=False)
         if store.current() is None:
