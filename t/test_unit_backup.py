@@ -832,3 +832,69 @@ def test_a_step_no_helper_could_be_started_for_never_runs(monkeypatch):
     with pytest.raises(RuntimeError, match="can't start new thread"):
         module.alongside(lambda: ran.append(1))
     assert queued[0]() is None and ran == []          # the helper that takes it up later does nothing
+
+
+class _StepsRecorded:
+    """A plugin whose three steps of an add (home, quota, configuration) only say when they ran,
+    and in which thread."""
+
+    def __init__(self, monkeypatch):
+        from types import SimpleNamespace
+        from provisioning_backup_rsnapshot import plugin as module
+        import threading
+        self.order, self.threads = [], set()
+
+        def step(name, result=None):
+            self.order.append(name)
+            self.threads.add(threading.get_ident())
+            return result
+        self.plugin = module.BackupRsnapshot()
+        self.plugin.settings = SimpleNamespace(set_quota_cmd="setquota", mountpoint="/")
+        self.plugin.configs = SimpleNamespace(
+            install=lambda account, place: step("configuration", "installed"),
+            write=lambda account, place: step("configuration written", "staged"),
+            prove=lambda staged, place: step("configuration proven"),
+            commit=lambda staged: step("configuration", "committed"))
+        monkeypatch.setattr(module, "set_quota", lambda *args: step("quota"))
+        self.home = lambda: step("home")
+        self.account = SimpleNamespace(uid="3723707", uid_number=3723707, quota_bytes=1 << 30)
+        self.ctx = SimpleNamespace(dry_run=False, transport=None)
+
+    def apply(self):
+        with self.plugin.company.joined():          # as _guarded does for every request
+            return self.plugin._apply(None, self.home, self.account, None, self.ctx)
+
+
+def test_a_request_worked_alone_runs_quota_and_configuration_beside_the_home(monkeypatch):
+    steps = _StepsRecorded(monkeypatch)
+    assert steps.apply() == "committed"
+    assert steps.order[-2:] == ["configuration proven", "configuration"]
+    assert sorted(steps.order[:3]) == ["configuration written", "home", "quota"]
+    assert len(steps.threads) >= 2                   # helpers besides the request's own thread
+
+
+def test_while_another_request_is_in_hand_the_steps_run_one_after_the_other(monkeypatch):
+    """In a burst the helpers only cost CPU (alongside.Company): same steps, same order of failure."""
+    from provisioning_backup_rsnapshot import plugin as module
+    steps = _StepsRecorded(monkeypatch)
+    monkeypatch.setattr(module, "alongside", lambda step: pytest.fail("a helper thread was used"))
+    with steps.plugin.company.joined():              # the other request
+        assert steps.apply() == "installed"
+    assert steps.order == ["home", "quota", "configuration"]
+    assert len(steps.threads) == 1
+    # Once it is done, a request alone has its helpers again.
+    monkeypatch.setattr(module, "alongside", alongside)
+    steps.order.clear()
+    assert steps.apply() == "committed"
+
+
+def test_the_company_counts_a_request_that_failed_out_again():
+    from provisioning_backup_rsnapshot.alongside import Company
+    company = Company()
+    with pytest.raises(RuntimeError):
+        with company.joined():
+            with company.joined():
+                assert not company.alone()
+                raise RuntimeError("a step failed")
+    with company.joined():
+        assert company.alone()

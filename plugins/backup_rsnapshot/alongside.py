@@ -8,10 +8,11 @@ and the request's log capture hold there too.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -61,3 +62,35 @@ def alongside(step: Callable[[], T]) -> Future:
             # Taken up by a helper that just finished another step: it cannot be waited for.
             raise RuntimeError("a step started although no helper could be started for it") from None
         raise
+
+
+class Company:
+    """How many requests the plugin has in hand at this moment.
+
+    Helpers pay off only while cores would otherwise idle: for a request
+    worked alone they take its latency from the sum of its steps to the
+    longest one. While another request is worked too, its work fills the
+    cores, and every hand-off between threads (the GIL passed on at each
+    system call) only costs CPU: measured in a burst of 2,000 adds with two
+    workers, 5.3-6.0 ms of the daemon's CPU per account with helpers against
+    4.5-5.1 without, and 140-160 adds/s against 159-175.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in = 0
+
+    @contextlib.contextmanager
+    def joined(self) -> Iterator[None]:
+        """Inside: a request in the plugin's hands (from its judging to its last step)."""
+        with self._lock:
+            self._in += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in -= 1
+
+    def alone(self) -> bool:
+        """Whether no other request is in the plugin's hands at this moment."""
+        return self._in <= 1

@@ -25,7 +25,7 @@ from provisioning.api import Clock, Entry, Request, ServiceContext, hookimpl, ut
 from provisioning_backup_rsnapshot import account as accounts
 from provisioning_backup_rsnapshot import builder as builders
 from provisioning_backup_rsnapshot import home, ownership
-from provisioning_backup_rsnapshot.alongside import alongside
+from provisioning_backup_rsnapshot.alongside import Company, alongside
 from provisioning_backup_rsnapshot.audithooks import AuditHooks
 from provisioning_backup_rsnapshot.archive import archive_target, dispose
 from provisioning_backup_rsnapshot.codes import Code, StepError
@@ -56,6 +56,7 @@ class BackupRsnapshot(OperatorHooks, AuditHooks):
         self.builder: builders.Builder | None = None
         self.jails: JailJob | None = None
         self._entries = None
+        self.company = Company()
 
     @hookimpl
     def provisioning_config_spec(self) -> str:
@@ -137,7 +138,7 @@ class BackupRsnapshot(OperatorHooks, AuditHooks):
             self._check_runtime(ctx)
             # One account at a time: two entries naming the same uid (an
             # impostor) run in different lanes of the core, maybe at once.
-            with self._account_lock(request.entry.get("uid") or request.dn):
+            with self.company.joined(), self._account_lock(request.entry.get("uid") or request.dn):
                 steps(request, ctx)
         except StepError as err:
             # A command that went missing shows as a failed step: look again
@@ -223,27 +224,36 @@ class BackupRsnapshot(OperatorHooks, AuditHooks):
 
     def _apply(self, request: Request, build: Callable[[], None], account: accounts.Account,
                place: accounts.Layout, ctx: ServiceContext) -> str:
-        """Home, quota and rsnapshot.conf, the three at once; the configuration's path.
+        """Home, quota and rsnapshot.conf; the configuration's path.
 
         Once the request is judged the account's, the steps need nothing of
         each other until the configuration is checked against the folders,
-        and each mostly waits (for a command, for the disk): setquota and
-        the writing and syncing of the configuration run beside the home's
-        creation. The configuration is put in place only when all three
-        succeeded. The failure reported is the one the order home, quota,
-        configuration gives (a failed home reports 5 even if the quota failed
-        too; the others are logged as warnings), once all three have ended.
-        The difference to running them one after the other: when the home
-        fails, the quota the entry asks for may already be set (its retry
-        sets it again). A dry run shows them in that order.
+        and each mostly waits (for a command, for the disk). A request worked
+        alone runs setquota and the writing and syncing of the configuration
+        beside the home's creation (_apply_beside); while other requests are
+        worked too, and in a dry run, the three run one after the other, in
+        that order (alongside.Company says why). Either way the configuration
+        is put in place only when all three succeeded, and the failure
+        reported is the one the order home, quota, configuration gives.
         """
         s = self.settings
         def quota() -> None:
             set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
-        if ctx.dry_run:
+        if ctx.dry_run or not self.company.alone():
             build()
             quota()
             return self.configs.install(account, place)
+        return self._apply_beside(request, build, quota, account, place)
+
+    def _apply_beside(self, request: Request, build: Callable[[], None], quota: Callable[[], None],
+                      account: accounts.Account, place: accounts.Layout) -> str:
+        """_apply with setquota and the configuration's write in helper threads, beside the home.
+
+        A failed home reports 5 even if the quota failed too (the others are
+        logged as warnings), once all three have ended. The difference to
+        running them one after the other: when the home fails, the quota the
+        entry asks for may already be set (its retry sets it again).
+        """
         beside: list[Future] = []
         try:
             beside.append(alongside(quota))
