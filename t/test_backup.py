@@ -56,6 +56,24 @@ def test_add_builds_home_quota_and_a_valid_rsnapshot_configuration(host, directo
     assert not list(host.layout.rsnapshot_dir.glob(".*"))      # no candidate left behind
 
 
+def test_the_daemon_reads_and_keeps_only_what_an_account_is_made_of(host, directory, daemon):
+    """The plugin declares its attributes (account.ATTRIBUTES): a password hash or the portal's data
+    on the entry is never read, passed to a hook, nor kept in the store."""
+    import json
+    from provisioning.backend.store import Store
+    from provisioning_backup_rsnapshot.account import ATTRIBUTES
+    secret = "{SSHA}c2VjcmV0LWhhc2gtb2YtdGhlLXBhc3N3b3Jk"
+    dn = directory.add(UID, userPassword=secret, description="portal notes")
+    assert_done(directory.wait_mode(dn, "added"), "added")
+    assert daemon.stop() == 0
+    store = Store(Path(f"{host.layout.cookie}.sqlite"))
+    store.open()
+    kept = store.lookup(directory.entry_uuid(dn))
+    assert kept is not None and set(ATTRIBUTES) - {"host"} <= set(kept.values)
+    assert not {"userPassword", "description", "cn", "sstBelongsToCustomerUID"} & set(kept.values)
+    assert secret not in json.dumps(kept.values)
+
+
 def _owner_mode(*paths: Path) -> list[tuple[int, str]]:
     return [(p.lstat().st_uid, oct(p.lstat().st_mode & 0o7777)) for p in paths]
 

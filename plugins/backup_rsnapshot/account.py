@@ -20,6 +20,11 @@ from provisioning_backup_rsnapshot.codes import Code, StepError
 LEVELS = (("hourly", "sstBackupIntervalHourly"), ("daily", "sstBackupIntervalDaily"),
           ("weekly", "sstBackupIntervalWeekly"), ("monthly", "sstBackupIntervalMonthly"),
           ("yearly", "sstBackupIntervalYearly"))
+# What an account is made of, for the daemon to read of each entry (hook provisioning_attributes):
+# who it is, where it lives, which backup server serves it, its quota and its levels. Nothing else
+# is read, passed on or kept in the store (no password hash, no portal data).
+ATTRIBUTES = ("uid", "uidNumber", "gidNumber", "homeDirectory", "host", "sstQuota",
+              *(name for _, name in LEVELS))
 MAX_ID = 4_294_967_294          # (uid_t)-1 is "no change" to chown
 UID = re.compile(r"[0-9]{1,10}")
 # ASCII digits only: str.isdigit() also says yes to "²", which int() refuses.

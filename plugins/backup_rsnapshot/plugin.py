@@ -116,6 +116,11 @@ class BackupRsnapshot(OperatorHooks, AuditHooks):
         return True
 
     @hookimpl
+    def provisioning_attributes(self, ctx: ServiceContext) -> list[str]:
+        """The attributes an account is made of (account.ATTRIBUTES), with those the core reads."""
+        return list(accounts.ATTRIBUTES)
+
+    @hookimpl
     def provisioning_add(self, request: Request, ctx: ServiceContext) -> int:
         """Create home, quota and rsnapshot configuration of a new account."""
         return self._guarded(request, ctx, self._converge)
