@@ -771,3 +771,16 @@ def test_dns_are_compared_as_the_directory_compares_them():
     assert not below("ou=accounts,dc=x", "ou=accounts,dc=x", strictly=True)
     assert not below(r"uid=a,cn=x\,ou=accounts,dc=x", "ou=accounts,dc=x")   # an escaped comma is no separator
     assert not below("not a dn", "ou=accounts,dc=x")
+
+
+@pytest.mark.parametrize("value", ["20261127120000Z", "20261127120000.123456Z#000000#000#000000", "20240229235959Z",
+                                   "20230229120000Z", "20261327120000Z", "20261127246000Z", "2026112712000Z",
+                                   "2026112712000", "２０２６1127120000Z", "abcdefghijklmn", "", None])
+def test_generalized_time_reads_what_strptime_read(value):
+    """The quick reading of the usual form gives what strptime gave, and None for what it refused."""
+    import datetime as dt
+    try:
+        expected = dt.datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+    except (ValueError, TypeError):
+        expected = None
+    assert generalized_time(value) == expected

@@ -70,7 +70,14 @@ def generalized_time(value: str | None) -> dt.datetime | None:
     """
     if not value:
         return None
+    digits = value[:14]
     try:
-        return dt.datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+        if len(digits) == 14 and digits.isascii() and digits.isdigit():
+            # The form every server writes, read without strptime: three of these per request
+            # in the main loop (the add, the claim and the outcome coming back), where
+            # strptime cost about 7 % of the loop's time.
+            return dt.datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                               int(digits[10:12]), int(digits[12:14]), tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
     except ValueError:
         return None
