@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from typing import Callable, Mapping, Sequence
 
 # <spawn.h> of glibc.
@@ -104,6 +105,21 @@ def _file_actions(actions: Sequence[tuple]) -> ctypes.Array:
     return fa
 
 
+# Made once per (setsid, signals): posix_spawn only reads them, and every command of the daemon
+# asks for the same (a tenth of the CPU of starting one was making them again).
+_made_attributes: dict[tuple[bool, tuple[int, ...]], ctypes.Array] = {}
+_made_lock = threading.Lock()
+
+
+def _attributes_for(setsid: bool, setsigdef: Sequence[int]) -> ctypes.Array:
+    key = (bool(setsid), tuple(int(number) for number in setsigdef))
+    with _made_lock:
+        attr = _made_attributes.get(key)
+        if attr is None:
+            attr = _made_attributes[key] = _attributes(*key)
+        return attr
+
+
 def _attributes(setsid: bool, setsigdef: Sequence[int]) -> ctypes.Array:
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
     _check(_LIBC.posix_spawnattr_init(attr), "posix_spawnattr_init")
@@ -129,14 +145,11 @@ def _spawn_released(path: str | bytes, argv: Sequence[str | bytes], env: Mapping
     args = _strings([_c(a) for a in argv])
     environment = _environment(env)
     program = _c(path)
+    attr = _attributes_for(setsid, setsigdef)
     fa = _file_actions(file_actions)
     try:
-        attr = _attributes(setsid, setsigdef)
-        try:
-            pid = ctypes.c_int()
-            code = _LIBC.posix_spawn(ctypes.byref(pid), program, fa, attr, args, environment)
-        finally:
-            _LIBC.posix_spawnattr_destroy(attr)
+        pid = ctypes.c_int()
+        code = _LIBC.posix_spawn(ctypes.byref(pid), program, fa, attr, args, environment)
     finally:
         _LIBC.posix_spawn_file_actions_destroy(fa)
     if code != 0:
