@@ -142,8 +142,8 @@ def relink(backup_root: str, directory: str, jail: str, limit: int, marker: str)
         if store.current() is None:
             raise FileNotFoundError(top)
     except FileNotFoundError:
-        # No image to move to yet: one is made only for a jail with programs to move.
-        return {"state": "nostore" if _holds_programs(jail) else relinking.NONE, "top": top}
+        # No image to move to yet; this jail has programs to move, so one is made (jailjob).
+        return {"state": "nostore", "top": top}
     try:
         with walk(jail, make=False) as folder:
             if _marker(directory) != marker:
