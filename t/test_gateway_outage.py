@@ -146,9 +146,12 @@ def test_a_gateway_away_longer_than_the_attempts_ends_the_daemon_and_the_next_st
     host.set("Backup", CREATE_CHROOT_CMD=pause.command)
     candidate = host.layout.rsnapshot_dir / f".rsnapshot.conf.{UID}.new"
     first = DaemonProcess(host).start()
-    dns = [directory.add(uid) for uid in (UID, "3723708")]
+    dns = [directory.add(UID)]
     pause.wait_paused()
+    # Beside the home's command only for a request the plugin works alone (alongside.Company):
+    # the second request comes once the first one's candidate is there.
     wait_until(candidate.exists, "the candidate configuration, written beside the home's command")
+    dns.append(directory.add("3723708"))
     gateway_sshd.kill()
     assert first.proc.wait(60) == 7                 # GATEWAY_UNREACHABLE, as documented
     assert candidate.exists()                       # the gateway never came back to remove it
