@@ -124,6 +124,12 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return utime + stime, cutime + cstime
 
 
+def proc_times(pid: int) -> tuple[float, float]:
+    """(user, kernel) CPU of a process's own threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK, int(fields[12]) / CLK
+
+
 def machine_cpu() -> dict[str, float]:
     """Seconds of the whole machine since boot: all, idle (with iowait), stolen by the hypervisor."""
     fields = [int(v) / CLK for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -392,7 +398,7 @@ def run_local(args, server, scratch: Path, results: dict) -> None:
 
     # 2. bursts
     next_uid = FIRST_UID + args.latency
-    cpu_before = proc_cpu(daemon.proc.pid)
+    cpu_before, times_before = proc_cpu(daemon.proc.pid), proc_times(daemon.proc.pid)
     bursts = {}
     for size in (args.burst, args.big_burst):
         uids = [str(next_uid + i) for i in range(size)]
@@ -403,9 +409,13 @@ def run_local(args, server, scratch: Path, results: dict) -> None:
         read_until_done(w, dns)
         bursts[f"add_{size}"] = size / (max(w.done_at[dn] for dn in dns) - started)
         results["budget_ms_per_account"] = budget.per_account(size)      # the bigger burst's is kept
-    cpu_after = proc_cpu(daemon.proc.pid)
+    cpu_after, times_after = proc_cpu(daemon.proc.pid), proc_times(daemon.proc.pid)
     accounts = args.burst + args.big_burst
-    results["cpu_ms_per_account"] = {"daemon": (cpu_after[0] - cpu_before[0]) * 1000 / accounts}
+    # User time is the daemon's own code (Python, python-ldap); kernel time mostly the work
+    # itself (folders, files, starting commands, sockets), which any daemon doing it would pay.
+    results["cpu_ms_per_account"] = {"daemon": (cpu_after[0] - cpu_before[0]) * 1000 / accounts,
+                                     "daemon_user": (times_after[0] - times_before[0]) * 1000 / accounts,
+                                     "daemon_kernel": (times_after[1] - times_before[1]) * 1000 / accounts}
     burst_dns = [f"uid={FIRST_UID + args.latency + i},{ACCOUNTS_BASE}" for i in range(args.burst)]
     for mode, changes in (("modify", {"sstQuota": "2097152"}), ("delete", {"sstIsActive": "FALSE"})):
         for dn in burst_dns:
@@ -704,8 +714,12 @@ def report_local(r: dict) -> list[tuple[str, str, str, str]]:
     for total, mib in r["peak_rss_mib"].items():
         rows.append((f"peak RSS, {total} accounts", f"{mib:.1f} MiB", "80 MiB", f"{mib / 80:.2f} (goal <= 1)"))
     rows.append(("RSS after the bursts", f"{r['rss_mib_after_bursts']:.1f} MiB", "-", "-"))
-    rows.append(("daemon CPU per account", f"{r['cpu_ms_per_account']['daemon']:.2f} ms", "2 ms",
-                 f"{r['cpu_ms_per_account']['daemon'] / 2:.2f} (goal <= 1)"))
+    cpu = r["cpu_ms_per_account"]
+    rows.append(("daemon CPU per account", f"{cpu['daemon']:.2f} ms", "4 ms",
+                 f"{cpu['daemon'] / 4:.2f} (goal <= 1, issue 20)"))
+    if "daemon_kernel" in cpu:
+        rows.append(("  of which user / kernel", f"{cpu['daemon_user']:.2f} / {cpu['daemon_kernel']:.2f} ms", "-",
+                     "kernel: the system calls of the work (folders, files, commands, sockets)"))
     if "budget_ms_per_account" in r:
         rows += budget_rows(r["budget_ms_per_account"], f["commands_parallel_per_s"], r["big_burst"])
     rows.append(("floor: ldapadd", f"{f.get('ldapadd_per_s', 0):.0f}/s", "-", "-"))
