@@ -522,6 +522,37 @@ def test_a_nul_or_a_bad_name_is_refused_as_by_os_posix_spawn(path, argv, env):
         os.posix_spawn(path, argv, env)
 
 
+ENV_PROBE = """
+import os, sys
+from provisioning.transport import cspawn
+read, write = os.pipe()
+for value in sys.argv[1:]:
+    pid = cspawn.spawn("/bin/sh", ["sh", "-c", 'printf "%s|%s;" "$A" "$B"'], {"A": value, b"B": value.encode()},
+                       file_actions=[(os.POSIX_SPAWN_DUP2, write, 1)])
+    os.waitpid(pid, 0)
+os.close(write)
+print(os.read(read, 65536).decode())
+print(len(cspawn._PAIRS) <= cspawn._PAIRS_KEPT)
+"""
+
+
+def test_each_command_gets_the_environment_it_is_given():
+    # The joined "NAME=value" strings are kept per (name, value): a new value is a new pair,
+    # and the kept ones stay bounded while a variable takes many values.
+    values = ["1", "2", "1", "é"] + [str(n) for n in range(600)]
+    done = subprocess.run([sys.executable, "-c", ENV_PROBE, *values], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen, bounded = done.stdout.splitlines()
+    assert seen == "".join(f"{v}|{v};" for v in values)
+    assert bounded == "True"
+
+
+def test_a_bad_pair_is_refused_after_a_good_one_with_the_same_name():
+    spawn.cspawn.spawn("/bin/true", ["true"], {"A": "1"})
+    with pytest.raises(ValueError):
+        spawn.cspawn.spawn("/bin/true", ["true"], {"A": "1\0"})
+
+
 def test_a_program_that_cannot_be_started_is_named():
     with pytest.raises(FileNotFoundError) as caught:
         spawn.cspawn.spawn("/nonexistent/program", ["program"], {})
