@@ -247,6 +247,59 @@ def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host,
         daemon.shutdown()
 
 
+class _Sleeps:
+    """The time module for the daemon's module, with its sleeps recorded."""
+
+    def __init__(self) -> None:
+        import time
+        self._time = time
+        self.slept: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(self._time, name)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self._time.sleep(seconds)
+
+
+@pytest.mark.parametrize("requests, paced", [(1, False), (2, False), (5, True)])
+def test_rounds_are_paced_only_while_jobs_wait_for_a_worker(host, directory, monkeypatch, requests, paced):
+    """With a backlog a round begins at most every BUSY_ROUND (fewer wake-ups and commits per account);
+    with no more jobs than workers, never held back: a lone request's latency is not paid for it."""
+    from provisioning.engine import daemon as daemon_module
+    monkeypatch.setattr(daemon_module, "BUSY_ROUND", 0.05)
+    clock = _Sleeps()
+    monkeypatch.setattr(daemon_module, "time", clock)
+    host.set("Service", WORKERS=2)
+    gate = Gate()
+    config, service = _service(host, _manager(gate))
+    daemon = build_daemon(config, service)
+    daemon.start()
+    try:
+        _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+        dns = [directory.add(str(3723900 + i)) for i in range(requests)]
+        _steps_until(daemon, lambda: daemon.executor.busy == requests and len(gate.calls) == min(requests, 2),
+                     "the requests in hand")
+        polled = []
+        poll = daemon.stream.poll
+        monkeypatch.setattr(daemon.stream, "poll", lambda timeout: polled.append(clock.monotonic()) or poll(timeout))
+        clock.slept.clear()
+        for _ in range(6):
+            daemon.step(timeout=0.001)
+        gaps = [later - earlier for earlier, later in zip(polled, polled[1:])]
+        if paced:
+            assert len(clock.slept) >= 5 and min(gaps) >= 0.05, (clock.slept, gaps)
+        else:
+            assert clock.slept == []
+        gate.open.set()
+        _steps_until(daemon, lambda: all(directory.get(dn)["sstProvisioningMode"] == "added" for dn in dns)
+                     and daemon.waiting == 0, "the requests done")
+    finally:
+        gate.open.set()
+        daemon.shutdown()
+
+
 class SkewedClock(Clock):
     """This machine's clock, set ``hours`` off."""
 

@@ -58,6 +58,14 @@ WAITING_REPORT_INTERVAL = 60.0
 # with the process after it (glibc keeps the freed heap): reading a burst of
 # 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
 MAX_WAITING = 1000
+
+# While every worker has a job and more wait, a round (the events read, the ended jobs taken
+# in, the store and the cookie written) begins at most this often. Woken by every event and
+# every ended job, a burst made about two rounds per account (paced, under one), each a
+# wake-up handed the GIL and a commit; the workers take their next job from the queue
+# meanwhile, and what a round takes in later is only acknowledged later (the outcomes are in
+# the directory already).
+BUSY_ROUND = 0.005
 # How often the gateway's last answer is written to the store for `status` (and at every change
 # between up and away).
 HOST_RECORD_INTERVAL = 10.0
@@ -160,6 +168,7 @@ class Daemon:
         self._cookies: deque[tuple[int, str]] = deque()
         self._forget_at_cookie: list[str] = []   # own writes a refresh judged lost (see _check_cookie)
         self._trouble: str | None = None           # why the loop must reconnect before going on
+        self._round_began = 0.0                    # when the last busy round began (_pace)
         self.transport = transport                 # the plugin's: its host may go away (CLISSH)
         self._host_away = False                    # a job found the transport's host out of reach
         self._host_record: dict | None = None      # what was last written of it for status
@@ -278,9 +287,11 @@ class Daemon:
                 # Enough in hand: the rest of a burst waits in the socket and at the
                 # server, so the daemon's memory stays flat however large the burst.
                 events = []
+                self._pace()
                 self._collect(wait)
             elif self.executor.busy:
                 # Workers are busy: wait for whichever comes first, an event or an ended job.
+                self._pace()
                 events = self.stream.poll(0.0)
                 if not events and self._await(wait):
                     events = self.stream.poll(0.0)
@@ -306,6 +317,14 @@ class Daemon:
             log.warning("the server cannot resume from our cookie (%s): full refresh", err)
             self.position.reset()
             self._trouble = "full refresh"
+
+    def _pace(self) -> None:
+        """With a backlog (more jobs than workers), begin a round no sooner than BUSY_ROUND after the last."""
+        if self.executor.busy > getattr(self.executor, "size", 1):
+            left = self._round_began + BUSY_ROUND - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+        self._round_began = time.monotonic()
 
     def _await(self, timeout: float) -> bool:
         """Wait until the stream has data or a worker ended a job; True for the stream."""
