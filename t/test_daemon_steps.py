@@ -263,10 +263,11 @@ class _Sleeps:
         self._time.sleep(seconds)
 
 
-@pytest.mark.parametrize("requests, paced", [(1, False), (2, False), (5, True)])
+@pytest.mark.parametrize("requests, paced", [(1, False), (3, False), (4, True), (6, True)])
 def test_rounds_are_paced_only_while_jobs_wait_for_a_worker(host, directory, monkeypatch, requests, paced):
-    """With a backlog a round begins at most every BUSY_ROUND (fewer wake-ups and commits per account);
-    with no more jobs than workers, never held back: a lone request's latency is not paid for it."""
+    """With a backlog (as many jobs waiting as there are workers) a round begins at most every
+    BUSY_ROUND: fewer wake-ups and commits per account. Otherwise never held back: a lone
+    request's latency is not paid for it, and workers that could run out of jobs are not kept waiting."""
     from provisioning.engine import daemon as daemon_module
     monkeypatch.setattr(daemon_module, "BUSY_ROUND", 0.05)
     clock = _Sleeps()

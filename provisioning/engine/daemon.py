@@ -59,13 +59,14 @@ WAITING_REPORT_INTERVAL = 60.0
 # 4,000 adds at once left the RSS at 86 MiB, this bound at 56 MiB.
 MAX_WAITING = 1000
 
-# While every worker has a job and more wait, a round (the events read, the ended jobs taken
-# in, the store and the cookie written) begins at most this often. Woken by every event and
-# every ended job, a burst made about two rounds per account (paced, under one), each a
+# While at least as many jobs wait for a worker as there are workers, a round (the events
+# read, the ended jobs taken in, the store and the cookie written) begins at most this often.
+# Woken by every event and every ended job, a burst made about two rounds per account, each a
 # wake-up handed the GIL and a commit; the workers take their next job from the queue
 # meanwhile, and what a round takes in later is only acknowledged later (the outcomes are in
-# the directory already).
-BUSY_ROUND = 0.005
+# the directory already). With fewer waiting, the workers could run out of jobs before the
+# next round: not paced.
+BUSY_ROUND = 0.01
 # How often the gateway's last answer is written to the store for `status` (and at every change
 # between up and away).
 HOST_RECORD_INTERVAL = 10.0
@@ -319,8 +320,8 @@ class Daemon:
             self._trouble = "full refresh"
 
     def _pace(self) -> None:
-        """With a backlog (more jobs than workers), begin a round no sooner than BUSY_ROUND after the last."""
-        if self.executor.busy > getattr(self.executor, "size", 1):
+        """With a backlog (as many jobs waiting as workers), begin a round no sooner than BUSY_ROUND after the last."""
+        if self.executor.busy >= 2 * getattr(self.executor, "size", 1):
             left = self._round_began + BUSY_ROUND - time.monotonic()
             if left > 0:
                 time.sleep(left)
