@@ -856,7 +856,16 @@ class _StepsRecorded:
             prove=lambda staged, place: step("configuration proven"),
             commit=lambda staged: step("configuration", "committed"))
         monkeypatch.setattr(module, "set_quota", lambda *args: step("quota"))
-        self.home = lambda: step("home")
+        self.home_there = False
+
+        def home(waiting=None):
+            # home.build: the folders and the owner marker, then CREATE_CHROOT_CMD unless the home is there
+            step("folders")
+            if not self.home_there:
+                if waiting is not None:
+                    waiting()
+                step("command")
+        self.home = home
         self.account = SimpleNamespace(uid="3723707", uid_number=3723707, quota_bytes=1 << 30)
         self.ctx = SimpleNamespace(dry_run=False, transport=None)
 
@@ -865,12 +874,30 @@ class _StepsRecorded:
             return self.plugin._apply(None, self.home, self.account, None, self.ctx)
 
 
-def test_a_request_worked_alone_runs_quota_and_configuration_beside_the_home(monkeypatch):
+def test_a_request_worked_alone_runs_quota_and_configuration_beside_the_homes_command(monkeypatch):
+    from provisioning_backup_rsnapshot import plugin as module
     steps = _StepsRecorded(monkeypatch)
+    monkeypatch.setattr(module, "alongside", lambda step: steps.order.append("beside") or alongside(step))
     assert steps.apply() == "committed"
-    assert steps.order[-2:] == ["configuration proven", "configuration"]
-    assert sorted(steps.order[:3]) == ["configuration written", "home", "quota"]
+    # The helpers start only when the command is about to run: before, the request's own steps
+    # are Python as much as theirs, and they would only take turns for the GIL.
+    started = [n for n, name in enumerate(steps.order) if name == "beside"]
+    assert steps.order[0] == "folders" and started[0] == 1 and len(started) == 2, steps.order
+    assert started[1] < steps.order.index("command"), steps.order
+    done = [name for name in steps.order if name != "beside"]
+    assert sorted(done[1:4]) == ["command", "configuration written", "quota"]
+    assert done[-2:] == ["configuration proven", "configuration"]
     assert len(steps.threads) >= 2                   # helpers besides the request's own thread
+
+
+def test_with_the_home_there_already_nothing_waits_and_the_steps_run_in_turn(monkeypatch):
+    from provisioning_backup_rsnapshot import plugin as module
+    steps = _StepsRecorded(monkeypatch)
+    steps.home_there = True
+    monkeypatch.setattr(module, "alongside", lambda step: pytest.fail("a helper thread was used"))
+    assert steps.apply() == "installed"
+    assert steps.order == ["folders", "quota", "configuration"]
+    assert len(steps.threads) == 1
 
 
 def test_while_another_request_is_in_hand_the_steps_run_one_after_the_other(monkeypatch):
@@ -880,7 +907,7 @@ def test_while_another_request_is_in_hand_the_steps_run_one_after_the_other(monk
     monkeypatch.setattr(module, "alongside", lambda step: pytest.fail("a helper thread was used"))
     with steps.plugin.company.joined():              # the other request
         assert steps.apply() == "installed"
-    assert steps.order == ["home", "quota", "configuration"]
+    assert steps.order == ["folders", "command", "quota", "configuration"]
     assert len(steps.threads) == 1
     # Once it is done, a request alone has its helpers again.
     monkeypatch.setattr(module, "alongside", alongside)

@@ -72,10 +72,12 @@ def check_paths(place: Layout, backup_root: str, nodes: dict[str, Node | None]) 
 
 def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: dict[str, Node | None],
           builder: Builder, backup_root: str, transport: Transport,
-          built: Callable[[], None] | None = None) -> None:
+          built: Callable[[], None] | None = None, waiting: Callable[[], None] | None = None) -> None:
     """Create what is missing and settle the layout, for an account judged this entry's.
 
-    ``built`` is called once CREATE_CHROOT_CMD made the jail (see Builder.create).
+    ``built`` is called once CREATE_CHROOT_CMD made the jail (see Builder.create);
+    ``waiting`` just before it runs, when the thread is about to wait for it
+    (the plugin starts the steps that can run beside it then).
     """
     if verdict is Verdict.NEW:
         # Each missing folder down to the account directory gets its mode here, not from
@@ -86,6 +88,8 @@ def build(account: Account, place: Layout, uuid: str, verdict: Verdict, nodes: d
         _create_directory(place, uuid, transport)
     mark(place, uuid, verdict, account.dn, transport)
     if nodes[place.home_path] is None:
+        if waiting is not None:
+            waiting()
         builder.create(account, place, transport, built)
         # Whatever the script made (an operator's own script may still make
         # the old layout) is looked at again before it is settled.
