@@ -117,17 +117,22 @@ def watcher(server, base: str = ACCOUNTS_BASE) -> Watcher:
     return w
 
 
+def _stat_times(pid: int) -> tuple[float, ...]:
+    """utime, stime, cutime, cstime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return tuple(int(v) / CLK for v in fields[11:15])
+
+
 def proc_cpu(pid: int) -> tuple[float, float]:
     """(own CPU, reaped children's CPU) of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime, cutime, cstime = (int(v) / CLK for v in fields[11:15])
+    utime, stime, cutime, cstime = _stat_times(pid)
     return utime + stime, cutime + cstime
 
 
 def proc_times(pid: int) -> tuple[float, float]:
     """(user, kernel) CPU of a process's own threads, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK, int(fields[12]) / CLK
+    utime, stime, _, _ = _stat_times(pid)
+    return utime, stime
 
 
 def machine_cpu() -> dict[str, float]:
