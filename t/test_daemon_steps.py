@@ -1,6 +1,7 @@
 """The daemon driven step by step in this process: a clock we move, plugins we write."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 
@@ -209,6 +210,22 @@ class Gate:
     provisioning_delete = provisioning_modify
 
 
+@contextlib.contextmanager
+def _gated(host):
+    """A started, refreshed daemon with two workers whose adds wait at a Gate; shut down afterwards."""
+    host.set("Service", WORKERS=2)
+    gate = Gate()
+    config, service = _service(host, _manager(gate))
+    daemon = build_daemon(config, service)
+    daemon.start()
+    try:
+        _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+        yield daemon, gate
+    finally:
+        gate.open.set()
+        daemon.shutdown()
+
+
 def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host, directory, monkeypatch, caplog):
     """With the workers stuck, the daemon stops reading the stream at MAX_WAITING (plus one read's batch).
 
@@ -222,13 +239,7 @@ def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host,
     monkeypatch.setattr(daemon_module, "MAX_WAITING", 20)
     monkeypatch.setattr(router_module, "OWN_WRITES_KEPT", 1)
     caplog.set_level(logging.INFO)
-    host.set("Service", WORKERS=2)
-    gate = Gate()
-    config, service = _service(host, _manager(gate))
-    daemon = build_daemon(config, service)
-    daemon.start()
-    try:
-        _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+    with _gated(host) as (daemon, gate):
         dns = [directory.add(str(3723800 + i)) for i in range(POLL_BATCH + 100)]
         _steps_until(daemon, lambda: daemon.waiting >= 20, "the backlog to fill")
         most = 0
@@ -242,9 +253,6 @@ def test_a_burst_larger_than_max_waiting_waits_at_the_server_not_in_memory(host,
         assert all(directory.get(dn)["sstProvisioningMode"] == "added" for dn in dns)
         assert set(gate.calls) == set(dns) and set(gate.calls.values()) == {1}
         assert "resuming" not in caplog.text and "not claimed" not in caplog.text
-    finally:
-        gate.open.set()
-        daemon.shutdown()
 
 
 class _Sleeps:
@@ -272,13 +280,7 @@ def test_rounds_are_paced_only_while_jobs_wait_for_a_worker(host, directory, mon
     monkeypatch.setattr(daemon_module, "BUSY_ROUND", 0.05)
     clock = _Sleeps()
     monkeypatch.setattr(daemon_module, "time", clock)
-    host.set("Service", WORKERS=2)
-    gate = Gate()
-    config, service = _service(host, _manager(gate))
-    daemon = build_daemon(config, service)
-    daemon.start()
-    try:
-        _steps_until(daemon, lambda: not daemon.in_refresh, "the initial refresh")
+    with _gated(host) as (daemon, gate):
         dns = [directory.add(str(3723900 + i)) for i in range(requests)]
         _steps_until(daemon, lambda: daemon.executor.busy == requests and len(gate.calls) == min(requests, 2),
                      "the requests in hand")
@@ -296,9 +298,6 @@ def test_rounds_are_paced_only_while_jobs_wait_for_a_worker(host, directory, mon
         gate.open.set()
         _steps_until(daemon, lambda: all(directory.get(dn)["sstProvisioningMode"] == "added" for dn in dns)
                      and daemon.waiting == 0, "the requests done")
-    finally:
-        gate.open.set()
-        daemon.shutdown()
 
 
 class SkewedClock(Clock):
