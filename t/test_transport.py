@@ -891,6 +891,32 @@ def test_dry_run_lines_of_workers_printing_at_once_stay_whole(capsys):
     assert all(re.fullmatch(r"DRY-RUN: would run: echo worker\d \d+", line) for line in lines)
 
 
+def test_a_dry_run_modify_is_written_in_one_piece_as_the_transports_lines_are(monkeypatch):
+    # The directory's dry-run line went through print(): its text and its newline apart, so
+    # a line the transport printed meanwhile (the jail job's, another worker's) landed between
+    # them, two lines on one and an empty line after.
+    from provisioning.backend.ldap import Directory, LdapSettings
+    from provisioning.base.secret import Secret
+
+    class Writes:
+        def __init__(self):
+            self.made = []
+
+        def write(self, text):
+            self.made.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+    writes = Writes()
+    monkeypatch.setattr(sys, "stdout", writes)
+    directory = Directory(LdapSettings(["ldap://127.0.0.1:9"], "cn=nobody", Secret("x")), dry_run=True)
+    assert directory.modify("uid=3723707,ou=accounts", {"sstProvisioningMode": ["adding"]}) is None
+    DryRun(LocalCLI(timeout=10)).run(["echo", "x\ny"])
+    assert writes.made == ["DRY-RUN: would modify uid=3723707,ou=accounts: sstProvisioningMode=adding\n",
+                           "DRY-RUN: would run: echo 'x\\ny'\n"]
+
+
 def test_folders_remembered_before_a_fork_are_forgotten_not_closed(scene):
     """--daemon detaches (fork, then every descriptor closed): a number remembered before may by then
     name one of the daemon's own files (the store under SQLite), which a later walk closed."""

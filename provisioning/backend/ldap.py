@@ -25,7 +25,7 @@ from provisioning.backend.ber import ANSWER_CLASSES, SYNC_CONTROL_CLASSES, PostR
 from provisioning.backend.cookie import DEFAULT_CSN
 from provisioning.backend.dn import below
 from provisioning.base.entry import Entry
-from provisioning.base.log import escape
+from provisioning.base.log import print_line
 from provisioning.base.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ class Directory:
         mods += [(ldap.MOD_ADD, name, [v.encode() for v in values]) for name, values in (add or {}).items()]
         if self.dry_run:
             shown = ", ".join(f"{n}={'(removed)' if v is None else '|'.join(v)}" for n, v in changes.items())
-            print(escape(f"DRY-RUN: would modify {dn}: {shown}"), flush=True)
+            print_line(f"DRY-RUN: would modify {dn}: {shown}")
             log.info("DRY-RUN: would modify %s: %s", dn, shown)
             return None
         controls = []

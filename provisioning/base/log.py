@@ -22,6 +22,7 @@ import logging.handlers
 import os
 import re
 import sys
+import threading
 import unicodedata
 from dataclasses import dataclass
 from typing import Callable
@@ -49,6 +50,20 @@ def escape(text: str) -> str:
     Python string literal; printable non-ASCII text (``Zürich``) stays as it is.
     """
     return _CANDIDATE.sub(_escaped, text)
+
+
+_PRINTING = threading.Lock()
+
+
+def print_line(text: str) -> None:
+    """``text``, escaped, as one line on stdout (what --dry-run shows whatever the log levels).
+
+    One write under a lock: print() writes the text and the newline apart, and
+    two threads printing at once made "AB\\n\\n" (two lines on one, then an empty one).
+    """
+    with _PRINTING:
+        sys.stdout.write(escape(text) + "\n")
+        sys.stdout.flush()
 
 
 def _escaped(match: re.Match) -> str:

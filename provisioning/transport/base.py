@@ -6,7 +6,6 @@ import contextvars
 import logging
 import shlex
 import signal
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -14,10 +13,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Iterator, Mapping, Sequence
 
-from provisioning.base.log import escape
+from provisioning.base.log import print_line
 
 log = logging.getLogger(__name__)
-_PRINTING = threading.Lock()
 
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
@@ -277,11 +275,7 @@ class DryRun(Transport):
         # Printed, not only logged: dry-run output must show even with
         # LOG_INFO off or without --debug.
         line = f"DRY-RUN: would {what}"
-        # One write under a lock: print() writes the text and the newline apart,
-        # and two workers printing at once made "AB\n\n" (an empty line).
-        with _PRINTING:
-            sys.stdout.write(escape(line) + "\n")
-            sys.stdout.flush()
+        print_line(line)
         log.info("%s", line)
 
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
