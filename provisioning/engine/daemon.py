@@ -321,7 +321,7 @@ class Daemon:
 
     def _pace(self) -> None:
         """With a backlog (as many jobs waiting as workers), begin a round no sooner than BUSY_ROUND after the last."""
-        if self.executor.busy >= 2 * getattr(self.executor, "size", 1):
+        if self.executor.busy >= 2 * self.executor.size:
             left = self._round_began + BUSY_ROUND - time.monotonic()
             if left > 0:
                 time.sleep(left)
