@@ -193,6 +193,28 @@ def test_a_change_waits_until_its_files_are_left_alone(root, tool):
         assert jailimage.look(opened, ["sh", str(tool)], 0, 64000)["made"]
 
 
+def test_an_upgrade_while_a_look_reads_the_files_is_seen_by_the_next_look(root, tool, monkeypatch):
+    # The worst moment: the look has stat'd the files (they are the image's) and decides
+    # nothing changed; the upgrade lands before it notes what it saw for the quick look.
+    # What it notes must be what it decided on, or every later quick look agrees with it.
+    build(root, 0, ["sh", str(tool)])
+    matches = jailimage.Store.matches
+
+    def upgraded_meanwhile(store, *args):
+        answer = matches(store, *args)
+        upgrade(tool)
+        monkeypatch.setattr(jailimage.Store, "matches", matches)
+        return answer
+
+    monkeypatch.setattr(jailimage.Store, "matches", upgraded_meanwhile)
+    monkeypatch.setattr(jailimage, "_looked", {})           # as in a new process: a whole look first
+    with jailimage.Store.open(str(root)) as opened:
+        assert jailimage.look(opened, ["sh", str(tool)], 0, 64000)["made"] is False
+        assert jailimage.Store.matches is matches                   # the upgrade happened in it
+        assert jailimage.look(opened, ["sh", str(tool)], 0, 64000)["made"] is True
+    assert len(images(root)) == 2
+
+
 def test_a_library_the_new_program_needs_comes_first_and_one_it_dropped_goes(root, tool):
     build(root, 0, ["sh", str(tool)])
     upgrade(tool, "/usr/bin/rsync")                             # needs seven more libraries

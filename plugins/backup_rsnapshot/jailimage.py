@@ -462,6 +462,9 @@ def look(store: Store, programs: list, quiet: float, limit: int, now: float | No
     if current is not None and last is not None and current["content"] == last["content"] \
             and quick(programs, last["files"]) == last["quick"]:
         return {"content": current["content"], "since": current["since"], "made": False, "waiting": ""}
+    # What the quick look will compare with is taken from what this look decides on, not
+    # read again after it: a file changed in between would then look unchanged for good.
+    resolved = [[program, resolve(program)] for program in programs]
     found = origins(programs)
     young = [o.real for o in found if now - o.info.st_ctime < quiet]
     if young:
@@ -478,7 +481,7 @@ def look(store: Store, programs: list, quiet: float, limit: int, now: float | No
                     made = True
                 current = store.current()
     seen = [o.seen for o in found]
-    _looked[key] = {"content": current["content"], "files": seen, "quick": quick(programs, seen)}
+    _looked[key] = {"content": current["content"], "files": seen, "quick": resolved + seen}
     return {"content": current["content"], "since": current["since"], "made": made, "waiting": ""}
 
 
