@@ -128,3 +128,18 @@ def test_a_slapd_whose_port_was_taken_before_it_bound_starts_on_another(tmp_path
     finally:
         server.stop()
         holder.close()
+
+
+def test_a_test_failing_while_its_daemon_runs_shows_the_daemons_log(tmp_path, capsys):
+    # A wait_until of the test's own timing out inside `with DaemonProcess(...)`: without the
+    # daemon's log in the report, a failure seen once on CI cannot be read afterwards.
+    from provisioning.testing.daemon import TAIL, DaemonProcess
+
+    daemon = DaemonProcess(tmp_path / "daemon.conf", None, tmp_path)
+    daemon.log_path.write_text("the start\n" + "x" * TAIL + "\ngateway: call jail job: look\n")
+    daemon.__exit__(None, None, None)
+    assert capsys.readouterr().out == ""
+    daemon.__exit__(AssertionError, AssertionError("timed out"), None)
+    shown = capsys.readouterr().out
+    assert shown.endswith("gateway: call jail job: look\n\n") and "the start" not in shown
+    assert str(daemon.log_path) in shown.splitlines()[0]

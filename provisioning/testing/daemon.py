@@ -14,6 +14,7 @@ from provisioning.testing.wait import DEADLINE, wait_until
 
 # What the daemon logs once it is connected and has seen the whole subtree.
 READY = r"initial synchronisation of .* done"
+TAIL = 8000         # of the daemon's log, shown when a test fails while it runs
 
 
 def reap_leftovers() -> int:
@@ -80,7 +81,11 @@ class DaemonProcess:
     def __enter__(self) -> "DaemonProcess":
         return self if self.proc is not None else self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            # A test that failed inside the block (a wait_until of its own, an assert): its
+            # report then shows what the daemon was doing, not only what the test waited for.
+            print(f"--- {self.log_path}, its last {TAIL} characters ---\n{self.text()[-TAIL:]}")
         if self.running:
             self.stop()
 
