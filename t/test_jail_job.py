@@ -82,6 +82,28 @@ def test_an_upgrade_moves_every_jail_and_the_old_image_goes(jails, directory, to
     assert "old jail image" not in status.stdout.splitlines()[0]
 
 
+def test_jail_programs_changed_between_two_starts_moves_every_jail(jails, directory, tool):
+    # An operator adds a program to JAIL_PROGRAMS and later drops one: at the next start the
+    # image holds what the key names, and every jail follows (the new file there, the dropped gone).
+    other = tool.with_name("othertool")
+    other.write_bytes(Path("/usr/bin/false").read_bytes())
+    other.chmod(0o755)
+    with DaemonProcess(jails):
+        provision(directory, UIDS[:2])
+    jails.set("Backup", JAIL_PROGRAMS=f"sh {tool} {other}")
+    with DaemonProcess(jails):
+        added = str(other).lstrip("/")
+        wait_until(lambda: all((jail(jails, uid) / added).exists() and in_current_image(jails, uid, added)
+                               for uid in UIDS[:2]), "every jail with the added program")
+        assert all(run_in(jails, uid, str(other)).returncode == 1 for uid in UIDS[:2])
+    jails.set("Backup", JAIL_PROGRAMS=f"sh {other}")
+    with DaemonProcess(jails) as daemon:
+        wait_until(lambda: all(not (jail(jails, uid) / str(tool).lstrip("/")).exists() for uid in UIDS[:2]),
+                   "the dropped program gone from every jail")
+        assert all(in_current_image(jails, uid, added) for uid in UIDS[:2])
+        daemon.wait_for(r"jail image \S+ of \S+ removed: no jail links to it any more")
+
+
 def test_a_jail_whose_marker_is_another_entrys_or_missing_is_left_alone(jails, directory, tool):
     program = str(tool).lstrip("/")
     with DaemonProcess(jails) as daemon:
