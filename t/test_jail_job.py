@@ -6,6 +6,7 @@ does) and waits, with a deadline, for what the job must bring about.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from provisioning.sandbox.layout import REPO, write_recorder
 
 from helpers import DaemonProcess, picture, wait_until
 from jailtest import (  # noqa: F401 - jails and tool are fixtures
-    UIDS, content, figures, images, in_current_image, jail, jails, provision, run_in, scrape, tool, upgrade,
+    UIDS, content, figures, images, in_current_image, inode, jail, jails, provision, run_in, scrape, tool, upgrade,
 )
 from test_mail import free_port
 
@@ -102,6 +103,31 @@ def test_jail_programs_changed_between_two_starts_moves_every_jail(jails, direct
                    "the dropped program gone from every jail")
         assert all(in_current_image(jails, uid, added) for uid in UIDS[:2])
         daemon.wait_for(r"jail image \S+ of \S+ removed: no jail links to it any more")
+
+
+def test_an_upgrade_with_the_link_limit_reached_moves_every_jail_to_sibling_images(jails, directory, tool):
+    # JAIL_LINK_LIMIT 2: an image file holds its own name and one jail's, so each jail needs
+    # an image of its own, before and after the upgrade; no file ever has more links.
+    jails.set("Backup", JAIL_LINK_LIMIT=2)
+    program = str(tool).lstrip("/")
+
+    def on_current_content() -> bool:
+        now = content(jails)
+        theirs = {inode(f) for i in images(jails) if json.loads((i / "manifest.json").read_text())["content"] == now
+                  for f in (i / "root").rglob("*") if f.is_file()}
+        return all((jail(jails, uid) / program).exists() and inode(jail(jails, uid) / program) in theirs
+                   for uid in UIDS)
+
+    with DaemonProcess(jails) as daemon:
+        provision(directory)
+        assert len(images(jails)) == 3 and on_current_content()
+        old = content(jails)
+        upgrade(tool)
+        wait_until(lambda: content(jails) != old and on_current_content(), "every jail on the new content")
+        wait_until(lambda: len(images(jails)) == 3, "the old images removed")
+        daemon.wait_for(r"jail image \S+ of \S+ removed: no jail links to it any more", count=3)
+    assert max(f.lstat().st_nlink for i in images(jails) for f in (i / "root").rglob("*") if f.is_file()) <= 2
+    assert all(run_in(jails, uid, str(tool)).returncode == 1 for uid in UIDS)
 
 
 def test_a_jail_whose_marker_is_another_entrys_or_missing_is_left_alone(jails, directory, tool):
