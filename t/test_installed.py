@@ -345,6 +345,13 @@ def _walk_through(inst: Installation, slapd, subtree: str, root: Path, config: P
     # The installed full-chroot script made the jail: the account in its passwd, a shell in it.
     assert f"{UID}:x:{UID}:{UID}:" in (jail / "etc/passwd").read_text()
     assert (jail / "bin/sh").exists()
+    # Named by the installed console script's path, the builder runs in the daemon, and the
+    # jail's programs are hard links into the filesystem's jail image, not copies (issue 20).
+    assert "is the shipped jail builder: it runs in the daemon" in log.read_text()
+    image = {(f.stat().st_dev, f.stat().st_ino)
+             for f in (root / "var/backup/.jail-images").glob("*/root/**/*") if f.is_file()}
+    programs = [f.lstat() for f in (jail / "usr").rglob("*") if f.is_file() and not f.is_symlink()]
+    assert len(programs) >= 3 and all((p.st_dev, p.st_ino) in image for p in programs)      # sh, libc, loader
     assert _calls(root / "setquota.calls") == [["-u", UID, "1048576", "1048576", "0", "0", "/"]]
     rendered = rsnapshot_conf.read_text()
     # Rendered from the template the package ships (no RSNAPSHOT_TEMPLATE in the configuration).
