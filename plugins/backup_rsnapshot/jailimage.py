@@ -433,9 +433,14 @@ def _copy_file(source: Folder, name: str, target: Folder, entry: dict) -> None:
 _looked = {}            # (store path, programs) -> what the last look saw, for the quick look
 
 
+def resolutions(programs: list) -> list:
+    """Each program with the host path it resolves to (what the quick look compares first)."""
+    return [[program, resolve(program)] for program in programs]
+
+
 def quick(programs: list, last: list) -> list:
     """What the quick look compares: each program's resolution and the stat of every file last seen."""
-    seen = [[program, resolve(program)] for program in programs]
+    seen = resolutions(programs)
     for real in last:
         try:
             info = os.stat(real[0])
@@ -464,7 +469,7 @@ def look(store: Store, programs: list, quiet: float, limit: int, now: float | No
         return {"content": current["content"], "since": current["since"], "made": False, "waiting": ""}
     # What the quick look will compare with is taken from what this look decides on, not
     # read again after it: a file changed in between would then look unchanged for good.
-    resolved = [[program, resolve(program)] for program in programs]
+    resolved = resolutions(programs)
     found = origins(programs)
     young = [o.real for o in found if now - o.info.st_ctime < quiet]
     if young:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import TracebackType
 from typing import IO
 
 from provisioning.testing.wait import DEADLINE, wait_until
@@ -81,7 +82,8 @@ class DaemonProcess:
     def __enter__(self) -> "DaemonProcess":
         return self if self.proc is not None else self.start()
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         if kind is not None:
             # A test that failed inside the block (a wait_until of its own, an assert): its
             # report then shows what the daemon was doing, not only what the test waited for.
