@@ -245,14 +245,17 @@ class BackupRsnapshot(OperatorHooks, AuditHooks):
         s = self.settings
         def quota() -> None:
             set_quota(s.set_quota_cmd, account.uid_number, account.quota_bytes, s.mountpoint, ctx.transport)
-        if ctx.dry_run or not self.company.alone():
-            build()
+        def in_turn() -> str:
+            # After the home, in the order whose first failure is the one reported.
             quota()
             return self.configs.install(account, place)
-        return self._apply_beside(request, build, quota, account, place)
+        if ctx.dry_run or not self.company.alone():
+            build()
+            return in_turn()
+        return self._apply_beside(request, build, quota, in_turn, account, place)
 
     def _apply_beside(self, request: Request, build: Callable[..., None], quota: Callable[[], None],
-                      account: accounts.Account, place: accounts.Layout) -> str:
+                      in_turn: Callable[[], str], account: accounts.Account, place: accounts.Layout) -> str:
         """_apply with setquota and the configuration's write in helper threads, beside CREATE_CHROOT_CMD.
 
         The helpers start when the request's own thread is about to wait for
@@ -277,8 +280,7 @@ class BackupRsnapshot(OperatorHooks, AuditHooks):
             self._abandon(request, beside)      # never left running; the earlier step's failure is raised
             raise
         if not beside:
-            quota()
-            return self.configs.install(account, place)
+            return in_turn()
         setting, writing = beside
         try:
             setting.result()
