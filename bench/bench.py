@@ -26,6 +26,9 @@ stand-in. Every figure is printed next to its floor, measured in the same run:
    builder, setquota); and the builder alone, as it runs now and as the
    program it was (one Python start and 8.5 MB of copies per account):
    CPU and disk per jail, measured in this run.
+8. only with --interpreters, alone (bench/interpreters.py): one daemon
+   against two daemons on two subtrees taking the same burst in turns, the
+   upper bound of what worker processes would bring to issue 20's burst.
 
 Figures from a shared machine are noisy: compare the ratios of one run.
 """
@@ -150,14 +153,14 @@ class Budget:
     cores / (commands + slapd + bench) accounts per second.
     """
 
-    def __init__(self, daemon_pid: int, slapd_pid: int) -> None:
-        self.pids = daemon_pid, slapd_pid
+    def __init__(self, daemon_pids: list[int], slapd_pid: int) -> None:
+        self.daemon_pids, self.slapd_pid = daemon_pids, slapd_pid
         self.before = self._now()
 
     def _now(self) -> dict[str, float]:
-        daemon, children = proc_cpu(self.pids[0])
-        return {"daemon": daemon, "commands": children, "slapd": sum(proc_cpu(self.pids[1])),
-                "bench": time.process_time(), **machine_cpu()}
+        daemons = [proc_cpu(pid) for pid in self.daemon_pids]
+        return {"daemon": sum(own for own, _ in daemons), "commands": sum(children for _, children in daemons),
+                "slapd": sum(proc_cpu(self.slapd_pid)), "bench": time.process_time(), **machine_cpu()}
 
     def per_account(self, accounts: int) -> dict[str, float]:
         after = self._now()
@@ -364,7 +367,10 @@ def _run(args, scratch: Path) -> dict:
     server = StoneySlapd(rundir=str(scratch / "slapd"))
     server.start()
     try:
-        if not args.only_clissh:
+        if args.interpreters:
+            from interpreters import run_interpreters     # it imports this module: not at the top
+            results["interpreters"] = run_interpreters(args, server, scratch)
+        elif not args.only_clissh:
             run_local(args, server, scratch, results)
         if args.real:
             results["real"] = run_real(args, server, scratch)
@@ -408,7 +414,7 @@ def run_local(args, server, scratch: Path, results: dict) -> None:
     for size in (args.burst, args.big_burst):
         uids = [str(next_uid + i) for i in range(size)]
         next_uid += size
-        budget = Budget(daemon.proc.pid, server._proc.pid)
+        budget = Budget([daemon.proc.pid], server._proc.pid)
         started = time.perf_counter()
         dns = add_entries(server, uids, host.layout.backup_root)
         read_until_done(w, dns)
@@ -540,7 +546,7 @@ def run_real(args, server, scratch: Path) -> dict:
         w.read_until(lambda dn=dn: dn in w.done_at, 60)
         latencies.append(w.done_at[dn] - sent)
     conn.unbind_s()
-    budget = Budget(daemon.proc.pid, server._proc.pid)
+    budget = Budget([daemon.proc.pid], server._proc.pid)
     started = time.perf_counter()
     conn = server.connect()
     dns = [add_account(conn, base, str(6_600_000 + i), host.layout.backup_root) for i in range(args.real_burst)]
@@ -739,12 +745,16 @@ def budget_rows(b: dict[str, float], floor_per_s: float, size: int) -> list[tupl
     """The machine's CPU per account in the last burst, and the rate a daemon costing nothing could reach."""
     shown = ", ".join(f"{key} {b[key]:.2f}" for key in ("daemon", "commands", "slapd", "bench", "other",
                                                           "idle", "steal"))
-    others = b["commands"] + b["slapd"] + b["bench"]
-    cores = os.cpu_count() or 1
-    ceiling = cores * 1000 / others if others > 0 else 0.0
+    ceiling = honest_floor(b)
     return [(f"burst {size}: ms per account", shown, "-", "-"),
             ("burst ceiling, a daemon costing nothing", f"{ceiling:.0f}/s", f"{floor_per_s:.0f}/s",
-             f"{ceiling / floor_per_s:.2f} ({cores} cores / commands + slapd + bench)")]
+             f"{ceiling / floor_per_s:.2f} ({os.cpu_count() or 1} cores / commands + slapd + bench)")]
+
+
+def honest_floor(b: dict[str, float]) -> float:
+    """Issue 20's floor for a burst: accounts/s of a daemon costing nothing, cores / (commands + slapd + bench)."""
+    others = b["commands"] + b["slapd"] + b["bench"]
+    return (os.cpu_count() or 1) * 1000 / others if others > 0 else 0.0
 
 
 def main() -> int:
@@ -761,6 +771,8 @@ def main() -> int:
     parser.add_argument("--only-clissh", action="store_true", help="run section 6 alone")
     parser.add_argument("--no-real", dest="real", action="store_false",
                         help="leave out section 7, the real builder")
+    parser.add_argument("--interpreters", action="store_true",
+                        help="run section 8 alone: one daemon against two (what worker processes would bring)")
     args = parser.parse_args()
     problem = clissh_problem()
     if args.clissh and problem:
@@ -769,19 +781,27 @@ def main() -> int:
     if args.real and os.geteuid() != 0:
         print("bench: section 7 (the real builder) left out: not root (it builds chroots)", file=sys.stderr)
         args.real = False
-    if args.only_clissh:
+    if args.only_clissh or args.interpreters:
         args.real = False
+    if args.interpreters:
+        args.clissh = False
     if args.quick:
         args.latency, args.burst, args.big_burst, args.commands, args.rss_accounts = 50, 200, 1000, 200, [2000]
         args.clissh_latency, args.clissh_burst = 10, 50
         args.real_latency, args.real_burst, args.builder_jails, args.builder_copies = 50, 200, 1000, 20
+        args.interpreter_burst, args.rounds = 300, 2
     else:
         args.latency, args.burst, args.big_burst, args.commands = 200, 1000, 10_000, 1000
         args.rss_accounts = [10_000, 100_000]
         args.clissh_latency, args.clissh_burst = 50, 200
         args.real_latency, args.real_burst, args.builder_jails, args.builder_copies = 200, 1000, 1000, 100
+        args.interpreter_burst, args.rounds = 1500, 4
     results = run(args)
-    rows = [("figure", "daemon", "floor", "ratio")] + report(results)
+    if "interpreters" in results:
+        from interpreters import interpreter_rows
+        rows = interpreter_rows(results["interpreters"])
+    else:
+        rows = [("figure", "daemon", "floor", "ratio")] + report(results)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
