@@ -1,6 +1,6 @@
 """Section 8 of the benchmark: one interpreter against two, in the same burst.
 
-    bench/run --interpreters        # about 3 minutes; --quick: about 1
+    bench/run --interpreters        # about 2 minutes; --quick: well under one
 
 Issue 20's burst goal is missed with cores left idle. This section measures
 what worker processes (each with an interpreter and a GIL of its own) would
