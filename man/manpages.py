@@ -377,7 +377,7 @@ def chroot_page() -> str:
     out += [".SH DESCRIPTION"] + paragraphs(chroot.__doc__.split("\n", 1)[1])
     out += [".SH ENVIRONMENT", ".TP", bold("CHROOT_PROGRAMS"),
             roff("prov-backup-create-chroot: the programs copied into the jail, with the libraries they "
-                 "need: " + chroot.main_chroot.__doc__.split("(programs: ", 1)[1].rstrip(")"))]
+                 "need and a script's interpreters, looked for as [Backup] JAIL_PROGRAMS: " + chroot.main_chroot.__doc__.split("(programs: ", 1)[1].rstrip(")"))]
     out += [".SH SEE ALSO", roff("provisioning-daemon(8), provisioning.conf(5) ([Backup] CREATE_CHROOT_CMD)")]
     return "\n".join(out) + "\n"
 

@@ -214,6 +214,21 @@ def test_a_program_that_is_not_executable_fails(host):
     assert "is not an executable file" in _line(lines, "FAIL Backup/Rsnapshot CREATE_CHROOT_CMD: ")
 
 
+def test_jail_programs_names_a_script_with_its_interpreter_and_fails_one_without(host, tmp_path):
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text("#!/bin/sh\nexec rsync \"$@\"\n")
+    wrapper.chmod(0o755)
+    host.set("Backup", JAIL_PROGRAMS=f"rsync {wrapper}")
+    code, lines = _check(host)
+    line = _line(lines, "OK   Backup/Rsnapshot JAIL_PROGRAMS: ")
+    assert f"{wrapper} is {wrapper}, run by /bin/sh" in line, line
+    wrapper.write_text("#!/opt/nowhere/sh\n")
+    code, lines = _check(host)
+    assert code == 3
+    assert f"JAIL_PROGRAMS: {wrapper} is a script for /opt/nowhere/sh, which is not installed" in \
+        _line(lines, "FAIL Backup/Rsnapshot JAIL_PROGRAMS: ")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="logs in over ssh as root (CI runs as root)")
 def test_the_clissh_gateway_gets_a_line_of_its_own(host, sshd, tmp_path):
     host.set("Service", TRANSPORTAPI="CLISSH")

@@ -88,6 +88,25 @@ def test_the_full_jail_runs_rsync_inside(tmp_path):
     assert inside.stdout == "ok\n", inside.stderr
 
 
+def test_run_by_hand_a_script_gets_the_interpreter_it_names(tmp_path):
+    wrapper = tmp_path / "tools/wrapper"
+    wrapper.parent.mkdir()
+    wrapper.write_text("#!/usr/bin/env bash\n[ -n \"$BASH_VERSION\" ] && echo bash here\n")
+    wrapper.chmod(0o755)
+    jail = tmp_path / UID / "chroot"
+    built = subprocess.run([str(SCRIPTS[1]), jail, f"/home/{UID}", UID, UID, UID], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "CHROOT_PROGRAMS": str(wrapper)})
+    assert built.returncode == 0, built.stderr
+    assert (jail / "usr/bin/bash").is_file() and (jail / "usr/bin/env").is_file()
+    inside = subprocess.run(["chroot", str(jail), str(wrapper)], capture_output=True, text=True, timeout=30)
+    assert inside.stdout == "bash here\n", inside.stderr
+    wrapper.write_text("#!/opt/nowhere/bash\n")
+    again = subprocess.run([str(SCRIPTS[1]), tmp_path / "other" / "chroot", f"/home/{UID}", UID, UID, UID],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "CHROOT_PROGRAMS": str(wrapper)})
+    assert again.returncode == 1
+    assert f"CHROOT_PROGRAMS: {wrapper} is a script for /opt/nowhere/bash, which is not installed" in again.stderr
+
+
 # ------------------------------------------------------------ planted links
 #
 # A jail may exist already, with whatever someone put in it. The scripts must

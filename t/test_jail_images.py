@@ -237,6 +237,89 @@ def test_a_library_the_new_program_needs_comes_first_and_one_it_dropped_goes(roo
     assert not (account_dir(root, 0) / "chroot/usr/lib/x86_64-linux-gnu/libpopt.so.0").exists()
 
 
+def script(folder: Path, name: str, first_line: str, body: str = "echo from the jail\n") -> Path:
+    path = folder / name
+    path.write_text(f"{first_line}\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("first_line", ["#!/bin/sh", "#! /usr/bin/env -S sh -e"])
+def test_a_script_brings_the_interpreter_it_names_and_runs_in_the_jail(root, tool, first_line):
+    # JAIL_PROGRAMS names the script alone: without its interpreter the jail could not run it.
+    wrapper = script(tool.parent, "wrapper", first_line)
+    build(root, 0, [str(wrapper)])
+    assert in_jail(root, 0, str(wrapper)).stdout == "from the jail\n"
+    files = json.loads((images(root)[0] / "manifest.json").read_text())["files"]
+    expected = {str(wrapper).lstrip("/"), "usr/bin/sh"} | ({"usr/bin/env"} if "env" in first_line else set())
+    assert expected <= {entry["path"] for entry in files}
+
+
+def test_an_upgraded_interpreter_is_a_new_image_every_jail_moves_to(root, tool):
+    wrapper = script(tool.parent, "wrapper", f"#!{tool}")          # tool: a program of the test's own
+    upgrade(tool, "/usr/bin/dash")
+    for n in range(2):
+        build(root, n, [str(wrapper)])
+    assert in_jail(root, 0, str(wrapper)).stdout == "from the jail\n"
+    (old,) = images(root)
+    with jailimage.Store.open(str(root)) as opened:
+        assert jailimage.look(opened, [str(wrapper)], 0, 64000)["made"] is False
+        upgrade(tool, "/usr/bin/bash")                             # the interpreter, not the script
+        assert jailimage.look(opened, [str(wrapper)], 0, 64000)["made"] is True
+    assert [m["moved"] for m in relink_all(root, 2)] == [2, 2]           # bash: libtinfo, then itself
+    (new,) = [i for i in images(root) if i != old]
+    assert (new / "root" / str(tool).lstrip("/")).read_bytes() == Path("/usr/bin/bash").read_bytes()
+    for n in range(2):
+        assert inode(account_dir(root, n) / "chroot" / str(tool).lstrip("/")) == \
+            inode(new / "root" / str(tool).lstrip("/"))
+        assert in_jail(root, n, str(wrapper)).stdout == "from the jail\n"
+
+
+@pytest.mark.parametrize("first_line, why", [
+    ("#!/opt/nowhere/interpreter", "is a script for /opt/nowhere/interpreter, which is not installed"),
+    ("#!/usr/bin/env no-such-interpreter", "is a script for no-such-interpreter, which is not installed"),
+    ("#!interpreter", "names no interpreter by its absolute path"),
+    ("#!", "names no interpreter by its absolute path"),
+])
+def test_a_script_whose_interpreter_cannot_be_found_is_refused_by_name(root, tmp_path, first_line, why):
+    wrapper = script(tmp_path, "wrapper", first_line)
+    uid = str(FIRST)
+    jail = account_dir(root, 0) / "chroot"
+    answer = jailcalls.build("chroot", [str(jail), f"/home/{uid}", uid, uid, uid],
+                             {"backup_root": str(root), "programs": ["sh", str(wrapper)], "limit": 64000})
+    assert answer["refused"].startswith(f"JAIL_PROGRAMS: {wrapper}") and why in answer["refused"]
+    assert not (jail / "home").exists()
+    assert jailcalls.programs(["sh", str(wrapper)])[str(wrapper)] == {"refused": answer["refused"]}
+
+
+def test_a_script_others_can_change_is_not_followed_to_a_file_every_customer_could_read(root, tmp_path):
+    # Whoever writes the script's first line chooses a host file for every jail, readable by all.
+    wrapper = script(tmp_path, "wrapper", "#!/etc/shadow")
+    with pytest.raises(jailimage.Refused, match="which is not a program"):
+        jailimage.chain(str(wrapper))
+    wrapper.write_text("#!/usr/bin/true\n")
+    for owner, mode in [(FIRST, 0o755), (0, 0o775), (0, 0o757)]:
+        os.chown(wrapper, owner, 0)
+        wrapper.chmod(mode)
+        with pytest.raises(jailimage.Refused, match="not root's alone"):
+            jailimage.origins(["sh", str(wrapper)])
+    os.chown(wrapper, 0, 0)
+    wrapper.chmod(0o755)
+    assert jailimage.chain(str(wrapper)) == [str(wrapper), "/usr/bin/true"]
+
+
+def test_scripts_that_name_each_other_are_refused_not_followed_for_ever(root, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    script(tmp_path, "one", f"#!{two}")
+    script(tmp_path, "two", f"#!{one}")
+    with pytest.raises(jailimage.Refused, match="nested more than 4 deep"):
+        jailimage.chain(str(one))
+    assert jailcalls.programs([str(one), "sh", "no-such-program"]) == {
+        str(one): {"refused": f"JAIL_PROGRAMS: {one}: its interpreters are scripts nested more than 4 deep "
+                              f"(or in a loop): the kernel would not run it"},
+        "sh": {"paths": [jailimage.resolve("sh")]}, "no-such-program": {"missing": True}}
+
+
 def test_a_crash_while_an_image_was_made_leaves_nothing_behind(root, tool):
     build(root, 0, ["sh", str(tool)])
     half = store(root) / ".new-0123456789ab"

@@ -73,11 +73,19 @@ def _jail_programs(settings: Settings, transport: Transport) -> CheckLine:
         found = transport.call(builders.MODULES, "programs", settings.jail_programs)
     except OSError as err:
         return CheckLine.fail(name, str(err))
-    missing = [program for program, path in found.items() if not path]
+    missing = [program for program, where in found.items() if where.get("missing")]
     if missing:
         return CheckLine.fail(name, f"not installed: {', '.join(missing)} (a name is looked for in "
                                     f"{jailimage.SEARCH_PATH}; or give an absolute path)")
-    return CheckLine.ok(name, ", ".join(f"{program} is {path}" for program, path in found.items()))
+    refused = [where["refused"] for where in found.values() if "refused" in where]
+    if refused:
+        return CheckLine.fail(name, "; ".join(refused))
+    return CheckLine.ok(name, ", ".join(_runs(program, where["paths"]) for program, where in found.items()))
+
+
+def _runs(program: str, paths: list[str]) -> str:
+    """"sh is /usr/bin/sh"; a script with its interpreters: "x is /opt/x, run by /usr/bin/bash"."""
+    return f"{program} is {paths[0]}" + (f", run by {' and '.join(paths[1:])}" if len(paths) > 1 else "")
 
 
 def _folder(transport: Transport, key: str, path: str) -> CheckLine | None:

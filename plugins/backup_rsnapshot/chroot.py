@@ -157,25 +157,19 @@ def create_chroot(account: Account, programs: list[str], link=None) -> dict:
 
 
 def copy_programs(jail: Folder, programs: list[str]) -> None:
-    """The programs and their libraries copied into the jail (run by hand: no image to link to)."""
-    import shutil  # only the full jail needs it: prov-backup-create-home starts faster without
-
-    for program in programs:
-        path = shutil.which(program)
-        if path is None:
-            raise Refused(f"{program} is not installed")
-        for source in [path, *libraries(path)]:
-            copy_in(jail, source)
-
-
-def libraries(program: str) -> list[str]:
-    """The shared libraries ``ldd`` reports for ``program`` ("lib => /path (addr)", "/path/ld.so (addr)")."""
-    import subprocess   # only the full jail needs it: prov-backup-create-home starts faster without
-
-    done = subprocess.run(["ldd", program], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return []
-    return [word.rstrip(":") for word in done.stdout.split() if word.startswith("/")]
+    """The programs (a script with its interpreters) and their libraries copied into the jail (run
+    by hand: no image to link to). The files are the ones an image would hold (jailimage.origins)."""
+    try:            # imported here: prov-backup-create-home starts faster without
+        from provisioning_backup_rsnapshot.jailimage import origins
+    except ImportError:     # run as a file next to jailimage.py (bin/ wrappers)
+        from jailimage import origins  # type: ignore[no-redef]
+    try:
+        found = origins(programs)
+    except Refused as err:
+        # The daemon's key says JAIL_PROGRAMS; run by hand, the programs come from CHROOT_PROGRAMS.
+        raise Refused(str(err).replace("JAIL_PROGRAMS", "CHROOT_PROGRAMS", 1)) from None
+    for origin in found:
+        copy_in(jail, origin.named)
 
 
 def copy_in(jail: Folder, source: str) -> None:

@@ -55,13 +55,19 @@ def build(kind: str, argv: list, images: dict | None) -> dict:
 
 
 def programs(names: list) -> dict:
-    """Where each JAIL_PROGRAMS word is on this host ("" when it is not): for --check, changes nothing."""
+    """Where each JAIL_PROGRAMS word is on this host, for --check (changes nothing): {name:
+    {"paths": [the program, a script's interpreters]}, {"missing": True} or {"refused": why}}."""
     found = {}
     for name in names:
         try:
-            found[name] = jailimage.resolve(name)
+            jailimage.resolve(name)
         except Refused:
-            found[name] = ""
+            found[name] = {"missing": True}
+            continue
+        try:
+            found[name] = {"paths": jailimage.chain(name)}
+        except (Refused, OSError) as err:
+            found[name] = {"refused": str(err)}
     return found
 
 

@@ -55,6 +55,10 @@ NEW_PREFIX = ".new-"
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LDD_SECONDS = 30
 CHUNK = 1 << 20
+# What the kernel reads of a script's first line (BINPRM_BUF_SIZE), and how many interpreters
+# that are scripts themselves it follows (BINPRM_MAX_RECURSION) before it refuses to run one.
+SHEBANG_MAX = 256
+SHEBANG_DEPTH = 4
 
 
 class Changed(Exception):
@@ -96,6 +100,67 @@ def resolve(program: str) -> str:
     return path
 
 
+def chain(program: str) -> list:
+    """The host files a JAIL_PROGRAMS word runs: its path and, for a script, its interpreters.
+
+    A script ("#!" first line) runs only with the interpreter it names, so
+    that is in the jail too, with its libraries, and is watched for upgrades
+    like the program: "#!/bin/sh" brings /bin/sh, "#!/usr/bin/env bash"
+    brings env and bash (found in SEARCH_PATH). An interpreter that needs
+    more than its shared libraries (python3's standard library, perl's
+    modules) gets only those; its other files are not the jail's. Refused
+    when an interpreter is missing, or they nest deeper than the kernel goes.
+    """
+    paths = [resolve(program)]
+    scripts = [(paths[0], 0)]             # each file to read, and how many interpreters led to it
+    while scripts:
+        script, depth = scripts.pop()
+        names = interpreter(script)
+        if names and depth == SHEBANG_DEPTH:
+            raise Refused("JAIL_PROGRAMS: %s: its interpreters are scripts nested more than %d deep "
+                          "(or in a loop): the kernel would not run it" % (program, SHEBANG_DEPTH))
+        for name in names:
+            try:
+                path = resolve(name)
+            except Refused:
+                raise Refused("JAIL_PROGRAMS: %s is a script for %s, which is not installed (looked for in %s)"
+                              % (script, name, name if name.startswith("/") else SEARCH_PATH)) from None
+            if not os.access(path, os.X_OK):
+                raise Refused("JAIL_PROGRAMS: %s is a script for %s, which is not a program (no x bit)"
+                              % (script, path))
+            if path not in paths:
+                paths.append(path)
+            scripts.append((path, depth + 1))
+    return paths
+
+
+def interpreter(path: str) -> list:
+    """What the kernel runs for the file ``path``: [] for a program that is no script, else the
+    interpreter its "#!" line names (and NAME of ``#!/usr/bin/env NAME``, which env finds on PATH)."""
+    with open(path, "rb") as opened:
+        head = opened.read(SHEBANG_MAX)
+        info = os.fstat(opened.fileno())
+    if not head.startswith(b"#!"):
+        return []
+    # What the line names is copied into every jail, readable by every customer: only a script
+    # no one but root can change is followed (else its writer could name /etc/shadow).
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise Refused("JAIL_PROGRAMS: %s is a script that is not root's alone (owner %d, mode %o): "
+                      "the interpreter it names is not taken into the jails"
+                      % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace")
+    words = line.split(None, 1)             # the kernel: the interpreter, then one argument
+    if not words or not words[0].startswith("/"):
+        raise Refused("JAIL_PROGRAMS: %s is a script whose first line names no interpreter by its "
+                      "absolute path (%r)" % (path, line.strip()))
+    names = [words[0]]
+    if posixpath.basename(words[0]) == "env" and len(words) > 1:
+        # env's options (-S, -i, -u NAME...) and NAME=value come before the program it runs.
+        wanted = [w for w in words[1].split() if not w.startswith("-") and "=" not in w]
+        names += wanted[:1]
+    return names
+
+
 def libraries(program: str) -> list:
     """The shared libraries and the loader ``ldd`` reports for ``program`` (none for a static one)."""
     done = subprocess.run(["ldd", program], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -106,10 +171,11 @@ def libraries(program: str) -> list:
 
 
 def origins(programs: list) -> list:
-    """Every file the programs need, each once: the programs first, then what ldd names."""
+    """Every file the programs need, each once: each program (a script's interpreters after it),
+    then what ldd names for it."""
     found = {}
-    for program in programs:
-        path = resolve(program)
+    runs = [path for program in programs for path in chain(program)]
+    for path in runs:
         for named in [path] + libraries(path):
             # The folder with its links resolved (/lib/x86_64-linux-gnu is usr/lib/... on a merged
             # /usr): the jail mirrors /bin, /lib... as links, and files go to the real folders.
@@ -434,8 +500,8 @@ _looked = {}            # (store path, programs) -> what the last look saw, for 
 
 
 def resolutions(programs: list) -> list:
-    """Each program with the host path it resolves to (what the quick look compares first)."""
-    return [[program, resolve(program)] for program in programs]
+    """Each program with the host paths it runs (what the quick look compares first)."""
+    return [[program, *chain(program)] for program in programs]
 
 
 def quick(programs: list, last: list) -> list:
