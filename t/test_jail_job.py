@@ -11,11 +11,13 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 from provisioning.sandbox.layout import REPO, write_recorder
+from provisioning_backup_rsnapshot import jailjob
 
 from helpers import DaemonProcess, picture, wait_until
 from jailtest import (  # noqa: F401 - jails and tool are fixtures
@@ -81,6 +83,42 @@ def test_an_upgrade_moves_every_jail_and_the_old_image_goes(jails, directory, to
                                  str(jails.global_config)], capture_output=True, text=True, timeout=60)
     assert "jails 3 with programs: 3 on the current image, 0 on an old one" in status.stdout
     assert "old jail image" not in status.stdout.splitlines()[0]
+
+
+def test_programs_outside_bin_alone_are_followed_through_an_upgrade(jails, directory, tool):
+    """JAIL_PROGRAMS without sh or rsync (an operator's program in /opt or /usr/local/bin): the jails'
+    bin folders stay empty, and the job must still see the programs and move every jail."""
+    jails.set("Backup", JAIL_PROGRAMS=str(tool))
+    program = str(tool).lstrip("/")
+    with DaemonProcess(jails) as daemon:
+        provision(directory)
+        assert all(run_in(jails, uid, str(tool)).returncode == 0 for uid in UIDS)
+        first = content(jails)
+        upgrade(tool)
+        wait_until(lambda: content(jails) != first and all(in_current_image(jails, uid, program) for uid in UIDS),
+                   "every jail on the new image")
+        assert all(run_in(jails, uid, str(tool)).returncode == 1 for uid in UIDS)      # false, now
+        daemon.wait_for(r"jails: 3 on the current image")
+        assert "the jail job failed" not in daemon.text()
+
+
+def test_a_script_in_jail_programs_runs_in_every_jail_and_follows_its_interpreters_upgrade(jails, directory, tool):
+    """JAIL_PROGRAMS names a script whose interpreter (tool) is named nowhere else: an apt upgrade of
+    the interpreter is one of the jail's programs changing, and every jail follows it."""
+    upgrade(tool, "/usr/bin/dash")
+    wrapper = tool.with_name("wrapper")
+    wrapper.write_text(f"#!{tool}\necho \"${{BASH_VERSION:-dash}}\"\n")
+    wrapper.chmod(0o755)
+    jails.set("Backup", JAIL_PROGRAMS=str(wrapper))
+    interpreter = str(tool).lstrip("/")
+    with DaemonProcess(jails):
+        provision(directory)
+        assert [run_in(jails, uid, str(wrapper)).stdout for uid in UIDS] == ["dash\n"] * 3
+        first = content(jails)
+        upgrade(tool, "/usr/bin/bash")
+        wait_until(lambda: content(jails) != first and all(in_current_image(jails, uid, interpreter) for uid in UIDS),
+                   "every jail on the interpreter's new image")
+        assert all(run_in(jails, uid, str(wrapper)).stdout.startswith("5.") for uid in UIDS)
 
 
 def test_jail_programs_changed_between_two_starts_moves_every_jail(jails, directory, tool):
@@ -199,6 +237,22 @@ def test_the_job_runs_on_the_gateways_helper(jails, directory, sshd, tool):
         wait_until(lambda: all(in_current_image(jails, uid, program) for uid in UIDS[:2]), "every jail moved",
                    timeout=120)
     assert run_in(jails, UIDS[0], str(tool)).returncode == 1
+
+
+@pytest.mark.parametrize("answer, counts", [
+    ({"state": "none", "top": "/b"}, {"stale": 0, "without_programs": 1, "current": 0}),
+    ({"state": "nostore", "top": "/b"}, {"stale": 1, "without_programs": 0, "current": 0}),
+])
+def test_a_move_that_finds_nothing_to_move_is_counted_not_a_crash(answer, counts):
+    """A jail the survey found stale may answer "nothing of an image here" or "no image here any more"
+    when it is moved: the job counts it and goes on (it once fell over that answer, every 0.5 s)."""
+    class Transport:
+        def call(self, modules, function, *args, shown=""):
+            return answer
+    job = jailjob.JailJob(types.SimpleNamespace(backup_root="/b", jail_link_limit=10), Transport(), lambda uid: None)
+    job.figures.buckets["1"] = {"stale": 1, "without_programs": 0, "current": 0}
+    assert job._move("1", "/b/1/dir", "/b/1/dir/chroot", "uuid", {"old-image": 3}) == 0
+    assert job.figures.buckets["1"] == counts and job.figures.images_in_use == {"old-image"}
 
 
 # ------------------------------------------------------------ status

@@ -247,12 +247,14 @@ def _is_folder(path: str) -> bool:
 
 
 def _holds_programs(jail: str) -> bool:
-    """Whether a jail has a program folder with something in it (before there is an image to compare)."""
+    """Whether a jail may hold programs (before an image is compared with it): a program folder
+    with something in it, or anything at its top but ``home`` (JAIL_PROGRAMS may name programs
+    in /usr/local/bin, /opt...). A jail of the home alone holds none."""
     for folder in ("usr/bin", "bin"):
         path = posixpath.join(jail, folder)
         if _is_folder(path) and os.listdir(path):
             return True
-    return False
+    return _is_folder(jail) and any(name != "home" for name in os.listdir(jail))
 
 
 def _marker(directory: str) -> str | None:

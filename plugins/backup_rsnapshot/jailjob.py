@@ -276,6 +276,14 @@ class JailJob:
             counts["refused"] += 1
             counts["stale"] -= 1
             return 0
+        if answer["state"] in ("nostore", "none"):
+            # No image there any more (the next look makes one: still stale), or nothing of an
+            # image in the jail after all: nothing moved either way.
+            self.figures.images_in_use.update(images)
+            if answer["state"] == "none":
+                counts["stale"] -= 1
+                counts["without_programs"] += 1
+            return 0
         if answer.get("image"):
             self.figures.images_in_use.add(answer["image"])
         for how, n in answer["how"].items():
