@@ -215,6 +215,23 @@ def test_an_upgrade_while_a_look_reads_the_files_is_seen_by_the_next_look(root, 
     assert len(images(root)) == 2
 
 
+def test_a_link_pointed_at_a_new_file_is_an_upgrade_even_with_the_old_file_left(root, tool):
+    # update-alternatives, or a library's soname link moved to a new version: the old file stays.
+    named = tool.with_name("chosen")
+    named.symlink_to(tool.name)
+    build(root, 0, [str(named)])
+    other = tool.with_name("other")
+    shutil.copy("/usr/bin/false", other)
+    with jailimage.Store.open(str(root)) as opened:
+        assert jailimage.look(opened, [str(named)], 0, 64000)["made"] is False     # the quick look, from now on
+        tool.with_name("chosen.new").symlink_to(other.name)
+        os.replace(tool.with_name("chosen.new"), named)
+        assert tool.exists()
+        assert jailimage.look(opened, [str(named)], 0, 64000)["made"] is True
+    relink_all(root, 1)
+    assert in_jail(root, 0, str(named)).returncode == 1
+
+
 def test_a_library_the_new_program_needs_comes_first_and_one_it_dropped_goes(root, tool):
     build(root, 0, ["sh", str(tool)])
     upgrade(tool, "/usr/bin/rsync")                             # needs seven more libraries

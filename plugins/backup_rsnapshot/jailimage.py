@@ -504,15 +504,18 @@ def resolutions(programs: list) -> list:
     return [[program, *chain(program)] for program in programs]
 
 
-def quick(programs: list, last: list) -> list:
-    """What the quick look compares: each program's resolution and the stat of every file last seen."""
+def quick(programs: list, names: list) -> list:
+    """What the quick look compares: each program's resolution, and for every file last seen, by
+    the name the program or ldd gave it, the file that name leads to now and its stat (a link
+    pointed at a new file, its old one left in place, is a change too: update-alternatives)."""
     seen = resolutions(programs)
-    for real in last:
+    for named in names:
+        real = os.path.realpath(named)
         try:
-            info = os.stat(real[0])
-            seen.append([real[0], info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns])
+            info = os.stat(real)
+            seen.append([real, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns])
         except OSError:
-            seen.append([real[0], None])
+            seen.append([real, None])
     return seen
 
 
@@ -551,8 +554,8 @@ def look(store: Store, programs: list, quiet: float, limit: int, now: float | No
                     store.set_current(image, now)
                     made = True
                 current = store.current()
-    seen = [o.seen for o in found]
-    _looked[key] = {"content": current["content"], "files": seen, "quick": resolved + seen}
+    _looked[key] = {"content": current["content"], "files": [o.named for o in found],
+                    "quick": resolved + [o.seen for o in found]}
     return {"content": current["content"], "since": current["since"], "made": made, "waiting": ""}
 
 
