@@ -337,6 +337,53 @@ def test_scripts_that_name_each_other_are_refused_not_followed_for_ever(root, tm
         "sh": {"paths": [jailimage.resolve("sh")]}, "no-such-program": {"missing": True}}
 
 
+@pytest.fixture
+def linked(tmp_path) -> tuple[Path, Path]:
+    """A program of the test's own and the shared library it needs (found by its rpath): what an
+    apt upgrade of libc or librsync is to rsync, with a library the test may replace."""
+    folder = tmp_path / "linked"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "main.c").write_text("int answer(void);\nint main(void) { return answer(); }\n")
+    program, library = folder / "program", folder / "lib/libanswer.so.1"
+    _library(library, 3)
+    subprocess.run(["gcc", "-o", program, folder / "main.c", f"-L{library.parent}", "-l:libanswer.so.1",
+                    f"-Wl,-rpath,{library.parent}"], check=True)
+    return program, library
+
+
+def _library(library: Path, answer: int) -> None:
+    """Build libanswer returning ``answer`` and rename it over ``library``, as dpkg does."""
+    source = library.with_name(f"answer{answer}.c")
+    source.write_text(f"int answer(void) {{ return {answer}; }}\n")
+    new = library.with_name(library.name + ".dpkg-new")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libanswer.so.1", "-o", new, source], check=True)
+    os.replace(new, library)
+
+
+def test_an_upgraded_library_is_a_new_image_and_every_jail_moves_to_it(root, linked):
+    program, library = linked
+    for n in range(2):
+        build(root, n, [str(program)])
+    assert [in_jail(root, n, str(program)).returncode for n in range(2)] == [3, 3]
+    with jailimage.Store.open(str(root)) as opened:
+        assert jailimage.look(opened, [str(program)], 0, 64000)["made"] is False
+        _library(library, 4)                                    # the library alone, not the program
+        assert jailimage.look(opened, [str(program)], 0, 64000)["made"] is True
+    assert [m["moved"] for m in relink_all(root, 2)] == [1, 1]
+    assert [in_jail(root, n, str(program)).returncode for n in range(2)] == [4, 4]
+
+
+def test_a_program_whose_library_ldd_does_not_find_is_refused_by_name(root, linked):
+    program, library = linked
+    library.unlink()
+    uid = str(FIRST)
+    jail = account_dir(root, 0) / "chroot"
+    answer = jailcalls.build("chroot", [str(jail), f"/home/{uid}", uid, uid, uid],
+                             {"backup_root": str(root), "programs": ["sh", str(program)], "limit": 64000})
+    assert answer["refused"] == f"JAIL_PROGRAMS: {program} needs libanswer.so.1, which ldd does not find"
+    assert jailcalls.programs([str(program)]) == {str(program): {"refused": answer["refused"]}}
+
+
 def test_a_crash_while_an_image_was_made_leaves_nothing_behind(root, tool):
     build(root, 0, ["sh", str(tool)])
     half = store(root) / ".new-0123456789ab"

@@ -65,7 +65,10 @@ def programs(names: list) -> dict:
             found[name] = {"missing": True}
             continue
         try:
-            found[name] = {"paths": jailimage.chain(name)}
+            paths = jailimage.chain(name)
+            for path in paths:
+                jailimage.libraries(path)           # a library ldd does not find is refused
+            found[name] = {"paths": paths}
         except (Refused, OSError) as err:
             found[name] = {"refused": str(err)}
     return found

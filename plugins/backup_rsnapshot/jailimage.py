@@ -167,7 +167,12 @@ def libraries(program: str) -> list:
                           env={"PATH": SEARCH_PATH, "LC_ALL": "C"}, timeout=LDD_SECONDS, check=False)
     if done.returncode != 0:
         return []
-    return [word.rstrip(":") for word in done.stdout.decode("utf-8", "replace").split() if word.startswith("/")]
+    text = done.stdout.decode("utf-8", "replace")
+    # ldd says so and exits 0: without the library the program would not start in a jail.
+    missing = [line.split("=>")[0].strip() for line in text.splitlines() if line.rstrip().endswith("=> not found")]
+    if missing:
+        raise Refused("JAIL_PROGRAMS: %s needs %s, which ldd does not find" % (program, ", ".join(missing)))
+    return [word.rstrip(":") for word in text.split() if word.startswith("/")]
 
 
 def origins(programs: list) -> list:
