@@ -428,6 +428,8 @@ def test_a_jail_without_programs_is_answered_without_a_walk_to_the_store(root, m
     uid = str(FIRST)
     jail = account_dir(root, 0) / "chroot"
     (jail / "home" / uid).mkdir(parents=True)
+    (jail / "dev").mkdir()                                      # an sftp jail's /dev/log
+    (jail / "etc").mkdir()
     monkeypatch.setattr(jailcalls, "_store", lambda *a, **k: pytest.fail("the store was looked for"))
     answer = jailcalls.relink(str(root), str(account_dir(root, 0)), str(jail), 64000, "the-entry")
     assert answer == {"state": relink.NONE, "top": str(root)}

@@ -37,6 +37,8 @@ except ImportError:             # in the gateway's helper: loaded under their ow
 MARKER_NAME = ".entryUUID"      # account.MARKER_NAME: the owner marker (ownership.py)
 JAIL_NAME = "chroot"            # account.JAIL_NAME
 MARKER_MAX = 128
+# What a jail holds at its top besides programs (the home's first folder under /home).
+NOT_PROGRAMS = ("home", "dev", "etc")
 
 
 def build(kind: str, argv: list, images: dict | None) -> dict:
@@ -251,13 +253,14 @@ def _is_folder(path: str) -> bool:
 
 def _holds_programs(jail: str) -> bool:
     """Whether a jail may hold programs (before an image is compared with it): a program folder
-    with something in it, or anything at its top but ``home`` (JAIL_PROGRAMS may name programs
-    in /usr/local/bin, /opt...). A jail of the home alone holds none."""
+    with something in it, or anything at its top but home, dev and etc (JAIL_PROGRAMS may name
+    programs in /usr/local/bin, /opt...). A jail of the home alone, or with dev/ and etc/ for
+    sftp, holds none."""
     for folder in ("usr/bin", "bin"):
         path = posixpath.join(jail, folder)
         if _is_folder(path) and os.listdir(path):
             return True
-    return _is_folder(jail) and any(name != "home" for name in os.listdir(jail))
+    return _is_folder(jail) and any(name not in NOT_PROGRAMS for name in os.listdir(jail))
 
 
 def _marker(directory: str) -> str | None:
