@@ -21,7 +21,8 @@ from provisioning_backup_rsnapshot import jailjob
 
 from helpers import DaemonProcess, picture, wait_until
 from jailtest import (  # noqa: F401 - jails and tool are fixtures
-    UIDS, content, figures, images, in_current_image, inode, jail, jails, provision, run_in, scrape, tool, upgrade,
+    UIDS, content, figures, images, in_current_image, inode, jail, jails, provision, run_in, scrape, store, tool,
+    upgrade,
 )
 from test_mail import free_port
 
@@ -83,6 +84,22 @@ def test_an_upgrade_moves_every_jail_and_the_old_image_goes(jails, directory, to
                                  str(jails.global_config)], capture_output=True, text=True, timeout=60)
     assert "jails 3 with programs: 3 on the current image, 0 on an old one" in status.stdout
     assert "old jail image" not in status.stdout.splitlines()[0]
+
+
+def test_status_counts_every_jail_stale_as_soon_as_a_new_image_is_made(jails, directory, tool):
+    """Right after an upgrade no jail is on the new image: status and the metrics say so at once,
+    not bucket by bucket as the pass (at JAIL_RELINK_RATE) gets to them."""
+    jails.set("Backup", JAIL_RELINK_RATE=0.2)            # a jail every 5 s: the pass is slow
+    with DaemonProcess(jails):
+        provision(directory)
+        wait_until(lambda: figures(jails).get("current") == 3, "3 jails current in the status file")
+        first = content(jails)
+        upgrade(tool)
+        wait_until(lambda: content(jails) != first, "the new image")
+        # Written with the new image, before the pass has moved more than one jail.
+        wait_until(lambda: (figures(jails).get("stale"), figures(jails).get("current")) == (3, 0),
+                   "3 stale, 0 current in the status file", timeout=4)
+        assert figures(jails)["stale_since"] == json.loads((store(jails) / "current").read_text())["since"]
 
 
 def test_programs_outside_bin_alone_are_followed_through_an_upgrade(jails, directory, tool):

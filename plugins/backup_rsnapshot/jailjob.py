@@ -75,6 +75,13 @@ class Figures:
     def total(self, key: str) -> int:
         return sum(bucket.get(key, 0) for bucket in self.buckets.values())
 
+    def image_changed(self) -> None:
+        """A new image: the jails counted current are on the one before it until the pass looks
+        at their bucket again (status would say they are current meanwhile, for up to a pass)."""
+        for counts in self.buckets.values():
+            counts["stale"] += counts["current"]
+            counts["current"] = 0
+
     def as_json(self, programs: list[str], now: float) -> dict:
         stale = self.total("stale")
         return {"written": now, "programs": programs, "stores": self.stores,
@@ -199,6 +206,10 @@ class JailJob:
             self.figures.stores[top] = {"content": answer["content"], "since": answer["since"]}
         if made:
             self._pass_due = True
+            with self._lock:
+                self.figures.image_changed()
+                self._stale_since()
+            self._write_status()
         return made
 
     def _pass(self) -> bool:
