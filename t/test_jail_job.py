@@ -102,6 +102,24 @@ def test_status_counts_every_jail_stale_as_soon_as_a_new_image_is_made(jails, di
         assert figures(jails)["stale_since"] == json.loads((store(jails) / "current").read_text())["since"]
 
 
+def test_after_a_restart_status_keeps_the_last_figures_until_the_pass_counts_again(jails, directory, tool):
+    with DaemonProcess(jails):
+        provision(directory)
+        wait_until(lambda: figures(jails).get("current") == 3, "3 jails current in the status file")
+    jails.set("Backup", JAIL_RELINK_RATE=0.2)
+    restarted = time.time()
+    with DaemonProcess(jails):
+        # The first status the new daemon writes (after bucket 0, which has no jail) still knows
+        # the jails of buckets 1 to 3; it used to say 0 until the pass reached them.
+        wait_until(lambda: figures(jails).get("written", 0) >= restarted, "the new daemon's status")
+        assert (figures(jails)["current"], figures(jails)["stale"]) == (3, 0)
+        first = content(jails)
+        upgrade(tool)
+        wait_until(lambda: content(jails) != first, "the new image")
+        wait_until(lambda: (figures(jails).get("stale"), figures(jails).get("current")) == (3, 0),
+                   "3 stale, 0 current in the status file", timeout=4)
+
+
 def test_programs_outside_bin_alone_are_followed_through_an_upgrade(jails, directory, tool):
     """JAIL_PROGRAMS without sh or rsync (an operator's program in /opt or /usr/local/bin): the jails'
     bin folders stay empty, and the job must still see the programs and move every jail."""

@@ -87,7 +87,7 @@ class Figures:
         return {"written": now, "programs": programs, "stores": self.stores,
                 **{key: self.total(key) for key in self.KEYS},
                 "jails": self.total("current") + stale, "stale_since": self.stale_since if stale else None,
-                "copies_since": self.copies_since, "how": self.how}
+                "copies_since": self.copies_since, "how": self.how, "buckets": self.buckets}
 
 
 class JailJob:
@@ -408,11 +408,16 @@ class JailJob:
             log.warning("cannot write the jail job's status: %s", err)
 
     def _load_status(self) -> None:
-        """Since when copies were seen, as the last daemon wrote it (so a restart does not reset it)."""
+        """What the last daemon wrote: since when copies were seen (a restart does not reset it),
+        and each bucket's figures (status tells them until this daemon's pass counts again)."""
         try:
             text = self.transport.read_small(status_path(self.settings.backup_root), 1 << 16)
-            self.figures.copies_since = json.loads(text).get("copies_since")
-        except (OSError, ValueError, AttributeError):
+            written = json.loads(text)
+            self.figures.copies_since = written.get("copies_since")
+            self.figures.buckets = {bucket: {key: int(counts.get(key, 0)) for key in Figures.KEYS}
+                                    for bucket, counts in (written.get("buckets") or {}).items()
+                                    if bucket in BUCKETS and isinstance(counts, dict)}
+        except (OSError, ValueError, AttributeError, TypeError):
             pass
 
     def _call(self, function: str, *args):
