@@ -73,7 +73,8 @@ class Figures:
         self.written = 0.0
 
     def total(self, key: str) -> int:
-        return sum(bucket.get(key, 0) for bucket in self.buckets.values())
+        # list(): one step under the GIL; a worker (built) may add a bucket meanwhile.
+        return sum(bucket.get(key, 0) for bucket in list(self.buckets.values()))
 
     def image_changed(self) -> None:
         """A new image: the jails counted current are on the one before it until the pass looks
@@ -87,7 +88,8 @@ class Figures:
         return {"written": now, "programs": programs, "stores": self.stores,
                 **{key: self.total(key) for key in self.KEYS},
                 "jails": self.total("current") + stale, "stale_since": self.stale_since if stale else None,
-                "copies_since": self.copies_since, "how": self.how, "buckets": self.buckets}
+                "copies_since": self.copies_since, "how": self.how,
+                "buckets": {bucket: dict(counts) for bucket, counts in list(self.buckets.items())}}
 
 
 class JailJob:
