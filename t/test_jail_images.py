@@ -232,6 +232,28 @@ def test_a_link_pointed_at_a_new_file_is_an_upgrade_even_with_the_old_file_left(
     assert in_jail(root, 0, str(named)).returncode == 1
 
 
+def test_a_new_loader_cache_makes_the_next_look_a_whole_one(root, tool, tmp_path, monkeypatch):
+    # ldconfig after a library was installed where the loader looks first: no file the image
+    # holds changed, but ldd may now find another one. Only a whole look (ldd) can tell.
+    cache = tmp_path / "ld.so.cache"
+    cache.write_bytes(b"one")
+    monkeypatch.setattr(jailimage, "LD_CACHE", str(cache))
+    build(root, 0, ["sh", str(tool)])
+    whole = []
+    origins = jailimage.origins
+    monkeypatch.setattr(jailimage, "origins", lambda programs: whole.append(1) or origins(programs))
+    with jailimage.Store.open(str(root)) as opened:
+        jailimage.look(opened, ["sh", str(tool)], 0, 64000)
+        assert jailimage.look(opened, ["sh", str(tool)], 0, 64000)["made"] is False
+        quick = len(whole)                                         # the building made the whole look
+        new = tmp_path / "ld.so.cache.new"
+        new.write_bytes(b"two")
+        os.replace(new, cache)
+        assert jailimage.look(opened, ["sh", str(tool)], 0, 64000)["made"] is False    # the same files
+        assert len(whole) == quick + 1
+        assert jailimage.look(opened, ["sh", str(tool)], 0, 64000)["made"] is False and len(whole) == quick + 1
+
+
 def test_a_library_the_new_program_needs_comes_first_and_one_it_dropped_goes(root, tool):
     build(root, 0, ["sh", str(tool)])
     upgrade(tool, "/usr/bin/rsync")                             # needs seven more libraries

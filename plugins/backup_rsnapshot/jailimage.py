@@ -59,6 +59,7 @@ CHUNK = 1 << 20
 # that are scripts themselves it follows (BINPRM_MAX_RECURSION) before it refuses to run one.
 SHEBANG_MAX = 256
 SHEBANG_DEPTH = 4
+LD_CACHE = "/etc/ld.so.cache"
 
 
 class Changed(Exception):
@@ -505,8 +506,15 @@ _looked = {}            # (store path, programs) -> what the last look saw, for 
 
 
 def resolutions(programs: list) -> list:
-    """Each program with the host paths it runs (what the quick look compares first)."""
-    return [[program, *chain(program)] for program in programs]
+    """Each program with the host paths it runs, and the loader's cache (what the quick look
+    compares first): ldconfig rewrites the cache when a library is installed, and one in a
+    folder the loader prefers changes what ldd finds without any file it found changing."""
+    try:
+        info = os.stat(LD_CACHE)
+        cache = [LD_CACHE, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+    except OSError:
+        cache = [LD_CACHE, None]
+    return [[program, *chain(program)] for program in programs] + [cache]
 
 
 def quick(programs: list, names: list) -> list:
