@@ -340,11 +340,25 @@ def test_a_script_others_can_change_is_not_followed_to_a_file_every_customer_cou
     for owner, mode in [(FIRST, 0o755), (0, 0o775), (0, 0o757)]:
         os.chown(wrapper, owner, 0)
         wrapper.chmod(mode)
-        with pytest.raises(jailimage.Refused, match="not root's alone"):
+        with pytest.raises(jailimage.Refused, match=f"{wrapper} is not root's alone"):
             jailimage.origins(["sh", str(wrapper)])
     os.chown(wrapper, 0, 0)
     wrapper.chmod(0o755)
     assert jailimage.chain(str(wrapper)) == [str(wrapper), "/usr/bin/true"]
+
+
+@pytest.mark.parametrize("owner, mode", [(FIRST, 0o755), (0, 0o775), (0, 0o777)])
+def test_a_program_others_can_change_is_refused_before_ldd_runs_on_it(root, tool, monkeypatch, owner, mode):
+    # ldd runs the loader a program names: whoever may write the program would run code as root.
+    os.chown(tool, owner, 0)
+    tool.chmod(mode)
+    monkeypatch.setattr(jailimage, "libraries", lambda program: pytest.fail(f"ldd ran on {program}"))
+    uid = str(FIRST)
+    answer = jailcalls.build("chroot", [str(account_dir(root, 0) / "chroot"), f"/home/{uid}", uid, uid, uid],
+                             {"backup_root": str(root), "programs": [str(tool)], "limit": 64000})
+    assert answer["refused"] == (f"JAIL_PROGRAMS: {tool} is not root's alone (owner {owner}, mode {mode:o}): "
+                                 f"root would run ldd on it and every jail would hold it")
+    assert jailcalls.programs([str(tool)]) == {str(tool): {"refused": answer["refused"]}}
 
 
 def test_scripts_that_name_each_other_are_refused_not_followed_for_ever(root, tmp_path):

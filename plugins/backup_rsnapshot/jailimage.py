@@ -112,7 +112,7 @@ def chain(program: str) -> list:
     modules) gets only those; its other files are not the jail's. Refused
     when an interpreter is missing, or they nest deeper than the kernel goes.
     """
-    paths = [resolve(program)]
+    paths = [trusted(resolve(program))]
     scripts = [(paths[0], 0)]             # each file to read, and how many interpreters led to it
     while scripts:
         script, depth = scripts.pop()
@@ -129,10 +129,26 @@ def chain(program: str) -> list:
             if not os.access(path, os.X_OK):
                 raise Refused("JAIL_PROGRAMS: %s is a script for %s, which is not a program (no x bit)"
                               % (script, path))
+            trusted(path)
             if path not in paths:
                 paths.append(path)
             scripts.append((path, depth + 1))
     return paths
+
+
+def trusted(path: str) -> str:
+    """``path`` when it (links followed) is root's and no one else may write it; else Refused.
+
+    Root runs ldd on it (a program names its own loader, which ldd then
+    runs), every jail holds it readable by every customer, and a script's
+    first line chooses another host file for them (else whoever may write
+    it could name /etc/shadow).
+    """
+    info = os.stat(path)
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise Refused("JAIL_PROGRAMS: %s is not root's alone (owner %d, mode %o): root would run ldd on it "
+                      "and every jail would hold it" % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+    return path
 
 
 def interpreter(path: str) -> list:
@@ -140,15 +156,8 @@ def interpreter(path: str) -> list:
     interpreter its "#!" line names (and NAME of ``#!/usr/bin/env NAME``, which env finds on PATH)."""
     with open(path, "rb") as opened:
         head = opened.read(SHEBANG_MAX)
-        info = os.fstat(opened.fileno())
     if not head.startswith(b"#!"):
         return []
-    # What the line names is copied into every jail, readable by every customer: only a script
-    # no one but root can change is followed (else its writer could name /etc/shadow).
-    if info.st_uid != 0 or info.st_mode & 0o022:
-        raise Refused("JAIL_PROGRAMS: %s is a script that is not root's alone (owner %d, mode %o): "
-                      "the interpreter it names is not taken into the jails"
-                      % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
     line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace")
     words = line.split(None, 1)             # the kernel: the interpreter, then one argument
     if not words or not words[0].startswith("/"):
