@@ -348,8 +348,8 @@ def test_a_script_others_can_change_is_not_followed_to_a_file_every_customer_cou
 
 
 @pytest.mark.parametrize("owner, mode", [(FIRST, 0o755), (0, 0o775), (0, 0o777)])
-def test_a_program_others_can_change_is_refused_before_ldd_runs_on_it(root, tool, monkeypatch, owner, mode):
-    # ldd runs the loader a program names: whoever may write the program would run code as root.
+def test_a_program_others_can_change_is_refused_before_it_is_read(root, tool, monkeypatch, owner, mode):
+    # Every jail holds it: whoever may write it would change what every customer runs.
     os.chown(tool, owner, 0)
     tool.chmod(mode)
     monkeypatch.setattr(jailimage, "libraries", lambda program: pytest.fail(f"ldd ran on {program}"))
@@ -357,7 +357,7 @@ def test_a_program_others_can_change_is_refused_before_ldd_runs_on_it(root, tool
     answer = jailcalls.build("chroot", [str(account_dir(root, 0) / "chroot"), f"/home/{uid}", uid, uid, uid],
                              {"backup_root": str(root), "programs": [str(tool)], "limit": 64000})
     assert answer["refused"] == (f"JAIL_PROGRAMS: {tool} is not root's alone (owner {owner}, mode {mode:o}): "
-                                 f"root would run ldd on it and every jail would hold it")
+                                 f"every jail would hold it")
     assert jailcalls.programs([str(tool)]) == {str(tool): {"refused": answer["refused"]}}
 
 

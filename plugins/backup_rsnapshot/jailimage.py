@@ -139,15 +139,15 @@ def chain(program: str) -> list:
 def trusted(path: str) -> str:
     """``path`` when it (links followed) is root's and no one else may write it; else Refused.
 
-    Root runs ldd on it (a program names its own loader, which ldd then
-    runs), every jail holds it readable by every customer, and a script's
-    first line chooses another host file for them (else whoever may write
-    it could name /etc/shadow).
+    Every jail holds it and every customer's session runs it, so whoever may
+    write it would change what all of them run; a script's first line
+    chooses another host file for every jail (its writer could name
+    /etc/shadow); and root has ldd read it at every look.
     """
     info = os.stat(path)
     if info.st_uid != 0 or info.st_mode & 0o022:
-        raise Refused("JAIL_PROGRAMS: %s is not root's alone (owner %d, mode %o): root would run ldd on it "
-                      "and every jail would hold it" % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+        raise Refused("JAIL_PROGRAMS: %s is not root's alone (owner %d, mode %o): every jail would hold it"
+                      % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
     return path
 
 
