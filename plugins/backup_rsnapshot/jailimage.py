@@ -68,6 +68,11 @@ class Changed(Exception):
 
 # --------------------------------------------------------------- the host's files
 
+def file_key(path: str, info: os.stat_result) -> list:
+    """What says the file at ``path`` is still the one ``info`` was taken of."""
+    return [path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
 class Origin:
     """One host file an image holds: where it goes in a jail, where it comes from, as it is now."""
 
@@ -80,8 +85,7 @@ class Origin:
     @property
     def seen(self) -> list:
         """What says the file is still the same one (for the quick look)."""
-        i = self.info
-        return [self.real, i.st_dev, i.st_ino, i.st_size, i.st_mtime_ns, i.st_ctime_ns]
+        return file_key(self.real, self.info)
 
     @property
     def mode(self) -> int:
@@ -110,7 +114,8 @@ def chain(program: str) -> list:
     brings env and bash (found in SEARCH_PATH). An interpreter that needs
     more than its shared libraries (python3's standard library, perl's
     modules) gets only those; its other files are not the jail's. Refused
-    when an interpreter is missing, or they nest deeper than the kernel goes.
+    when a file is not root's alone (see trusted), an interpreter is
+    missing, or they nest deeper than the kernel goes.
     """
     paths = [trusted(resolve(program))]
     scripts = [(paths[0], 0)]             # each file to read, and how many interpreters led to it
@@ -486,8 +491,7 @@ def _copy_origin(tree: Folder, origin: Origin) -> dict:
     src = os.open(origin.real, os.O_RDONLY | os.O_CLOEXEC)      # the host's own file: its links are root's
     try:
         before = os.fstat(src)
-        if origin.seen != [origin.real, before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns,
-                           before.st_ctime_ns]:
+        if origin.seen != file_key(origin.real, before):
             raise Changed("%s changed since it was looked at" % origin.real)
         with tree.subpath(posixpath.dirname(origin.path)) as folder:
             digest = folder.put_copy(posixpath.basename(origin.path), src, origin.mode, before.st_mtime_ns)
@@ -519,8 +523,7 @@ def resolutions(programs: list) -> list:
     compares first): ldconfig rewrites the cache when a library is installed, and one in a
     folder the loader prefers changes what ldd finds without any file it found changing."""
     try:
-        info = os.stat(LD_CACHE)
-        cache = [LD_CACHE, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+        cache = file_key(LD_CACHE, os.stat(LD_CACHE))
     except OSError:
         cache = [LD_CACHE, None]
     return [[program, *chain(program)] for program in programs] + [cache]
@@ -530,15 +533,14 @@ def quick(programs: list, names: list) -> list:
     """What the quick look compares: each program's resolution, and for every file last seen, by
     the name the program or ldd gave it, the file that name leads to now and its stat (a link
     pointed at a new file, its old one left in place, is a change too: update-alternatives)."""
-    seen = resolutions(programs)
+    found = resolutions(programs)
     for named in names:
         real = os.path.realpath(named)
         try:
-            info = os.stat(real)
-            seen.append([real, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns])
+            found.append(file_key(real, os.stat(real)))
         except OSError:
-            seen.append([real, None])
-    return seen
+            found.append([real, None])
+    return found
 
 
 def look(store: Store, programs: list, quiet: float, limit: int, now: float | None = None) -> dict:
