@@ -89,7 +89,7 @@ def test_an_upgrade_moves_every_jail_and_the_old_image_goes(jails, directory, to
 def test_status_counts_every_jail_stale_as_soon_as_a_new_image_is_made(jails, directory, tool):
     """Right after an upgrade no jail is on the new image: status and the metrics say so at once,
     not bucket by bucket as the pass (at JAIL_RELINK_RATE) gets to them."""
-    jails.set("Backup", JAIL_RELINK_RATE=0.2)            # a jail every 5 s: the pass is slow
+    jails.set("Backup", JAIL_RELINK_RATE=0.1)            # a jail every 10 s: the pass is slow
     with DaemonProcess(jails):
         provision(directory)
         wait_until(lambda: figures(jails).get("current") == 3, "3 jails current in the status file")
@@ -106,7 +106,7 @@ def test_after_a_restart_status_keeps_the_last_figures_until_the_pass_counts_aga
     with DaemonProcess(jails):
         provision(directory)
         wait_until(lambda: figures(jails).get("current") == 3, "3 jails current in the status file")
-    jails.set("Backup", JAIL_RELINK_RATE=0.2)
+    jails.set("Backup", JAIL_RELINK_RATE=0.1)
     restarted = time.time()
     with DaemonProcess(jails):
         # The first status the new daemon writes (after bucket 0, which has no jail) still knows
