@@ -186,8 +186,11 @@ def test_an_upgrade_with_the_link_limit_reached_moves_every_jail_to_sibling_imag
 
     def on_current_content() -> bool:
         now = content(jails)
-        theirs = {inode(f) for i in images(jails) if json.loads((i / "manifest.json").read_text())["content"] == now
-                  for f in (i / "root").rglob("*") if f.is_file()}
+        try:
+            theirs = {inode(f) for i in images(jails) if json.loads((i / "manifest.json").read_text())["content"] == now
+                      for f in (i / "root").rglob("*") if f.is_file()}
+        except FileNotFoundError:
+            return False            # an old image removed while this looked at it: look again
         return all((jail(jails, uid) / program).exists() and inode(jail(jails, uid) / program) in theirs
                    for uid in UIDS)
 
