@@ -87,8 +87,8 @@ def test_an_upgrade_moves_every_jail_and_the_old_image_goes(jails, directory, to
 
 
 def test_status_counts_every_jail_stale_as_soon_as_a_new_image_is_made(jails, directory, tool):
-    """Right after an upgrade no jail is on the new image: status and the metrics say so at once,
-    not bucket by bucket as the pass (at JAIL_RELINK_RATE) gets to them."""
+    """Right after an upgrade no jail is on the new image: the status file says so at once (status and
+    the metrics read the same figures), not bucket by bucket as the pass (at JAIL_RELINK_RATE) gets to them."""
     jails.set("Backup", JAIL_RELINK_RATE=0.1)            # a jail every 10 s: the pass is slow
     with DaemonProcess(jails):
         provision(directory)
