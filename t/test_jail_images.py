@@ -38,13 +38,25 @@ def account_dir(root: Path, n: int) -> Path:
     return root / uid[-1] / uid[-3:] / uid[1:4] / uid
 
 
-def build(root: Path, n: int, programs: list[str], limit: int = 64000) -> dict:
+def build_answer(root: Path, n: int, programs: list[str], limit: int = 64000) -> dict:
+    """What the shipped builder answers for jail ``n`` linked from ``root``'s image."""
     uid = str(FIRST + n)
     jail = account_dir(root, n) / "chroot"
     images = {"backup_root": str(root), "programs": programs, "limit": limit}
-    answer = jailcalls.build("chroot", [str(jail), f"/home/{uid}", uid, uid, uid], images)
+    return jailcalls.build("chroot", [str(jail), f"/home/{uid}", uid, uid, uid], images)
+
+
+def build(root: Path, n: int, programs: list[str], limit: int = 64000) -> dict:
+    answer = build_answer(root, n, programs, limit)
     assert "refused" not in answer, answer
     return answer["linked"]
+
+
+def refusal(root: Path, programs: list[str]) -> str:
+    """Why the builder refuses jail 0 with ``programs``."""
+    answer = build_answer(root, 0, programs)
+    assert "linked" not in answer, answer
+    return answer["refused"]
 
 
 def store(root: Path) -> Path:
@@ -322,13 +334,10 @@ def test_an_upgraded_interpreter_is_a_new_image_every_jail_moves_to(root, tool):
 ])
 def test_a_script_whose_interpreter_cannot_be_found_is_refused_by_name(root, tmp_path, first_line, why):
     wrapper = script(tmp_path, "wrapper", first_line)
-    uid = str(FIRST)
-    jail = account_dir(root, 0) / "chroot"
-    answer = jailcalls.build("chroot", [str(jail), f"/home/{uid}", uid, uid, uid],
-                             {"backup_root": str(root), "programs": ["sh", str(wrapper)], "limit": 64000})
-    assert answer["refused"].startswith(f"JAIL_PROGRAMS: {wrapper}") and why in answer["refused"]
-    assert not (jail / "home").exists()
-    assert jailcalls.programs(["sh", str(wrapper)])[str(wrapper)] == {"refused": answer["refused"]}
+    refused = refusal(root, ["sh", str(wrapper)])
+    assert refused.startswith(f"JAIL_PROGRAMS: {wrapper}") and why in refused
+    assert not (account_dir(root, 0) / "chroot/home").exists()
+    assert jailcalls.programs(["sh", str(wrapper)])[str(wrapper)] == {"refused": refused}
 
 
 def test_a_script_others_can_change_is_not_followed_to_a_file_every_customer_could_read(root, tmp_path):
@@ -353,12 +362,10 @@ def test_a_program_others_can_change_is_refused_before_it_is_read(root, tool, mo
     os.chown(tool, owner, 0)
     tool.chmod(mode)
     monkeypatch.setattr(jailimage, "libraries", lambda program: pytest.fail(f"ldd ran on {program}"))
-    uid = str(FIRST)
-    answer = jailcalls.build("chroot", [str(account_dir(root, 0) / "chroot"), f"/home/{uid}", uid, uid, uid],
-                             {"backup_root": str(root), "programs": [str(tool)], "limit": 64000})
-    assert answer["refused"] == (f"JAIL_PROGRAMS: {tool} is not root's alone (owner {owner}, mode {mode:o}): "
-                                 f"every jail would hold it")
-    assert jailcalls.programs([str(tool)]) == {str(tool): {"refused": answer["refused"]}}
+    refused = refusal(root, [str(tool)])
+    assert refused == (f"JAIL_PROGRAMS: {tool} is not root's alone (owner {owner}, mode {mode:o}): "
+                       f"every jail would hold it")
+    assert jailcalls.programs([str(tool)]) == {str(tool): {"refused": refused}}
 
 
 def test_scripts_that_name_each_other_are_refused_not_followed_for_ever(root, tmp_path):
@@ -412,12 +419,9 @@ def test_an_upgraded_library_is_a_new_image_and_every_jail_moves_to_it(root, lin
 def test_a_program_whose_library_ldd_does_not_find_is_refused_by_name(root, linked):
     program, library = linked
     library.unlink()
-    uid = str(FIRST)
-    jail = account_dir(root, 0) / "chroot"
-    answer = jailcalls.build("chroot", [str(jail), f"/home/{uid}", uid, uid, uid],
-                             {"backup_root": str(root), "programs": ["sh", str(program)], "limit": 64000})
-    assert answer["refused"] == f"JAIL_PROGRAMS: {program} needs libanswer.so.1, which ldd does not find"
-    assert jailcalls.programs([str(program)]) == {str(program): {"refused": answer["refused"]}}
+    refused = refusal(root, ["sh", str(program)])
+    assert refused == f"JAIL_PROGRAMS: {program} needs libanswer.so.1, which ldd does not find"
+    assert jailcalls.programs([str(program)]) == {str(program): {"refused": refused}}
 
 
 def test_a_crash_while_an_image_was_made_leaves_nothing_behind(root, tool):
